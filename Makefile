@@ -1,0 +1,35 @@
+# The two commands of the README's Quickstart, and the pieces they stand on.
+VENV   ?= .venv
+PYTHON ?= python3
+DATA   ?= ./bulwark-data
+LISTEN ?= 127.0.0.1:8080
+PYTEST_ARGS ?=
+
+.PHONY: serve test lint typecheck unit system-deps clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	@touch $@
+
+## Start a standalone node on the embedded store (creates the venv on first use).
+serve: $(VENV)/.installed
+	@scripts/system-deps.sh git
+	$(VENV)/bin/bulwark serve --data-dir $(DATA) --listen $(LISTEN)
+
+## Run the whole suite: lint, types, then every test (installs what it needs).
+test: $(VENV)/.installed
+	@scripts/system-deps.sh git
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from bulwark.cli.main import main
+
+main()

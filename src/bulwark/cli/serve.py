@@ -1,0 +1,58 @@
+"""``bulwark serve``: run a node."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from bulwark.cli.common import ConfigOption, DataDirOption, errors_as_messages, settings_for
+from bulwark.http.app import create_app
+from bulwark.logs import configure_logging
+from bulwark.node import open_node
+
+
+def serve(
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+    listen: Annotated[
+        str | None, typer.Option("--listen", "-l", help="HOST:PORT to listen on (default 127.0.0.1:8080).")
+    ] = None,
+    public_url: Annotated[
+        str | None, typer.Option("--public-url", help="The URL clients use to reach this node.")
+    ] = None,
+) -> None:
+    """Start a Bulwark node on DATA_DIR, creating it (and the site admin) on first start."""
+    settings = settings_for(data_dir, config, listen=listen, public_url=public_url)
+    configure_logging(settings.log_format)
+    log = logging.getLogger("bulwark")
+    with errors_as_messages():
+        node = open_node(settings)
+        preset = os.environ.get("BULWARK_ADMIN_TOKEN") or None
+        secret = node.accounts.bootstrap_admin(preset)
+    if secret is not None:
+        if preset:
+            message = "Created the site administrator 'admin' with the token from BULWARK_ADMIN_TOKEN."
+        else:
+            message = f"Created the site administrator 'admin'. Its token, shown once: {secret}"
+        print(message, file=sys.stderr, flush=True)
+    log.info("bulwark serving %s on http://%s (data dir %s)", node.role.value, settings.listen, Path(settings.data_dir).resolve())
+    config_ = uvicorn.Config(
+        create_app(node),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_keep_alive=30,
+        server_header=False,
+    )
+    try:
+        uvicorn.Server(config_).run()
+    finally:
+        node.close()

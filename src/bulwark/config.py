@@ -1,0 +1,104 @@
+"""Configuration: defaults, then a TOML file, then ``BULWARK_*`` variables, then flags.
+
+The file is ``--config PATH`` or, when not given, ``<data-dir>/bulwark.toml`` if it
+exists. Every key of :class:`Settings` may appear in the file (``listen = "..."``)
+and in the environment (``BULWARK_LISTEN``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bulwark.errors import InvalidInput
+
+ENV_PREFIX = "BULWARK_"
+DEFAULT_DATA_DIR = Path("./bulwark-data")
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    listen: str = "127.0.0.1:8080"
+    # The URL clients use to reach this node (shown in API responses and clone URLs).
+    public_url: str | None = None
+    # Largest push body accepted, in bytes (after gzip decoding).
+    max_push_bytes: int = Field(default=4 * 1024**3, gt=0)
+    # Seconds a client may stay silent while sending a request body.
+    body_idle_timeout: float = Field(default=120.0, gt=0)
+    log_format: str = "json"
+    access_log: bool = True
+    git: str = "git"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_has_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, for example 127.0.0.1:8080")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in ("json", "text"):
+            raise ValueError("must be 'json' or 'text'")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.listen}").rstrip("/")
+
+    @property
+    def repositories_dir(self) -> Path:
+        return self.data_dir / "repositories"
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.data_dir / "metadata.db"
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the sources in order of precedence; raise ``InvalidInput`` on a bad value."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    from_env = {
+        key.removeprefix(ENV_PREFIX).lower(): value
+        for key, value in env.items()
+        if key.startswith(ENV_PREFIX) and key.removeprefix(ENV_PREFIX).lower() in Settings.model_fields
+    }
+    data_dir = Path(flags.get("data_dir") or from_env.get("data_dir") or DEFAULT_DATA_DIR)
+    if config_file is None and (data_dir / "bulwark.toml").is_file():
+        config_file = data_dir / "bulwark.toml"
+    from_file: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            from_file = tomllib.loads(Path(config_file).read_text())
+        except FileNotFoundError:
+            raise InvalidInput(f"config file {config_file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidInput(f"config file {config_file} is not valid TOML: {exc}") from None
+    try:
+        return Settings(**{**from_file, **from_env, **flags})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(f"bad configuration: {problems}") from None

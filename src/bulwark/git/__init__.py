@@ -1,0 +1,1 @@
+"""Everything that touches a repository on disk goes through :mod:`bulwark.git.runner`."""

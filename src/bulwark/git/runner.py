@@ -1,0 +1,329 @@
+"""The git runner: the one place that runs ``git`` against repositories on disk.
+
+Repositories live under ``<root>/<id[:2]>/<id>.git`` where ``id`` is the
+repository's immutable storage id, so renames and transfers never move data.
+Reads used by the API are synchronous (the HTTP layer calls them from a worker
+thread); the smart-HTTP data path spawns asyncio subprocesses and streams them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from bulwark.errors import GitError, NotFound
+
+ZERO_OID = "0" * 40
+
+
+@dataclass(frozen=True)
+class Ref:
+    name: str
+    oid: str
+    type: str  # the object type the ref points at: commit, tag, ...
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    email: str
+    date: datetime
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    tree: str
+    parents: tuple[str, ...]
+    author: Person
+    committer: Person
+    message: str
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    name: str
+    path: str
+    type: str  # blob, tree or commit (a submodule)
+    mode: str
+    sha: str
+    size: int
+
+
+@dataclass(frozen=True)
+class FsckResult:
+    storage_id: str
+    ok: bool
+    output: str
+
+
+_LOG_FORMAT = "%H%x00%T%x00%P%x00%an%x00%ae%x00%aI%x00%cn%x00%ce%x00%cI%x00%B%x1e"
+
+
+class GitRunner:
+    """Runs git in repositories named by storage id under ``root``."""
+
+    def __init__(self, root: Path, *, git: str = "git", config: Mapping[str, str] | None = None) -> None:
+        self.root = root
+        self.git = git
+        # Settings passed with -c to every git process, e.g. a shared core.hooksPath.
+        self.config = dict(config or {})
+        self.env = {
+            **os.environ,
+            # Only the repository's own config counts: nothing from the host's user or system.
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_TERMINAL_PROMPT": "0",
+        }
+
+    # -- layout ----------------------------------------------------------------------
+
+    def path(self, storage_id: str) -> Path:
+        if not storage_id.isalnum():
+            raise ValueError(f"bad storage id {storage_id!r}")
+        return self.root / storage_id[:2] / f"{storage_id}.git"
+
+    def exists(self, storage_id: str) -> bool:
+        return (self.path(storage_id) / "HEAD").is_file()
+
+    def init_bare(self, storage_id: str, default_branch: str) -> Path:
+        path = self.path(storage_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.run(["init", "--quiet", "--bare", f"--initial-branch={default_branch}", str(path)])
+        # Repository-level settings every Bulwark repository has.
+        for key, value in (
+            ("receive.fsckObjects", "true"),
+            ("transfer.fsckObjects", "true"),
+            ("receive.denyDeleteCurrent", "true"),
+            ("uploadpack.allowFilter", "true"),
+            ("uploadpack.allowAnySHA1InWant", "true"),
+            ("core.logAllRefUpdates", "true"),
+        ):
+            self.run(["config", key, value], cwd=path)
+        return path
+
+    def remove(self, storage_id: str) -> None:
+        path = self.path(storage_id)
+        if path.exists():
+            # Rename first so a crash half-way never leaves a half-deleted repository in place.
+            doomed = path.with_name(path.name + ".deleting")
+            os.replace(path, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    # -- running ---------------------------------------------------------------------
+
+    def command(self, args: Sequence[str], extra_config: Mapping[str, str] | None = None) -> list[str]:
+        cmd = [self.git]
+        for key, value in {**self.config, **(extra_config or {})}.items():
+            cmd += ["-c", f"{key}={value}"]
+        return cmd + list(args)
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        input: bytes | None = None,
+        check: bool = True,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess[bytes]:
+        proc = subprocess.run(
+            self.command(args),
+            cwd=cwd,
+            input=input,
+            capture_output=True,
+            env=self.env,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise GitError(f"git {args[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
+        return proc
+
+    def _in(self, storage_id: str, args: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        path = self.path(storage_id)
+        if not path.is_dir():
+            raise NotFound("repository data is missing on this node")
+        return self.run(["--git-dir", str(path), *args], **kwargs)  # type: ignore[arg-type]
+
+    async def spawn(
+        self,
+        storage_id: str,
+        service: str,
+        *,
+        advertise: bool,
+        protocol: str | None = None,
+        extra_config: Mapping[str, str] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> asyncio.subprocess.Process:
+        """Start ``git upload-pack|receive-pack --stateless-rpc`` with pipes on all ends."""
+        if service not in ("upload-pack", "receive-pack"):
+            raise ValueError(service)
+        args = [service, "--stateless-rpc"]
+        if advertise:
+            args.append("--advertise-refs")
+        args.append(str(self.path(storage_id)))
+        env = dict(self.env)
+        if protocol:
+            env["GIT_PROTOCOL"] = protocol
+        env.update(extra_env or {})
+        return await asyncio.create_subprocess_exec(
+            *self.command(args, extra_config),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+
+    # -- reads -----------------------------------------------------------------------
+
+    def refs(self, storage_id: str, *patterns: str) -> list[Ref]:
+        out = self._in(
+            storage_id, ["for-each-ref", "--format=%(objectname) %(objecttype) %(refname)", *patterns]
+        ).stdout.decode()
+        refs = []
+        for line in out.splitlines():
+            oid, type_, name = line.split(" ", 2)
+            refs.append(Ref(name=name, oid=oid, type=type_))
+        return refs
+
+    def ref_checksum(self, storage_id: str) -> str:
+        """An order-independent checksum of every ``oid ref`` pair (XOR of SHA-256s).
+
+        Equal checksums mean equal refs; replicas compare these instead of ref lists.
+        """
+        acc = 0
+        for ref in self.refs(storage_id):
+            digest = hashlib.sha256(f"{ref.oid} {ref.name}".encode()).digest()
+            acc ^= int.from_bytes(digest, "big")
+        return f"{acc:064x}"
+
+    def resolve(self, storage_id: str, rev: str) -> str | None:
+        if rev.startswith("-"):
+            return None
+        proc = self._in(storage_id, ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"], check=False)
+        return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
+
+    def head_branch(self, storage_id: str) -> str | None:
+        proc = self._in(storage_id, ["symbolic-ref", "--quiet", "--short", "HEAD"], check=False)
+        return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
+
+    def set_head(self, storage_id: str, branch: str) -> None:
+        self._in(storage_id, ["symbolic-ref", "HEAD", f"refs/heads/{branch}"])
+
+    def log(
+        self, storage_id: str, rev: str, *, limit: int, skip: int = 0, path: str | None = None
+    ) -> list[Commit]:
+        args = ["log", f"--format={_LOG_FORMAT}", f"--max-count={limit}", f"--skip={skip}", "--end-of-options", rev]
+        if path:
+            args += ["--", path]
+        proc = self._in(storage_id, args, check=False)
+        if proc.returncode != 0:
+            return []
+        return [_parse_commit(rec) for rec in proc.stdout.decode(errors="replace").split("\x1e") if rec.strip()]
+
+    def commit(self, storage_id: str, rev: str) -> Commit | None:
+        oid = self.resolve(storage_id, rev)
+        if oid is None:
+            return None
+        commits = self.log(storage_id, oid, limit=1)
+        return commits[0] if commits else None
+
+    def object_type(self, storage_id: str, spec: str) -> str | None:
+        proc = self._in(storage_id, ["cat-file", "-t", spec], check=False)
+        return proc.stdout.decode().strip() if proc.returncode == 0 else None
+
+    def tree_entry(self, storage_id: str, rev: str, path: str) -> TreeEntry | None:
+        """The entry at ``path`` in the tree of commit ``rev``; the root tree for ``""``."""
+        oid = self.resolve(storage_id, rev)
+        if oid is None:
+            return None
+        if path == "":
+            tree = self._in(storage_id, ["rev-parse", f"{oid}^{{tree}}"]).stdout.decode().strip()
+            return TreeEntry(name="", path="", type="tree", mode="040000", sha=tree, size=0)
+        proc = self._in(storage_id, ["ls-tree", "-l", "-z", oid, "--", path], check=False)
+        for record in proc.stdout.decode(errors="replace").split("\0"):
+            if record:
+                entry = _parse_ls_tree(record)
+                if entry.path == path:
+                    return entry
+        return None
+
+    def list_tree(self, storage_id: str, tree_sha: str, base: str) -> list[TreeEntry]:
+        proc = self._in(storage_id, ["ls-tree", "-l", "-z", tree_sha])
+        entries = []
+        for record in proc.stdout.decode(errors="replace").split("\0"):
+            if record:
+                entry = _parse_ls_tree(record)
+                full = f"{base}/{entry.path}" if base else entry.path
+                entries.append(TreeEntry(entry.path, full, entry.type, entry.mode, entry.sha, entry.size))
+        return entries
+
+    def read_blob(self, storage_id: str, sha: str) -> bytes:
+        return self._in(storage_id, ["cat-file", "blob", sha]).stdout
+
+    def update_ref(self, storage_id: str, ref: str, new: str, old: str | None = None) -> None:
+        """Set ``ref`` to ``new`` if it still points at ``old`` (compare-and-set)."""
+        args = ["update-ref", "--no-deref", ref, new]
+        if old is not None:
+            args.append(old)
+        self._in(storage_id, args)
+
+    def delete_ref(self, storage_id: str, ref: str, old: str | None = None) -> None:
+        args = ["update-ref", "--no-deref", "-d", ref]
+        if old is not None:
+            args.append(old)
+        self._in(storage_id, args)
+
+    def fsck(self, storage_id: str) -> FsckResult:
+        if not self.path(storage_id).is_dir():
+            return FsckResult(storage_id, False, "repository directory is missing")
+        proc = self._in(storage_id, ["fsck", "--no-progress", "--strict"], check=False, timeout=3600)
+        output = (proc.stdout + proc.stderr).decode(errors="replace").strip()
+        return FsckResult(storage_id, proc.returncode == 0, output)
+
+    def disk_usage(self, storage_id: str) -> int:
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.path(storage_id)):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    pass
+        return total
+
+
+def _parse_person(name: str, email: str, date: str) -> Person:
+    return Person(name=name, email=email, date=datetime.fromisoformat(date))
+
+
+def _parse_commit(record: str) -> Commit:
+    fields = record.lstrip("\n").split("\0")
+    sha, tree, parents, an, ae, ad, cn, ce, cd, message = fields[:10]
+    return Commit(
+        sha=sha,
+        tree=tree,
+        parents=tuple(parents.split()),
+        author=_parse_person(an, ae, ad),
+        committer=_parse_person(cn, ce, cd),
+        message=message.rstrip("\n"),
+    )
+
+
+def _parse_ls_tree(record: str) -> TreeEntry:
+    meta, path = record.split("\t", 1)
+    mode, type_, sha, size = meta.split()
+    return TreeEntry(
+        name=path.rsplit("/", 1)[-1],
+        path=path,
+        type=type_,
+        mode=mode,
+        sha=sha,
+        size=int(size) if size != "-" else 0,
+    )

@@ -1,0 +1,39 @@
+"""Users: the authenticated user, and users by login."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from bulwark.http.api.common import call, context, page_params, paginated
+from bulwark.http.api.serializers import account_json
+from bulwark.models import AccountType
+
+
+async def get_authenticated_user(request: Request) -> JSONResponse:
+    ctx = await context(request)
+    return JSONResponse(account_json(ctx, ctx.user, full=True))
+
+
+async def get_user(request: Request) -> JSONResponse:
+    ctx = await context(request)
+    account = await call(ctx.node.accounts.get, request.path_params["username"])
+    return JSONResponse(account_json(ctx, account, full=True))
+
+
+async def list_users(request: Request) -> JSONResponse:
+    ctx = await context(request)
+    params = page_params(request)
+    accounts = await call(
+        ctx.node.store.list_accounts, AccountType.USER, limit=params.per_page + 1, offset=params.offset
+    )
+    items = [account_json(ctx, a) for a in accounts[: params.per_page]]
+    return paginated(request, items, params, len(accounts) > params.per_page)
+
+
+routes = [
+    Route("/user", get_authenticated_user, methods=["GET"]),
+    Route("/users", list_users, methods=["GET"]),
+    Route("/users/{username}", get_user, methods=["GET"]),
+]

@@ -1,0 +1,27 @@
+"""The ASGI application of a node."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Mount
+
+from bulwark.http import api, smart, status
+from bulwark.http.accesslog import AccessLog
+from bulwark.http.errors import HANDLERS
+from bulwark.node import Node
+
+
+def create_app(node: Node) -> Starlette:
+    routes: list[BaseRoute] = [
+        *status.routes,
+        Mount("/api/v3", routes=api.routes),
+        *smart.routes,
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        middleware=[Middleware(AccessLog, enabled=node.settings.access_log)],
+    )
+    app.state.node = node
+    return app

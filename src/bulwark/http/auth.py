@@ -1,0 +1,54 @@
+"""Who is calling: credentials from the ``Authorization`` header."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from bulwark.errors import Unauthenticated
+from bulwark.node import Node
+from bulwark.services.permissions import ANONYMOUS, Principal
+
+
+async def authenticate(request: Request) -> Principal:
+    """The request's principal, computed once per request.
+
+    Accepts ``Basic`` (token or password as the password), ``token X`` and
+    ``Bearer X``. No header means anonymous; a bad header is an error, never
+    silently anonymous.
+    """
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    node: Node = request.app.state.node
+    header = request.headers.get("authorization")
+    if not header:
+        principal = ANONYMOUS
+    else:
+        scheme, _, value = header.partition(" ")
+        scheme = scheme.lower()
+        value = value.strip()
+        if scheme == "basic":
+            username, secret = _basic(value)
+            # Password checks run argon2, which is slow on purpose: keep it off the loop.
+            principal = await run_in_threadpool(node.accounts.authenticate_basic, username, secret)
+        elif scheme in ("token", "bearer"):
+            principal = await run_in_threadpool(node.accounts.authenticate_token, value)
+        else:
+            raise Unauthenticated(f"unsupported authorization scheme {scheme!r}")
+    request.state.principal = principal
+    return principal
+
+
+def _basic(value: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthenticated("malformed Basic credentials") from None
+    username, sep, secret = decoded.partition(":")
+    if not sep:
+        raise Unauthenticated("malformed Basic credentials")
+    return username, secret

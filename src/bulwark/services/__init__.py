@@ -1,0 +1,1 @@
+"""Business rules: the one place that decides who may do what to which record."""

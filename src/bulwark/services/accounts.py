@@ -1,0 +1,236 @@
+"""Users, organizations, tokens and authentication."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from bulwark.clock import Clock
+from bulwark.errors import AlreadyExists, Forbidden, InvalidInput, NotFound, Unauthenticated
+from bulwark.models import ALL_SCOPES, Account, AccountType, Membership, OrgRole, Scope, Token
+from bulwark.names import check_login
+from bulwark.security import (
+    PasswordHasher,
+    hash_token,
+    looks_like_token,
+    new_token,
+    token_display_prefix,
+)
+from bulwark.services.permissions import Principal
+from bulwark.store import Store
+
+ADMIN_LOGIN = "admin"
+# Writing last-used on every request would turn every read into a write.
+_TOUCH_EVERY = timedelta(minutes=1)
+
+
+def parse_scopes(values: Iterable[str]) -> frozenset[Scope]:
+    scopes = set()
+    for value in values:
+        try:
+            scopes.add(Scope(value))
+        except ValueError:
+            known = ", ".join(s.value for s in Scope)
+            raise InvalidInput(f"unknown scope {value!r}; known scopes: {known}", field="scopes") from None
+    return frozenset(scopes)
+
+
+class AccountService:
+    def __init__(self, store: Store, hasher: PasswordHasher, clock: Clock) -> None:
+        self.store = store
+        self.hasher = hasher
+        self.clock = clock
+
+    # -- lookup ----------------------------------------------------------------------
+
+    def get(self, login: str) -> Account:
+        account = self.store.get_account(login)
+        if account is None:
+            raise NotFound(f"no user or organization named {login!r}")
+        return account
+
+    def get_user(self, login: str) -> Account:
+        account = self.get(login)
+        if account.is_org:
+            raise NotFound(f"no user named {login!r}")
+        return account
+
+    def get_org(self, login: str) -> Account:
+        account = self.get(login)
+        if not account.is_org:
+            raise NotFound(f"no organization named {login!r}")
+        return account
+
+    # -- authentication ----------------------------------------------------------------
+
+    def authenticate_token(self, secret: str) -> Principal:
+        token = self.store.get_token_by_hash(hash_token(secret)) if looks_like_token(secret) else None
+        if token is None:
+            raise Unauthenticated("bad credentials")
+        now = self.clock.now()
+        if token.expires_at is not None and token.expires_at <= now:
+            raise Unauthenticated("token expired")
+        user = self.store.get_account_by_id(token.user_id)
+        if user is None:
+            raise Unauthenticated("bad credentials")
+        if user.suspended:
+            raise Forbidden(f"account {user.login!r} is suspended")
+        if token.last_used_at is None or now - token.last_used_at >= _TOUCH_EVERY:
+            self.store.touch_token(token.id, now)
+        return Principal(account=user, scopes=token.scopes, token_id=token.id)
+
+    def authenticate_basic(self, username: str, secret: str) -> Principal:
+        """HTTP Basic: the secret is a token (any username) or the user's password."""
+        if looks_like_token(secret):
+            return self.authenticate_token(secret)
+        user = self.store.get_account(username)
+        stored = self.store.get_password_hash(user.id) if user and not user.is_org else None
+        if user is None or stored is None or not self.hasher.verify(stored, secret):
+            raise Unauthenticated("bad credentials")
+        if user.suspended:
+            raise Forbidden(f"account {user.login!r} is suspended")
+        return Principal.for_password(user)
+
+    # -- users -----------------------------------------------------------------------
+
+    def create_user(
+        self,
+        login: str,
+        *,
+        name: str = "",
+        email: str = "",
+        site_admin: bool = False,
+        password: str | None = None,
+    ) -> Account:
+        check_login(login)
+        if password is not None and len(password) < 8:
+            raise InvalidInput("password must be at least 8 characters", field="password")
+        password_hash = self.hasher.hash(password) if password else None
+        return self.store.create_user(
+            login, name=name, email=email, site_admin=site_admin, password_hash=password_hash
+        )
+
+    def set_password(self, user: Account, password: str) -> None:
+        if len(password) < 8:
+            raise InvalidInput("password must be at least 8 characters", field="password")
+        self.store.set_password_hash(user.id, self.hasher.hash(password))
+
+    def update(self, account: Account, **changes: object) -> Account:
+        if "login" in changes:
+            check_login(str(changes["login"]))
+        return self.store.save_account(dataclasses.replace(account, **changes))  # type: ignore[arg-type]
+
+    def set_suspended(self, user: Account, suspended: bool) -> Account:
+        if user.is_org:
+            raise InvalidInput("organizations cannot be suspended")
+        if suspended and user.site_admin and self._is_last_admin(user):
+            raise Forbidden("cannot suspend the last active site administrator")
+        return self.store.save_account(dataclasses.replace(user, suspended=suspended))
+
+    def _is_last_admin(self, user: Account) -> bool:
+        admins = [
+            a
+            for a in self.store.list_accounts(AccountType.USER)
+            if a.site_admin and not a.suspended and a.id != user.id
+        ]
+        return not admins
+
+    def check_deletable(self, account: Account) -> None:
+        if not account.is_org and account.site_admin and self._is_last_admin(account):
+            raise Forbidden("cannot delete the last active site administrator")
+
+    # -- bootstrap -------------------------------------------------------------------
+
+    def bootstrap_admin(self, token_secret: str | None) -> str | None:
+        """On an empty instance, create the site admin ``admin`` and a token for it.
+
+        Returns the token secret to show once, or None if the instance had accounts.
+        ``token_secret`` (from the environment, for automated deployments) is used
+        instead of a generated one when given.
+        """
+        if self.store.list_accounts(limit=1):
+            return None
+        if token_secret is not None and not looks_like_token(token_secret):
+            raise InvalidInput("BULWARK_ADMIN_TOKEN must look like bwk_ followed by 40 hex digits")
+        try:
+            admin = self.store.create_user(ADMIN_LOGIN, name="Site administrator", site_admin=True)
+        except AlreadyExists:  # another process bootstrapped first
+            return None
+        _, secret = self.issue_token(admin, ALL_SCOPES, note="bootstrap", secret=token_secret)
+        return secret
+
+    # -- tokens ----------------------------------------------------------------------
+
+    def issue_token(
+        self,
+        user: Account,
+        scopes: Iterable[Scope],
+        *,
+        note: str = "",
+        expires_at: datetime | None = None,
+        secret: str | None = None,
+    ) -> tuple[Token, str]:
+        """Create a token; the secret is returned here and never again."""
+        if user.is_org:
+            raise InvalidInput("tokens belong to users, not organizations")
+        if expires_at is not None and expires_at <= self.clock.now():
+            raise InvalidInput("expiry must be in the future", field="expires_at")
+        secret = secret or new_token()
+        token = self.store.create_token(
+            user.id,
+            token_hash=hash_token(secret),
+            token_prefix=token_display_prefix(secret),
+            scopes=frozenset(scopes),
+            note=note,
+            expires_at=expires_at,
+        )
+        return token, secret
+
+    def revoke_token(self, user: Account, token_id: int) -> None:
+        if not any(t.id == token_id for t in self.store.list_tokens(user.id)):
+            raise NotFound(f"no token {token_id} for {user.login!r}")
+        self.store.delete_token(token_id)
+
+    # -- organizations ---------------------------------------------------------------
+
+    def create_org(self, login: str, *, owner: Account, name: str = "", email: str = "") -> Account:
+        check_login(login)
+        if owner.is_org:
+            raise InvalidInput("an organization's owner must be a user", field="admin")
+        return self.store.create_org(login, owner_id=owner.id, name=name, email=email)
+
+    def set_member(self, org: Account, user: Account, role: OrgRole) -> Membership:
+        if not org.is_org:
+            raise NotFound(f"no organization named {org.login!r}")
+        if user.is_org:
+            raise InvalidInput("only users can be members of an organization")
+        current = self.store.get_membership(org.id, user.id)
+        if current is not None and current.role is OrgRole.OWNER and role is not OrgRole.OWNER:
+            self._keep_an_owner(org, user)
+        return self.store.set_membership(org.id, user.id, role)
+
+    def remove_member(self, org: Account, user: Account) -> None:
+        current = self.store.get_membership(org.id, user.id)
+        if current is None:
+            raise NotFound(f"{user.login!r} is not a member of {org.login!r}")
+        if current.role is OrgRole.OWNER:
+            self._keep_an_owner(org, user)
+        self.store.remove_membership(org.id, user.id)
+
+    def _keep_an_owner(self, org: Account, leaving: Account) -> None:
+        owners = [m for m in self.store.list_members(org.id, OrgRole.OWNER) if m.user_id != leaving.id]
+        if not owners:
+            raise InvalidInput(f"{org.login!r} must keep at least one owner")
+
+    def members(self, org: Account, role: OrgRole | None = None) -> list[tuple[Account, OrgRole]]:
+        result = []
+        for m in self.store.list_members(org.id, role):
+            user = self.store.get_account_by_id(m.user_id)
+            if user is not None:
+                result.append((user, m.role))
+        return result
+
+    def orgs_of(self, user: Account) -> list[Account]:
+        orgs = [self.store.get_account_by_id(m.org_id) for m in self.store.list_memberships_of(user.id)]
+        return [o for o in orgs if o is not None]

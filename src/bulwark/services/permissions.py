@@ -1,0 +1,86 @@
+"""Who may do what to a repository: pure functions over plain values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bulwark.models import (
+    ALL_SCOPES,
+    Account,
+    Collaborator,
+    Membership,
+    OrgRole,
+    Permission,
+    Repository,
+    Scope,
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller of a request: an account with the scopes of its credential, or anonymous."""
+
+    account: Account | None
+    scopes: frozenset[Scope] = field(default_factory=frozenset)
+    token_id: int | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return self.account is None
+
+    @property
+    def site_admin(self) -> bool:
+        return self.account is not None and self.account.site_admin and Scope.SITE_ADMIN in self.scopes
+
+    def has_scope(self, scope: Scope) -> bool:
+        return scope in self.scopes
+
+    @classmethod
+    def for_password(cls, account: Account) -> "Principal":
+        # Someone who typed the account's password may do anything the account may.
+        return cls(account=account, scopes=ALL_SCOPES)
+
+
+ANONYMOUS = Principal(account=None)
+
+
+def repo_permission(
+    principal: Principal,
+    repo: Repository,
+    *,
+    owner: Account,
+    membership: Membership | None,
+    collaborator: Collaborator | None,
+) -> Permission:
+    """The access ``principal`` has to ``repo``.
+
+    ``membership`` is the caller's membership in the owning organization (if the
+    owner is one) and ``collaborator`` the caller's collaborator record, both
+    looked up by the caller of this function.
+    """
+    public_floor = Permission.NONE if repo.private else Permission.PULL
+    user = principal.account
+    if user is None or user.suspended:
+        return public_floor
+    if user.site_admin and Scope.SITE_ADMIN in principal.scopes:
+        granted = Permission.ADMIN
+    elif not owner.is_org and owner.id == user.id:
+        granted = Permission.ADMIN
+    else:
+        granted = Permission.NONE
+        if membership is not None and membership.user_id == user.id:
+            granted = Permission.ADMIN if membership.role is OrgRole.OWNER else Permission.PULL
+        if collaborator is not None and collaborator.user_id == user.id:
+            granted = max(granted, collaborator.permission)
+    return min(max(granted, public_floor), scope_cap(principal.scopes, repo))
+
+
+def scope_cap(scopes: frozenset[Scope], repo: Repository) -> Permission:
+    """The most a credential with ``scopes`` may do to ``repo``, whatever the account may."""
+    if Scope.REPO in scopes:
+        return Permission.ADMIN
+    if repo.private:
+        return Permission.NONE
+    if Scope.PUBLIC_REPO in scopes:
+        return Permission.ADMIN
+    return Permission.PULL

@@ -1,0 +1,196 @@
+"""Repositories: their records, their data on disk, and who may reach them."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass
+
+from bulwark.clock import Clock
+from bulwark.errors import Forbidden, GitError, InvalidInput, NotFound
+from bulwark.git.runner import GitRunner
+from bulwark.models import Account, Collaborator, Permission, Repository, Visibility
+from bulwark.names import check_branch_name, check_repo_name
+from bulwark.services.permissions import Principal, repo_permission
+from bulwark.store import Store
+
+
+@dataclass(frozen=True)
+class RepoAccess:
+    """A repository as one caller sees it."""
+
+    repo: Repository
+    owner: Account
+    permission: Permission
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner.login}/{self.repo.name}"
+
+
+class RepositoryService:
+    def __init__(self, store: Store, git: GitRunner, clock: Clock) -> None:
+        self.store = store
+        self.git = git
+        self.clock = clock
+
+    # -- access ----------------------------------------------------------------------
+
+    def permission(self, principal: Principal, repo: Repository, owner: Account) -> Permission:
+        user = principal.account
+        membership = collaborator = None
+        if user is not None:
+            if owner.is_org:
+                membership = self.store.get_membership(owner.id, user.id)
+            collaborator = self.store.get_collaborator(repo.id, user.id)
+        return repo_permission(principal, repo, owner=owner, membership=membership, collaborator=collaborator)
+
+    def find(self, principal: Principal, owner_login: str, name: str) -> RepoAccess:
+        """The repository as ``principal`` sees it; ``NotFound`` if it cannot see it at all.
+
+        A private repository the caller may not read is reported exactly like a
+        missing one, so its existence does not leak.
+        """
+        owner = self.store.get_account(owner_login)
+        repo = self.store.get_repo(owner.id, name) if owner else None
+        if owner is None or repo is None:
+            raise NotFound("repository not found")
+        access = RepoAccess(repo, owner, self.permission(principal, repo, owner))
+        if access.permission < Permission.PULL:
+            raise NotFound("repository not found")
+        return access
+
+    def require(self, access: RepoAccess, needed: Permission) -> None:
+        if access.permission < needed:
+            raise Forbidden(f"you need {needed.label} access to {access.full_name}")
+
+    def visible_to(self, principal: Principal, repos: list[Repository]) -> list[RepoAccess]:
+        result = []
+        owners: dict[int, Account | None] = {}
+        for repo in repos:
+            if repo.owner_id not in owners:
+                owners[repo.owner_id] = self.store.get_account_by_id(repo.owner_id)
+            owner = owners[repo.owner_id]
+            if owner is None:
+                continue
+            perm = self.permission(principal, repo, owner)
+            if perm >= Permission.PULL:
+                result.append(RepoAccess(repo, owner, perm))
+        return result
+
+    def accessible_by(self, user: Account) -> list[Repository]:
+        """Repositories ``user`` owns, collaborates on, or reaches through an organization."""
+        seen: dict[int, Repository] = {r.id: r for r in self.store.list_repos(user.id)}
+        for collab in self.store.list_collaborations_of(user.id):
+            repo = self.store.get_repo_by_id(collab.repo_id)
+            if repo is not None:
+                seen[repo.id] = repo
+        for membership in self.store.list_memberships_of(user.id):
+            for repo in self.store.list_repos(membership.org_id):
+                seen[repo.id] = repo
+        return [seen[k] for k in sorted(seen)]
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def create(
+        self,
+        owner: Account,
+        name: str,
+        *,
+        visibility: Visibility = Visibility.PUBLIC,
+        description: str = "",
+        default_branch: str = "main",
+    ) -> Repository:
+        check_repo_name(name)
+        check_branch_name(default_branch)
+        storage_id = uuid.uuid4().hex
+        # The record first: it is where uniqueness is decided. Its data follows, and a
+        # failure to create the data takes the record back out.
+        repo = self.store.create_repo(
+            owner.id,
+            name,
+            storage_id=storage_id,
+            visibility=visibility,
+            description=description,
+            default_branch=default_branch,
+        )
+        try:
+            self.git.init_bare(storage_id, default_branch)
+        except Exception:
+            self.store.delete_repo(repo.id)
+            self.git.remove(storage_id)
+            raise
+        return repo
+
+    def update(
+        self,
+        repo: Repository,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        visibility: Visibility | None = None,
+        default_branch: str | None = None,
+        allow_force_push: bool | None = None,
+    ) -> Repository:
+        changes: dict[str, object] = {}
+        if name is not None and name != repo.name:
+            changes["name"] = check_repo_name(name)
+        if description is not None:
+            changes["description"] = description
+        if visibility is not None:
+            changes["visibility"] = visibility
+        if allow_force_push is not None:
+            changes["allow_force_push"] = allow_force_push
+        if default_branch is not None and default_branch != repo.default_branch:
+            check_branch_name(default_branch)
+            self._set_head(repo, default_branch)
+            changes["default_branch"] = default_branch
+        if not changes:
+            return repo
+        return self.store.save_repo(dataclasses.replace(repo, **changes))  # type: ignore[arg-type]
+
+    def _set_head(self, repo: Repository, branch: str) -> None:
+        has_branches = bool(self.git.refs(repo.storage_id, "refs/heads/"))
+        if has_branches and not self.git.refs(repo.storage_id, f"refs/heads/{branch}"):
+            raise InvalidInput(f"branch {branch!r} does not exist", field="default_branch")
+        try:
+            self.git.set_head(repo.storage_id, branch)
+        except GitError as exc:
+            raise InvalidInput(f"cannot set default branch: {exc.message}", field="default_branch") from exc
+
+    def transfer(self, repo: Repository, new_owner: Account) -> Repository:
+        return self.store.save_repo(dataclasses.replace(repo, owner_id=new_owner.id))
+
+    def delete(self, repo: Repository) -> None:
+        if self.store.delete_repo(repo.id):
+            self.git.remove(repo.storage_id)
+
+    def delete_account(self, account: Account) -> None:
+        for repo in self.store.delete_account(account.id):
+            self.git.remove(repo.storage_id)
+
+    def record_push(self, repo: Repository) -> None:
+        current = self.store.get_repo_by_id(repo.id)
+        if current is not None:
+            self.store.save_repo(dataclasses.replace(current, pushed_at=self.clock.now()))
+
+    # -- collaborators -----------------------------------------------------------------
+
+    def add_collaborator(self, repo: Repository, user: Account, permission: Permission) -> Collaborator:
+        if user.is_org:
+            raise InvalidInput("an organization cannot be a collaborator")
+        if permission is Permission.NONE:
+            raise InvalidInput("permission must be pull, push or admin", field="permission")
+        return self.store.set_collaborator(repo.id, user.id, permission)
+
+    def remove_collaborator(self, repo: Repository, user: Account) -> None:
+        if not self.store.remove_collaborator(repo.id, user.id):
+            raise NotFound(f"{user.login!r} is not a collaborator")
+
+    def collaborators(self, repo: Repository) -> list[tuple[Account, Permission]]:
+        result = []
+        for c in self.store.list_collaborators(repo.id):
+            user = self.store.get_account_by_id(c.user_id)
+            if user is not None:
+                result.append((user, c.permission))
+        return result
