@@ -92,12 +92,12 @@ class Server:
     def start(self, timeout: float = 30) -> Server:
         if not self.port:
             self.port = free_port(self.host)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [*BULWARK, "serve", "--data-dir", str(self.data_dir), "--listen", f"{self.host}:{self.port}",
-             *self.extra_args],
-            env=self.env(), stdout=log, stderr=log, start_new_session=True,
-        )
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [*BULWARK, "serve", "--data-dir", str(self.data_dir), "--listen", f"{self.host}:{self.port}",
+                 *self.extra_args],
+                env=self.env(), stdout=log, stderr=log, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -138,7 +138,10 @@ class Server:
             headers["Authorization"] = f"token {tok}"
         return httpx.request(method, f"{self.url}/api/v3{path}", json=json, headers=headers, timeout=30, **kwargs)
 
-    def create_user(self, login: str, *, site_admin: bool = False, scopes: Sequence[str] = ("repo", "user", "admin:org", "delete_repo")) -> str:
+    def create_user(
+        self, login: str, *, site_admin: bool = False,
+        scopes: Sequence[str] = ("repo", "user", "admin:org", "delete_repo"),
+    ) -> str:
         """Create a user through the admin API and return a token for it."""
         r = self.api("POST", "/admin/users", json={"login": login, "email": f"{login}@example.com"})
         assert r.status_code == 201, r.text

@@ -25,7 +25,7 @@ class Permission(enum.IntEnum):
         return {0: "none", 1: "read", 2: "write", 3: "admin"}[self.value]
 
     @classmethod
-    def parse(cls, text: str) -> "Permission":
+    def parse(cls, text: str) -> Permission:
         aliases = {
             "pull": cls.PULL,
             "read": cls.PULL,

@@ -70,12 +70,13 @@ def open_node(settings: Settings, *, clock: Clock | None = None, hasher: Passwor
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.repositories_dir.mkdir(exist_ok=True)
-    store = SQLiteStore(settings.metadata_path)
+    clock = clock or SystemClock()
+    store = SQLiteStore(settings.metadata_path, clock=clock)
     git = GitRunner(settings.repositories_dir, git=settings.git)
     return Node(
         settings=settings,
         store=store,
         git=git,
-        clock=clock or SystemClock(),
+        clock=clock,
         hasher=hasher or PasswordHasher(),
     )

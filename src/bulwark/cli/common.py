@@ -15,8 +15,8 @@ from bulwark.config import Settings, load_settings
 from bulwark.errors import BulwarkError
 from bulwark.node import Node, open_node
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 DataDirOption = Annotated[
     Path | None,

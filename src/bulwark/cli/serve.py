@@ -41,7 +41,12 @@ def serve(
         else:
             message = f"Created the site administrator 'admin'. Its token, shown once: {secret}"
         print(message, file=sys.stderr, flush=True)
-    log.info("bulwark serving %s on http://%s (data dir %s)", node.role.value, settings.listen, Path(settings.data_dir).resolve())
+    log.info(
+        "bulwark serving %s on http://%s (data dir %s)",
+        node.role.value,
+        settings.listen,
+        Path(settings.data_dir).resolve(),
+    )
     config_ = uvicorn.Config(
         create_app(node),
         host=settings.host,

@@ -9,6 +9,7 @@ thread); the smart-HTTP data path spawns asyncio subprocesses and streams them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -207,7 +208,8 @@ class GitRunner:
     def resolve(self, storage_id: str, rev: str) -> str | None:
         if rev.startswith("-"):
             return None
-        proc = self._in(storage_id, ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"], check=False)
+        args = ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"]
+        proc = self._in(storage_id, args, check=False)
         return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
 
     def head_branch(self, storage_id: str) -> str | None:
@@ -292,10 +294,8 @@ class GitRunner:
         total = 0
         for dirpath, _dirs, files in os.walk(self.path(storage_id)):
             for name in files:
-                try:
+                with contextlib.suppress(OSError):  # a file removed by a concurrent gc
                     total += os.lstat(os.path.join(dirpath, name)).st_size
-                except OSError:
-                    pass
         return total
 
 

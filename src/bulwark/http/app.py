@@ -20,7 +20,7 @@ def create_app(node: Node) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=HANDLERS,
         middleware=[Middleware(AccessLog, enabled=node.settings.access_log)],
     )
     app.state.node = node

@@ -22,7 +22,7 @@ async def authenticate(request: Request) -> Principal:
     """
     cached = getattr(request.state, "principal", None)
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     node: Node = request.app.state.node
     header = request.headers.get("authorization")
     if not header:

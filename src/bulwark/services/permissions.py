@@ -36,7 +36,7 @@ class Principal:
         return scope in self.scopes
 
     @classmethod
-    def for_password(cls, account: Account) -> "Principal":
+    def for_password(cls, account: Account) -> Principal:
         # Someone who typed the account's password may do anything the account may.
         return cls(account=account, scopes=ALL_SCOPES)
 
@@ -62,9 +62,7 @@ def repo_permission(
     user = principal.account
     if user is None or user.suspended:
         return public_floor
-    if user.site_admin and Scope.SITE_ADMIN in principal.scopes:
-        granted = Permission.ADMIN
-    elif not owner.is_org and owner.id == user.id:
+    if (user.site_admin and Scope.SITE_ADMIN in principal.scopes) or (not owner.is_org and owner.id == user.id):
         granted = Permission.ADMIN
     else:
         granted = Permission.NONE

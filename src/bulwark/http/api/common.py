@@ -101,7 +101,9 @@ async def json_body(request: Request) -> dict[str, Any]:
     return data
 
 
-def field(data: dict[str, Any], name: str, kind: type[T], *, required: bool = False, default: T | None = None) -> T | None:
+def field(
+    data: dict[str, Any], name: str, kind: type[T], *, required: bool = False, default: T | None = None
+) -> T | None:
     """A typed field of a JSON body; 422 naming the field when missing or mistyped."""
     if name not in data or data[name] is None:
         if required:

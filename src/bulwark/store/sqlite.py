@@ -1,0 +1,844 @@
+"""The SQLite metadata store, for standalone nodes and SQLite-based HA.
+
+One database file in WAL mode, so readers never block the single writer. The HTTP
+layer calls the store from a thread pool, so every thread gets its own connection;
+writes start with ``BEGIN IMMEDIATE`` so that concurrent writers (threads or
+processes) queue on the write lock up front instead of failing when a read
+transaction tries to upgrade.
+
+Logins and repository names are compared with ``COLLATE NOCASE``, which folds
+ASCII only; that is enough because :mod:`bulwark.names` admits ASCII names only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import pathlib
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from bulwark.clock import Clock, SystemClock
+from bulwark.errors import AlreadyExists, InvalidInput, NotFound, StoreError
+from bulwark.models import (
+    Account,
+    AccountType,
+    Collaborator,
+    MaintenanceState,
+    Membership,
+    OrgRole,
+    Permission,
+    Repository,
+    Scope,
+    Token,
+    Visibility,
+)
+from bulwark.store.base import Store
+
+BUSY_TIMEOUT_SECONDS = 10.0
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+# The schema, one step per version: step N takes a database from version N to
+# N + 1 (recorded in PRAGMA user_version). Steps are append-only; never edit one
+# that has shipped. AUTOINCREMENT keeps ids of deleted records from being reused,
+# so a stale id held elsewhere can never name a different account or repository.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE accounts (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        login         TEXT    NOT NULL COLLATE NOCASE UNIQUE,
+        type          TEXT    NOT NULL CHECK (type IN ('User', 'Organization')),
+        name          TEXT    NOT NULL DEFAULT '',
+        email         TEXT    NOT NULL DEFAULT '',
+        site_admin    INTEGER NOT NULL DEFAULT 0,
+        suspended     INTEGER NOT NULL DEFAULT 0,
+        password_hash TEXT,
+        created_at    TEXT    NOT NULL,
+        updated_at    TEXT    NOT NULL
+    );
+
+    CREATE TABLE tokens (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id      INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        note         TEXT    NOT NULL DEFAULT '',
+        token_hash   TEXT    NOT NULL UNIQUE,
+        token_prefix TEXT    NOT NULL,
+        scopes       TEXT    NOT NULL,
+        created_at   TEXT    NOT NULL,
+        expires_at   TEXT,
+        last_used_at TEXT
+    );
+    CREATE INDEX tokens_user ON tokens (user_id);
+
+    CREATE TABLE memberships (
+        org_id  INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        role    TEXT    NOT NULL,
+        PRIMARY KEY (org_id, user_id)
+    );
+    CREATE INDEX memberships_user ON memberships (user_id);
+
+    CREATE TABLE repositories (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner_id         INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        name             TEXT    NOT NULL COLLATE NOCASE,
+        storage_id       TEXT    NOT NULL UNIQUE,
+        visibility       TEXT    NOT NULL,
+        description      TEXT    NOT NULL DEFAULT '',
+        default_branch   TEXT    NOT NULL,
+        allow_force_push INTEGER NOT NULL DEFAULT 1,
+        created_at       TEXT    NOT NULL,
+        updated_at       TEXT    NOT NULL,
+        pushed_at        TEXT,
+        UNIQUE (owner_id, name)
+    );
+
+    CREATE TABLE collaborators (
+        repo_id    INTEGER NOT NULL REFERENCES repositories (id) ON DELETE CASCADE,
+        user_id    INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        permission INTEGER NOT NULL,
+        PRIMARY KEY (repo_id, user_id)
+    );
+    CREATE INDEX collaborators_user ON collaborators (user_id);
+
+    -- At most one row (id = 1); no row means maintenance was never set.
+    CREATE TABLE maintenance (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        enabled INTEGER NOT NULL,
+        message TEXT    NOT NULL,
+        since   TEXT
+    );
+
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+]
+
+_ACCOUNT_COLUMNS = "id, login, type, name, email, site_admin, suspended, created_at, updated_at"
+_TOKEN_COLUMNS = "id, user_id, note, token_hash, token_prefix, scopes, created_at, expires_at, last_used_at"
+_REPO_COLUMNS = (
+    "id, owner_id, name, storage_id, visibility, description, default_branch,"
+    " allow_force_push, created_at, updated_at, pushed_at"
+)
+
+
+# -- value conversion --------------------------------------------------------------
+
+
+def _dump_time(value: datetime) -> str:
+    """UTC, fixed width: equal instants give equal text and text order is time order."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInput(f"time {value.isoformat()} has no time zone")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _dump_optional_time(value: datetime | None) -> str | None:
+    return None if value is None else _dump_time(value)
+
+
+def _load_time(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _load_optional_time(text: str | None) -> datetime | None:
+    return None if text is None else _load_time(text)
+
+
+def _enum(kind: type[_E], value: object, field: str) -> _E:
+    """``value`` as a member of ``kind``; a plain string from a caller is accepted."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise InvalidInput(f"invalid {field} {value!r}", field=field) from None
+
+
+def _dump_scopes(scopes: Iterable[Scope]) -> str:
+    return " ".join(sorted(_enum(Scope, scope, "scope").value for scope in scopes))
+
+
+def _load_scopes(text: str) -> frozenset[Scope]:
+    return frozenset(Scope(part) for part in text.split())
+
+
+def _account(row: sqlite3.Row) -> Account:
+    return Account(
+        id=row["id"],
+        login=row["login"],
+        type=AccountType(row["type"]),
+        name=row["name"],
+        email=row["email"],
+        site_admin=bool(row["site_admin"]),
+        suspended=bool(row["suspended"]),
+        created_at=_load_time(row["created_at"]),
+        updated_at=_load_time(row["updated_at"]),
+    )
+
+
+def _token(row: sqlite3.Row) -> Token:
+    return Token(
+        id=row["id"],
+        user_id=row["user_id"],
+        note=row["note"],
+        token_hash=row["token_hash"],
+        token_prefix=row["token_prefix"],
+        scopes=_load_scopes(row["scopes"]),
+        created_at=_load_time(row["created_at"]),
+        expires_at=_load_optional_time(row["expires_at"]),
+        last_used_at=_load_optional_time(row["last_used_at"]),
+    )
+
+
+def _membership(row: sqlite3.Row) -> Membership:
+    return Membership(org_id=row["org_id"], user_id=row["user_id"], role=OrgRole(row["role"]))
+
+
+def _repo(row: sqlite3.Row) -> Repository:
+    return Repository(
+        id=row["id"],
+        owner_id=row["owner_id"],
+        name=row["name"],
+        storage_id=row["storage_id"],
+        visibility=Visibility(row["visibility"]),
+        description=row["description"],
+        default_branch=row["default_branch"],
+        allow_force_push=bool(row["allow_force_push"]),
+        created_at=_load_time(row["created_at"]),
+        updated_at=_load_time(row["updated_at"]),
+        pushed_at=_load_optional_time(row["pushed_at"]),
+    )
+
+
+def _collaborator(row: sqlite3.Row) -> Collaborator:
+    return Collaborator(repo_id=row["repo_id"], user_id=row["user_id"], permission=Permission(row["permission"]))
+
+
+def _page(limit: int | None, offset: int) -> tuple[int, int]:
+    """LIMIT/OFFSET parameters; SQLite reads a negative LIMIT as "no limit"."""
+    if limit is not None and limit < 0:
+        raise InvalidInput(f"limit must not be negative, got {limit}", field="limit")
+    if offset < 0:
+        raise InvalidInput(f"offset must not be negative, got {offset}", field="offset")
+    return (-1 if limit is None else limit), offset
+
+
+def _is_unique_violation(exc: sqlite3.IntegrityError) -> bool:
+    return exc.sqlite_errorcode in (
+        sqlite3.SQLITE_CONSTRAINT_UNIQUE,
+        sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY,
+    )
+
+
+def _split_script(script: str) -> list[str]:
+    """The statements of a migration script.
+
+    ``executescript`` would commit the migration transaction before running, so
+    the statements are executed one by one inside it instead.
+    """
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip() and not pending.strip().startswith("--"):
+        raise StoreError(f"incomplete statement in a migration: {pending.strip()!r}")
+    return statements
+
+
+# -- the store ---------------------------------------------------------------------
+
+
+class SQLiteStore(Store):
+    """Bulwark metadata in one SQLite database file."""
+
+    def __init__(self, path: pathlib.Path | str, *, clock: Clock | None = None) -> None:
+        self._path = str(path)
+        self._clock: Clock = clock or SystemClock()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        # Every connection opened, with its thread, so close() can close them all
+        # and connections of finished threads can be closed early.
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._closed = False
+        try:
+            self._migrate(self._connection())
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connections and transactions ------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            # isolation_level=None: the module never opens transactions on its own;
+            # every one is begun explicitly below. check_same_thread=False only so
+            # that close() may close connections owned by other threads.
+            conn = sqlite3.connect(
+                self._path,
+                timeout=BUSY_TIMEOUT_SECONDS,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open metadata database {self._path}: {exc}") from exc
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"metadata database {self._path} cannot use WAL journal mode (got {mode})")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open metadata database {self._path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError("the metadata store is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        conn = self._connect()
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise StoreError("the metadata store is closed")
+            finished = [pair for pair in self._connections if not pair[0].is_alive()]
+            for pair in finished:
+                pair[1].close()
+                self._connections.remove(pair)
+            self._connections.append((threading.current_thread(), conn))
+        self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for _, conn in connections:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolled back if the body raises."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError as exc:
+            # Constraints the methods do not check themselves; a bug if it happens.
+            raise StoreError(f"metadata store constraint failed: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"metadata store failure: {exc}") from exc
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Rows of one read statement, which SQLite runs on a consistent snapshot."""
+        try:
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"metadata store failure: {exc}") from exc
+
+    def _row(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    def _now(self) -> str:
+        return _dump_time(self._clock.now())
+
+    # -- schema ----------------------------------------------------------------------
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the schema up to date in one transaction.
+
+        The version is read inside the write transaction, so two processes opening
+        a fresh database at once apply the steps only once.
+        """
+        known = len(MIGRATIONS)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > known:
+                    raise StoreError(
+                        f"metadata database {self._path} has schema version {version}, but "
+                        f"this Bulwark knows versions up to {known} only; upgrade Bulwark"
+                    )
+                for step in MIGRATIONS[version:]:
+                    for statement in _split_script(step):
+                        conn.execute(statement)
+                if version < known:
+                    conn.execute(f"PRAGMA user_version = {known}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot migrate metadata database {self._path}: {exc}") from exc
+
+    def schema_version(self) -> int:
+        """The schema version of the open database."""
+        row = self._row("PRAGMA user_version")
+        assert row is not None
+        return int(row[0])
+
+    # -- checks inside write transactions ----------------------------------------------
+
+    @staticmethod
+    def _require_account(conn: sqlite3.Connection, account_id: int, type: AccountType | None, role: str) -> None:
+        """Raise unless ``account_id`` names an account (of ``type``, if given).
+
+        Called inside a write transaction, which holds the write lock, so the answer
+        stays true until commit.
+        """
+        row = conn.execute("SELECT type FROM accounts WHERE id = ?", (account_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"{role} {account_id} does not exist")
+        if type is not None and row["type"] != type.value:
+            article = "an organization" if type is AccountType.ORGANIZATION else "a user"
+            raise InvalidInput(f"{role} {account_id} is not {article}")
+
+    @staticmethod
+    def _require_repo(conn: sqlite3.Connection, repo_id: int) -> None:
+        if conn.execute("SELECT 1 FROM repositories WHERE id = ?", (repo_id,)).fetchone() is None:
+            raise NotFound(f"repository {repo_id} does not exist")
+
+    # -- accounts ----------------------------------------------------------------------
+
+    def _insert_account(
+        self,
+        conn: sqlite3.Connection,
+        login: str,
+        type: AccountType,
+        *,
+        name: str,
+        email: str,
+        site_admin: bool = False,
+        password_hash: str | None = None,
+    ) -> int:
+        now = self._now()
+        try:
+            cursor = conn.execute(
+                "INSERT INTO accounts (login, type, name, email, site_admin, password_hash,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (login, type.value, name, email, int(site_admin), password_hash, now, now),
+            )
+        except sqlite3.IntegrityError as exc:
+            if _is_unique_violation(exc):
+                raise AlreadyExists(f"login {login!r} is already taken") from exc
+            raise
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    @staticmethod
+    def _read_account(conn: sqlite3.Connection, account_id: int) -> Account:
+        row = conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,)).fetchone()
+        assert row is not None
+        return _account(row)
+
+    def create_user(
+        self,
+        login: str,
+        *,
+        name: str = "",
+        email: str = "",
+        site_admin: bool = False,
+        password_hash: str | None = None,
+    ) -> Account:
+        with self._write() as conn:
+            user_id = self._insert_account(
+                conn,
+                login,
+                AccountType.USER,
+                name=name,
+                email=email,
+                site_admin=site_admin,
+                password_hash=password_hash,
+            )
+            return self._read_account(conn, user_id)
+
+    def create_org(self, login: str, *, owner_id: int, name: str = "", email: str = "") -> Account:
+        with self._write() as conn:
+            self._require_account(conn, owner_id, AccountType.USER, "owner")
+            org_id = self._insert_account(conn, login, AccountType.ORGANIZATION, name=name, email=email)
+            conn.execute(
+                "INSERT INTO memberships (org_id, user_id, role) VALUES (?, ?, ?)",
+                (org_id, owner_id, OrgRole.OWNER.value),
+            )
+            return self._read_account(conn, org_id)
+
+    def get_account(self, login: str) -> Account | None:
+        row = self._row(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE login = ?", (login,))
+        return None if row is None else _account(row)
+
+    def get_account_by_id(self, account_id: int) -> Account | None:
+        row = self._row(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,))
+        return None if row is None else _account(row)
+
+    def list_accounts(
+        self, type: AccountType | None = None, *, limit: int | None = None, offset: int = 0
+    ) -> list[Account]:
+        page = _page(limit, offset)
+        if type is None:
+            rows = self._rows(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY id LIMIT ? OFFSET ?", page)
+        else:
+            rows = self._rows(
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE type = ? ORDER BY id LIMIT ? OFFSET ?",
+                (_enum(AccountType, type, "type").value, *page),
+            )
+        return [_account(row) for row in rows]
+
+    def save_account(self, account: Account) -> Account:
+        with self._write() as conn:
+            try:
+                cursor = conn.execute(
+                    "UPDATE accounts SET login = ?, name = ?, email = ?, site_admin = ?,"
+                    " suspended = ?, updated_at = ? WHERE id = ?",
+                    (
+                        account.login,
+                        account.name,
+                        account.email,
+                        int(account.site_admin),
+                        int(account.suspended),
+                        self._now(),
+                        account.id,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                if _is_unique_violation(exc):
+                    raise AlreadyExists(f"login {account.login!r} is already taken") from exc
+                raise
+            if cursor.rowcount == 0:
+                raise NotFound(f"account {account.id} does not exist")
+            return self._read_account(conn, account.id)
+
+    def delete_account(self, account_id: int) -> list[Repository]:
+        with self._write() as conn:
+            repos = [
+                _repo(row)
+                for row in conn.execute(
+                    f"SELECT {_REPO_COLUMNS} FROM repositories WHERE owner_id = ? ORDER BY id",
+                    (account_id,),
+                )
+            ]
+            # ON DELETE CASCADE removes the tokens, memberships (on either side),
+            # collaborations, repositories and their collaborators in this statement.
+            cursor = conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
+            if cursor.rowcount == 0:
+                raise NotFound(f"account {account_id} does not exist")
+            return repos
+
+    def get_password_hash(self, user_id: int) -> str | None:
+        row = self._row(
+            "SELECT password_hash FROM accounts WHERE id = ? AND type = ?",
+            (user_id, AccountType.USER.value),
+        )
+        return None if row is None else row["password_hash"]
+
+    def set_password_hash(self, user_id: int, password_hash: str | None) -> None:
+        with self._write() as conn:
+            self._require_account(conn, user_id, AccountType.USER, "user")
+            conn.execute(
+                "UPDATE accounts SET password_hash = ?, updated_at = ? WHERE id = ?",
+                (password_hash, self._now(), user_id),
+            )
+
+    # -- tokens ------------------------------------------------------------------------
+
+    def create_token(
+        self,
+        user_id: int,
+        *,
+        token_hash: str,
+        token_prefix: str,
+        scopes: Iterable[Scope],
+        note: str = "",
+        expires_at: datetime | None = None,
+    ) -> Token:
+        stored_scopes = _dump_scopes(scopes)
+        stored_expiry = _dump_optional_time(expires_at)
+        with self._write() as conn:
+            self._require_account(conn, user_id, AccountType.USER, "user")
+            try:
+                cursor = conn.execute(
+                    "INSERT INTO tokens (user_id, note, token_hash, token_prefix, scopes,"
+                    " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        user_id,
+                        note,
+                        token_hash,
+                        token_prefix,
+                        stored_scopes,
+                        self._now(),
+                        stored_expiry,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                if _is_unique_violation(exc):
+                    raise AlreadyExists("a token with this hash already exists") from exc
+                raise
+            row = conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id = ?", (cursor.lastrowid,)).fetchone()
+            return _token(row)
+
+    def get_token_by_hash(self, token_hash: str) -> Token | None:
+        row = self._row(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash,))
+        return None if row is None else _token(row)
+
+    def list_tokens(self, user_id: int) -> list[Token]:
+        rows = self._rows(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE user_id = ? ORDER BY id", (user_id,))
+        return [_token(row) for row in rows]
+
+    def delete_token(self, token_id: int) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount > 0
+
+    def touch_token(self, token_id: int, when: datetime) -> None:
+        # Requests finish out of order, so keep the latest time rather than the last
+        # written. A token deleted meanwhile is no error: the request was authorized.
+        stamp = _dump_time(when)
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE tokens SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+                (stamp, token_id, stamp),
+            )
+
+    # -- organization membership -------------------------------------------------------
+
+    def set_membership(self, org_id: int, user_id: int, role: OrgRole) -> Membership:
+        role = _enum(OrgRole, role, "role")
+        with self._write() as conn:
+            self._require_account(conn, org_id, AccountType.ORGANIZATION, "organization")
+            self._require_account(conn, user_id, AccountType.USER, "user")
+            conn.execute(
+                "INSERT INTO memberships (org_id, user_id, role) VALUES (?, ?, ?)"
+                " ON CONFLICT (org_id, user_id) DO UPDATE SET role = excluded.role",
+                (org_id, user_id, role.value),
+            )
+        return Membership(org_id=org_id, user_id=user_id, role=role)
+
+    def remove_membership(self, org_id: int, user_id: int) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute("DELETE FROM memberships WHERE org_id = ? AND user_id = ?", (org_id, user_id))
+            return cursor.rowcount > 0
+
+    def get_membership(self, org_id: int, user_id: int) -> Membership | None:
+        row = self._row(
+            "SELECT org_id, user_id, role FROM memberships WHERE org_id = ? AND user_id = ?",
+            (org_id, user_id),
+        )
+        return None if row is None else _membership(row)
+
+    def list_members(self, org_id: int, role: OrgRole | None = None) -> list[Membership]:
+        if role is None:
+            rows = self._rows(
+                "SELECT org_id, user_id, role FROM memberships WHERE org_id = ? ORDER BY user_id",
+                (org_id,),
+            )
+        else:
+            rows = self._rows(
+                "SELECT org_id, user_id, role FROM memberships WHERE org_id = ? AND role = ? ORDER BY user_id",
+                (org_id, _enum(OrgRole, role, "role").value),
+            )
+        return [_membership(row) for row in rows]
+
+    def list_memberships_of(self, user_id: int) -> list[Membership]:
+        rows = self._rows(
+            "SELECT org_id, user_id, role FROM memberships WHERE user_id = ? ORDER BY org_id",
+            (user_id,),
+        )
+        return [_membership(row) for row in rows]
+
+    # -- repositories ------------------------------------------------------------------
+
+    @staticmethod
+    def _repo_clash(exc: sqlite3.IntegrityError, name: str) -> Exception:
+        """The error for a uniqueness violation on ``repositories``."""
+        if "storage_id" in str(exc):
+            return AlreadyExists("a repository with this storage id already exists")
+        return AlreadyExists(f"repository {name!r} already exists for this owner")
+
+    def create_repo(
+        self,
+        owner_id: int,
+        name: str,
+        *,
+        storage_id: str,
+        visibility: Visibility = Visibility.PUBLIC,
+        description: str = "",
+        default_branch: str = "main",
+    ) -> Repository:
+        with self._write() as conn:
+            self._require_account(conn, owner_id, None, "owner")
+            now = self._now()
+            try:
+                cursor = conn.execute(
+                    "INSERT INTO repositories (owner_id, name, storage_id, visibility,"
+                    " description, default_branch, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        owner_id,
+                        name,
+                        storage_id,
+                        _enum(Visibility, visibility, "visibility").value,
+                        description,
+                        default_branch,
+                        now,
+                        now,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                if _is_unique_violation(exc):
+                    raise self._repo_clash(exc, name) from exc
+                raise
+            row = conn.execute(f"SELECT {_REPO_COLUMNS} FROM repositories WHERE id = ?", (cursor.lastrowid,)).fetchone()
+            return _repo(row)
+
+    def get_repo(self, owner_id: int, name: str) -> Repository | None:
+        row = self._row(
+            f"SELECT {_REPO_COLUMNS} FROM repositories WHERE owner_id = ? AND name = ?",
+            (owner_id, name),
+        )
+        return None if row is None else _repo(row)
+
+    def get_repo_by_id(self, repo_id: int) -> Repository | None:
+        row = self._row(f"SELECT {_REPO_COLUMNS} FROM repositories WHERE id = ?", (repo_id,))
+        return None if row is None else _repo(row)
+
+    def list_repos(self, owner_id: int | None = None, *, limit: int | None = None, offset: int = 0) -> list[Repository]:
+        page = _page(limit, offset)
+        if owner_id is None:
+            rows = self._rows(f"SELECT {_REPO_COLUMNS} FROM repositories ORDER BY id LIMIT ? OFFSET ?", page)
+        else:
+            rows = self._rows(
+                f"SELECT {_REPO_COLUMNS} FROM repositories WHERE owner_id = ? ORDER BY id LIMIT ? OFFSET ?",
+                (owner_id, *page),
+            )
+        return [_repo(row) for row in rows]
+
+    def save_repo(self, repo: Repository) -> Repository:
+        pushed_at = _dump_optional_time(repo.pushed_at)
+        with self._write() as conn:
+            self._require_repo(conn, repo.id)
+            self._require_account(conn, repo.owner_id, None, "owner")
+            try:
+                conn.execute(
+                    "UPDATE repositories SET owner_id = ?, name = ?, visibility = ?,"
+                    " description = ?, default_branch = ?, allow_force_push = ?,"
+                    " pushed_at = ?, updated_at = ? WHERE id = ?",
+                    (
+                        repo.owner_id,
+                        repo.name,
+                        _enum(Visibility, repo.visibility, "visibility").value,
+                        repo.description,
+                        repo.default_branch,
+                        int(repo.allow_force_push),
+                        pushed_at,
+                        self._now(),
+                        repo.id,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                if _is_unique_violation(exc):
+                    raise self._repo_clash(exc, repo.name) from exc
+                raise
+            row = conn.execute(f"SELECT {_REPO_COLUMNS} FROM repositories WHERE id = ?", (repo.id,)).fetchone()
+            return _repo(row)
+
+    def delete_repo(self, repo_id: int) -> bool:
+        with self._write() as conn:
+            # Collaborators go with the repository through ON DELETE CASCADE.
+            return conn.execute("DELETE FROM repositories WHERE id = ?", (repo_id,)).rowcount > 0
+
+    # -- collaborators -----------------------------------------------------------------
+
+    def set_collaborator(self, repo_id: int, user_id: int, permission: Permission) -> Collaborator:
+        permission = _enum(Permission, permission, "permission")
+        with self._write() as conn:
+            self._require_repo(conn, repo_id)
+            self._require_account(conn, user_id, AccountType.USER, "user")
+            conn.execute(
+                "INSERT INTO collaborators (repo_id, user_id, permission) VALUES (?, ?, ?)"
+                " ON CONFLICT (repo_id, user_id) DO UPDATE SET permission = excluded.permission",
+                (repo_id, user_id, int(permission)),
+            )
+        return Collaborator(repo_id=repo_id, user_id=user_id, permission=permission)
+
+    def remove_collaborator(self, repo_id: int, user_id: int) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute("DELETE FROM collaborators WHERE repo_id = ? AND user_id = ?", (repo_id, user_id))
+            return cursor.rowcount > 0
+
+    def get_collaborator(self, repo_id: int, user_id: int) -> Collaborator | None:
+        row = self._row(
+            "SELECT repo_id, user_id, permission FROM collaborators WHERE repo_id = ? AND user_id = ?",
+            (repo_id, user_id),
+        )
+        return None if row is None else _collaborator(row)
+
+    def list_collaborators(self, repo_id: int) -> list[Collaborator]:
+        rows = self._rows(
+            "SELECT repo_id, user_id, permission FROM collaborators WHERE repo_id = ? ORDER BY user_id",
+            (repo_id,),
+        )
+        return [_collaborator(row) for row in rows]
+
+    def list_collaborations_of(self, user_id: int) -> list[Collaborator]:
+        rows = self._rows(
+            "SELECT repo_id, user_id, permission FROM collaborators WHERE user_id = ? ORDER BY repo_id",
+            (user_id,),
+        )
+        return [_collaborator(row) for row in rows]
+
+    # -- node settings -----------------------------------------------------------------
+
+    def get_maintenance(self) -> MaintenanceState:
+        row = self._row("SELECT enabled, message, since FROM maintenance WHERE id = 1")
+        if row is None:
+            return MaintenanceState(enabled=False)
+        return MaintenanceState(
+            enabled=bool(row["enabled"]),
+            message=row["message"],
+            since=_load_optional_time(row["since"]),
+        )
+
+    def set_maintenance(self, state: MaintenanceState) -> None:
+        since = _dump_optional_time(state.since)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO maintenance (id, enabled, message, since) VALUES (1, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET enabled = excluded.enabled,"
+                " message = excluded.message, since = excluded.since",
+                (int(state.enabled), state.message, since),
+            )
+
+    def get_setting(self, key: str) -> str | None:
+        row = self._row("SELECT value FROM settings WHERE key = ?", (key,))
+        return None if row is None else row["value"]
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        with self._write() as conn:
+            if value is None:
+                conn.execute("DELETE FROM settings WHERE key = ?", (key,))
+            else:
+                conn.execute(
+                    "INSERT INTO settings (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )

@@ -1,0 +1,838 @@
+"""The contract every metadata store backend must meet.
+
+Written against :class:`bulwark.store.Store` only. A backend's test module supplies
+a ``store`` fixture (a fresh, empty store) and subclasses :class:`StoreContract`::
+
+    @pytest.fixture
+    def store(tmp_path):
+        s = MyStore(...)
+        yield s
+        s.close()
+
+    class TestMyStore(StoreContract):
+        pass
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from bulwark.errors import AlreadyExists, InvalidInput, NotFound
+from bulwark.models import (
+    Account,
+    AccountType,
+    Collaborator,
+    MaintenanceState,
+    Membership,
+    OrgRole,
+    Permission,
+    Repository,
+    Scope,
+    Token,
+    Visibility,
+)
+from bulwark.store import Store
+
+pytestmark = pytest.mark.timeout(30)
+
+_storage_ids = itertools.count(1)
+
+
+def _user(store: Store, login: str, **fields: Any) -> Account:
+    return store.create_user(login, **fields)
+
+
+def _repo(store: Store, owner: Account, name: str) -> Repository:
+    """A repository with a storage id no other test repository has."""
+    return store.create_repo(owner.id, name, storage_id=f"sid-{next(_storage_ids)}")
+
+
+def _token(store: Store, user: Account, token_hash: str) -> Token:
+    return store.create_token(user.id, token_hash=token_hash, token_prefix=token_hash[:8], scopes={Scope.REPO})
+
+
+def _is_utc(value: datetime | None) -> bool:
+    return value is not None and value.utcoffset() == timedelta(0)
+
+
+class StoreContract:
+    """Tests that every :class:`Store` backend must pass."""
+
+    pytestmark = [pytest.mark.timeout(30)]
+
+    # -- accounts ----------------------------------------------------------------------
+
+    def test_create_user_returns_the_stored_account(self, store: Store) -> None:
+        user = store.create_user(
+            "Alice", name="Alice A.", email="alice@example.com", site_admin=True, password_hash="h1"
+        )
+        assert isinstance(user.id, int)
+        assert user.login == "Alice"
+        assert user.type is AccountType.USER
+        assert (user.name, user.email, user.site_admin, user.suspended) == (
+            "Alice A.",
+            "alice@example.com",
+            True,
+            False,
+        )
+        assert _is_utc(user.created_at) and _is_utc(user.updated_at)
+        assert store.get_account_by_id(user.id) == user
+        assert store.get_password_hash(user.id) == "h1"
+
+    def test_create_user_defaults(self, store: Store) -> None:
+        user = store.create_user("bob")
+        assert (user.name, user.email, user.site_admin, user.suspended) == ("", "", False, False)
+        assert store.get_password_hash(user.id) is None
+
+    def test_get_account_matches_login_case_insensitively(self, store: Store) -> None:
+        user = _user(store, "MixedCase")
+        assert store.get_account("mixedcase") == user
+        assert store.get_account("MIXEDCASE") == user
+        assert store.get_account("MixedCase") == user
+        assert user.login == "MixedCase"
+
+    def test_getters_return_none_for_missing_records(self, store: Store) -> None:
+        assert store.get_account("nobody") is None
+        assert store.get_account_by_id(424242) is None
+        assert store.get_password_hash(424242) is None
+        assert store.get_token_by_hash("0" * 64) is None
+        assert store.get_membership(424242, 424243) is None
+        assert store.get_repo(424242, "nothing") is None
+        assert store.get_repo_by_id(424242) is None
+        assert store.get_collaborator(424242, 424243) is None
+        assert store.get_setting("no-such-key") is None
+
+    def test_ids_are_distinct_and_increasing(self, store: Store) -> None:
+        a = _user(store, "a1")
+        b = _user(store, "b1")
+        org = store.create_org("o1", owner_id=a.id)
+        assert a.id < b.id < org.id
+
+    def test_duplicate_login_differing_only_in_case_is_rejected(self, store: Store) -> None:
+        _user(store, "alice")
+        with pytest.raises(AlreadyExists, match=r"(?i)login 'alice'"):
+            store.create_user("ALICE")
+        with pytest.raises(AlreadyExists):
+            store.create_user("alice")
+        assert [a.login for a in store.list_accounts()] == ["alice"]
+
+    def test_users_and_orgs_share_one_namespace(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        store.create_org("acme", owner_id=owner.id)
+        with pytest.raises(AlreadyExists):
+            store.create_user("Acme")
+        with pytest.raises(AlreadyExists):
+            store.create_org("OWNER", owner_id=owner.id)
+
+    def test_create_org_adds_the_owner_as_owner_member(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        org = store.create_org("Acme", owner_id=owner.id, name="Acme Inc", email="hi@acme.test")
+        assert org.type is AccountType.ORGANIZATION and org.is_org
+        assert (org.login, org.name, org.email, org.site_admin) == ("Acme", "Acme Inc", "hi@acme.test", False)
+        assert _is_utc(org.created_at)
+        assert store.get_account("acme") == org
+        assert store.get_membership(org.id, owner.id) == Membership(org.id, owner.id, OrgRole.OWNER)
+        assert store.list_members(org.id) == [Membership(org.id, owner.id, OrgRole.OWNER)]
+
+    def test_create_org_with_missing_owner_creates_nothing(self, store: Store) -> None:
+        with pytest.raises(NotFound):
+            store.create_org("acme", owner_id=424242)
+        assert store.get_account("acme") is None
+
+    def test_create_org_owned_by_an_org_is_invalid(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        org = store.create_org("acme", owner_id=owner.id)
+        with pytest.raises(InvalidInput):
+            store.create_org("sub", owner_id=org.id)
+        assert store.get_account("sub") is None
+
+    def test_create_org_with_taken_login_adds_no_membership(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        _user(store, "taken")
+        with pytest.raises(AlreadyExists):
+            store.create_org("TAKEN", owner_id=owner.id)
+        assert store.list_memberships_of(owner.id) == []
+        assert store.list_accounts(AccountType.ORGANIZATION) == []
+
+    def test_list_accounts_is_ordered_by_id_filtered_and_paginated(self, store: Store) -> None:
+        u1 = _user(store, "zed")
+        u2 = _user(store, "amy")
+        org = store.create_org("mid", owner_id=u1.id)
+        u3 = _user(store, "bea")
+        assert [a.id for a in store.list_accounts()] == [u1.id, u2.id, org.id, u3.id]
+        assert [a.id for a in store.list_accounts(AccountType.USER)] == [u1.id, u2.id, u3.id]
+        assert store.list_accounts(AccountType.ORGANIZATION) == [org]
+        assert [a.id for a in store.list_accounts(limit=2)] == [u1.id, u2.id]
+        assert [a.id for a in store.list_accounts(limit=2, offset=2)] == [org.id, u3.id]
+        assert [a.id for a in store.list_accounts(offset=3)] == [u3.id]
+        assert store.list_accounts(limit=2, offset=10) == []
+        assert store.list_accounts(limit=0) == []
+        assert [a.id for a in store.list_accounts(AccountType.USER, limit=1, offset=1)] == [u2.id]
+
+    def test_negative_pagination_is_invalid(self, store: Store) -> None:
+        with pytest.raises(InvalidInput):
+            store.list_accounts(limit=-1)
+        with pytest.raises(InvalidInput):
+            store.list_repos(offset=-1)
+
+    def test_save_account_stores_the_mutable_fields(self, store: Store) -> None:
+        user = _user(store, "carol", name="Carol")
+        changed = dataclasses.replace(
+            user, login="carol2", name="Caroline", email="c@example.com", site_admin=True, suspended=True
+        )
+        saved = store.save_account(changed)
+        assert (saved.login, saved.name, saved.email, saved.site_admin, saved.suspended) == (
+            "carol2",
+            "Caroline",
+            "c@example.com",
+            True,
+            True,
+        )
+        assert saved.created_at == user.created_at
+        assert saved.updated_at is not None and user.updated_at is not None
+        assert saved.updated_at >= user.updated_at
+        assert store.get_account_by_id(user.id) == saved
+        assert store.get_account("carol") is None
+        assert store.get_account("CAROL2") == saved
+
+    def test_save_account_ignores_immutable_fields(self, store: Store) -> None:
+        user = _user(store, "dave")
+        earlier = datetime(2000, 1, 1, tzinfo=UTC)
+        saved = store.save_account(
+            dataclasses.replace(user, type=AccountType.ORGANIZATION, created_at=earlier, name="D")
+        )
+        assert saved.type is AccountType.USER
+        assert saved.created_at == user.created_at
+        assert saved.name == "D"
+
+    def test_save_account_may_change_only_the_case_of_its_login(self, store: Store) -> None:
+        user = _user(store, "erin")
+        saved = store.save_account(dataclasses.replace(user, login="Erin"))
+        assert saved.login == "Erin"
+        assert store.get_account("erin") == saved
+
+    def test_save_account_onto_a_taken_login_is_rejected(self, store: Store) -> None:
+        _user(store, "frank")
+        owner = _user(store, "grace")
+        org = store.create_org("guild", owner_id=owner.id)
+        with pytest.raises(AlreadyExists, match="FRANK"):
+            store.save_account(dataclasses.replace(owner, login="FRANK", name="changed"))
+        with pytest.raises(AlreadyExists):
+            store.save_account(dataclasses.replace(org, login="Grace"))
+        assert store.get_account_by_id(owner.id) == owner
+        assert store.get_account_by_id(org.id) == org
+
+    def test_save_account_of_a_missing_account_is_not_found(self, store: Store) -> None:
+        ghost = Account(id=424242, login="ghost", type=AccountType.USER)
+        with pytest.raises(NotFound):
+            store.save_account(ghost)
+        assert store.get_account("ghost") is None
+
+    def test_password_hash_set_replace_and_clear(self, store: Store) -> None:
+        user = _user(store, "heidi")
+        other = _user(store, "ivan", password_hash="other")
+        store.set_password_hash(user.id, "argon2-a")
+        assert store.get_password_hash(user.id) == "argon2-a"
+        store.set_password_hash(user.id, "argon2-b")
+        assert store.get_password_hash(user.id) == "argon2-b"
+        store.set_password_hash(user.id, None)
+        assert store.get_password_hash(user.id) is None
+        assert store.get_password_hash(other.id) == "other"
+
+    def test_set_password_hash_of_a_missing_user_is_not_found(self, store: Store) -> None:
+        with pytest.raises(NotFound):
+            store.set_password_hash(424242, "h")
+
+    def test_delete_user_cascades(self, store: Store) -> None:
+        victim = _user(store, "victim")
+        other = _user(store, "other")
+        org = store.create_org("club", owner_id=other.id)
+        store.set_membership(org.id, victim.id, OrgRole.MEMBER)
+        own1 = _repo(store, victim, "one")
+        own2 = _repo(store, victim, "two")
+        theirs = _repo(store, other, "theirs")
+        store.set_collaborator(own1.id, other.id, Permission.PUSH)
+        store.set_collaborator(theirs.id, victim.id, Permission.ADMIN)
+        _token(store, victim, "victim-hash")
+        kept_token = _token(store, other, "other-hash")
+
+        removed = store.delete_account(victim.id)
+
+        assert sorted(r.id for r in removed) == [own1.id, own2.id]
+        assert {r.storage_id for r in removed} == {own1.storage_id, own2.storage_id}
+        assert store.get_account_by_id(victim.id) is None
+        assert store.get_account("victim") is None
+        assert store.get_token_by_hash("victim-hash") is None
+        assert store.list_tokens(victim.id) == []
+        assert store.get_token_by_hash("other-hash") == kept_token
+        assert store.get_membership(org.id, victim.id) is None
+        assert store.list_memberships_of(victim.id) == []
+        assert store.list_members(org.id) == [Membership(org.id, other.id, OrgRole.OWNER)]
+        assert store.get_repo_by_id(own1.id) is None and store.get_repo_by_id(own2.id) is None
+        assert store.list_repos(victim.id) == []
+        assert store.list_collaborators(own1.id) == []
+        assert store.list_collaborations_of(other.id) == []
+        assert store.list_collaborators(theirs.id) == []
+        assert store.list_collaborations_of(victim.id) == []
+        assert store.list_repos() == [theirs]
+        # The login is free again.
+        again = _user(store, "Victim")
+        assert again.id != victim.id
+
+    def test_delete_org_cascades_but_keeps_its_members(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        member = _user(store, "member")
+        org = store.create_org("acme", owner_id=owner.id)
+        store.set_membership(org.id, member.id, OrgRole.MEMBER)
+        repo = _repo(store, org, "site")
+        store.set_collaborator(repo.id, member.id, Permission.PULL)
+
+        removed = store.delete_account(org.id)
+
+        assert [r.id for r in removed] == [repo.id]
+        assert store.get_account("acme") is None
+        assert store.list_members(org.id) == []
+        assert store.list_memberships_of(owner.id) == []
+        assert store.list_memberships_of(member.id) == []
+        assert store.list_collaborations_of(member.id) == []
+        assert store.get_repo_by_id(repo.id) is None
+        assert store.get_account_by_id(owner.id) == owner
+        assert store.get_account_by_id(member.id) == member
+
+    def test_delete_account_without_repositories_returns_an_empty_list(self, store: Store) -> None:
+        user = _user(store, "plain")
+        assert store.delete_account(user.id) == []
+
+    def test_delete_missing_account_is_not_found(self, store: Store) -> None:
+        with pytest.raises(NotFound):
+            store.delete_account(424242)
+
+    # -- tokens ------------------------------------------------------------------------
+
+    def test_create_token_and_look_it_up_by_hash(self, store: Store) -> None:
+        user = _user(store, "judy")
+        expires = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+        token = store.create_token(
+            user.id,
+            token_hash="a" * 64,
+            token_prefix="bwk_aaaa",
+            scopes=[Scope.REPO, Scope.READ_ORG, Scope.REPO],
+            note="laptop",
+            expires_at=expires,
+        )
+        assert isinstance(token.id, int)
+        assert (token.user_id, token.note, token.token_hash, token.token_prefix) == (
+            user.id,
+            "laptop",
+            "a" * 64,
+            "bwk_aaaa",
+        )
+        assert token.scopes == frozenset({Scope.REPO, Scope.READ_ORG})
+        assert isinstance(token.scopes, frozenset)
+        assert all(type(s) is Scope for s in token.scopes)
+        assert token.expires_at == expires and _is_utc(token.expires_at)
+        assert _is_utc(token.created_at)
+        assert token.last_used_at is None
+        assert store.get_token_by_hash("a" * 64) == token
+        assert store.get_token_by_hash("b" * 64) is None
+
+    def test_token_with_no_scopes_and_no_expiry(self, store: Store) -> None:
+        user = _user(store, "kim")
+        token = store.create_token(user.id, token_hash="h", token_prefix="p", scopes=())
+        assert token.scopes == frozenset()
+        assert token.expires_at is None
+        assert store.get_token_by_hash("h") == token
+
+    def test_every_scope_round_trips(self, store: Store) -> None:
+        user = _user(store, "leo")
+        store.create_token(user.id, token_hash="all", token_prefix="p", scopes=set(Scope))
+        found = store.get_token_by_hash("all")
+        assert found is not None and found.scopes == frozenset(Scope)
+
+    def test_expiry_in_another_time_zone_is_returned_in_utc(self, store: Store) -> None:
+        user = _user(store, "mia")
+        plus_two = timezone(timedelta(hours=2))
+        expires = datetime(2030, 1, 1, 12, 0, tzinfo=plus_two)
+        store.create_token(user.id, token_hash="tz", token_prefix="p", scopes=(), expires_at=expires)
+        found = store.get_token_by_hash("tz")
+        assert found is not None
+        assert found.expires_at == expires
+        assert found.expires_at is not None and found.expires_at.hour == 10 and _is_utc(found.expires_at)
+
+    def test_naive_times_are_rejected(self, store: Store) -> None:
+        user = _user(store, "naive")
+        with pytest.raises(InvalidInput):
+            store.create_token(user.id, token_hash="n", token_prefix="p", scopes=(), expires_at=datetime(2030, 1, 1))
+        assert store.get_token_by_hash("n") is None
+
+    def test_unknown_enum_values_are_invalid_input(self, store: Store) -> None:
+        user = _user(store, "enums")
+        repo = _repo(store, user, "r")
+        with pytest.raises(InvalidInput):
+            store.create_token(user.id, token_hash="x", token_prefix="p", scopes=["write:everything"])  # type: ignore[list-item]
+        with pytest.raises(InvalidInput):
+            store.set_collaborator(repo.id, user.id, 7)  # type: ignore[arg-type]
+        assert store.get_token_by_hash("x") is None
+        assert store.list_collaborators(repo.id) == []
+
+    def test_duplicate_token_hash_is_rejected(self, store: Store) -> None:
+        a = _user(store, "nick")
+        b = _user(store, "olga")
+        _token(store, a, "same")
+        with pytest.raises(AlreadyExists):
+            _token(store, b, "same")
+        assert store.list_tokens(b.id) == []
+
+    def test_token_for_a_missing_user_is_not_found(self, store: Store) -> None:
+        with pytest.raises(NotFound):
+            store.create_token(424242, token_hash="x", token_prefix="p", scopes=())
+        assert store.get_token_by_hash("x") is None
+
+    def test_token_for_an_org_is_invalid(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        org = store.create_org("acme", owner_id=owner.id)
+        with pytest.raises(InvalidInput):
+            store.create_token(org.id, token_hash="x", token_prefix="p", scopes=())
+
+    def test_list_tokens_is_per_user_in_id_order(self, store: Store) -> None:
+        a = _user(store, "pat")
+        b = _user(store, "quinn")
+        t1 = _token(store, a, "t1")
+        _token(store, b, "t2")
+        t3 = _token(store, a, "t3")
+        assert store.list_tokens(a.id) == [t1, t3]
+        assert store.list_tokens(424242) == []
+
+    def test_delete_token(self, store: Store) -> None:
+        user = _user(store, "rob")
+        t1 = store.create_token(user.id, token_hash="d1", token_prefix="p", scopes=())
+        t2 = store.create_token(user.id, token_hash="d2", token_prefix="p", scopes=())
+        assert store.delete_token(t1.id) is True
+        assert store.delete_token(t1.id) is False
+        assert store.get_token_by_hash("d1") is None
+        assert store.list_tokens(user.id) == [t2]
+        assert store.delete_token(424242) is False
+
+    def test_touch_token_records_last_use(self, store: Store) -> None:
+        user = _user(store, "sam")
+        token = store.create_token(user.id, token_hash="used", token_prefix="p", scopes=())
+        other = store.create_token(user.id, token_hash="unused", token_prefix="p", scopes=())
+        when = datetime(2030, 2, 3, 4, 5, 6, 789000, tzinfo=UTC)
+        store.touch_token(token.id, when)
+        found = store.get_token_by_hash("used")
+        assert found is not None and found.last_used_at == when and _is_utc(found.last_used_at)
+        assert dataclasses.replace(found, last_used_at=None) == token
+        assert store.get_token_by_hash("unused") == other
+        later = when + timedelta(minutes=5)
+        store.touch_token(token.id, later)
+        found = store.get_token_by_hash("used")
+        assert found is not None and found.last_used_at == later
+
+    def test_touch_token_never_moves_last_use_backwards(self, store: Store) -> None:
+        user = _user(store, "tess")
+        token = store.create_token(user.id, token_hash="t", token_prefix="p", scopes=())
+        when = datetime(2030, 1, 1, tzinfo=UTC)
+        store.touch_token(token.id, when)
+        store.touch_token(token.id, when - timedelta(seconds=1))
+        found = store.get_token_by_hash("t")
+        assert found is not None and found.last_used_at == when
+
+    def test_touch_of_a_deleted_token_is_ignored(self, store: Store) -> None:
+        store.touch_token(424242, datetime(2030, 1, 1, tzinfo=UTC))
+
+    # -- organization membership -------------------------------------------------------
+
+    def test_set_membership_is_an_upsert(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        user = _user(store, "uma")
+        org = store.create_org("acme", owner_id=owner.id)
+        added = store.set_membership(org.id, user.id, OrgRole.MEMBER)
+        assert added == Membership(org.id, user.id, OrgRole.MEMBER)
+        assert store.get_membership(org.id, user.id) == added
+        promoted = store.set_membership(org.id, user.id, OrgRole.OWNER)
+        assert promoted.role is OrgRole.OWNER
+        found = store.get_membership(org.id, user.id)
+        assert found is not None and found.role is OrgRole.OWNER
+        assert len(store.list_members(org.id)) == 2
+        demoted = store.set_membership(org.id, owner.id, OrgRole.MEMBER)
+        assert store.get_membership(org.id, owner.id) == demoted
+
+    def test_remove_membership(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        user = _user(store, "vic")
+        org = store.create_org("acme", owner_id=owner.id)
+        store.set_membership(org.id, user.id, OrgRole.MEMBER)
+        assert store.remove_membership(org.id, user.id) is True
+        assert store.remove_membership(org.id, user.id) is False
+        assert store.get_membership(org.id, user.id) is None
+        assert store.list_members(org.id) == [Membership(org.id, owner.id, OrgRole.OWNER)]
+        assert store.get_account_by_id(user.id) is not None
+
+    def test_list_members_orders_by_user_and_filters_by_role(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        m1 = _user(store, "m1")
+        m2 = _user(store, "m2")
+        org = store.create_org("acme", owner_id=owner.id)
+        other = store.create_org("other", owner_id=m1.id)
+        store.set_membership(org.id, m2.id, OrgRole.MEMBER)
+        store.set_membership(org.id, m1.id, OrgRole.OWNER)
+        assert store.list_members(org.id) == [
+            Membership(org.id, owner.id, OrgRole.OWNER),
+            Membership(org.id, m1.id, OrgRole.OWNER),
+            Membership(org.id, m2.id, OrgRole.MEMBER),
+        ]
+        assert [m.user_id for m in store.list_members(org.id, OrgRole.OWNER)] == [owner.id, m1.id]
+        assert store.list_members(org.id, OrgRole.MEMBER) == [Membership(org.id, m2.id, OrgRole.MEMBER)]
+        assert store.list_members(other.id) == [Membership(other.id, m1.id, OrgRole.OWNER)]
+        assert store.list_members(424242) == []
+
+    def test_list_memberships_of_a_user_orders_by_org(self, store: Store) -> None:
+        user = _user(store, "wendy")
+        boss = _user(store, "boss")
+        o1 = store.create_org("o1", owner_id=boss.id)
+        o2 = store.create_org("o2", owner_id=user.id)
+        store.set_membership(o1.id, user.id, OrgRole.MEMBER)
+        assert store.list_memberships_of(user.id) == [
+            Membership(o1.id, user.id, OrgRole.MEMBER),
+            Membership(o2.id, user.id, OrgRole.OWNER),
+        ]
+        assert store.list_memberships_of(424242) == []
+
+    def test_membership_needs_an_existing_org_and_user(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        org = store.create_org("acme", owner_id=owner.id)
+        with pytest.raises(NotFound):
+            store.set_membership(424242, owner.id, OrgRole.MEMBER)
+        with pytest.raises(NotFound):
+            store.set_membership(org.id, 424242, OrgRole.MEMBER)
+        assert store.list_members(org.id) == [Membership(org.id, owner.id, OrgRole.OWNER)]
+
+    def test_membership_needs_an_org_and_a_user(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        user = _user(store, "xena")
+        org = store.create_org("acme", owner_id=owner.id)
+        other = store.create_org("other", owner_id=owner.id)
+        with pytest.raises(InvalidInput):
+            store.set_membership(user.id, owner.id, OrgRole.MEMBER)
+        with pytest.raises(InvalidInput):
+            store.set_membership(org.id, other.id, OrgRole.MEMBER)
+        assert store.list_memberships_of(owner.id) == [
+            Membership(org.id, owner.id, OrgRole.OWNER),
+            Membership(other.id, owner.id, OrgRole.OWNER),
+        ]
+
+    # -- repositories ------------------------------------------------------------------
+
+    def test_create_repo_returns_the_stored_repository(self, store: Store) -> None:
+        owner = _user(store, "yara")
+        repo = store.create_repo(
+            owner.id,
+            "Project.X",
+            storage_id="ab/cdef",
+            visibility=Visibility.PRIVATE,
+            description="secret",
+            default_branch="trunk",
+        )
+        assert isinstance(repo.id, int)
+        assert (repo.owner_id, repo.name, repo.storage_id, repo.description, repo.default_branch) == (
+            owner.id,
+            "Project.X",
+            "ab/cdef",
+            "secret",
+            "trunk",
+        )
+        assert repo.visibility is Visibility.PRIVATE and repo.private
+        assert repo.allow_force_push is True
+        assert _is_utc(repo.created_at) and _is_utc(repo.updated_at)
+        assert repo.pushed_at is None
+        assert store.get_repo_by_id(repo.id) == repo
+        assert store.get_repo(owner.id, "Project.X") == repo
+
+    def test_create_repo_defaults(self, store: Store) -> None:
+        owner = _user(store, "zoe")
+        repo = store.create_repo(owner.id, "plain", storage_id="s-plain")
+        assert repo.visibility is Visibility.PUBLIC
+        assert (repo.description, repo.default_branch) == ("", "main")
+
+    def test_get_repo_matches_the_name_case_insensitively(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        repo = _repo(store, owner, "MyRepo")
+        assert store.get_repo(owner.id, "myrepo") == repo
+        assert store.get_repo(owner.id, "MYREPO") == repo
+        assert store.get_repo(owner.id + 1000, "myrepo") is None
+
+    def test_repo_names_are_unique_per_owner_case_insensitively(self, store: Store) -> None:
+        a = _user(store, "ann")
+        b = _user(store, "ben")
+        _repo(store, a, "tools")
+        with pytest.raises(AlreadyExists, match="Tools"):
+            _repo(store, a, "Tools")
+        assert len(store.list_repos(a.id)) == 1
+        other = _repo(store, b, "TOOLS")
+        assert store.get_repo(b.id, "tools") == other
+
+    def test_storage_ids_are_unique(self, store: Store) -> None:
+        a = _user(store, "ann")
+        b = _user(store, "ben")
+        store.create_repo(a.id, "one", storage_id="shared")
+        with pytest.raises(AlreadyExists):
+            store.create_repo(b.id, "two", storage_id="shared")
+        assert store.list_repos(b.id) == []
+
+    def test_create_repo_for_a_missing_owner_is_not_found(self, store: Store) -> None:
+        with pytest.raises(NotFound):
+            store.create_repo(424242, "orphan", storage_id="s")
+        assert store.list_repos() == []
+
+    def test_orgs_own_repositories(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        org = store.create_org("acme", owner_id=owner.id)
+        repo = _repo(store, org, "site")
+        assert store.list_repos(org.id) == [repo]
+        assert store.list_repos(owner.id) == []
+
+    def test_list_repos_per_owner_and_of_everyone_with_pagination(self, store: Store) -> None:
+        a = _user(store, "ann")
+        b = _user(store, "ben")
+        r1 = _repo(store, a, "zzz")
+        r2 = _repo(store, b, "aaa")
+        r3 = _repo(store, a, "mmm")
+        r4 = _repo(store, a, "bbb")
+        assert store.list_repos() == [r1, r2, r3, r4]
+        assert store.list_repos(a.id) == [r1, r3, r4]
+        assert store.list_repos(b.id) == [r2]
+        assert store.list_repos(a.id, limit=2) == [r1, r3]
+        assert store.list_repos(a.id, limit=2, offset=2) == [r4]
+        assert store.list_repos(limit=1, offset=1) == [r2]
+        assert store.list_repos(offset=3) == [r4]
+        assert store.list_repos(a.id, offset=5) == []
+        assert store.list_repos(424242) == []
+
+    def test_save_repo_stores_the_mutable_fields(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        repo = _repo(store, owner, "app")
+        pushed = datetime(2030, 3, 4, 5, 6, 7, tzinfo=UTC)
+        changed = dataclasses.replace(
+            repo,
+            name="application",
+            visibility=Visibility.PRIVATE,
+            description="the app",
+            default_branch="develop",
+            allow_force_push=False,
+            pushed_at=pushed,
+        )
+        saved = store.save_repo(changed)
+        assert (saved.name, saved.visibility, saved.description, saved.default_branch) == (
+            "application",
+            Visibility.PRIVATE,
+            "the app",
+            "develop",
+        )
+        assert saved.visibility is Visibility.PRIVATE
+        assert saved.allow_force_push is False
+        assert saved.pushed_at == pushed and _is_utc(saved.pushed_at)
+        assert saved.created_at == repo.created_at
+        assert saved.updated_at is not None and repo.updated_at is not None
+        assert saved.updated_at >= repo.updated_at
+        assert store.get_repo_by_id(repo.id) == saved
+        assert store.get_repo(owner.id, "app") is None
+        assert store.get_repo(owner.id, "APPLICATION") == saved
+
+    def test_save_repo_never_changes_the_storage_id(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        repo = _repo(store, owner, "app")
+        saved = store.save_repo(dataclasses.replace(repo, storage_id="elsewhere", description="d"))
+        assert saved.storage_id == repo.storage_id
+        assert saved.description == "d"
+
+    def test_save_repo_clears_pushed_at(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        repo = _repo(store, owner, "app")
+        pushed = store.save_repo(dataclasses.replace(repo, pushed_at=datetime(2030, 1, 1, tzinfo=UTC)))
+        cleared = store.save_repo(dataclasses.replace(pushed, pushed_at=None))
+        assert cleared.pushed_at is None
+
+    def test_save_repo_may_change_only_the_case_of_its_name(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        repo = _repo(store, owner, "app")
+        saved = store.save_repo(dataclasses.replace(repo, name="App"))
+        assert saved.name == "App"
+
+    def test_rename_onto_a_taken_name_is_rejected(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        _repo(store, owner, "taken")
+        repo = _repo(store, owner, "free")
+        with pytest.raises(AlreadyExists, match="TAKEN"):
+            store.save_repo(dataclasses.replace(repo, name="TAKEN", description="changed"))
+        assert store.get_repo_by_id(repo.id) == repo
+
+    def test_transfer_to_another_owner(self, store: Store) -> None:
+        a = _user(store, "ann")
+        b = _user(store, "ben")
+        org = store.create_org("acme", owner_id=b.id)
+        repo = _repo(store, a, "proj")
+        store.set_collaborator(repo.id, b.id, Permission.PUSH)
+        moved = store.save_repo(dataclasses.replace(repo, owner_id=org.id))
+        assert moved.owner_id == org.id
+        assert moved.storage_id == repo.storage_id
+        assert store.get_repo(a.id, "proj") is None
+        assert store.get_repo(org.id, "proj") == moved
+        assert store.list_repos(a.id) == []
+        assert store.list_repos(org.id) == [moved]
+        assert store.list_collaborators(repo.id) == [Collaborator(repo.id, b.id, Permission.PUSH)]
+
+    def test_transfer_onto_a_taken_name_is_rejected(self, store: Store) -> None:
+        a = _user(store, "ann")
+        b = _user(store, "ben")
+        repo = _repo(store, a, "proj")
+        _repo(store, b, "Proj")
+        with pytest.raises(AlreadyExists):
+            store.save_repo(dataclasses.replace(repo, owner_id=b.id))
+        assert store.get_repo_by_id(repo.id) == repo
+        # Transfer and rename at once onto a free name works.
+        moved = store.save_repo(dataclasses.replace(repo, owner_id=b.id, name="proj-2"))
+        assert store.get_repo(b.id, "proj-2") == moved
+
+    def test_transfer_to_a_missing_owner_is_not_found(self, store: Store) -> None:
+        a = _user(store, "ann")
+        repo = _repo(store, a, "proj")
+        with pytest.raises(NotFound):
+            store.save_repo(dataclasses.replace(repo, owner_id=424242))
+        assert store.get_repo_by_id(repo.id) == repo
+
+    def test_save_repo_of_a_missing_repository_is_not_found(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        ghost = Repository(id=424242, owner_id=owner.id, name="ghost", storage_id="g")
+        with pytest.raises(NotFound):
+            store.save_repo(ghost)
+        assert store.get_repo(owner.id, "ghost") is None
+
+    def test_delete_repo_removes_its_collaborators(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        helper = _user(store, "helper")
+        repo = _repo(store, owner, "gone")
+        kept = _repo(store, owner, "kept")
+        store.set_collaborator(repo.id, helper.id, Permission.PUSH)
+        store.set_collaborator(kept.id, helper.id, Permission.PULL)
+        assert store.delete_repo(repo.id) is True
+        assert store.delete_repo(repo.id) is False
+        assert store.get_repo_by_id(repo.id) is None
+        assert store.get_repo(owner.id, "gone") is None
+        assert store.list_collaborators(repo.id) == []
+        assert store.list_collaborations_of(helper.id) == [Collaborator(kept.id, helper.id, Permission.PULL)]
+        assert store.list_repos(owner.id) == [kept]
+        # The name is free again.
+        assert _repo(store, owner, "gone").id != repo.id
+
+    # -- collaborators -----------------------------------------------------------------
+
+    def test_set_collaborator_is_an_upsert(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        helper = _user(store, "helper")
+        repo = _repo(store, owner, "r")
+        added = store.set_collaborator(repo.id, helper.id, Permission.PULL)
+        assert added == Collaborator(repo.id, helper.id, Permission.PULL)
+        assert store.get_collaborator(repo.id, helper.id) == added
+        changed = store.set_collaborator(repo.id, helper.id, Permission.ADMIN)
+        assert changed.permission is Permission.ADMIN
+        found = store.get_collaborator(repo.id, helper.id)
+        assert found is not None and found.permission is Permission.ADMIN
+        assert store.list_collaborators(repo.id) == [changed]
+
+    def test_every_permission_round_trips(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        helper = _user(store, "helper")
+        repo = _repo(store, owner, "r")
+        for permission in Permission:
+            store.set_collaborator(repo.id, helper.id, permission)
+            found = store.get_collaborator(repo.id, helper.id)
+            assert found is not None and found.permission is permission
+
+    def test_collaborator_listings_are_ordered_by_id(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        u1 = _user(store, "u1")
+        u2 = _user(store, "u2")
+        r1 = _repo(store, owner, "r1")
+        r2 = _repo(store, owner, "r2")
+        store.set_collaborator(r2.id, u2.id, Permission.PUSH)
+        store.set_collaborator(r1.id, u2.id, Permission.PULL)
+        store.set_collaborator(r1.id, u1.id, Permission.ADMIN)
+        assert store.list_collaborators(r1.id) == [
+            Collaborator(r1.id, u1.id, Permission.ADMIN),
+            Collaborator(r1.id, u2.id, Permission.PULL),
+        ]
+        assert store.list_collaborators(r2.id) == [Collaborator(r2.id, u2.id, Permission.PUSH)]
+        assert store.list_collaborations_of(u2.id) == [
+            Collaborator(r1.id, u2.id, Permission.PULL),
+            Collaborator(r2.id, u2.id, Permission.PUSH),
+        ]
+        assert store.list_collaborations_of(u1.id) == [Collaborator(r1.id, u1.id, Permission.ADMIN)]
+        assert store.list_collaborations_of(owner.id) == []
+        assert store.list_collaborators(424242) == []
+
+    def test_remove_collaborator(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        helper = _user(store, "helper")
+        repo = _repo(store, owner, "r")
+        store.set_collaborator(repo.id, helper.id, Permission.PUSH)
+        assert store.remove_collaborator(repo.id, helper.id) is True
+        assert store.remove_collaborator(repo.id, helper.id) is False
+        assert store.get_collaborator(repo.id, helper.id) is None
+        assert store.list_collaborators(repo.id) == []
+
+    def test_collaborator_needs_an_existing_repo_and_user(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        repo = _repo(store, owner, "r")
+        with pytest.raises(NotFound):
+            store.set_collaborator(424242, owner.id, Permission.PULL)
+        with pytest.raises(NotFound):
+            store.set_collaborator(repo.id, 424242, Permission.PULL)
+        assert store.list_collaborators(repo.id) == []
+
+    def test_an_org_cannot_be_a_collaborator(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        org = store.create_org("acme", owner_id=owner.id)
+        repo = _repo(store, owner, "r")
+        with pytest.raises(InvalidInput):
+            store.set_collaborator(repo.id, org.id, Permission.PULL)
+        assert store.list_collaborators(repo.id) == []
+
+    # -- node settings -----------------------------------------------------------------
+
+    def test_maintenance_is_off_until_set(self, store: Store) -> None:
+        assert store.get_maintenance() == MaintenanceState(enabled=False)
+
+    def test_maintenance_round_trip(self, store: Store) -> None:
+        since = datetime(2030, 6, 7, 8, 9, 10, tzinfo=UTC)
+        on = MaintenanceState(enabled=True, message="upgrading to 2.0", since=since)
+        store.set_maintenance(on)
+        assert store.get_maintenance() == on
+        found = store.get_maintenance()
+        assert _is_utc(found.since)
+        off = MaintenanceState(enabled=False)
+        store.set_maintenance(off)
+        assert store.get_maintenance() == off
+
+    def test_settings_round_trip(self, store: Store) -> None:
+        store.set_setting("replication.epoch", "7")
+        store.set_setting("other", "")
+        assert store.get_setting("replication.epoch") == "7"
+        assert store.get_setting("other") == ""
+        store.set_setting("replication.epoch", "8")
+        assert store.get_setting("replication.epoch") == "8"
+        store.set_setting("replication.epoch", None)
+        assert store.get_setting("replication.epoch") is None
+        assert store.get_setting("other") == ""
+        store.set_setting("never-set", None)
+        assert store.get_setting("never-set") is None
+
+    def test_settings_keys_are_case_sensitive(self, store: Store) -> None:
+        store.set_setting("Key", "upper")
+        store.set_setting("key", "lower")
+        assert store.get_setting("Key") == "upper"
+        assert store.get_setting("key") == "lower"

@@ -1,0 +1,383 @@
+"""The SQLite store: the store contract, plus what only SQLite has (schema
+migrations, WAL, per-thread connections, writers in several threads and processes)."""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from bulwark.errors import AlreadyExists, BulwarkError, StoreError
+from bulwark.models import Account, OrgRole, Permission, Scope, Visibility
+from bulwark.store import sqlite as sqlite_store
+from bulwark.store.sqlite import MIGRATIONS, SQLiteStore
+
+from store_contract import StoreContract
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def db_path(tmp_path: pathlib.Path) -> pathlib.Path:
+    return tmp_path / "meta.db"
+
+
+@pytest.fixture
+def store(db_path: pathlib.Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(db_path)
+    yield s
+    s.close()
+
+
+class TestSQLiteStore(StoreContract):
+    pass
+
+
+@contextlib.contextmanager
+def raw(path: pathlib.Path) -> Iterator[sqlite3.Connection]:
+    """A plain connection to the database file, to inspect it from outside the store."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def run_in_threads(count: int, work: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
+    """Run ``work(i)`` in ``count`` threads started together; results and errors."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            result = work(i)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+        else:
+            with lock:
+                results.append(result)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=25)
+        assert not t.is_alive(), "a store call hung"
+    return results, errors
+
+
+class FakeClock:
+    def __init__(self, now: datetime) -> None:
+        self.current = now
+
+    def now(self) -> datetime:
+        return self.current
+
+
+# -- opening, schema and migrations --------------------------------------------------
+
+
+def test_wal_mode_is_on(store: SQLiteStore, db_path: pathlib.Path) -> None:
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_every_connection_enforces_foreign_keys_and_waits_when_busy(store: SQLiteStore) -> None:
+    def pragmas(_: int) -> tuple[int, int]:
+        conn = store._connection()
+        return (
+            conn.execute("PRAGMA foreign_keys").fetchone()[0],
+            conn.execute("PRAGMA busy_timeout").fetchone()[0],
+        )
+
+    results, errors = run_in_threads(3, pragmas)
+    assert errors == []
+    assert results == [(1, 10_000)] * 3
+
+
+def test_threads_get_their_own_connection(store: SQLiteStore) -> None:
+    results, errors = run_in_threads(3, lambda _: store._connection())
+    assert errors == []
+    assert len({id(conn) for conn in results}) == 3
+    assert store._connection() is store._connection()
+
+
+def test_migrations_are_applied_and_recorded(store: SQLiteStore, db_path: pathlib.Path) -> None:
+    assert store.schema_version() == len(MIGRATIONS) >= 1
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"accounts", "tokens", "memberships", "repositories", "collaborators", "settings"} <= tables
+
+
+def test_reopening_keeps_data_and_does_not_migrate_again(db_path: pathlib.Path) -> None:
+    first = SQLiteStore(db_path)
+    owner = first.create_user("Alice", password_hash="h")
+    org = first.create_org("acme", owner_id=owner.id)
+    repo = first.create_repo(org.id, "site", storage_id="s1", visibility=Visibility.PRIVATE)
+    first.set_collaborator(repo.id, owner.id, Permission.ADMIN)
+    first.set_setting("epoch", "3")
+    first.close()
+
+    # Re-running the first migration would fail on its CREATE TABLE statements.
+    second = SQLiteStore(db_path)
+    try:
+        assert second.schema_version() == len(MIGRATIONS)
+        assert second.get_account("alice") == owner
+        assert second.get_password_hash(owner.id) == "h"
+        assert second.get_membership(org.id, owner.id) is not None
+        assert second.get_repo(org.id, "SITE") == repo
+        assert second.get_collaborator(repo.id, owner.id) is not None
+        assert second.get_setting("epoch") == "3"
+    finally:
+        second.close()
+
+
+def test_only_new_migrations_run_on_an_existing_database(
+    db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    SQLiteStore(db_path).close()
+    extra = "CREATE TABLE extra (x INTEGER);\nINSERT INTO extra (x) VALUES (1);"
+    monkeypatch.setattr(sqlite_store, "MIGRATIONS", [*MIGRATIONS, extra])
+    for _ in range(2):
+        s = SQLiteStore(db_path)
+        assert s.schema_version() == len(MIGRATIONS) + 1
+        s.close()
+    with raw(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM extra").fetchone()[0] == 1
+
+
+def test_a_failing_migration_changes_nothing(db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    SQLiteStore(db_path).close()
+    steps = [*MIGRATIONS, "CREATE TABLE extra (x INTEGER);", "CREATE TABLE broken (x INTEGER REFERENCES;"]
+    monkeypatch.setattr(sqlite_store, "MIGRATIONS", steps)
+    with pytest.raises(StoreError, match="migrate"):
+        SQLiteStore(db_path)
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
+
+
+def test_a_fresh_database_is_migrated_in_one_transaction(
+    db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "MIGRATIONS", [*MIGRATIONS, "SELECT * FROM no_such_table;"])
+    with pytest.raises(StoreError):
+        SQLiteStore(db_path)
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+
+def test_a_database_from_a_newer_bulwark_is_refused(db_path: pathlib.Path) -> None:
+    SQLiteStore(db_path).close()
+    newer = len(MIGRATIONS) + 5
+    with raw(db_path) as conn:
+        conn.execute(f"PRAGMA user_version = {newer}")
+    with pytest.raises(StoreError, match=f"schema version {newer}.*upgrade Bulwark"):
+        SQLiteStore(db_path)
+
+
+def test_an_unopenable_path_is_a_store_error(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(StoreError, match="cannot open"):
+        SQLiteStore(tmp_path / "missing-dir" / "meta.db")
+
+
+def test_several_stores_opening_a_fresh_database_at_once(db_path: pathlib.Path) -> None:
+    def open_and_close(_: int) -> int:
+        s = SQLiteStore(db_path)
+        try:
+            return s.schema_version()
+        finally:
+            s.close()
+
+    results, errors = run_in_threads(6, open_and_close)
+    assert errors == []
+    assert results == [len(MIGRATIONS)] * 6
+
+
+# -- lifecycle -----------------------------------------------------------------------
+
+
+def test_close_closes_the_connections_of_every_thread(store: SQLiteStore, db_path: pathlib.Path) -> None:
+    release = threading.Event()
+    used = threading.Event()
+
+    def worker() -> None:
+        store.create_user("from-worker")
+        used.set()
+        release.wait(10)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        assert used.wait(10)
+        store.create_user("from-main")
+        assert db_path.with_name("meta.db-wal").exists()
+        store.close()
+        # SQLite removes the WAL file when the last connection to the database closes.
+        assert not db_path.with_name("meta.db-wal").exists()
+    finally:
+        release.set()
+        t.join(10)
+
+
+def test_the_store_cannot_be_used_after_close(store: SQLiteStore) -> None:
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.get_account("anyone")
+    with pytest.raises(StoreError, match="closed"):
+        store.create_user("anyone")
+    store.close()
+
+
+def test_connections_of_finished_threads_are_released(store: SQLiteStore) -> None:
+    for i in range(5):
+        t = threading.Thread(target=store.create_user, args=(f"user{i}",))
+        t.start()
+        t.join(10)
+    # Each new connection closes those of threads that have ended: the main
+    # thread's and the last worker's remain.
+    assert len(store._connections) <= 2
+
+
+# -- transactions and concurrency ----------------------------------------------------
+
+
+def test_delete_account_is_all_or_nothing(store: SQLiteStore, db_path: pathlib.Path) -> None:
+    owner = store.create_user("owner")
+    helper = store.create_user("helper")
+    repo = store.create_repo(owner.id, "r", storage_id="s")
+    store.set_collaborator(repo.id, helper.id, Permission.PUSH)
+    store.create_token(owner.id, token_hash="h", token_prefix="p", scopes=())
+    # Make the last step of the cascade fail.
+    with raw(db_path) as conn:
+        conn.execute("CREATE TRIGGER refuse BEFORE DELETE ON collaborators BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    with pytest.raises(StoreError, match="refused"):
+        store.delete_account(owner.id)
+    assert store.get_account_by_id(owner.id) == owner
+    assert store.get_repo_by_id(repo.id) == repo
+    assert store.get_token_by_hash("h") is not None
+    assert store.list_collaborators(repo.id) != []
+
+
+def test_a_failed_write_leaves_the_connection_usable(store: SQLiteStore) -> None:
+    store.create_user("dup")
+    with pytest.raises(AlreadyExists):
+        store.create_user("DUP")
+    assert not store._connection().in_transaction
+    assert store.create_user("next").login == "next"
+
+
+def test_concurrent_writers_lose_no_updates(store: SQLiteStore) -> None:
+    owner = store.create_user("owner")
+    org = store.create_org("acme", owner_id=owner.id)
+    per_thread = 15
+
+    def work(i: int) -> None:
+        user = store.create_user(f"user-{i}")
+        store.set_membership(org.id, user.id, OrgRole.MEMBER)
+        for n in range(per_thread):
+            repo = store.create_repo(org.id, f"repo-{i}-{n}", storage_id=f"s-{i}-{n}")
+            store.set_collaborator(repo.id, user.id, Permission.PUSH)
+
+    _, errors = run_in_threads(8, work)
+    assert errors == []
+    repos = store.list_repos(org.id)
+    assert len(repos) == 8 * per_thread
+    assert len({r.id for r in repos}) == len(repos)
+    assert len(store.list_members(org.id)) == 9
+    assert all(len(store.list_collaborators(r.id)) == 1 for r in repos)
+
+
+def test_concurrent_creation_of_one_login_has_exactly_one_winner(store: SQLiteStore) -> None:
+    for round_ in range(10):
+        login = f"contested{round_}"
+
+        def create(i: int, login: str = login) -> Account:
+            # Half the contenders spell the login in upper case.
+            return store.create_user(login.upper() if i % 2 else login)
+
+        results, errors = run_in_threads(4, create)
+        assert len(results) == 1, errors
+        assert len(errors) == 3
+        assert all(isinstance(e, AlreadyExists) for e in errors), errors
+        assert store.get_account(login) == results[0]
+
+
+def test_concurrent_creation_of_one_repo_name_has_exactly_one_winner(store: SQLiteStore) -> None:
+    owner = store.create_user("owner")
+    results, errors = run_in_threads(4, lambda i: store.create_repo(owner.id, "same", storage_id=f"s{i}"))
+    assert len(results) == 1
+    assert len(errors) == 3 and all(isinstance(e, AlreadyExists) for e in errors), errors
+    assert store.list_repos(owner.id) == results
+
+
+def test_writers_in_separate_stores_share_one_database(db_path: pathlib.Path) -> None:
+    # Two store objects on one file stand in for two processes of one node.
+    stores = [SQLiteStore(db_path), SQLiteStore(db_path)]
+    try:
+
+        def work(i: int) -> None:
+            s = stores[i % 2]
+            for n in range(10):
+                s.create_user(f"u{i}-{n}")
+
+        _, errors = run_in_threads(6, work)
+        assert errors == []
+        assert len(stores[0].list_accounts()) == 60
+        _, errors = run_in_threads(2, lambda i: stores[i].create_user("both"))
+        assert len(errors) == 1 and isinstance(errors[0], AlreadyExists)
+    finally:
+        for s in stores:
+            s.close()
+
+
+# -- times ---------------------------------------------------------------------------
+
+
+def test_times_come_from_the_clock(db_path: pathlib.Path) -> None:
+    start = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    clock = FakeClock(start)
+    s = SQLiteStore(db_path, clock=clock)
+    try:
+        user = s.create_user("timed")
+        assert user.created_at == start and user.updated_at == start
+        token = s.create_token(user.id, token_hash="h", token_prefix="p", scopes=())
+        assert token.created_at == start
+        repo = s.create_repo(user.id, "r", storage_id="s")
+        assert repo.created_at == start and repo.updated_at == start
+
+        clock.current = start + timedelta(hours=1)
+        saved = s.save_account(user)
+        assert saved.created_at == start and saved.updated_at == clock.current
+        saved_repo = s.save_repo(repo)
+        assert saved_repo.created_at == start and saved_repo.updated_at == clock.current
+    finally:
+        s.close()
+
+
+def test_times_are_stored_as_utc_text(store: SQLiteStore, db_path: pathlib.Path) -> None:
+    user = store.create_user("stamp")
+    expires = datetime(2030, 1, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    store.create_token(user.id, token_hash="h", token_prefix="p", scopes=[Scope.USER, Scope.REPO], expires_at=expires)
+    with raw(db_path) as conn:
+        stored_expiry, scopes = conn.execute("SELECT expires_at, scopes FROM tokens").fetchone()
+    assert stored_expiry == "2030-01-01T12:00:00.000000+00:00"
+    assert scopes == "repo user"
+
+
+def test_errors_belong_to_the_bulwark_hierarchy(store: SQLiteStore) -> None:
+    store.create_user("x")
+    with pytest.raises(BulwarkError):
+        store.create_user("X")
