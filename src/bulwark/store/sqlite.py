@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import pathlib
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from bulwark.clock import Clock, SystemClock
-from bulwark.errors import AlreadyExists, InvalidInput, NotFound, StoreError
+from bulwark.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreError
 from bulwark.models import (
     Account,
     AccountType,
@@ -37,10 +38,53 @@ from bulwark.models import (
     Visibility,
 )
 from bulwark.store.base import Store
+from bulwark.store.changes import Change, ChangeLog, ChangeOp, Snapshot
 
 BUSY_TIMEOUT_SECONDS = 10.0
 
 _E = TypeVar("_E", bound=enum.Enum)
+
+# The replicated tables, parents before children: the order to insert a snapshot
+# in (and, reversed, to delete one). Everything else is node-local.
+REPLICATED_TABLES = ("accounts", "repositories", "tokens", "memberships", "collaborators")
+EVENT_TABLE = "event"
+
+# The current time as stored in the change log (UTC, ISO 8601, milliseconds).
+_NOW_SQL = "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')"
+
+
+def _capture_triggers(table: str, key: str, columns: str) -> str:
+    """Triggers that log every row change of ``table`` to ``changes`` as it happens.
+
+    ``key`` and ``columns`` are space-separated column names.
+
+    Being part of the writing transaction, a change is logged exactly when the
+    row change commits, and a rolled-back transaction takes its seqs with it, so
+    the log has no gaps. Migration step 2 is generated from this function, so it
+    must not change; a step that adds a column to a replicated table must drop and
+    recreate that table's triggers (``json_object`` names every column).
+    """
+
+    def obj(ref: str, names: str) -> str:
+        return "json_object(" + ", ".join(f"'{name}', {ref}.{name}" for name in names.split()) + ")"
+
+    # Rows written on behalf of a primary or a snapshot are logged by their writer.
+    when = "WHEN NOT EXISTS (SELECT 1 FROM replication_state WHERE capture_paused)"
+    insert = "INSERT INTO changes (tbl, op, key_json, row_json, at)"
+    key_moved = " OR ".join(f"OLD.{name} IS NOT NEW.{name}" for name in key.split())
+    return f"""
+    CREATE TRIGGER {table}_log_insert AFTER INSERT ON {table} {when} BEGIN
+        {insert} VALUES ('{table}', 'upsert', {obj("NEW", key)}, {obj("NEW", columns)}, {_NOW_SQL});
+    END;
+    CREATE TRIGGER {table}_log_update AFTER UPDATE ON {table} {when} BEGIN
+        {insert} SELECT '{table}', 'delete', {obj("OLD", key)}, NULL, {_NOW_SQL} WHERE {key_moved};
+        {insert} VALUES ('{table}', 'upsert', {obj("NEW", key)}, {obj("NEW", columns)}, {_NOW_SQL});
+    END;
+    CREATE TRIGGER {table}_log_delete AFTER DELETE ON {table} {when} BEGIN
+        {insert} VALUES ('{table}', 'delete', {obj("OLD", key)}, NULL, {_NOW_SQL});
+    END;
+    """
+
 
 # The schema, one step per version: step N takes a database from version N to
 # N + 1 (recorded in PRAGMA user_version). Steps are append-only; never edit one
@@ -118,6 +162,44 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # The change log that replicas follow (node-local itself). ``position`` is the
+    # seq of the last change applied from a primary; ``capture_paused`` is set only
+    # inside a transaction that writes rows which came from elsewhere.
+    """
+    CREATE TABLE changes (
+        seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+        tbl      TEXT    NOT NULL,
+        op       TEXT    NOT NULL CHECK (op IN ('upsert', 'delete', 'event')),
+        key_json TEXT    NOT NULL,
+        row_json TEXT,
+        at       TEXT    NOT NULL
+    );
+
+    CREATE TABLE replication_state (
+        id             INTEGER PRIMARY KEY CHECK (id = 1),
+        position       INTEGER NOT NULL,
+        capture_paused INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO replication_state (id, position) VALUES (1, 0);
+    """
+    + _capture_triggers(
+        "accounts",
+        "id",
+        "id login type name email site_admin suspended password_hash created_at updated_at",
+    )
+    + _capture_triggers(
+        "tokens",
+        "id",
+        "id user_id note token_hash token_prefix scopes created_at expires_at last_used_at",
+    )
+    + _capture_triggers("memberships", "org_id user_id", "org_id user_id role")
+    + _capture_triggers(
+        "repositories",
+        "id",
+        "id owner_id name storage_id visibility description default_branch allow_force_push"
+        " created_at updated_at pushed_at",
+    )
+    + _capture_triggers("collaborators", "repo_id user_id", "repo_id user_id permission"),
 ]
 
 _ACCOUNT_COLUMNS = "id, login, type, name, email, site_admin, suspended, created_at, updated_at"
@@ -234,6 +316,49 @@ def _is_unique_violation(exc: sqlite3.IntegrityError) -> bool:
     )
 
 
+class _Shape(NamedTuple):
+    """The columns of a replicated table and its primary key, read from the schema."""
+
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    autoincrement: bool
+
+
+def _dump_json(value: Any, what: str) -> str:
+    """Compact JSON, as ``json_object`` writes it."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} is not JSON: {exc}") from None
+
+
+def _change(row: sqlite3.Row) -> Change:
+    return Change(
+        seq=row["seq"],
+        table=row["tbl"],
+        op=ChangeOp(row["op"]),
+        key=json.loads(row["key_json"]),
+        row=None if row["row_json"] is None else json.loads(row["row_json"]),
+        at=_load_time(row["at"]),
+    )
+
+
+def _checked_row(shape: _Shape, row: object, what: str) -> dict[str, Any]:
+    """``row`` if it is an object of known columns with scalar values and a whole key."""
+    if not isinstance(row, dict):
+        raise InvalidInput(f"{what}: the row is not an object")
+    unknown = sorted(set(row) - set(shape.columns))
+    if unknown:
+        raise InvalidInput(f"{what}: unknown columns {', '.join(map(str, unknown))}")
+    missing = [name for name in shape.key if row.get(name) is None]
+    if missing:
+        raise InvalidInput(f"{what}: the key columns {', '.join(missing)} are missing")
+    for name, value in row.items():
+        if not (value is None or isinstance(value, str | int | float)):
+            raise InvalidInput(f"{what}: column {name} is not a scalar")
+    return row
+
+
 def _split_script(script: str) -> list[str]:
     """The statements of a migration script.
 
@@ -255,8 +380,8 @@ def _split_script(script: str) -> list[str]:
 # -- the store ---------------------------------------------------------------------
 
 
-class SQLiteStore(Store):
-    """Bulwark metadata in one SQLite database file."""
+class SQLiteStore(Store, ChangeLog):
+    """Bulwark metadata in one SQLite database file, with its change log."""
 
     def __init__(self, path: pathlib.Path | str, *, clock: Clock | None = None) -> None:
         self._path = str(path)
@@ -268,7 +393,9 @@ class SQLiteStore(Store):
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._closed = False
         try:
-            self._migrate(self._connection())
+            conn = self._connection()
+            self._migrate(conn)
+            self._shapes = self._read_shapes(conn)
         except BaseException:
             self.close()
             raise
@@ -292,6 +419,9 @@ class SQLiteStore(Store):
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Rows removed by REPLACE conflict resolution fire delete triggers only
+            # with this on, and the change log must see them.
+            conn.execute("PRAGMA recursive_triggers = ON")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"metadata database {self._path} cannot use WAL journal mode (got {mode})")
@@ -348,6 +478,20 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"metadata store failure: {exc}") from exc
 
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every statement in it sees the same snapshot."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreError(f"metadata store failure: {exc}") from exc
+
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Rows of one read statement, which SQLite runs on a consistent snapshot."""
         try:
@@ -392,6 +536,20 @@ class SQLiteStore(Store):
                 raise
         except sqlite3.Error as exc:
             raise StoreError(f"cannot migrate metadata database {self._path}: {exc}") from exc
+
+    @staticmethod
+    def _read_shapes(conn: sqlite3.Connection) -> dict[str, _Shape]:
+        shapes = {}
+        for table in REPLICATED_TABLES:
+            info = conn.execute(f"PRAGMA table_info({table})").fetchall()
+            key = sorted((row["pk"], row["name"]) for row in info if row["pk"])
+            sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+            shapes[table] = _Shape(
+                columns=tuple(row["name"] for row in info),
+                key=tuple(name for _, name in key),
+                autoincrement="AUTOINCREMENT" in str(sql[0]).upper(),
+            )
+        return shapes
 
     def schema_version(self) -> int:
         """The schema version of the open database."""
@@ -842,3 +1000,208 @@ class SQLiteStore(Store):
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (key, value),
                 )
+
+    # -- change log and replication ----------------------------------------------------
+
+    @staticmethod
+    def _last_seq(conn: sqlite3.Connection) -> int:
+        # The AUTOINCREMENT counter survives trimming and is what a snapshot sets.
+        row = conn.execute(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0),"
+            " coalesce((SELECT max(seq) FROM changes), 0))"
+        ).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def _position(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT position FROM replication_state WHERE id = 1").fetchone()
+        if row is None:
+            raise StoreError("the replication state of the metadata database is missing")
+        return int(row["position"])
+
+    @staticmethod
+    def _pause_capture(conn: sqlite3.Connection, paused: bool) -> None:
+        # Only ever set inside a write transaction and cleared before it commits,
+        # so no other transaction sees it set.
+        conn.execute("UPDATE replication_state SET capture_paused = ? WHERE id = 1", (int(paused),))
+
+    @staticmethod
+    def _set_sequence(conn: sqlite3.Connection, table: str, value: int) -> None:
+        """Make the next AUTOINCREMENT id of ``table`` be ``value + 1``."""
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, value))
+
+    def last_seq(self) -> int:
+        with self._read() as conn:
+            return self._last_seq(conn)
+
+    def oldest_seq(self) -> int:
+        row = self._row("SELECT coalesce(min(seq), 0) FROM changes")
+        assert row is not None
+        return int(row[0])
+
+    def changes_since(self, after: int, *, limit: int = 500) -> list[Change]:
+        if limit < 1:
+            raise InvalidInput(f"limit must be positive, got {limit}", field="limit")
+        rows = self._rows(
+            "SELECT seq, tbl, op, key_json, row_json, at FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        )
+        return [_change(row) for row in rows]
+
+    def trim(self, keep_after: int) -> int:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM changes WHERE seq <= ?", (keep_after,)).rowcount
+
+    def record_event(self, kind: str, payload: dict[str, Any]) -> Change:
+        if not isinstance(kind, str) or not kind:
+            raise InvalidInput("an event needs a kind", field="kind")
+        if not isinstance(payload, dict):
+            raise InvalidInput("an event's payload must be an object", field="payload")
+        key_json = _dump_json({"kind": kind}, "the event kind")
+        row_json = _dump_json(payload, "the event payload")
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"INSERT INTO changes (tbl, op, key_json, row_json, at) VALUES (?, ?, ?, ?, {_NOW_SQL})",
+                (EVENT_TABLE, ChangeOp.EVENT.value, key_json, row_json),
+            )
+            row = conn.execute(
+                "SELECT seq, tbl, op, key_json, row_json, at FROM changes WHERE seq = ?", (cursor.lastrowid,)
+            ).fetchone()
+            return _change(row)
+
+    def snapshot(self) -> Snapshot:
+        with self._read() as conn:
+            seq = self._last_seq(conn)
+            tables = {}
+            for table in REPLICATED_TABLES:
+                shape = self._shapes[table]
+                rows = conn.execute(f"SELECT {', '.join(shape.columns)} FROM {table} ORDER BY {', '.join(shape.key)}")
+                tables[table] = [dict(row) for row in rows]
+            marks = conn.execute(
+                f"SELECT name, seq FROM sqlite_sequence WHERE name IN ({', '.join('?' * len(REPLICATED_TABLES))})",
+                REPLICATED_TABLES,
+            )
+            sequences = {row["name"]: int(row["seq"]) for row in marks}
+        return Snapshot(seq=seq, tables=tables, sequences=sequences)
+
+    def load_snapshot(self, snapshot: Snapshot) -> None:
+        if not isinstance(snapshot.seq, int) or snapshot.seq < 0:
+            raise InvalidInput(f"invalid snapshot seq {snapshot.seq!r}")
+        unknown = sorted(set(snapshot.tables) - set(REPLICATED_TABLES))
+        if unknown:
+            raise InvalidInput(f"the snapshot has tables that are not replicated: {', '.join(unknown)}")
+        if not all(isinstance(mark, int) and mark >= 0 for mark in snapshot.sequences.values()):
+            raise InvalidInput("the snapshot's id counters must be non-negative integers")
+        with self._write() as conn:
+            self._pause_capture(conn, True)
+            for table in reversed(REPLICATED_TABLES):
+                conn.execute(f"DELETE FROM {table}")
+            for table in REPLICATED_TABLES:
+                shape = self._shapes[table]
+                for row in snapshot.tables.get(table, []):
+                    what = f"snapshot row of {table}"
+                    checked = _checked_row(shape, row, what)
+                    self._execute_row(
+                        conn,
+                        f"INSERT INTO {table} ({', '.join(checked)}) VALUES ({', '.join('?' * len(checked))})",
+                        list(checked.values()),
+                        what,
+                    )
+                if shape.autoincrement:
+                    # Ids of rows deleted on the primary must not be handed out again
+                    # after a failover, so continue above the primary's counter too.
+                    highest = conn.execute(f"SELECT coalesce(max({shape.key[0]}), 0) FROM {table}").fetchone()[0]
+                    self._set_sequence(conn, table, max(int(highest), snapshot.sequences.get(table, 0)))
+            conn.execute("DELETE FROM changes")
+            self._set_sequence(conn, "changes", snapshot.seq)
+            conn.execute("UPDATE replication_state SET position = ? WHERE id = 1", (snapshot.seq,))
+            self._pause_capture(conn, False)
+
+    def replication_position(self) -> int:
+        with self._read() as conn:
+            return self._position(conn)
+
+    def apply_changes(self, changes: list[Change]) -> int:
+        with self._write() as conn:
+            position = self._position(conn)
+            if not changes:
+                return position
+            local = self._last_seq(conn)
+            if local != position:
+                # Its own writes took the seqs the primary's changes need.
+                raise Conflict(
+                    f"this node's change log reaches {local} but it has applied changes up to {position} only:"
+                    " it has changes of its own; load a snapshot from the primary"
+                )
+            for expected, change in enumerate(changes, position + 1):
+                if change.seq != expected:
+                    raise Conflict(
+                        f"changes must continue at seq {position + 1} without gaps or replays:"
+                        f" expected {expected}, got {change.seq}"
+                    )
+            self._pause_capture(conn, True)
+            for change in changes:
+                self._apply_change(conn, change)
+            conn.execute("UPDATE replication_state SET position = ? WHERE id = 1", (changes[-1].seq,))
+            self._pause_capture(conn, False)
+            return changes[-1].seq
+
+    def _apply_change(self, conn: sqlite3.Connection, change: Change) -> None:
+        """Write one change from a primary and copy it into the local log under its seq."""
+        what = f"change {change.seq}"
+        try:
+            op = ChangeOp(change.op)
+        except ValueError:
+            raise InvalidInput(f"{what}: unknown operation {change.op!r}") from None
+        if not isinstance(change.key, dict):
+            raise InvalidInput(f"{what}: the key is not an object")
+        if op is ChangeOp.EVENT:
+            if change.table != EVENT_TABLE:
+                raise InvalidInput(f"{what}: an event must have table {EVENT_TABLE!r}, not {change.table!r}")
+        else:
+            shape = self._shapes.get(change.table)
+            if shape is None:
+                raise InvalidInput(f"{what}: {change.table!r} is not a replicated table")
+            what = f"{what} ({op.value} on {change.table})"
+            if set(change.key) != set(shape.key):
+                raise InvalidInput(f"{what}: the key must name exactly {', '.join(shape.key)}")
+            key = _checked_row(shape, change.key, what)
+            if op is ChangeOp.DELETE:
+                # A row already gone was removed here by the cascade of its parent's delete.
+                where = " AND ".join(f"{name} = ?" for name in shape.key)
+                self._execute_row(conn, f"DELETE FROM {change.table} WHERE {where}", list(key.values()), what)
+            else:
+                row = _checked_row(shape, change.row, what)
+                if any(row[name] != key[name] for name in shape.key):
+                    raise InvalidInput(f"{what}: the row does not match its key")
+                # An upsert, never REPLACE: replacing a row deletes it first, and the
+                # delete would cascade to its children (an account's tokens, say).
+                names = list(row)
+                updates = [f"{name} = excluded.{name}" for name in names if name not in shape.key]
+                action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
+                sql = (
+                    f"INSERT INTO {change.table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+                    f" ON CONFLICT ({', '.join(shape.key)}) {action}"
+                )
+                self._execute_row(conn, sql, list(row.values()), what)
+        if not isinstance(change.at, datetime):
+            raise InvalidInput(f"{what}: invalid time {change.at!r}")
+        conn.execute(
+            "INSERT INTO changes (seq, tbl, op, key_json, row_json, at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                change.seq,
+                change.table,
+                op.value,
+                _dump_json(change.key, f"{what}: the key"),
+                None if change.row is None else _dump_json(change.row, f"{what}: the row"),
+                _dump_time(change.at),
+            ),
+        )
+
+    @staticmethod
+    def _execute_row(conn: sqlite3.Connection, sql: str, params: list[Any], what: str) -> None:
+        try:
+            conn.execute(sql, params)
+        except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError) as exc:
+            raise InvalidInput(f"{what} cannot be applied: {exc}") from None
