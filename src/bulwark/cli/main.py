@@ -5,15 +5,25 @@ from __future__ import annotations
 import typer
 
 from bulwark import __version__
+from bulwark.cli import maintenance, orgs, repl, repos, tokens, users
+from bulwark.cli.fsck import fsck
 from bulwark.cli.serve import serve
 
 app = typer.Typer(
-    help="Bulwark: a self-hosted Git server built for availability.",
+    help="Bulwark: a self-hosted Git server built for availability. Administration commands act "
+    "directly on a node's data dir (--data-dir or BULWARK_DATA_DIR), whether or not the node is running.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 app.command("serve")(serve)
+app.add_typer(users.app, name="user")
+app.add_typer(orgs.app, name="org")
+app.add_typer(tokens.app, name="token")
+app.add_typer(repos.app, name="repo")
+app.add_typer(maintenance.app, name="maintenance")
+app.command("fsck")(fsck)
+app.add_typer(repl.app, name="repl")
 
 
 @app.command("version")

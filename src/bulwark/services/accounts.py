@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from bulwark.clock import Clock
@@ -37,10 +37,19 @@ def parse_scopes(values: Iterable[str]) -> frozenset[Scope]:
 
 
 class AccountService:
-    def __init__(self, store: Store, hasher: PasswordHasher, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hasher: PasswordHasher,
+        clock: Clock,
+        *,
+        metadata_writable: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.store = store
         self.hasher = hasher
         self.clock = clock
+        # A replica's metadata comes only from its primary: reads there must not write (last-used times).
+        self.metadata_writable = metadata_writable
 
     # -- lookup ----------------------------------------------------------------------
 
@@ -76,7 +85,8 @@ class AccountService:
             raise Unauthenticated("bad credentials")
         if user.suspended:
             raise Forbidden(f"account {user.login!r} is suspended")
-        if token.last_used_at is None or now - token.last_used_at >= _TOUCH_EVERY:
+        stale = token.last_used_at is None or now - token.last_used_at >= _TOUCH_EVERY
+        if stale and self.metadata_writable():
             self.store.touch_token(token.id, now)
         return Principal(account=user, scopes=token.scopes, token_id=token.id)
 
@@ -137,8 +147,16 @@ class AccountService:
         return not admins
 
     def check_deletable(self, account: Account) -> None:
-        if not account.is_org and account.site_admin and self._is_last_admin(account):
+        if account.is_org:
+            return
+        if account.site_admin and self._is_last_admin(account):
             raise Forbidden("cannot delete the last active site administrator")
+        for m in self.store.list_memberships_of(account.id):
+            owners = self.store.list_members(m.org_id, OrgRole.OWNER)
+            if m.role is OrgRole.OWNER and len(owners) == 1:
+                org = self.store.get_account_by_id(m.org_id)
+                name = org.login if org else m.org_id
+                raise Forbidden(f"{account.login!r} is the only owner of {name!r}: add another owner first")
 
     # -- bootstrap -------------------------------------------------------------------
 
@@ -187,6 +205,12 @@ class AccountService:
         )
         return token, secret
 
+    def revoke_all_tokens(self, user: Account) -> int:
+        tokens = self.store.list_tokens(user.id)
+        for token in tokens:
+            self.store.delete_token(token.id)
+        return len(tokens)
+
     def revoke_token(self, user: Account, token_id: int) -> None:
         if not any(t.id == token_id for t in self.store.list_tokens(user.id)):
             raise NotFound(f"no token {token_id} for {user.login!r}")
@@ -223,6 +247,11 @@ class AccountService:
         if not owners:
             raise InvalidInput(f"{org.login!r} must keep at least one owner")
 
+    def role_in(self, org: Account, user: Account) -> OrgRole | None:
+        """``user``'s role in ``org``; None if not a member."""
+        membership = self.store.get_membership(org.id, user.id) if org.is_org else None
+        return membership.role if membership else None
+
     def members(self, org: Account, role: OrgRole | None = None) -> list[tuple[Account, OrgRole]]:
         result = []
         for m in self.store.list_members(org.id, role):
@@ -234,3 +263,12 @@ class AccountService:
     def orgs_of(self, user: Account) -> list[Account]:
         orgs = [self.store.get_account_by_id(m.org_id) for m in self.store.list_memberships_of(user.id)]
         return [o for o in orgs if o is not None]
+
+    # -- site administration ---------------------------------------------------------
+
+    def set_site_admin(self, user: Account, site_admin: bool) -> Account:
+        if user.is_org:
+            raise InvalidInput("organizations cannot be site administrators")
+        if not site_admin and user.site_admin and self._is_last_admin(user):
+            raise Forbidden("cannot demote the last active site administrator")
+        return self.store.save_account(dataclasses.replace(user, site_admin=site_admin))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from bulwark.clock import Clock
 from bulwark.errors import Forbidden, GitError, InvalidInput, NotFound
 from bulwark.git.runner import GitRunner
-from bulwark.models import Account, Collaborator, Permission, Repository, Visibility
+from bulwark.models import ALL_SCOPES, Account, Collaborator, Permission, Repository, Scope, Visibility
 from bulwark.names import check_branch_name, check_repo_name
 from bulwark.services.permissions import Principal, repo_permission
 from bulwark.store import Store
@@ -158,8 +158,10 @@ class RepositoryService:
         except GitError as exc:
             raise InvalidInput(f"cannot set default branch: {exc.message}", field="default_branch") from exc
 
-    def transfer(self, repo: Repository, new_owner: Account) -> Repository:
-        return self.store.save_repo(dataclasses.replace(repo, owner_id=new_owner.id))
+    def transfer(self, repo: Repository, new_owner: Account, new_name: str | None = None) -> Repository:
+        # Owner and name change in one save, so the repository is never reachable under a mix of both.
+        name = check_repo_name(new_name) if new_name is not None else repo.name
+        return self.store.save_repo(dataclasses.replace(repo, owner_id=new_owner.id, name=name))
 
     def delete(self, repo: Repository) -> None:
         if self.store.delete_repo(repo.id):
@@ -187,6 +189,36 @@ class RepositoryService:
         if not self.store.remove_collaborator(repo.id, user.id):
             raise NotFound(f"{user.login!r} is not a collaborator")
 
+    def user_permission(
+        self, repo: Repository, owner: Account, user: Account, *, via_visibility: bool = True
+    ) -> Permission:
+        """What ``user`` may do to ``repo`` by its own standing, whatever credential it uses.
+
+        Ownership, organization membership and collaboration count, and the
+        repository being public counts unless ``via_visibility`` is false.
+        Site-admin powers do not: they belong to a credential, not to the account.
+        """
+        seen = repo if via_visibility else dataclasses.replace(repo, visibility=Visibility.PRIVATE)
+        principal = Principal(account=user, scopes=ALL_SCOPES - {Scope.SITE_ADMIN})
+        return self.permission(principal, seen, owner)
+
+    def people(self, repo: Repository, owner: Account) -> list[tuple[Account, Permission]]:
+        """Everyone with access of their own: the owner, the owning organization's members, collaborators."""
+        ids = {c.user_id for c in self.store.list_collaborators(repo.id)}
+        if owner.is_org:
+            ids |= {m.user_id for m in self.store.list_members(owner.id)}
+        else:
+            ids.add(owner.id)
+        result = []
+        for user_id in sorted(ids):
+            user = self.store.get_account_by_id(user_id)
+            if user is None:
+                continue
+            permission = self.user_permission(repo, owner, user, via_visibility=False)
+            if permission > Permission.NONE:
+                result.append((user, permission))
+        return result
+
     def collaborators(self, repo: Repository) -> list[tuple[Account, Permission]]:
         result = []
         for c in self.store.list_collaborators(repo.id):
@@ -194,3 +226,13 @@ class RepositoryService:
             if user is not None:
                 result.append((user, c.permission))
         return result
+
+    # -- administration ----------------------------------------------------------------
+
+    def get_by_name(self, owner_login: str, name: str) -> RepoAccess:
+        """``owner/name`` with no access check, for the node's own administration tools."""
+        owner = self.store.get_account(owner_login)
+        repo = self.store.get_repo(owner.id, name) if owner else None
+        if owner is None or repo is None:
+            raise NotFound(f"no repository {owner_login}/{name}")
+        return RepoAccess(repo, owner, Permission.ADMIN)
