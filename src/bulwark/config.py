@@ -32,6 +32,8 @@ class Settings(BaseModel):
     max_push_bytes: int = Field(default=4 * 1024**3, gt=0)
     # Seconds a client may stay silent while sending a request body.
     body_idle_timeout: float = Field(default=120.0, gt=0)
+    # Seconds between full checksum reconciliations of an HA replica's repositories.
+    ha_reconcile_interval: float = Field(default=60.0, gt=0)
     log_format: str = "json"
     access_log: bool = True
     git: str = "git"

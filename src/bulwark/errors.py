@@ -74,6 +74,10 @@ class Unavailable(BulwarkError):
     status_code = 503
 
 
+class ReadOnlyNode(Unavailable):
+    """This node takes no writes: it is a replica, or a primary that was superseded."""
+
+
 class StoreError(BulwarkError):
     """The metadata store failed in a way the caller cannot fix."""
 
@@ -84,3 +88,15 @@ class GitError(BulwarkError):
     """A git subprocess failed."""
 
     status_code = 500
+
+
+class PeerUnreachable(BulwarkError):
+    """Another node could not be reached (refused, timed out, or answered garbage)."""
+
+    status_code = 502
+
+
+class StaleEpoch(BulwarkError):
+    """A node-to-node request carried an epoch other than the receiver's."""
+
+    status_code = 409

@@ -7,16 +7,21 @@ node what it may do instead of branching on the mode themselves.
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
+from typing import cast
 
 from bulwark.clock import Clock, SystemClock
 from bulwark.config import Settings
-from bulwark.errors import Unavailable
+from bulwark.errors import ReadOnlyNode, Unavailable
 from bulwark.git.runner import GitRunner
+from bulwark.ha import state as ha_state
+from bulwark.ha.state import HAState
 from bulwark.security import PasswordHasher
 from bulwark.services.accounts import AccountService
 from bulwark.services.repositories import RepositoryService
 from bulwark.store import Store
+from bulwark.store.changes import ChangeLog
 
 
 class NodeRole(enum.StrEnum):
@@ -41,23 +46,56 @@ class Node:
     git: GitRunner
     clock: Clock = field(default_factory=SystemClock)
     hasher: PasswordHasher = field(default_factory=PasswordHasher)
-    role: NodeRole = NodeRole.STANDALONE
 
     def __post_init__(self) -> None:
-        self.accounts = AccountService(self.store, self.hasher, self.clock)
+        self.accounts = AccountService(
+            self.store, self.hasher, self.clock, metadata_writable=lambda: self.role is not NodeRole.HA_REPLICA
+        )
         self.repos = RepositoryService(self.store, self.git, self.clock)
+        # The SQLite store keeps the change log HA replication streams from.
+        self.changelog = cast(ChangeLog, self.store)
+        self._ha: tuple[float, HAState] | None = None
+
+    def ha(self) -> HAState:
+        """This node's HA state, re-read at most every half second (CLI commands change it)."""
+        now = time.monotonic()
+        if self._ha is None or now - self._ha[0] > 0.5:
+            self._ha = (now, ha_state.load(self.store))
+        return self._ha[1]
+
+    def forget_cached_state(self) -> None:
+        self._ha = None
+
+    @property
+    def role(self) -> NodeRole:
+        return NodeRole(self.ha().role)
 
     def check_serving(self, traffic: Traffic, *, site_admin: bool = False) -> None:
         """Raise ``Unavailable`` if this node does not take ``traffic`` now."""
         maintenance = self.store.get_maintenance()
         if maintenance.enabled and not (site_admin and traffic is Traffic.ADMIN):
             raise Unavailable(maintenance.message or "this instance is in maintenance mode; try again later")
+        if traffic is Traffic.READ:
+            return
+        ha = self.ha()
+        if ha.fenced:
+            raise ReadOnlyNode(
+                f"this node no longer takes writes: {ha.fenced}. Use the new primary, or make this node "
+                "its replica with 'bulwark repl setup --primary URL'"
+            )
+        if ha.role == NodeRole.HA_REPLICA:
+            raise ReadOnlyNode(f"this node is a read-only replica; send writes to the primary at {ha.primary_url}")
 
     def healthy(self) -> tuple[bool, str]:
         """Whether a load balancer should send traffic here, and why."""
         maintenance = self.store.get_maintenance()
         if maintenance.enabled:
-            return False, "maintenance mode"
+            return False, f"maintenance mode: {maintenance.message}" if maintenance.message else "maintenance mode"
+        ha = self.ha()
+        if ha.fenced:
+            return False, f"fenced: {ha.fenced}"
+        if ha.role == NodeRole.HA_REPLICA:
+            return False, f"replica of {ha.primary_url}"
         return True, "serving"
 
     def close(self) -> None:

@@ -134,13 +134,19 @@ class GitRunner:
         input: bytes | None = None,
         check: bool = True,
         timeout: float = 300,
+        secret_config: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
+        """Run git; ``secret_config`` is passed through the environment, never on the
+        command line, so credentials do not show in the process list."""
+        env = self.env
+        if secret_config:
+            env = {**env, **config_env(secret_config)}
         proc = subprocess.run(
             self.command(args),
             cwd=cwd,
             input=input,
             capture_output=True,
-            env=self.env,
+            env=env,
             timeout=timeout,
         )
         if check and proc.returncode != 0:
@@ -297,6 +303,15 @@ class GitRunner:
                 with contextlib.suppress(OSError):  # a file removed by a concurrent gc
                     total += os.lstat(os.path.join(dirpath, name)).st_size
         return total
+
+
+def config_env(config: Mapping[str, str]) -> dict[str, str]:
+    """Git settings as GIT_CONFIG_* variables (git >= 2.31)."""
+    env = {"GIT_CONFIG_COUNT": str(len(config))}
+    for i, (key, value) in enumerate(config.items()):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    return env
 
 
 def _parse_person(name: str, email: str, date: str) -> Person:

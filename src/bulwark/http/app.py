@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
-from bulwark.http import api, smart, status
+from bulwark.http import api, manage, smart, status
 from bulwark.http.accesslog import AccessLog
 from bulwark.http.errors import HANDLERS
 from bulwark.node import Node
@@ -16,6 +16,7 @@ def create_app(node: Node) -> Starlette:
     routes: list[BaseRoute] = [
         *status.routes,
         Mount("/api/v3", routes=api.routes),
+        Mount("/manage/v1", routes=manage.routes),
         *smart.routes,
     ]
     app = Starlette(

@@ -7,14 +7,27 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from bulwark.http import manage
 from bulwark.node import Node
 
 
 async def status(request: Request) -> JSONResponse:
+    """200 when this node takes traffic, 503 otherwise. Role and epoch are public on purpose:
+    a former primary reads them from its peers to learn that it was superseded."""
     node: Node = request.app.state.node
     ok, reason = await run_in_threadpool(node.healthy)
-    body = {"status": "ok" if ok else "unavailable", "role": node.role.value, "reason": reason}
+    ha = node.ha()
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "role": ha.role,
+        "epoch": ha.epoch,
+        "fenced": bool(ha.fenced),
+        "reason": reason,
+    }
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-routes = [Route("/status", status, methods=["GET", "HEAD"])]
+routes = [
+    Route("/status", status, methods=["GET", "HEAD"]),
+    Route("/status/replication", manage.replica_health, methods=["GET", "HEAD"]),
+]

@@ -1,0 +1,8 @@
+"""High availability: one primary, replicas fed by a change stream, one-command promotion.
+
+- :mod:`state`      what this node is in the HA pair (role, epoch, primary, replicas)
+- :mod:`health`     pure decisions: stream health (OK/WARNING/CRITICAL), fencing
+- :mod:`client`     the replica's calls to the primary's ``/manage/v1/replication``
+- :mod:`replicator` the replica's loop: pull changes, apply them, sync repositories
+- :mod:`promote`    turning a replica into the primary, fencing the old one
+"""

@@ -1,0 +1,126 @@
+"""The replica's side of the node-to-node protocol: calls to the primary.
+
+Every call carries the replica's credential (``Authorization: Bearer``), its node
+id and its epoch, so the primary can refuse strangers and stale peers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from bulwark.errors import BulwarkError, Forbidden, PeerUnreachable, StaleEpoch, Unauthenticated
+from bulwark.store.changes import Change, Snapshot
+
+BASE = "/manage/v1/replication"
+EPOCH_HEADER = "X-Bulwark-Epoch"
+NODE_HEADER = "X-Bulwark-Node"
+
+
+def register(primary_url: str, token: str, *, node_id: str, url: str, timeout: float = 10) -> dict[str, Any]:
+    """Ask the primary (with a site admin's token) to accept this node as a replica.
+
+    Returns ``{"credential", "primary_id", "epoch"}``; the credential is shown only here.
+    """
+    try:
+        r = httpx.post(
+            f"{primary_url.rstrip('/')}{BASE}/replicas",
+            json={"node_id": node_id, "url": url},
+            headers={"Authorization": f"token {token}"},
+            timeout=timeout,
+        )
+    except httpx.HTTPError as exc:
+        raise PeerUnreachable(f"cannot reach the primary at {primary_url}: {exc}") from None
+    return _json(r, primary_url)
+
+
+def peer_status(url: str, timeout: float = 3) -> dict[str, Any]:
+    """A node's public ``/status`` (role and epoch), for fencing checks."""
+    try:
+        r = httpx.get(f"{url.rstrip('/')}/status", timeout=timeout)
+        data = r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise PeerUnreachable(f"cannot reach {url}: {exc}") from None
+    if not isinstance(data, dict):
+        raise PeerUnreachable(f"{url} answered something that is not a status")
+    return data
+
+
+class PrimaryClient:
+    def __init__(self, primary_url: str, credential: str, *, node_id: str, epoch: int, timeout: float = 30) -> None:
+        self.url = primary_url.rstrip("/")
+        self.credential = credential
+        self.node_id = node_id
+        self.epoch = epoch
+        self.timeout = timeout
+        self._http = httpx.Client(base_url=self.url + BASE, headers=self.headers, timeout=timeout)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self.credential}",
+            EPOCH_HEADER: str(self.epoch),
+            NODE_HEADER: self.node_id,
+        }
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _get(self, path: str, **params: Any) -> dict[str, Any]:
+        try:
+            # A long poll may legitimately stay silent for `wait` seconds.
+            r = self._http.get(path, params=params, timeout=self.timeout + float(params.get("wait", 0)))
+        except httpx.HTTPError as exc:
+            raise PeerUnreachable(f"cannot reach the primary at {self.url}: {exc}") from None
+        return _json(r, self.url)
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            r = self._http.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise PeerUnreachable(f"cannot reach the primary at {self.url}: {exc}") from None
+        return _json(r, self.url)
+
+    def snapshot(self) -> Snapshot:
+        data = self._get("/snapshot")
+        return Snapshot(seq=int(data["seq"]), tables=data["tables"], sequences=data.get("sequences") or {})
+
+    def changes(self, after: int, *, limit: int = 500, wait: float = 0) -> tuple[int, list[Change]]:
+        """(the primary's newest seq, the changes after ``after``)."""
+        data = self._get("/changes", after=after, limit=limit, wait=wait)
+        return int(data["last_seq"]), [Change.from_json(c) for c in data["changes"]]
+
+    def checksums(self) -> dict[str, str]:
+        return dict(self._get("/checksums")["checksums"])
+
+    def fence(self, new_epoch: int, by: str) -> dict[str, Any]:
+        return self._post("/fence", {"epoch": new_epoch, "by": by})
+
+    def git_url(self, storage_id: str) -> str:
+        return f"{self.url}{BASE}/git/{storage_id}.git"
+
+    def git_config(self) -> dict[str, str]:
+        """Settings for `git fetch` against :meth:`git_url`."""
+        return {"http.extraHeader": f"Authorization: Bearer {self.credential}"}
+
+
+def _json(r: httpx.Response, url: str) -> dict[str, Any]:
+    try:
+        data = r.json()
+    except ValueError:
+        data = {"message": r.text[:200]}
+    if not isinstance(data, dict):
+        data = {"message": str(data)[:200]}
+    if r.is_success:
+        return data
+    message = f"{url} refused: {data.get('message', r.reason_phrase)}"
+    if r.status_code == 401:
+        raise Unauthenticated(message)
+    if r.status_code == 403:
+        raise Forbidden(message)
+    if r.status_code == 409:
+        raise StaleEpoch(message)
+    if r.status_code >= 500 or r.status_code == 404:
+        raise PeerUnreachable(message)
+    raise BulwarkError(message)

@@ -1,0 +1,117 @@
+"""The HA loop of a running node: one thread, one cycle at a time.
+
+On a replica each cycle is a :class:`~bulwark.ha.replicator.Replicator` cycle.
+On a primary it checks that no peer knows a newer epoch (fencing itself if one
+does) and trims the change log past what every replica has applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+
+from bulwark.clock import Clock
+from bulwark.errors import BulwarkError
+from bulwark.ha import state as ha_state
+from bulwark.ha.client import peer_status
+from bulwark.ha.health import FenceDecision, decide_fencing
+from bulwark.ha.replicator import Replicator
+from bulwark.ha.state import HAState
+from bulwark.store import Store
+from bulwark.store.changes import ChangeLog
+
+log = logging.getLogger("bulwark.ha")
+
+# Changes kept on a node that has no replica, so a brief teardown/setup needs no re-seed.
+KEEP_WITHOUT_REPLICAS = 10_000
+
+
+class PrimaryDuties:
+    def __init__(self, store: Store, changelog: ChangeLog, clock: Clock, *, check_every: float = 5.0) -> None:
+        self.store = store
+        self.changelog = changelog
+        self.clock = clock
+        self.check_every = timedelta(seconds=check_every)
+        self._last_check: datetime | None = None
+
+    def check_epochs(self, ha: HAState) -> str:
+        """Fence this node if any known peer is primary at a newer epoch."""
+        epochs: dict[str, int] = {}
+        for replica in ha_state.load_replicas(self.store):
+            if not replica.url:
+                continue
+            try:
+                status = peer_status(replica.url)
+            except BulwarkError:
+                continue
+            epoch = status.get("epoch")
+            if isinstance(epoch, int):
+                epochs[replica.url] = epoch
+        decision, reason = decide_fencing(ha.epoch, epochs)
+        if decision is FenceDecision.FENCE:
+            ha_state.save(self.store, ha.with_(fenced=reason))
+            return f"fenced this node: {reason}"
+        return f"still primary: {reason}"
+
+    def trim(self) -> str:
+        replicas = ha_state.load_replicas(self.store)
+        if replicas:
+            keep_after = min(r.position for r in replicas)
+        else:
+            keep_after = self.changelog.last_seq() - KEEP_WITHOUT_REPLICAS
+        dropped = self.changelog.trim(keep_after) if keep_after > 0 else 0
+        return f"trimmed {dropped} changes" if dropped else "nothing to trim"
+
+    def run_once(self, ha: HAState) -> str:
+        now = self.clock.now()
+        if self._last_check is not None and now - self._last_check < self.check_every:
+            return "idle"
+        self._last_check = now
+        if ha.role == "standalone":
+            return self.trim()
+        return f"{self.check_epochs(ha)}; {self.trim()}"
+
+
+class HALoop:
+    def __init__(self, store: Store, replicator: Replicator, primary: PrimaryDuties) -> None:
+        self.store = store
+        self.replicator = replicator
+        self.primary = primary
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_sentence = ""
+
+    def run_once(self) -> tuple[str, float]:
+        """One cycle: (what happened, seconds to pause before the next)."""
+        ha = ha_state.load(self.store)
+        if ha.role == "ha-replica" and not ha.replicating:
+            return "replication is stopped", 1.0
+        if ha.role == "ha-replica" and not ha.fenced:
+            sentence = self.replicator.run_once()
+            # The replicator paces itself with a long poll; pause only after a failure.
+            return sentence, 1.0 if self.replicator.failing else 0.0
+        if ha.fenced:
+            return f"fenced: {ha.fenced}", 1.0
+        return self.primary.run_once(ha), 1.0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="bulwark-ha", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sentence, pause = self.run_once()
+            except Exception as exc:  # the loop must survive anything a cycle meets
+                log.exception("HA cycle failed")
+                sentence, pause = f"cycle failed: {exc}", 1.0
+            if sentence != self.last_sentence and sentence != "idle":
+                log.info("ha: %s", sentence)
+                self.last_sentence = sentence
+            self._stop.wait(pause)

@@ -1,0 +1,41 @@
+"""Building the HA pieces of a node from its parts."""
+
+from __future__ import annotations
+
+from bulwark.errors import InvalidInput
+from bulwark.ha import state as ha_state
+from bulwark.ha.client import PrimaryClient
+from bulwark.ha.loop import HALoop, PrimaryDuties
+from bulwark.ha.replicator import Replicator
+from bulwark.ha.state import HAState
+from bulwark.node import Node
+
+
+def client_for(ha: HAState, node_id: str) -> PrimaryClient:
+    if not ha.primary_url or not ha.credential:
+        raise InvalidInput("this node has no primary configured; run 'bulwark repl setup'")
+    return PrimaryClient(ha.primary_url, ha.credential, node_id=node_id, epoch=ha.epoch)
+
+
+def replicator_for(node: Node, *, verify_objects: bool = True) -> Replicator:
+    s = node.settings
+    return Replicator(
+        node.store,
+        node.changelog,
+        node.git,
+        node.clock,
+        client_for=client_for,
+        reconcile_every=s.ha_reconcile_interval,
+        verify_objects=verify_objects,
+    )
+
+
+def ha_loop_for(node: Node) -> HALoop:
+    return HALoop(node.store, replicator_for(node), PrimaryDuties(node.store, node.changelog, node.clock))
+
+
+def primary_client(node: Node) -> PrimaryClient | None:
+    ha = ha_state.load(node.store)
+    if not ha.primary_url or not ha.credential:
+        return None
+    return client_for(ha, ha_state.node_id(node.store))
