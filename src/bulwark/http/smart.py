@@ -1,7 +1,645 @@
-"""Git smart HTTP (placeholder until the data path lands)."""
+"""Git smart HTTP: ``info/refs``, ``git-upload-pack`` and ``git-receive-pack``.
+
+The real ``git upload-pack|receive-pack --stateless-rpc`` does the protocol work;
+this module decides who may talk to it, checks the request's framing before git
+starts, and streams bytes both ways with bounded memory whatever the pack size.
+Clients see what ``git http-backend`` would answer.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import asyncio
+import contextlib
+import logging
+import re
+import zlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 
-routes: list[BaseRoute] = []
+import anyio
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+from starlette.types import Message, Receive, Scope, Send
+
+from bulwark.errors import (
+    BadRequest,
+    BulwarkError,
+    GitError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+    Unavailable,
+)
+from bulwark.git import pktline
+from bulwark.git.pktline import Kind, Packet, PktLineError, PktLineReader
+from bulwark.http.auth import authenticate
+from bulwark.models import Permission
+from bulwark.names import check_login, check_repo_name
+from bulwark.node import Node, Traffic
+from bulwark.services.repositories import RepoAccess
+
+log = logging.getLogger("bulwark.git")
+
+UPLOAD_PACK = "upload-pack"
+RECEIVE_PACK = "receive-pack"
+
+CHUNK = 64 * 1024
+# Bodies of fetch requests are wants and haves only; a generous cap still stops abuse.
+UPLOAD_BODY_LIMIT = 256 * 1024**2
+# The first section (up to the first flush) is buffered and checked before git starts.
+# A mirror clone may want hundreds of thousands of refs; a push's commands are fewer.
+SECTION_LIMITS = {UPLOAD_PACK: 16 * 1024**2, RECEIVE_PACK: 1024**2}
+# A client gone mid-push: how long git may take to finish the ref updates it has started.
+FINISH_TIMEOUT = 600.0
+# A client that stops reading the response for this long is given up on, so it cannot
+# hold a git process forever.
+SEND_STALL_TIMEOUT = 300.0
+# How long git gets to exit by itself (at the end of its input, or after SIGTERM, which
+# lets it remove lock files and quarantined objects) before the next, harsher step.
+TERM_GRACE = 5.0
+STDERR_TAIL = 8192
+
+NO_CACHE = {
+    "Expires": "Fri, 01 Jan 1980 00:00:00 GMT",
+    "Pragma": "no-cache",
+    "Cache-Control": "no-cache, max-age=0, must-revalidate",
+}
+_PROTOCOL_HEADER = re.compile(r"[A-Za-z0-9=:._-]{1,256}")
+
+
+class RequestTimeout(BulwarkError):
+    status_code = 408
+
+
+class UnsupportedMediaType(BulwarkError):
+    status_code = 415
+
+
+class ClientGone(BadRequest):
+    """The client disconnected; nobody reads the answer, but the request must still end."""
+
+
+# -- routes --------------------------------------------------------------------------
+
+
+async def info_refs(request: Request) -> Response:
+    service = _advertised_service(request)
+    access = await _authorize(request, service)
+    node = _node(request)
+    protocol = _git_protocol(request)
+    proc = await node.git.spawn(
+        access.repo.storage_id, service, advertise=True, protocol=protocol, extra_config=_git_config(access, service)
+    )
+    session = GitSession(proc, request, access, service)
+    async with _closed_on_error(session):
+        session.no_input()
+        first = await session.first_output()
+        if not first and proc.returncode != 0:
+            raise GitError(f"git-{service} could not list the refs of {access.full_name}: {session.last_error()}")
+    # http-backend announces the service, except in protocol v2 whose first line says "version 2".
+    prefix = b"" if _speaks_v2(protocol) else pktline.encode(f"# service=git-{service}\n") + pktline.flush()
+    return GitResponse(session, prefix + first, f"application/x-git-{service}-advertisement")
+
+
+async def upload_pack(request: Request) -> Response:
+    return await _rpc(request, UPLOAD_PACK)
+
+
+async def receive_pack(request: Request) -> Response:
+    return await _rpc(request, RECEIVE_PACK)
+
+
+routes: list[BaseRoute] = [
+    Route("/{owner}/{repo}/info/refs", info_refs, methods=["GET"]),
+    Route("/{owner}/{repo}/git-upload-pack", upload_pack, methods=["POST"]),
+    Route("/{owner}/{repo}/git-receive-pack", receive_pack, methods=["POST"]),
+]
+
+
+async def _rpc(request: Request, service: str) -> Response:
+    access = await _authorize(request, service)
+    node = _node(request)
+    _check_content_type(request, service)
+    limit = node.settings.max_push_bytes if service == RECEIVE_PACK else UPLOAD_BODY_LIMIT
+    _check_declared_length(request, limit)
+    framing = _FetchFraming() if service == UPLOAD_PACK else None
+    body = _decoded_body(request, limit=limit, idle_timeout=node.settings.body_idle_timeout, framing=framing)
+    try:
+        prelude, section = await _first_section(body, SECTION_LIMITS[service])
+        # The ref updates of a push: replication will replicate and vote on exactly these.
+        commands = pktline.parse_receive_request(section).commands if service == RECEIVE_PACK else ()
+    except BaseException:
+        await body.aclose()
+        raise
+    protocol = _git_protocol(request)
+    proc = await node.git.spawn(
+        access.repo.storage_id, service, advertise=False, protocol=protocol, extra_config=_git_config(access, service)
+    )
+    session = GitSession(proc, request, access, service)
+    if commands:
+        session.on_success = _recorder(node, access)
+    async with _closed_on_error(session):
+        session.send_input(prelude, body)
+        first = await session.first_output()
+        # Without report-status, receive-pack says nothing and exits 0 even when it fails;
+        # its stderr is then the only account of a truncated or refused push.
+        if not first and (proc.returncode != 0 or session.complained()):
+            raise BadRequest(f"git-{service} rejected the request: {session.last_error()}")
+    return GitResponse(session, first, f"application/x-git-{service}-result")
+
+
+# -- access ----------------------------------------------------------------------------
+
+
+def _node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    return node
+
+
+def _advertised_service(request: Request) -> str:
+    service = request.query_params.get("service")
+    if service not in ("git-upload-pack", "git-receive-pack"):
+        raise BadRequest(
+            "only the smart HTTP protocol is supported (dumb HTTP is not): "
+            "request info/refs?service=git-upload-pack or info/refs?service=git-receive-pack"
+        )
+    return service.removeprefix("git-")
+
+
+def _repo_names(request: Request) -> tuple[str, str]:
+    owner = request.path_params["owner"]
+    name = request.path_params["repo"].removesuffix(".git")
+    try:
+        check_login(owner)
+        check_repo_name(name)
+    except InvalidInput:
+        # No repository can have such a name, so saying so reveals nothing.
+        raise NotFound("repository not found") from None
+    return owner, name
+
+
+async def _authorize(request: Request, service: str) -> RepoAccess:
+    """The repository, if the caller may fetch from it (upload-pack) or push to it (receive-pack)."""
+    node = _node(request)
+    owner, name = _repo_names(request)
+    push = service == RECEIVE_PACK
+    await run_in_threadpool(node.check_serving, Traffic.WRITE if push else Traffic.READ)
+    principal = await authenticate(request)
+    if push and principal.anonymous:
+        # A 401 with WWW-Authenticate makes git ask its credential helper, then retry.
+        raise Unauthenticated("authentication is required to push")
+    try:
+        access = await run_in_threadpool(node.repos.find, principal, owner, name)
+    except NotFound:
+        if principal.anonymous:
+            # Anonymous callers cannot tell a private repository from a missing one, and get to log in.
+            raise Unauthenticated("authentication is required to access this repository") from None
+        raise
+    node.repos.require(access, Permission.PUSH if push else Permission.PULL)
+    if not await run_in_threadpool(node.git.exists, access.repo.storage_id):
+        raise Unavailable(f"the data of {access.full_name} is not available on this node")
+    return access
+
+
+def _git_config(access: RepoAccess, service: str) -> dict[str, str]:
+    """Settings enforced on every run, whatever the repository's own config says."""
+    if service == UPLOAD_PACK:
+        return {"uploadpack.allowFilter": "true"}
+    return {
+        "receive.fsckObjects": "true",
+        "receive.denyNonFastForwards": "false" if access.repo.allow_force_push else "true",
+        "receive.denyDeletes": "false",
+        "receive.denyDeleteCurrent": "true",
+    }
+
+
+def _recorder(node: Node, access: RepoAccess) -> Callable[[], Awaitable[None]]:
+    async def record() -> None:
+        try:
+            await run_in_threadpool(node.repos.record_push, access.repo)
+        except Exception:
+            # The refs are updated already; a stale pushed_at must not turn that into a failure.
+            log.exception("could not record the push to %s", access.full_name)
+
+    return record
+
+
+# -- request headers and body ------------------------------------------------------------
+
+
+def _git_protocol(request: Request) -> str | None:
+    """The ``Git-Protocol`` header, passed to git as GIT_PROTOCOL when it is well-formed."""
+    value = request.headers.get("git-protocol")
+    return value if value and _PROTOCOL_HEADER.fullmatch(value) else None
+
+
+def _speaks_v2(protocol: str | None) -> bool:
+    # git takes the highest ``version=N`` among the colon-separated parameters, and 2 is the highest.
+    return "version=2" in (protocol or "").split(":")
+
+
+def _check_content_type(request: Request, service: str) -> None:
+    expected = f"application/x-git-{service}-request"
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != expected:
+        raise UnsupportedMediaType(f"the request body must be of type {expected}")
+
+
+def _check_declared_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not declared.isdigit():
+        raise BadRequest("malformed Content-Length")
+    if int(declared) > limit:
+        raise PayloadTooLarge(f"the request body of {declared} bytes exceeds the limit of {limit} bytes")
+
+
+class _Identity:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if data:
+            yield data
+
+    def finish(self) -> None:
+        pass
+
+
+class _Gunzip:
+    """Incremental gzip decoding that never inflates more than ``CHUNK`` bytes at a time."""
+
+    def __init__(self) -> None:
+        self._z = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while True:
+            if self._z.eof:
+                if data or self._z.unused_data:
+                    raise BadRequest("corrupt gzip request body: data after the end of the gzip stream")
+                return
+            try:
+                out = self._z.decompress(data, CHUNK)
+            except zlib.error as exc:
+                raise BadRequest(f"corrupt gzip request body: {exc}") from None
+            if out:
+                yield out
+            data = self._z.unconsumed_tail
+            # A full CHUNK may leave output pending inside zlib: ask again, with no new input.
+            if not data and len(out) < CHUNK:
+                return
+
+    def finish(self) -> None:
+        if not self._z.eof:
+            raise BadRequest("corrupt gzip request body: the gzip stream is truncated")
+
+
+def _decoder(request: Request) -> _Identity | _Gunzip:
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return _Identity()
+    if encoding in ("gzip", "x-gzip"):
+        return _Gunzip()
+    raise BadRequest(f"unsupported Content-Encoding {encoding!r}: use gzip or none")
+
+
+class _FetchFraming:
+    """Checks that a fetch request is pkt-lines to its very end, and ends as clients end one."""
+
+    def __init__(self) -> None:
+        self._reader = PktLineReader()
+        self._last: Packet | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._reader.feed(data)
+        for packet in self._reader.packets():
+            self._last = packet
+
+    def finish(self) -> None:
+        if self._reader.pending():
+            raise PktLineError("the request body is truncated: it ends inside a pkt-line")
+        last = self._last
+        if last is None:
+            raise PktLineError("the request body is empty; expected pkt-lines")
+        if not (last.kind is Kind.FLUSH or last.payload == b"done\n"):
+            raise PktLineError("the request body is truncated: it does not end with a flush or 'done' packet")
+
+
+async def _decoded_body(
+    request: Request, *, limit: int, idle_timeout: float, framing: _FetchFraming | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The request body, decoded, in pieces; raises once it exceeds ``limit``, stalls or breaks ``framing``.
+
+    The last piece is held back until the body has ended well: git then never sees a
+    complete request that is about to be refused (a push would land despite the error).
+    """
+    decoder = _decoder(request)
+    chunks = request.stream().__aiter__()
+    total = 0
+    held: bytes | None = None
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), idle_timeout)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise RequestTimeout(f"no request body data arrived for {idle_timeout:g} seconds") from None
+        except ClientDisconnect:
+            raise ClientGone("the client disconnected while sending its request") from None
+        for piece in decoder.feed(chunk):
+            total += len(piece)
+            if total > limit:
+                raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
+            if framing is not None:
+                framing.feed(piece)
+            if held is not None:
+                yield held
+            held = piece
+    decoder.finish()
+    if framing is not None:
+        framing.finish()
+    if held is not None:
+        yield held
+
+
+async def _first_section(body: AsyncIterator[bytes], limit: int) -> tuple[bytes, list[Packet]]:
+    """Read up to the first flush packet: every byte read so far, and the packets before the flush."""
+    reader = PktLineReader()
+    raw = bytearray()
+    packets: list[Packet] = []
+    async for chunk in body:
+        raw += chunk
+        reader.feed(chunk)
+        for packet in reader.packets():
+            if packet.kind is Kind.FLUSH:
+                return bytes(raw), packets
+            packets.append(packet)
+        if len(raw) > limit:
+            raise PktLineError(f"the request sends more than {limit} bytes before its first flush packet")
+    if not raw:
+        raise PktLineError("the request body is empty; expected pkt-lines")
+    raise PktLineError("the request body is truncated: it ends before its first flush packet")
+
+
+# -- the git process ---------------------------------------------------------------------
+
+
+class GitSession:
+    """One git process serving one request: its input, its output and its end.
+
+    ``close`` ends the process and releases its pipes whatever happened (bad input,
+    a client gone, an error); the response calls it, or the handler if no response
+    is sent.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process, request: Request, access: RepoAccess, service: str) -> None:
+        self.proc = proc
+        self.service = service
+        self.on_success: Callable[[], Awaitable[None]] | None = None
+        self.client_gone = False
+        self._receive = request.receive
+        self._repo_path = str(_node(request).git.path(access.repo.storage_id))
+        self._full_name = access.full_name
+        # A push whose body arrived in full and whose answer has started is let finish
+        # even if its client goes away, so its ref updates are never cut off half-way.
+        self._finish_when_gone = service == RECEIVE_PACK
+        self._body_complete = False
+        self._responding = False
+        self._finished = False
+        self._closed = False
+        self._stderr = bytearray()
+        self._stderr_task = asyncio.create_task(self._drain_stderr())
+        self._writer: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    # -- input ---------------------------------------------------------------------------
+
+    def no_input(self) -> None:
+        self._close_stdin()
+        self._body_complete = True
+        self._watch()
+
+    def send_input(self, prelude: bytes, body: AsyncGenerator[bytes, None]) -> None:
+        """Write ``prelude`` and then the rest of ``body`` to git's stdin, concurrently with its output."""
+        self._writer = asyncio.create_task(self._write(prelude, body))
+
+    async def _write(self, prelude: bytes, body: AsyncGenerator[bytes, None]) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(prelude)
+            await stdin.drain()
+            async for chunk in body:
+                stdin.write(chunk)
+                await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            return  # git stopped reading: it had what it needed, or it failed and says why on stderr
+        except BaseException:
+            # A partial request: the end of input makes git fail and clean up (its quarantined
+            # objects, its lock files) by itself. A signal is only the fallback.
+            self._deadline = asyncio.get_running_loop().call_later(TERM_GRACE, self._terminate)
+            raise
+        finally:
+            self._close_stdin()
+            with contextlib.suppress(RuntimeError):
+                await body.aclose()
+        self._body_complete = True
+        if not self._finish_when_gone:
+            self._watch()
+
+    async def input_done(self) -> None:
+        if self._writer is not None:
+            await asyncio.wait({self._writer})
+
+    def _close_stdin(self) -> None:
+        stdin = self.proc.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.close()
+
+    # -- a client that goes away before the response starts -------------------------------
+
+    def _watch(self) -> None:
+        if not self._responding:
+            self._watcher = asyncio.create_task(self._watch_disconnect())
+
+    async def _watch_disconnect(self) -> None:
+        # Once the body is read, the next message a server sends is the disconnect. The
+        # bound keeps a server that answers receive() at once from making this spin.
+        for _ in range(100):
+            if (await self._receive())["type"] == "http.disconnect":
+                self.client_gone = True
+                self._terminate()
+                return
+
+    async def stop_watching(self) -> None:
+        """Hand disconnect detection to the response, which listens for it itself."""
+        self._responding = True
+        await _cancel(self._watcher)
+
+    # -- output --------------------------------------------------------------------------
+
+    async def first_output(self) -> bytes:
+        """Git's first bytes of output; ``b""`` if it exited without any."""
+        stdout = self.proc.stdout
+        assert stdout is not None
+        data = await stdout.read(CHUNK)
+        error = self._input_error()
+        if error is not None:
+            # The body was bad: that is the answer, whatever git made of the part it got.
+            await self._discard_stdout()
+            await self.proc.wait()
+            raise error
+        if data:
+            return data
+        await self.proc.wait()
+        if self.client_gone:
+            raise ClientGone("the client disconnected")
+        await asyncio.wait({self._stderr_task}, timeout=TERM_GRACE)  # so last_error() has git's last words
+        return b""
+
+    def _input_error(self) -> BaseException | None:
+        writer = self._writer
+        return writer.exception() if writer is not None and writer.done() and not writer.cancelled() else None
+
+    async def stream(self, first: bytes) -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        stdout = self.proc.stdout
+        assert stdout is not None
+        while chunk := await stdout.read(CHUNK):
+            yield chunk
+        await self.finish()
+
+    async def finish(self) -> int:
+        """Wait for git to exit; the first time, run ``on_success`` if it succeeded or log why not."""
+        returncode = await self.proc.wait()
+        if self._finished:
+            return returncode
+        self._finished = True
+        if returncode == 0 and self.on_success is not None:
+            await self.on_success()
+        elif returncode != 0:
+            log.warning(
+                "git-%s for %s exited with %s: %s", self.service, self._full_name, returncode, self.last_error()
+            )
+        return returncode
+
+    def last_error(self) -> str:
+        """Git's last line on stderr, without the server's paths."""
+        lines = self._stderr_lines()
+        return lines[-1] if lines else f"git exited with status {self.proc.returncode}"
+
+    def complained(self) -> bool:
+        return any(line.startswith(("fatal:", "error:")) for line in self._stderr_lines())
+
+    def _stderr_lines(self) -> list[str]:
+        text = self._stderr.decode("utf-8", "replace").replace(self._repo_path, self._full_name)
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    async def _drain_stderr(self) -> None:
+        # Always read stderr: a full pipe would block git.
+        stderr = self.proc.stderr
+        assert stderr is not None
+        while chunk := await stderr.read(4096):
+            self._stderr += chunk
+            del self._stderr[:-STDERR_TAIL]
+
+    async def _discard_stdout(self) -> None:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        while await stdout.read(CHUNK):
+            pass
+
+    # -- the end -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await _cancel(self._watcher)
+        if self._finish_when_gone and self._body_complete and self._responding:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finish_unread(), FINISH_TIMEOUT)
+        await _cancel(self._writer)
+        self._close_stdin()
+        discard = asyncio.create_task(self._discard_stdout())
+        await self._stop()
+        if self._deadline is not None:
+            self._deadline.cancel()
+        await asyncio.wait({discard, self._stderr_task}, timeout=TERM_GRACE)
+        await _cancel(discard)
+        await _cancel(self._stderr_task)
+        # Pipes still open now are held by an orphaned git child: close our ends rather than wait.
+        transport = getattr(self.proc, "_transport", None)
+        if transport is not None:
+            transport.close()
+
+    async def _finish_unread(self) -> None:
+        await self._discard_stdout()
+        await self.finish()
+
+    def _terminate(self) -> None:
+        # SIGTERM, not SIGKILL: git then removes its lock files and quarantined objects.
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+
+    async def _stop(self) -> None:
+        if self.proc.returncode is not None:
+            return
+        self._terminate()
+        try:
+            await asyncio.wait_for(self.proc.wait(), TERM_GRACE)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is None:
+        return
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # mark it retrieved: it was reported already or no longer matters
+
+
+@contextlib.asynccontextmanager
+async def _closed_on_error(session: GitSession) -> AsyncIterator[None]:
+    try:
+        yield
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await session.close()
+        raise
+
+
+class GitResponse(StreamingResponse):
+    """Streams git's output, and ends the git process however the response ends."""
+
+    def __init__(self, session: GitSession, first: bytes, media_type: str) -> None:
+        super().__init__(session.stream(first), media_type=media_type, headers=NO_CACHE)
+        self.session = session
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def receive_after_input() -> Message:
+            # The body is git's stdin until all of it is read; only then may others receive.
+            await self.session.input_done()
+            return await receive()
+
+        async def send_or_give_up(message: Message) -> None:
+            with anyio.fail_after(SEND_STALL_TIMEOUT):
+                await send(message)
+
+        try:
+            await self.session.stop_watching()
+            await super().__call__(scope, receive_after_input, send_or_give_up)
+        except ClientDisconnect:
+            pass  # the client left mid-response: nobody is left to tell
+        except TimeoutError:
+            log.warning("gave up on a client that read nothing for %gs", SEND_STALL_TIMEOUT)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.session.close()

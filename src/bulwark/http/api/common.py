@@ -21,6 +21,7 @@ from bulwark.http.auth import authenticate
 from bulwark.models import Account, Scope
 from bulwark.node import Node, Traffic
 from bulwark.services.permissions import Principal
+from bulwark.services.repositories import RepoAccess
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -28,6 +29,8 @@ T = TypeVar("T")
 MAX_JSON_BYTES = 1024 * 1024
 DEFAULT_PER_PAGE = 30
 MAX_PER_PAGE = 100
+# Beyond any real list; keeps offsets inside what the store and git accept.
+MAX_PAGE = 1_000_000
 
 
 async def call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -80,6 +83,19 @@ async def context(request: Request, traffic: Traffic = Traffic.READ) -> Ctx:
     return Ctx(request=request, node=node, principal=principal)
 
 
+async def write_context(request: Request) -> Ctx:
+    """``context`` for a change: anonymous callers are told to authenticate (401) before anything else."""
+    ctx = await context(request, Traffic.WRITE)
+    ctx.user  # noqa: B018
+    return ctx
+
+
+async def find_repo(ctx: Ctx) -> RepoAccess:
+    """The repository named by the ``owner`` and ``repo`` path parameters, as the caller sees it."""
+    params = ctx.request.path_params
+    return await call(ctx.node.repos.find, ctx.principal, params["owner"], params["repo"])
+
+
 async def json_body(request: Request) -> dict[str, Any]:
     """The request's JSON object; 400 on malformed JSON, 413 when too large."""
     size = 0
@@ -96,6 +112,8 @@ async def json_body(request: Request) -> dict[str, Any]:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"Problems parsing JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("Problems parsing JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("Problems parsing JSON: expected an object")
     return data
@@ -116,6 +134,13 @@ def field(
     return value
 
 
+def required(data: dict[str, Any], name: str, kind: type[T]) -> T:
+    """A field that must be present, with its type; 422 naming the field otherwise."""
+    value = field(data, name, kind, required=True)
+    assert value is not None  # field() raised otherwise
+    return value
+
+
 @dataclass(frozen=True)
 class PageParams:
     page: int
@@ -132,8 +157,8 @@ def page_params(request: Request) -> PageParams:
         per_page = int(request.query_params.get("per_page", str(DEFAULT_PER_PAGE)))
     except ValueError:
         raise InvalidInput("page and per_page must be integers") from None
-    if page < 1:
-        raise InvalidInput("page must be at least 1", field="page")
+    if not 1 <= page <= MAX_PAGE:
+        raise InvalidInput(f"page must be between 1 and {MAX_PAGE}", field="page")
     return PageParams(page=page, per_page=max(1, min(per_page, MAX_PER_PAGE)))
 
 

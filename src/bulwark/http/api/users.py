@@ -6,14 +6,33 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bulwark.http.api.common import call, context, page_params, paginated
+from bulwark.errors import InvalidInput
+from bulwark.http.api.common import call, context, field, json_body, page_params, paginated, write_context
 from bulwark.http.api.serializers import account_json
-from bulwark.models import AccountType
+from bulwark.models import AccountType, Scope
 
 
 async def get_authenticated_user(request: Request) -> JSONResponse:
     ctx = await context(request)
     return JSONResponse(account_json(ctx, ctx.user, full=True))
+
+
+async def update_authenticated_user(request: Request) -> JSONResponse:
+    ctx = await write_context(request)
+    ctx.require_scope(Scope.USER)
+    data = await json_body(request)
+    changes: dict[str, object] = {}
+    name = field(data, "name", str)
+    if name is not None:
+        changes["name"] = name.strip()
+    email = field(data, "email", str)
+    if email is not None:
+        email = email.strip()
+        if email and ("@" not in email or any(c.isspace() for c in email)):
+            raise InvalidInput(f"invalid email address {email!r}", field="email")
+        changes["email"] = email
+    user = await call(ctx.node.accounts.update, ctx.user, **changes) if changes else ctx.user
+    return JSONResponse(account_json(ctx, user, full=True))
 
 
 async def get_user(request: Request) -> JSONResponse:
@@ -34,6 +53,7 @@ async def list_users(request: Request) -> JSONResponse:
 
 routes = [
     Route("/user", get_authenticated_user, methods=["GET"]),
+    Route("/user", update_authenticated_user, methods=["PATCH"]),
     Route("/users", list_users, methods=["GET"]),
     Route("/users/{username}", get_user, methods=["GET"]),
 ]
