@@ -14,9 +14,10 @@ from typing import cast
 from bulwark.clock import Clock, SystemClock
 from bulwark.config import Settings
 from bulwark.errors import ReadOnlyNode, Unavailable
-from bulwark.git.runner import GitRunner
+from bulwark.git.runner import ZERO_OID, GitRunner
 from bulwark.ha import state as ha_state
 from bulwark.ha.state import HAState
+from bulwark.models import Repository
 from bulwark.security import PasswordHasher
 from bulwark.services.accounts import AccountService
 from bulwark.services.repositories import RepositoryService
@@ -97,6 +98,18 @@ class Node:
         if ha.role == NodeRole.HA_REPLICA:
             return False, f"replica of {ha.primary_url}"
         return True, "serving"
+
+    def record_push(self, repo: Repository, commands: list[tuple[str, str, str]]) -> None:
+        """After a push: note when, and put the ref updates that landed into the change stream,
+        where replicas learn which repository to fetch (in order with the metadata)."""
+        self.repos.record_push(repo)
+        names = [ref for _old, _new, ref in commands]
+        now = {r.name: r.oid for r in self.git.refs(repo.storage_id, *names)} if names else {}
+        landed = [[old, new, ref] for old, new, ref in commands if now.get(ref, ZERO_OID) == new]
+        self.changelog.record_event(
+            "push",
+            {"storage_id": repo.storage_id, "checksum": self.git.ref_checksum(repo.storage_id), "refs": landed},
+        )
 
     def close(self) -> None:
         self.store.close()

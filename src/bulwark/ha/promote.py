@@ -64,7 +64,7 @@ def promote(
                 primary_seq, changes = client.changes(changelog.replication_position(), limit=1000)
                 if not changes:
                     break
-                replicator.apply_batch(changes)
+                replicator.apply_batch(changes, client)
             progress = replace(progress, primary_seq=primary_seq)
             replicator.reconcile(client)
             replicator.fetch_all_pending(client)

@@ -137,7 +137,7 @@ class Replicator:
         # Long-poll only when nothing is waiting locally, so repository fetches are not delayed.
         wait = 0.0 if self.sync.pending else self.wait
         primary_seq, changes = client.changes(position, limit=self.batch, wait=wait)
-        self.apply_batch(changes)
+        self.apply_batch(changes, client)
         now = self.clock.now()
         position = self.changelog.replication_position()
         progress = replace(self._progress, position=position, primary_seq=max(primary_seq, position), last_contact=now)
@@ -146,13 +146,45 @@ class Replicator:
         self._progress = progress
         return len(changes), primary_seq
 
-    def apply_batch(self, changes: list[Change]) -> None:
-        """Apply changes from the primary, then bring repository data in line with them."""
-        if not changes:
+    def apply_batch(self, changes: list[Change], client: PrimaryClient) -> None:
+        """Apply changes from the primary, fetching pushed repositories before their push events.
+
+        A push event is applied only once the repository's data is here, so the
+        position means "everything up to here is on this node": what a promotion
+        keeps is exactly what the position says. A fetch that fails stops the batch
+        before the event, to be retried.
+        """
+        # Segments of metadata changes followed by push events: a segment ends where a
+        # metadata change follows a push event.
+        segment: list[Change] = []
+        for change in changes:
+            if not _is_push(change) and segment and _is_push(segment[-1]):
+                self._apply_segment(segment, client)
+                segment = []
+            segment.append(change)
+        if segment:
+            self._apply_segment(segment, client)
+
+    def _apply_segment(self, changes: list[Change], client: PrimaryClient) -> None:
+        """Metadata changes, then the push events that follow them."""
+        rows = [c for c in changes if not _is_push(c)]
+        pushes = [c for c in changes if _is_push(c)]
+        if rows:
+            doomed = self._storage_ids_deleted_by(rows)
+            self.changelog.apply_changes(rows)
+            self._after_apply(rows, doomed)
+        if not pushes:
             return
-        doomed = self._storage_ids_deleted_by(changes)
-        self.changelog.apply_changes(changes)
-        self._after_apply(changes, doomed)
+        local = {r.storage_id for r in self.store.list_repos()}
+        for storage_id in dict.fromkeys(str((c.row or {}).get("storage_id", "")) for c in pushes):
+            if storage_id in local:
+                try:
+                    self.fetch(client, storage_id)
+                except GitError as exc:
+                    self.sync.failed(storage_id, exc.message)
+                    raise
+                self.sync.done(storage_id)
+        self.changelog.apply_changes(pushes)
 
     def _storage_ids_deleted_by(self, changes: list[Change]) -> dict[int, str]:
         # A delete carries only the key, so look the storage id up before the row is gone.
@@ -173,13 +205,6 @@ class Replicator:
                 if storage_id:
                     self.git.remove(storage_id)
                     self.sync.forget(storage_id)
-            elif change.op is ChangeOp.EVENT and change.key.get("kind") == PUSH_EVENT and change.row:
-                storage_id = str(change.row.get("storage_id", ""))
-                if storage_id.isalnum() and self.store_has(storage_id):
-                    self.sync.want(storage_id, change.row.get("checksum"))
-
-    def store_has(self, storage_id: str) -> bool:
-        return any(r.storage_id == storage_id for r in self.store.list_repos())
 
     def _ensure_repo(self, storage_id: str, default_branch: str) -> None:
         if not self.git.exists(storage_id):
@@ -297,3 +322,7 @@ class Replicator:
         )
         ha_state.save_progress(self.store, self._progress)
 
+
+
+def _is_push(change: Change) -> bool:
+    return change.op is ChangeOp.EVENT and change.key.get("kind") == PUSH_EVENT

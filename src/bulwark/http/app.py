@@ -15,9 +15,10 @@ from bulwark.node import Node
 def create_app(node: Node) -> Starlette:
     routes: list[BaseRoute] = [
         *status.routes,
+        # Git routes first: the replication fetch routes live under /manage/v1 too.
+        *smart.routes,
         Mount("/api/v3", routes=api.routes),
         Mount("/manage/v1", routes=manage.routes),
-        *smart.routes,
     ]
     app = Starlette(
         routes=routes,

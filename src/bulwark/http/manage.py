@@ -48,7 +48,7 @@ async def _site_admin(request: Request) -> Node:
     return ctx.node
 
 
-def _replica(request: Request) -> ReplicaRecord:
+def authenticated_replica(request: Request) -> ReplicaRecord:
     """The calling replica, authenticated by its credential and checked for epoch."""
     node = _node(request)
     header = request.headers.get("authorization", "")
@@ -170,7 +170,7 @@ async def remove_replica(request: Request) -> Response:
 
 async def snapshot(request: Request) -> JSONResponse:
     node = _node(request)
-    record = await call(_replica, request)
+    record = await call(authenticated_replica, request)
     snap = await call(node.changelog.snapshot)
     await call(_touch, node, record, snap.seq)
     epoch = ha_state.load(node.store).epoch
@@ -193,7 +193,7 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
 async def changes(request: Request) -> JSONResponse:
     """Changes after ``after``; waits up to ``wait`` seconds for one when there are none."""
     node = _node(request)
-    record = await call(_replica, request)
+    record = await call(authenticated_replica, request)
     after = _int_param(request, "after", 0, 0, 2**62)
     limit = _int_param(request, "limit", 500, 1, MAX_LIMIT)
     try:
@@ -221,7 +221,7 @@ async def changes(request: Request) -> JSONResponse:
 
 async def checksums(request: Request) -> JSONResponse:
     node = _node(request)
-    await call(_replica, request)
+    await call(authenticated_replica, request)
 
     def compute() -> dict[str, str]:
         result = {}

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import anyio
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +34,7 @@ from bulwark.errors import (
 )
 from bulwark.git import pktline
 from bulwark.git.pktline import Kind, Packet, PktLineError, PktLineReader
+from bulwark.http import manage
 from bulwark.http.auth import authenticate
 from bulwark.models import Permission
 from bulwark.names import check_login, check_repo_name
@@ -112,6 +113,9 @@ async def receive_pack(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
+    # Replicas fetch by storage id (names may change under them), with their credential.
+    Route("/manage/v1/replication/git/{storage_id}/info/refs", info_refs, methods=["GET"]),
+    Route("/manage/v1/replication/git/{storage_id}/git-upload-pack", upload_pack, methods=["POST"]),
     Route("/{owner}/{repo}/info/refs", info_refs, methods=["GET"]),
     Route("/{owner}/{repo}/git-upload-pack", upload_pack, methods=["POST"]),
     Route("/{owner}/{repo}/git-receive-pack", receive_pack, methods=["POST"]),
@@ -139,7 +143,7 @@ async def _rpc(request: Request, service: str) -> Response:
     )
     session = GitSession(proc, request, access, service)
     if commands:
-        session.on_success = _recorder(node, access)
+        session.on_success = _recorder(node, access, commands)
     async with _closed_on_error(session):
         session.send_input(prelude, body)
         first = await session.first_output()
@@ -183,6 +187,8 @@ def _repo_names(request: Request) -> tuple[str, str]:
 async def _authorize(request: Request, service: str) -> RepoAccess:
     """The repository, if the caller may fetch from it (upload-pack) or push to it (receive-pack)."""
     node = _node(request)
+    if "storage_id" in request.path_params:
+        return await run_in_threadpool(_authorize_replica, request, service)
     owner, name = _repo_names(request)
     push = service == RECEIVE_PACK
     await run_in_threadpool(node.check_serving, Traffic.WRITE if push else Traffic.READ)
@@ -203,6 +209,20 @@ async def _authorize(request: Request, service: str) -> RepoAccess:
     return access
 
 
+def _authorize_replica(request: Request, service: str) -> RepoAccess:
+    """A replica fetching a repository by storage id with its replication credential."""
+    node = _node(request)
+    manage.authenticated_replica(request)
+    if service != UPLOAD_PACK:
+        raise NotFound("replicas only fetch")
+    storage_id = request.path_params["storage_id"].removesuffix(".git")
+    repo = next((r for r in node.store.list_repos() if r.storage_id == storage_id), None)
+    owner = node.store.get_account_by_id(repo.owner_id) if repo else None
+    if repo is None or owner is None or not node.git.exists(storage_id):
+        raise NotFound(f"no repository with storage id {storage_id!r} on this node")
+    return RepoAccess(repo, owner, Permission.ADMIN)
+
+
 def _git_config(access: RepoAccess, service: str) -> dict[str, str]:
     """Settings enforced on every run, whatever the repository's own config says."""
     if service == UPLOAD_PACK:
@@ -215,10 +235,12 @@ def _git_config(access: RepoAccess, service: str) -> dict[str, str]:
     }
 
 
-def _recorder(node: Node, access: RepoAccess) -> Callable[[], Awaitable[None]]:
+def _recorder(
+    node: Node, access: RepoAccess, commands: Sequence[pktline.RefUpdate]
+) -> Callable[[], Awaitable[None]]:
     async def record() -> None:
         try:
-            await run_in_threadpool(node.repos.record_push, access.repo)
+            await run_in_threadpool(node.record_push, access.repo, [(c.old, c.new, c.ref) for c in commands])
         except Exception:
             # The refs are updated already; a stale pushed_at must not turn that into a failure.
             log.exception("could not record the push to %s", access.full_name)
