@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from ha_helpers import Pusher, refs_of, setup_replica  # noqa: E402
-from helpers import Server, git_env  # noqa: E402
+from ha_helpers import Pusher, refs_of, setup_replica
+from helpers import Server, git_env
 
 
 def main(pushes: int) -> None:
