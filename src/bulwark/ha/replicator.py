@@ -49,9 +49,6 @@ class RepoSync:
         self.failures[storage_id] = self.failures.get(storage_id, 0) + 1
         self.errors[storage_id] = error
 
-    def forget(self, storage_id: str) -> None:
-        self.done(storage_id)
-
     @property
     def faulty(self) -> list[str]:
         return sorted(s for s, n in self.failures.items() if n >= FAULTY_AFTER)
@@ -204,7 +201,7 @@ class Replicator:
                 storage_id = doomed.get(int(change.key["id"]))
                 if storage_id:
                     self.git.remove(storage_id)
-                    self.sync.forget(storage_id)
+                    self.sync.done(storage_id)
 
     def _ensure_repo(self, storage_id: str, default_branch: str) -> None:
         if not self.git.exists(storage_id):

@@ -51,14 +51,7 @@ async def _site_admin(request: Request) -> Node:
 def authenticated_replica(request: Request) -> ReplicaRecord:
     """The calling replica, authenticated by its credential and checked for epoch."""
     node = _node(request)
-    header = request.headers.get("authorization", "")
-    scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret.startswith(CREDENTIAL_PREFIX):
-        raise Unauthenticated("replication endpoints need a replica's credential (Authorization: Bearer bwr_...)")
-    digest = hash_token(secret.strip())
-    record = next((r for r in ha_state.load_replicas(node.store) if r.credential_hash == digest), None)
-    if record is None:
-        raise Unauthenticated("unknown or revoked replication credential")
+    record = _replica_by_credential(request)
     claimed = request.headers.get(NODE_HEADER)
     if claimed is not None and claimed != record.node_id:
         raise Forbidden(f"this credential belongs to node {record.node_id}, not {claimed}")
@@ -258,12 +251,14 @@ async def fence(request: Request) -> JSONResponse:
 
 
 def _replica_by_credential(request: Request) -> ReplicaRecord:
+    """The replica whose credential the request carries (no epoch or role checks)."""
     node = _node(request)
-    header = request.headers.get("authorization", "")
-    scheme, _, secret = header.partition(" ")
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.startswith(CREDENTIAL_PREFIX):
+        raise Unauthenticated("replication endpoints need a replica's credential (Authorization: Bearer bwr_...)")
     digest = hash_token(secret.strip())
     record = next((r for r in ha_state.load_replicas(node.store) if r.credential_hash == digest), None)
-    if scheme.lower() != "bearer" or record is None:
+    if record is None:
         raise Unauthenticated("unknown or revoked replication credential")
     return record
 
