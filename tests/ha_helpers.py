@@ -21,9 +21,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float 
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
+        try:
+            last = predicate()
+        except AssertionError as exc:  # e.g. a git command refused because a token has not replicated yet
+            last = exc
+        else:
+            if last:
+                return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
