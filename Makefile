@@ -20,7 +20,7 @@ serve: $(VENV)/.installed
 
 ## Run the whole suite: lint, types, then every test (installs what it needs).
 test: $(VENV)/.installed
-	@scripts/system-deps.sh git haproxy
+	@scripts/system-deps.sh git haproxy etcd-server iproute2
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -37,6 +37,18 @@ class Settings(BaseModel):
     log_format: str = "json"
     access_log: bool = True
     git: str = "git"
+    # Cluster mode: this node's name in the cluster file and the etcd endpoints to reach it by.
+    cluster_node: str | None = None
+    etcd: list[str] = Field(default_factory=list)
+    # Seconds a cluster node stays "alive" in etcd without renewing its lease.
+    lease_ttl: int = Field(default=3, ge=2, le=60)
+
+    @field_validator("etcd", mode="before")
+    @classmethod
+    def _endpoint_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # BULWARK_ETCD=http://a:2379,http://b:2379
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     @field_validator("listen")
     @classmethod
