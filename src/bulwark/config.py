@@ -42,6 +42,11 @@ class Settings(BaseModel):
     etcd: list[str] = Field(default_factory=list)
     # Seconds a cluster node stays "alive" in etcd without renewing its lease.
     lease_ttl: int = Field(default=3, ge=2, le=60)
+    # Seconds between the cluster reconciler's cycles, between its checksum verifications of
+    # every replica, and before a dead node's replicas are rebuilt on other nodes.
+    cluster_reconcile_interval: float = Field(default=5.0, gt=0)
+    cluster_verify_interval: float = Field(default=300.0, gt=0)
+    cluster_replace_after: float = Field(default=60.0, ge=0)
 
     @field_validator("etcd", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from bulwark.clock import Clock, SystemClock
 from bulwark.config import Settings
@@ -23,6 +23,9 @@ from bulwark.services.accounts import AccountService
 from bulwark.services.repositories import RepositoryService
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog
+
+if TYPE_CHECKING:
+    from bulwark.cluster.runtime import ClusterRuntime
 
 
 class NodeRole(enum.StrEnum):
@@ -47,6 +50,8 @@ class Node:
     git: GitRunner
     clock: Clock = field(default_factory=SystemClock)
     hasher: PasswordHasher = field(default_factory=PasswordHasher)
+    # Set on a cluster member: etcd, its session, routing and the push path.
+    cluster: ClusterRuntime | None = None
 
     def __post_init__(self) -> None:
         self.accounts = AccountService(
@@ -69,6 +74,8 @@ class Node:
 
     @property
     def role(self) -> NodeRole:
+        if self.cluster is not None:
+            return NodeRole.CLUSTER_MEMBER
         return NodeRole(self.ha().role)
 
     def check_serving(self, traffic: Traffic, *, site_admin: bool = False) -> None:
@@ -77,6 +84,11 @@ class Node:
         if maintenance.enabled and not (site_admin and traffic is Traffic.ADMIN):
             raise Unavailable(maintenance.message or "this instance is in maintenance mode; try again later")
         if traffic is Traffic.READ:
+            return
+        if self.cluster is not None:
+            fenced = self.cluster.fenced_reason()
+            if fenced:
+                raise ReadOnlyNode(f"this cluster node takes no writes: it {fenced}; use another node")
             return
         ha = self.ha()
         if ha.fenced:
@@ -92,6 +104,14 @@ class Node:
         maintenance = self.store.get_maintenance()
         if maintenance.enabled:
             return False, f"maintenance mode: {maintenance.message}" if maintenance.message else "maintenance mode"
+        if self.cluster is not None:
+            fenced = self.cluster.fenced_reason()
+            if fenced:
+                return False, f"fenced: this node {fenced}"
+            drained = self.cluster.in_maintenance()
+            if drained is not None:
+                return False, f"drained for maintenance: {drained}" if drained else "drained for maintenance"
+            return True, "serving"
         ha = self.ha()
         if ha.fenced:
             return False, f"fenced: {ha.fenced}"
@@ -103,6 +123,8 @@ class Node:
         """After a push: note when, and put the ref updates that landed into the change stream,
         where replicas learn which repository to fetch (in order with the metadata)."""
         self.repos.record_push(repo)
+        if self.cluster is not None:
+            return  # the cluster's replicas took part in the push itself
         names = [ref for _old, _new, ref in commands]
         now = {r.name: r.oid for r in self.git.refs(repo.storage_id, *names)} if names else {}
         landed = [[old, new, ref] for old, new, ref in commands if now.get(ref, ZERO_OID) == new]
@@ -112,16 +134,21 @@ class Node:
         )
 
     def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
         self.store.close()
 
 
 def open_node(settings: Settings, *, clock: Clock | None = None, hasher: PasswordHasher | None = None) -> Node:
-    """Open (and on first use create) the data dir of a standalone node."""
+    """Open (and on first use create) the data dir of a node: standalone or HA on SQLite, or a
+    cluster member on etcd when the settings name one."""
     from bulwark.store.sqlite import SQLiteStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.repositories_dir.mkdir(exist_ok=True)
     clock = clock or SystemClock()
+    if settings.cluster_node:
+        return _open_cluster_node(settings, clock, hasher or PasswordHasher())
     store = SQLiteStore(settings.metadata_path, clock=clock)
     git = GitRunner(settings.repositories_dir, git=settings.git)
     return Node(
@@ -131,3 +158,21 @@ def open_node(settings: Settings, *, clock: Clock | None = None, hasher: Passwor
         clock=clock,
         hasher=hasher or PasswordHasher(),
     )
+
+
+def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher) -> Node:
+    from bulwark.cluster.etcd import Etcd
+    from bulwark.cluster.gitrouter import ClusterGit
+    from bulwark.cluster.runtime import ClusterRuntime
+    from bulwark.errors import InvalidInput
+    from bulwark.store.etcd import EtcdStore
+
+    if not settings.etcd:
+        raise InvalidInput("a cluster node needs the etcd endpoints (etcd = [...] or BULWARK_ETCD)")
+    assert settings.cluster_node is not None
+    etcd = Etcd(settings.etcd, timeout=1.5)
+    git = ClusterGit(settings.repositories_dir, git=settings.git)
+    runtime = ClusterRuntime(etcd, settings.cluster_node, settings.data_dir, git, lease_ttl=settings.lease_ttl)
+    git.runtime = runtime
+    store = EtcdStore(etcd, clock=clock)
+    return Node(settings=settings, store=store, git=git, clock=clock, hasher=hasher, cluster=runtime)

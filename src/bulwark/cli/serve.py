@@ -12,6 +12,7 @@ import typer
 import uvicorn
 
 from bulwark.cli.common import ConfigOption, DataDirOption, errors_as_messages, settings_for
+from bulwark.cluster.wiring import Loop, cluster_loops_for
 from bulwark.ha.loop import PrimaryDuties
 from bulwark.ha.wiring import ha_loop_for
 from bulwark.http.app import create_app
@@ -59,12 +60,15 @@ def serve(
         timeout_keep_alive=30,
         server_header=False,
     )
-    # A primary that was superseded while it was down must learn it before taking a write.
-    ha = node.ha()
-    if ha.role == "ha-primary" and not ha.fenced:
-        log.info("ha: %s", PrimaryDuties(node.store, node.changelog, node.clock).check_epochs(ha))
-        node.forget_cached_state()
-    loop = ha_loop_for(node)
+    if node.cluster is not None:
+        loop: Loop = cluster_loops_for(node)
+    else:
+        # A primary that was superseded while it was down must learn it before taking a write.
+        ha = node.ha()
+        if ha.role == "ha-primary" and not ha.fenced:
+            log.info("ha: %s", PrimaryDuties(node.store, node.changelog, node.clock).check_epochs(ha))
+            node.forget_cached_state()
+        loop = ha_loop_for(node)
     loop.start()
     try:
         uvicorn.Server(config_).run()

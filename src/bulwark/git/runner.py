@@ -201,15 +201,7 @@ class GitRunner:
         return refs
 
     def ref_checksum(self, storage_id: str) -> str:
-        """An order-independent checksum of every ``oid ref`` pair (XOR of SHA-256s).
-
-        Equal checksums mean equal refs; replicas compare these instead of ref lists.
-        """
-        acc = 0
-        for ref in self.refs(storage_id):
-            digest = hashlib.sha256(f"{ref.oid} {ref.name}".encode()).digest()
-            acc ^= int.from_bytes(digest, "big")
-        return f"{acc:064x}"
+        return checksum_of(self.refs(storage_id))
 
     def resolve(self, storage_id: str, rev: str) -> str | None:
         if rev.startswith("-"):
@@ -342,3 +334,15 @@ def _parse_ls_tree(record: str) -> TreeEntry:
         sha=sha,
         size=int(size) if size != "-" else 0,
     )
+
+
+def checksum_of(refs: Sequence[Ref]) -> str:
+    """An order-independent checksum of every ``oid ref`` pair (XOR of SHA-256s).
+
+    Equal checksums mean equal refs; replicas compare these instead of ref lists.
+    """
+    acc = 0
+    for ref in refs:
+        digest = hashlib.sha256(f"{ref.oid} {ref.name}".encode()).digest()
+        acc ^= int.from_bytes(digest, "big")
+    return f"{acc:064x}"

@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
-from bulwark.http import api, manage, smart, status
+from bulwark.http import api, internal, manage, smart, status
 from bulwark.http.accesslog import AccessLog
 from bulwark.http.errors import HANDLERS
 from bulwark.node import Node
@@ -19,6 +19,7 @@ def create_app(node: Node) -> Starlette:
         *smart.routes,
         Mount("/api/v3", routes=api.routes),
         Mount("/manage/v1", routes=manage.routes),
+        *internal.routes,
     ]
     app = Starlette(
         routes=routes,

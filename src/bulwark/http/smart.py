@@ -22,6 +22,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
+from bulwark.cluster import hooks
+from bulwark.cluster.coordinator import Outcome, Push
+from bulwark.cluster.router import Access
 from bulwark.errors import (
     BadRequest,
     BulwarkError,
@@ -34,9 +37,9 @@ from bulwark.errors import (
 )
 from bulwark.git import pktline
 from bulwark.git.pktline import Kind, Packet, PktLineError, PktLineReader
-from bulwark.http import manage
+from bulwark.http import internal, manage
 from bulwark.http.auth import authenticate
-from bulwark.models import Permission
+from bulwark.models import Account, AccountType, Permission, Repository
 from bulwark.names import check_login, check_repo_name
 from bulwark.node import Node, Traffic
 from bulwark.services.repositories import RepoAccess
@@ -89,6 +92,9 @@ async def info_refs(request: Request) -> Response:
     service = _advertised_service(request)
     access = await _authorize(request, service)
     node = _node(request)
+    forwarded = await _route_in_cluster(request, access, service)
+    if forwarded is not None:
+        return forwarded
     protocol = _git_protocol(request)
     proc = await node.git.spawn(
         access.repo.storage_id, service, advertise=True, protocol=protocol, extra_config=_git_config(access, service)
@@ -113,6 +119,9 @@ async def receive_pack(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
+    # Cluster nodes fetch each other's objects by storage id, with the cluster secret.
+    Route("/internal/cluster/git/{storage_id}/info/refs", info_refs, methods=["GET"]),
+    Route("/internal/cluster/git/{storage_id}/git-upload-pack", upload_pack, methods=["POST"]),
     # Replicas fetch by storage id (names may change under them), with their credential.
     Route("/manage/v1/replication/git/{storage_id}/info/refs", info_refs, methods=["GET"]),
     Route("/manage/v1/replication/git/{storage_id}/git-upload-pack", upload_pack, methods=["POST"]),
@@ -126,6 +135,9 @@ async def _rpc(request: Request, service: str) -> Response:
     access = await _authorize(request, service)
     node = _node(request)
     _check_content_type(request, service)
+    forwarded = await _route_in_cluster(request, access, service)
+    if forwarded is not None:
+        return forwarded
     limit = node.settings.max_push_bytes if service == RECEIVE_PACK else UPLOAD_BODY_LIMIT
     _check_declared_length(request, limit)
     framing = _FetchFraming() if service == UPLOAD_PACK else None
@@ -133,17 +145,37 @@ async def _rpc(request: Request, service: str) -> Response:
     try:
         prelude, section = await _first_section(body, SECTION_LIMITS[service])
         # The ref updates of a push: replication will replicate and vote on exactly these.
-        commands = pktline.parse_receive_request(section).commands if service == RECEIVE_PACK else ()
+        request_ = pktline.parse_receive_request(section) if service == RECEIVE_PACK else None
+        commands = request_.commands if request_ is not None else ()
+        capabilities = request_.capabilities if request_ is not None else ()
     except BaseException:
         await body.aclose()
         raise
     protocol = _git_protocol(request)
-    proc = await node.git.spawn(
-        access.repo.storage_id, service, advertise=False, protocol=protocol, extra_config=_git_config(access, service)
-    )
+    extra_config, extra_env = _git_config(access, service), {}
+    push: Push | None = None
+    if commands and node.cluster is not None:
+        try:
+            push = await node.cluster.coordinator.begin(access.repo.storage_id)
+        except BaseException:
+            await body.aclose()
+            raise
+        extra_config["core.hooksPath"] = str(hooks.hooks_dir(node.settings.data_dir))
+        extra_env = hooks.hook_env(push.txn, node.settings, node.cluster.secret)
+    try:
+        proc = await node.git.spawn(
+            access.repo.storage_id, service, advertise=False, protocol=protocol, extra_config=extra_config,
+            extra_env=extra_env,
+        )
+    except BaseException:
+        if push is not None:
+            await node.cluster.coordinator.cancel(push)  # type: ignore[union-attr]
+        raise
     session = GitSession(proc, request, access, service)
     if commands:
         session.on_success = _recorder(node, access, commands)
+    if push is not None:
+        _lead_push(session, node, push, capabilities)
     async with _closed_on_error(session):
         session.send_input(prelude, body)
         first = await session.first_output()
@@ -187,6 +219,8 @@ def _repo_names(request: Request) -> tuple[str, str]:
 async def _authorize(request: Request, service: str) -> RepoAccess:
     """The repository, if the caller may fetch from it (upload-pack) or push to it (receive-pack)."""
     node = _node(request)
+    if request.url.path.startswith("/internal/cluster/"):
+        return await run_in_threadpool(_authorize_cluster_peer, request, service)
     if "storage_id" in request.path_params:
         return await run_in_threadpool(_authorize_replica, request, service)
     owner, name = _repo_names(request)
@@ -204,7 +238,7 @@ async def _authorize(request: Request, service: str) -> RepoAccess:
             raise Unauthenticated("authentication is required to access this repository") from None
         raise
     node.repos.require(access, Permission.PUSH if push else Permission.PULL)
-    if not await run_in_threadpool(node.git.exists, access.repo.storage_id):
+    if node.cluster is None and not await run_in_threadpool(node.git.exists, access.repo.storage_id):
         raise Unavailable(f"the data of {access.full_name} is not available on this node")
     return access
 
@@ -221,6 +255,20 @@ def _authorize_replica(request: Request, service: str) -> RepoAccess:
     if repo is None or owner is None or not node.git.exists(storage_id):
         raise NotFound(f"no repository with storage id {storage_id!r} on this node")
     return RepoAccess(repo, owner, Permission.ADMIN)
+
+
+def _authorize_cluster_peer(request: Request, service: str) -> RepoAccess:
+    """Another node of the cluster fetching objects from this node's replica."""
+    node = _node(request)
+    internal.authenticated(request)
+    if service != UPLOAD_PACK:
+        raise NotFound("nodes only fetch from each other here")
+    storage_id = request.path_params["storage_id"].removesuffix(".git")
+    if not storage_id.isalnum() or not node.git.exists(storage_id):
+        raise NotFound(f"no replica with storage id {storage_id!r} on this node")
+    placeholder = Repository(id=0, owner_id=0, name=storage_id, storage_id=storage_id)
+    owner = Account(id=0, login="cluster", type=AccountType.USER)
+    return RepoAccess(placeholder, owner, Permission.ADMIN)
 
 
 def _git_config(access: RepoAccess, service: str) -> dict[str, str]:
@@ -417,6 +465,10 @@ class GitSession:
         self.proc = proc
         self.service = service
         self.on_success: Callable[[], Awaitable[None]] | None = None
+        # A cluster push holds back git's answer until the replicas' votes are recorded,
+        # and may replace it; ``on_close`` then runs however the session ends.
+        self.hold_output: Callable[[bytes], Awaitable[bytes]] | None = None
+        self.on_close: Callable[[], Awaitable[None]] | None = None
         self.client_gone = False
         self._receive = request.receive
         self._repo_path = str(_node(request).git.path(access.repo.storage_id))
@@ -524,10 +576,17 @@ class GitSession:
         return writer.exception() if writer is not None and writer.done() and not writer.cancelled() else None
 
     async def stream(self, first: bytes) -> AsyncIterator[bytes]:
-        if first:
-            yield first
         stdout = self.proc.stdout
         assert stdout is not None
+        if self.hold_output is not None:
+            held = bytearray(first)
+            while chunk := await stdout.read(CHUNK):
+                held += chunk
+            await self.finish()
+            yield await self.hold_output(bytes(held))
+            return
+        if first:
+            yield first
         while chunk := await stdout.read(CHUNK):
             yield chunk
         await self.finish()
@@ -595,6 +654,8 @@ class GitSession:
         transport = getattr(self.proc, "_transport", None)
         if transport is not None:
             transport.close()
+        if self.on_close is not None:
+            await self.on_close()
 
     async def _finish_unread(self) -> None:
         await self._discard_stdout()
@@ -665,3 +726,60 @@ class GitResponse(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self.session.close()
+
+
+# -- cluster ------------------------------------------------------------------------------
+
+
+async def _route_in_cluster(request: Request, access: RepoAccess, service: str) -> Response | None:
+    """In a cluster: the response of the node that should serve this request, or None to serve it here."""
+    node = _node(request)
+    rt = node.cluster
+    if rt is None or request.url.path.startswith("/internal/cluster/"):
+        return None
+    storage_id = access.repo.storage_id
+    if rt.forwarder.is_routed(request):
+        # Another node chose us; serve locally or say why not (never bounce it on).
+        if not await run_in_threadpool(node.git.exists, storage_id):
+            raise Unavailable(f"the data of {access.full_name} is not on this node")
+        return None
+    want = Access.WRITE if service == RECEIVE_PACK else Access.READ
+    route = await run_in_threadpool(rt.route, storage_id, want)
+    if route is None:
+        raise Unavailable(f"no up-to-date copy of {access.full_name} is reachable right now; try again shortly")
+    if route.local:
+        return None
+    return await rt.forwarder.forward(request, route.url)
+
+
+def _lead_push(session: GitSession, node: Node, push: Push, capabilities: Sequence[str]) -> None:
+    """Hold git's answer until the push is recorded on a majority; then send it, or an error."""
+    coordinator = node.cluster.coordinator  # type: ignore[union-attr]
+    outcome: list[Outcome] = []
+
+    async def finish() -> Outcome:
+        if not outcome:
+            outcome.append(await coordinator.finish(push))
+        return outcome[0]
+
+    async def release(output: bytes) -> bytes:
+        result = await finish()
+        if result.acknowledged:
+            return output
+        log.warning("push to %s not acknowledged: %s", push.storage_id, result.message)
+        return _push_failed(result.message, capabilities)
+
+    async def on_close() -> None:
+        with anyio.CancelScope(shield=True):
+            await finish()
+
+    session.hold_output = release
+    session.on_close = on_close
+
+
+def _push_failed(message: str, capabilities: Sequence[str]) -> bytes:
+    """A receive-pack answer that makes git report ``message`` and fail."""
+    text = f"push failed: {message}"
+    if "side-band-64k" in capabilities or "side-band" in capabilities:
+        return pktline.encode(b"\x03" + text.encode()[:900]) + pktline.flush()
+    return pktline.encode(f"unpack {text[:900]}\n") + pktline.flush()

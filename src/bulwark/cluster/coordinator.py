@@ -1,0 +1,222 @@
+"""The leader's half of a replicated push: votes, commits, generations.
+
+The node that runs ``git receive-pack`` for a push *leads* it. Before git starts it
+takes the repository's lock in etcd (so pushes through different nodes are
+serialized: the second one sees the first one's refs and gets git's own
+non-fast-forward rejection) and notes the other up-to-date replicas. Git's
+``reference-transaction`` hook then reports each ref transaction to the leader:
+
+* ``prepared`` — the leader's refs are locked and checked. Every follower fetches the
+  new objects and prepares the same update; the hook lets git commit only if a strict
+  majority of *all* the repository's replicas (the leader included) voted for the
+  identical update. Otherwise the followers abort and git aborts.
+* ``committed`` — the followers commit too; one that fails is no longer counted.
+* ``aborted`` — followers that prepared are told to abort.
+
+When git is done, the leader raises the generation of exactly the replicas that
+committed every round, in one compare-and-set, and only then is the push
+acknowledged to the client. A push that committed on fewer than a majority is
+reported to the client as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio.to_thread
+
+from bulwark.cluster import state
+from bulwark.cluster.client import AsyncPeers
+from bulwark.cluster.etcd import Etcd
+from bulwark.cluster.locks import RepoLocks
+from bulwark.cluster.state import Placement
+from bulwark.cluster.transactions import RefLine, vote_of
+from bulwark.errors import BulwarkError, NotFound, Unavailable
+
+log = logging.getLogger("bulwark.cluster")
+
+
+def has_quorum(votes: int, replicas: int) -> bool:
+    """A strict majority of all replicas, counted whether they answered or not."""
+    return votes * 2 > replicas
+
+
+@dataclass
+class Push:
+    txn: str
+    storage_id: str
+    lock_token: str
+    placement: Placement
+    followers: dict[str, str]  # name -> URL of the other up-to-date replicas on live nodes
+    good: set[str] = field(default_factory=set)  # followers that committed every round so far
+    rounds: int = 0  # committed rounds
+    prepared: dict[str, str] = field(default_factory=dict)  # followers holding the current round
+    round_id: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def committed_on(self) -> int:
+        return 1 + len(self.good)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    acknowledged: bool
+    message: str
+
+
+class Coordinator:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        etcd: Etcd,
+        locks: RepoLocks,
+        peers: AsyncPeers,
+        alive: Callable[[], set[str]],
+        urls: Callable[[], dict[str, str]],
+        *,
+        lock_wait: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.etcd = etcd
+        self.locks = locks
+        self.peers = peers
+        self.alive = alive
+        self.urls = urls
+        self.lock_wait = lock_wait
+        self._pushes: dict[str, Push] = {}
+
+    async def begin(self, storage_id: str) -> Push:
+        token = await anyio.to_thread.run_sync(self.locks.acquire, storage_id, self.lock_wait)
+        try:
+            placement = await anyio.to_thread.run_sync(state.get_placement, self.etcd, storage_id)
+            if placement is None:
+                raise NotFound("this repository has no replicas recorded")
+            if self.name not in placement.up_to_date():
+                raise Unavailable("this node's copy of the repository is not up to date; try again")
+            alive, urls = self.alive(), self.urls()
+            followers = {n: urls[n] for n in placement.up_to_date() if n != self.name and n in alive and n in urls}
+            if not has_quorum(1 + len(followers), len(placement.replicas)):
+                raise Unavailable(
+                    f"only {1 + len(followers)} of the {len(placement.replicas)} replicas of this repository are "
+                    "reachable and up to date; a push needs a majority"
+                )
+        except BaseException:
+            await anyio.to_thread.run_sync(self.locks.release, storage_id, token)
+            raise
+        push = Push(uuid.uuid4().hex, storage_id, token, placement, followers, good=set(followers))
+        self._pushes[push.txn] = push
+        return push
+
+    async def on_hook(self, txn: str, hook_state: str, lines: list[RefLine]) -> tuple[bool, str]:
+        push = self._pushes.get(txn)
+        if push is None:
+            return False, "no push in progress with this id"
+        if hook_state == "prepared":
+            return await self._prepare(push, lines)
+        if hook_state == "committed":
+            await self._commit(push)
+            return True, "committed"
+        if hook_state == "aborted":
+            await self._abort(push)
+            return True, "aborted"
+        return True, f"ignored state {hook_state}"
+
+    async def _prepare(self, push: Push, lines: list[RefLine]) -> tuple[bool, str]:
+        push.round_id = f"{push.txn}-{push.rounds}-{uuid.uuid4().hex[:6]}"
+        mine = vote_of(lines)
+        candidates = {n: u for n, u in push.followers.items() if n in push.good}
+        results = await asyncio.gather(
+            *(self.peers.prepare(url, push.storage_id, push.round_id, lines, self.url) for url in candidates.values()),
+            return_exceptions=True,
+        )
+        push.prepared = {}
+        for (name, url), result in zip(candidates.items(), results, strict=True):
+            if isinstance(result, BaseException):
+                push.problems.append(f"{name}: {result}")
+                push.good.discard(name)
+            elif result != mine:
+                push.problems.append(f"{name} voted for a different update")
+                push.good.discard(name)
+                push.prepared[name] = url  # holds locks: must be aborted
+            else:
+                push.prepared[name] = url
+        votes = 1 + sum(1 for n in push.prepared if n in push.good)
+        if has_quorum(votes, len(push.placement.replicas)):
+            return True, f"{votes} of {len(push.placement.replicas)} replicas agree"
+        await self._abort(push)
+        return False, (
+            f"only {votes} of {len(push.placement.replicas)} replicas could take this update; "
+            f"a majority is needed ({'; '.join(push.problems) or 'no answer'})"
+        )
+
+    async def _commit(self, push: Push) -> None:
+        targets = {n: u for n, u in push.prepared.items() if n in push.good}
+        stray = {n: u for n, u in push.prepared.items() if n not in push.good}
+        results = await asyncio.gather(
+            *(self.peers.commit(u, push.storage_id, push.round_id) for u in targets.values()),
+            *(self.peers.abort(u, push.storage_id, push.round_id) for u in stray.values()),
+            return_exceptions=True,
+        )
+        for name, result in zip(targets, results[: len(targets)], strict=True):
+            if isinstance(result, BaseException):
+                push.problems.append(f"{name}: {result}")
+                push.good.discard(name)
+        push.prepared = {}
+        push.rounds += 1
+
+    async def _abort(self, push: Push) -> None:
+        await asyncio.gather(
+            *(self.peers.abort(u, push.storage_id, push.round_id) for u in push.prepared.values()),
+            return_exceptions=True,
+        )
+        push.prepared = {}
+
+    async def finish(self, push: Push) -> Outcome:
+        """Record which replicas hold the push, release the lock, and say whether it is acknowledged."""
+        self._pushes.pop(push.txn, None)
+        try:
+            if push.rounds == 0:
+                return Outcome(True, "no ref changed")
+            holders = {self.name, *push.good}
+            new_generation = push.placement.generation + 1
+
+            def bump(current: Placement) -> Placement:
+                replicas = dict(current.replicas)
+                for name in holders:
+                    if name in replicas:
+                        replicas[name] = new_generation
+                return current.with_replicas(replicas)
+
+            try:
+                await anyio.to_thread.run_sync(state.update_placement, self.etcd, push.storage_id, bump)
+            except BulwarkError as exc:
+                log.error("push %s to %s committed but its generation was not recorded: %s",
+                          push.txn, push.storage_id, exc)
+                return Outcome(False, f"the push could not be recorded in the cluster state: {exc}")
+            replicas = len(push.placement.replicas)
+            if has_quorum(len(holders), replicas):
+                if push.problems:
+                    log.warning("push to %s committed on %d of %d replicas: %s", push.storage_id, len(holders),
+                                replicas, "; ".join(push.problems))
+                return Outcome(True, f"committed on {len(holders)} of {replicas} replicas")
+            return Outcome(False, f"the push reached only {len(holders)} of {replicas} replicas, not a majority; "
+                                  f"it is not acknowledged ({'; '.join(push.problems)})")
+        finally:
+            await anyio.to_thread.run_sync(self._release, push)
+
+    async def cancel(self, push: Push) -> None:
+        self._pushes.pop(push.txn, None)
+        await self._abort(push)
+        await anyio.to_thread.run_sync(self._release, push)
+
+    def _release(self, push: Push) -> None:
+        with contextlib.suppress(Unavailable):  # the lease drops the lock anyway
+            self.locks.release(push.storage_id, push.lock_token)

@@ -1,0 +1,128 @@
+"""The git runner of a cluster node: repository-wide operations go to every replica.
+
+The services call ``init_bare``, ``remove``, ``set_head`` and ``refs`` without knowing
+the mode. Here, creating a repository places it on RF nodes (recorded in etcd first,
+so a half-created repository is one the reconciler finishes, never one nobody knows
+of), removing one drops its placement and its copies, and reads go to an up-to-date
+replica. Everything else (the git data path) is routed by the HTTP layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bulwark.cluster import placement as placing
+from bulwark.cluster import state
+from bulwark.cluster.router import Access
+from bulwark.cluster.state import BUILDING, Placement
+from bulwark.errors import BulwarkError, Unavailable
+from bulwark.git.runner import GitRunner, Ref, checksum_of
+
+if TYPE_CHECKING:
+    from bulwark.cluster.runtime import ClusterRuntime
+
+log = logging.getLogger("bulwark.cluster")
+
+
+class ClusterGit(GitRunner):
+    def __init__(self, root: Path, *, git: str = "git") -> None:
+        super().__init__(root, git=git)
+        self.runtime: ClusterRuntime | None = None
+
+    def _rt(self) -> ClusterRuntime:
+        if self.runtime is None:
+            raise Unavailable("the cluster runtime is not ready")
+        return self.runtime
+
+    # -- repository lifecycle across replicas ---------------------------------------------------
+
+    def init_bare(self, storage_id: str, default_branch: str) -> Path:
+        rt = self._rt()
+        snap = rt.snapshot(max_age=0)
+        rf = snap.config.effective_rf()
+        nodes = placing.choose_nodes(snap, rf)
+        if not nodes:
+            raise Unavailable("no live storage node can take a new repository")
+        # Generation 0 for every replica; one that cannot be created now is set to BUILDING below.
+        placed = state.create_placement(rt.etcd, Placement(storage_id, {n: 0 for n in nodes}))
+        failed = []
+        for node in placed.replicas:
+            try:
+                if node == rt.name:
+                    if not super().exists(storage_id):
+                        super().init_bare(storage_id, default_branch)
+                else:
+                    rt.peers.init(snap.url_of(node) or "", storage_id, default_branch)
+            except BulwarkError as exc:
+                log.warning("could not create replica of %s on %s: %s", storage_id, node, exc)
+                failed.append(node)
+        if failed:
+            state.update_placement(
+                rt.etcd, storage_id,
+                lambda p: p.with_replicas({n: (BUILDING if n in failed else g) for n, g in p.replicas.items()}),
+            )
+        return self.path(storage_id)
+
+    def remove(self, storage_id: str) -> None:
+        rt = self._rt()
+        current = state.get_placement(rt.etcd, storage_id)
+        state.delete_placement(rt.etcd, storage_id)
+        urls = rt.urls()
+        for node in (current.replicas if current else {}):
+            try:
+                if node == rt.name:
+                    super().remove(storage_id)
+                else:
+                    rt.peers.remove(urls.get(node, ""), storage_id)
+            except BulwarkError as exc:
+                log.warning("could not remove the replica of %s on %s: %s", storage_id, node, exc)
+        super().remove(storage_id)
+
+    def set_head(self, storage_id: str, branch: str) -> None:
+        rt = self._rt()
+        current = state.get_placement(rt.etcd, storage_id)
+        urls = rt.urls()
+        alive = rt.alive()
+        for node in (current.replicas if current else {}):
+            if node == rt.name:
+                super().set_head(storage_id, branch)
+            elif node in alive:
+                try:
+                    rt.peers.set_head(urls[node], storage_id, branch)
+                except BulwarkError as exc:
+                    log.warning("could not set HEAD of %s on %s: %s", storage_id, node, exc)
+
+    def refs(self, storage_id: str, *patterns: str) -> list[Ref]:
+        rt = self.runtime
+        if rt is None:
+            return super().refs(storage_id, *patterns)
+        route = rt.route(storage_id, Access.READ)
+        if route is None:
+            raise Unavailable("no up-to-date replica of this repository is reachable")
+        if route.local:
+            return super().refs(storage_id, *patterns)
+        return [Ref(name=r["name"], oid=r["oid"], type=r["type"]) for r in rt.peers.refs(route.url, storage_id,
+                                                                                           patterns)]
+
+    # -- this node's own copies (for the internal endpoints) ------------------------------------
+
+    def local_refs(self, storage_id: str, *patterns: str) -> list[Ref]:
+        return super().refs(storage_id, *patterns)
+
+    def local_checksum(self, storage_id: str) -> str | None:
+        return checksum_of(super().refs(storage_id)) if super().exists(storage_id) else None
+
+    def local_init(self, storage_id: str, default_branch: str) -> None:
+        if not super().exists(storage_id):
+            super().init_bare(storage_id, default_branch)
+
+    def local_remove(self, storage_id: str) -> None:
+        super().remove(storage_id)
+
+    def local_head(self, storage_id: str) -> str | None:
+        return super().head_branch(storage_id) if super().exists(storage_id) else None
+
+    def local_set_head(self, storage_id: str, branch: str) -> None:
+        super().set_head(storage_id, branch)

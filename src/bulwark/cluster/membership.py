@@ -1,0 +1,97 @@
+"""A node's session with etcd: the lease that says it is alive.
+
+The node keeps a lease of ``ttl`` seconds and a key ``alive/<node>`` attached to it,
+renewing it every third of the TTL. If renewals fail for longer than the TTL, the
+node has lost its session: other nodes already see it as dead, so it must stop
+taking writes (its ``/status`` turns 503) until it has a new lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from bulwark.cluster import keys
+from bulwark.cluster.etcd import Etcd
+from bulwark.cluster.state import NodeBeat
+from bulwark.errors import Unavailable
+
+log = logging.getLogger("bulwark.cluster")
+
+
+class Membership:
+    def __init__(self, etcd: Etcd, name: str, beat: Callable[[], NodeBeat], *, ttl: int = 3) -> None:
+        self.etcd = etcd
+        self.name = name
+        self.beat = beat
+        self.ttl = ttl
+        self._lease = 0
+        self._last_ok = 0.0  # monotonic time of the last successful renewal
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._beats = 0
+
+    # -- what others ask ------------------------------------------------------------------
+
+    def lease(self) -> int:
+        if not self.connected():
+            raise Unavailable(f"node {self.name} has no etcd session")
+        return self._lease
+
+    def connected(self) -> bool:
+        return self._lease != 0 and time.monotonic() - self._last_ok < self.ttl
+
+    def fenced_reason(self) -> str | None:
+        if self.connected():
+            return None
+        if self._last_ok == 0:
+            return "not yet registered in etcd"
+        return f"lost its etcd session {time.monotonic() - self._last_ok:.0f}s ago"
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def join(self) -> None:
+        """Register once, synchronously, so a node is alive before it serves."""
+        self._renew()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="bulwark-membership", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, leave: bool = True) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if leave and self._lease:
+            with contextlib.suppress(Unavailable):
+                self.etcd.revoke(self._lease)  # others see us gone at once, not after the TTL
+            self._lease = 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self._renew()
+            except Unavailable as exc:
+                if self._beats % 10 == 0:
+                    log.warning("cluster: cannot renew this node's etcd session: %s", exc)
+                self._beats += 1
+            except Exception:
+                log.exception("cluster: unexpected error renewing the etcd session")
+
+    def _renew(self) -> None:
+        if self._lease and self.etcd.keepalive(self._lease) > 0:
+            self._last_ok = time.monotonic()
+            self._beats += 1
+            if self._beats % 10 == 0:  # refresh what we publish (disk use) now and then
+                self.etcd.put(keys.alive(self.name), self.beat().to_json(), lease=self._lease)
+            return
+        # No lease, or it expired while we could not reach etcd: start a new session.
+        lease = self.etcd.grant(self.ttl)
+        self.etcd.put(keys.alive(self.name), self.beat().to_json(), lease=lease)
+        if self._lease:
+            log.warning("cluster: etcd session re-established with a new lease")
+        self._lease = lease
+        self._last_ok = time.monotonic()

@@ -1,0 +1,154 @@
+"""A cluster node's moving parts, wired once: etcd, session, locks, peers, push path, repair.
+
+Built by :func:`bulwark.node.open_node` when the settings name a cluster node. The HTTP
+layer asks it where a repository's request goes; the services ask it (through
+:class:`~bulwark.cluster.gitrouter.ClusterGit`) to create and remove replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from bulwark.cluster import keys, router, state
+from bulwark.cluster.client import AsyncPeers, PeerClient, git_auth_config
+from bulwark.cluster.config import ClusterConfig
+from bulwark.cluster.coordinator import Coordinator
+from bulwark.cluster.etcd import Etcd
+from bulwark.cluster.locks import RepoLocks
+from bulwark.cluster.membership import Membership
+from bulwark.cluster.proxy import Forwarder
+from bulwark.cluster.state import ClusterSnapshot, NodeBeat, Placement
+from bulwark.cluster.transactions import Transactions
+from bulwark.errors import InvalidInput, Unavailable
+from bulwark.git.runner import GitRunner
+
+log = logging.getLogger("bulwark.cluster")
+
+
+class ClusterRuntime:
+    def __init__(self, etcd: Etcd, name: str, data_dir: Path, git: GitRunner, *, lease_ttl: int = 3) -> None:
+        config = state.read_config(etcd)
+        if config is None:
+            raise InvalidInput(
+                f"etcd at {', '.join(etcd.endpoints)} holds no cluster configuration; run 'bulwark cluster init'"
+            )
+        spec = config.node(name)
+        if spec is None:
+            raise InvalidInput(
+                f"node {name!r} is not in the cluster configuration (nodes: {', '.join(n.name for n in config.nodes)})"
+            )
+        secret = state.read_secret(etcd)
+        if not secret:
+            raise InvalidInput("the cluster has no shared secret; run 'bulwark cluster init'")
+        self.etcd = etcd
+        self.name = name
+        self.url = spec.url
+        self.secret = secret
+        self.data_dir = data_dir
+        self.git = git
+        self.started_at = time.time()
+        self.membership = Membership(etcd, name, self._beat, ttl=lease_ttl)
+        self.locks = RepoLocks(etcd, self.membership.lease, holder=name)
+        self.peers = PeerClient(secret, name)
+        self.transactions = Transactions(git)
+        self._config = config
+        self._snapshot: tuple[float, ClusterSnapshot] | None = None
+        self._snapshot_lock = threading.Lock()
+        # Made on first use: they belong to the event loop that serves requests.
+        self._apeers: AsyncPeers | None = None
+        self._coordinator: Coordinator | None = None
+        self._forwarder: Forwarder | None = None
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> ClusterConfig:
+        return self.snapshot().config
+
+    def snapshot(self, max_age: float = 0.5) -> ClusterSnapshot:
+        now = time.monotonic()
+        with self._snapshot_lock:
+            cached = self._snapshot
+        if cached is not None and now - cached[0] < max_age:
+            return cached[1]
+        snap = state.snapshot(self.etcd)
+        with self._snapshot_lock:
+            self._snapshot = (time.monotonic(), snap)
+        return snap
+
+    def placement(self, storage_id: str) -> Placement | None:
+        """Read fresh on every request: routing must never trust a stale generation."""
+        return state.get_placement(self.etcd, storage_id)
+
+    def alive(self) -> set[str]:
+        return set(self.snapshot().alive)
+
+    def urls(self) -> dict[str, str]:
+        return {n.name: n.url for n in self.snapshot().config.nodes}
+
+    def in_maintenance(self) -> str | None:
+        return self.snapshot().maintenance.get(self.name)
+
+    def fenced_reason(self) -> str | None:
+        return self.membership.fenced_reason()
+
+    def route(self, storage_id: str, access: router.Access) -> router.Route | None:
+        placement = self.placement(storage_id)
+        if placement is None:
+            return None
+        snap = self.snapshot()
+        return router.choose(
+            placement, access, me=self.name, alive=set(snap.alive), urls=self.urls(), draining=set(snap.maintenance)
+        )
+
+    def git_source_config(self) -> dict[str, str]:
+        return git_auth_config(self.secret)
+
+    # -- async parts --------------------------------------------------------------------------
+
+    @property
+    def apeers(self) -> AsyncPeers:
+        if self._apeers is None:
+            self._apeers = AsyncPeers(self.secret, self.name)
+        return self._apeers
+
+    @property
+    def coordinator(self) -> Coordinator:
+        if self._coordinator is None:
+            self._coordinator = Coordinator(self.name, self.url, self.etcd, self.locks, self.apeers,
+                                            self.alive, self.urls)
+        return self._coordinator
+
+    @property
+    def forwarder(self) -> Forwarder:
+        if self._forwarder is None:
+            self._forwarder = Forwarder(self.secret, self.name)
+        return self._forwarder
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _beat(self) -> NodeBeat:
+        try:
+            usage = shutil.disk_usage(self.data_dir)
+            used, total = usage.used, usage.total
+        except OSError:
+            used = total = 0
+        return NodeBeat(self.name, self.url, self.started_at, disk_used=used, disk_total=total)
+
+    def start(self) -> None:
+        try:
+            self.membership.join()
+        except Unavailable as exc:
+            log.warning("cluster: could not register with etcd yet (%s); retrying in the background", exc)
+        self.membership.start()
+
+    def stop(self) -> None:
+        self.membership.stop()
+        self.peers.close()
+
+    def set_maintenance(self, message: str | None) -> None:
+        state.set_flag(self.etcd, keys.maintenance(self.name), message)
