@@ -172,7 +172,7 @@ def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher)
     assert settings.cluster_node is not None
     etcd = Etcd(settings.etcd, timeout=1.5)
     git = ClusterGit(settings.repositories_dir, git=settings.git)
-    runtime = ClusterRuntime(etcd, settings.cluster_node, settings.data_dir, git, lease_ttl=settings.lease_ttl)
+    runtime = ClusterRuntime(etcd, settings, git)
     git.runtime = runtime
     store = EtcdStore(etcd, clock=clock)
     return Node(settings=settings, store=store, git=git, clock=clock, hasher=hasher, cluster=runtime)

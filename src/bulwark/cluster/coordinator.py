@@ -57,6 +57,7 @@ class Push:
     rounds: int = 0  # committed rounds
     prepared: dict[str, str] = field(default_factory=dict)  # followers holding the current round
     round_id: str = ""
+    round_active: bool = False
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -120,11 +121,19 @@ class Coordinator:
         if push is None:
             return False, "no push in progress with this id"
         if hook_state == "prepared":
+            # HEAD shows up when the branch it points at moves; the branch itself is what replicates.
+            lines = [line for line in lines if line[2].startswith("refs/")]
+            push.round_active = bool(lines)
+            if not lines:
+                return True, "nothing to replicate"
             return await self._prepare(push, lines)
         if hook_state == "committed":
-            await self._commit(push)
+            if push.round_active:
+                await self._commit(push)
+            push.round_active = False
             return True, "committed"
         if hook_state == "aborted":
+            push.round_active = False
             await self._abort(push)
             return True, "aborted"
         return True, f"ignored state {hook_state}"
@@ -152,6 +161,8 @@ class Coordinator:
         if has_quorum(votes, len(push.placement.replicas)):
             return True, f"{votes} of {len(push.placement.replicas)} replicas agree"
         await self._abort(push)
+        log.warning("push to %s refused: %d of %d replicas agreed (%s)", push.storage_id, votes,
+                    len(push.placement.replicas), "; ".join(push.problems))
         return False, (
             f"only {votes} of {len(push.placement.replicas)} replicas could take this update; "
             f"a majority is needed ({'; '.join(push.problems) or 'no answer'})"

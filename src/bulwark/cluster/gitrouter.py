@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio.from_thread
+
 from bulwark.cluster import placement as placing
 from bulwark.cluster import state
 from bulwark.cluster.router import Access
@@ -105,6 +107,30 @@ class ClusterGit(GitRunner):
             return super().refs(storage_id, *patterns)
         return [Ref(name=r["name"], oid=r["oid"], type=r["type"]) for r in rt.peers.refs(route.url, storage_id,
                                                                                            patterns)]
+
+    def update_ref(self, storage_id: str, ref: str, new: str, old: str | None = None) -> None:
+        args = ["update-ref", "--no-deref", ref, new] + ([old] if old is not None else [])
+        self._replicated(storage_id, args)
+
+    def delete_ref(self, storage_id: str, ref: str, old: str | None = None) -> None:
+        args = ["update-ref", "--no-deref", "-d", ref] + ([old] if old is not None else [])
+        self._replicated(storage_id, args)
+
+    def _replicated(self, storage_id: str, args: list[str]) -> None:
+        """A ref update made here (the API's), voted on by the replicas like a push.
+
+        Runs in a worker thread; the push path's coordinator lives on the event loop, where
+        git's hook reaches it through this node's HTTP endpoint.
+        """
+        rt = self._rt()
+        push = anyio.from_thread.run(rt.coordinator.begin, storage_id)
+        try:
+            config, env = rt.hook_setup(push.txn)
+            self.run(["--git-dir", str(self.path(storage_id)), *args], secret_config=config, extra_env=env)
+        finally:
+            outcome = anyio.from_thread.run(rt.coordinator.finish, push)
+        if not outcome.acknowledged:
+            raise Unavailable(outcome.message)
 
     # -- this node's own copies (for the internal endpoints) ------------------------------------
 

@@ -11,9 +11,8 @@ import logging
 import shutil
 import threading
 import time
-from pathlib import Path
 
-from bulwark.cluster import keys, router, state
+from bulwark.cluster import hooks, keys, router, state
 from bulwark.cluster.client import AsyncPeers, PeerClient, git_auth_config
 from bulwark.cluster.config import ClusterConfig
 from bulwark.cluster.coordinator import Coordinator
@@ -23,6 +22,7 @@ from bulwark.cluster.membership import Membership
 from bulwark.cluster.proxy import Forwarder
 from bulwark.cluster.state import ClusterSnapshot, NodeBeat, Placement
 from bulwark.cluster.transactions import Transactions
+from bulwark.config import Settings
 from bulwark.errors import InvalidInput, Unavailable
 from bulwark.git.runner import GitRunner
 
@@ -30,7 +30,8 @@ log = logging.getLogger("bulwark.cluster")
 
 
 class ClusterRuntime:
-    def __init__(self, etcd: Etcd, name: str, data_dir: Path, git: GitRunner, *, lease_ttl: int = 3) -> None:
+    def __init__(self, etcd: Etcd, settings: Settings, git: GitRunner) -> None:
+        name = settings.cluster_node or ""
         config = state.read_config(etcd)
         if config is None:
             raise InvalidInput(
@@ -48,10 +49,11 @@ class ClusterRuntime:
         self.name = name
         self.url = spec.url
         self.secret = secret
-        self.data_dir = data_dir
+        self.settings = settings
+        self.data_dir = settings.data_dir
         self.git = git
         self.started_at = time.time()
-        self.membership = Membership(etcd, name, self._beat, ttl=lease_ttl)
+        self.membership = Membership(etcd, name, self._beat, ttl=settings.lease_ttl)
         self.locks = RepoLocks(etcd, self.membership.lease, holder=name)
         self.peers = PeerClient(secret, name)
         self.transactions = Transactions(git)
@@ -107,6 +109,10 @@ class ClusterRuntime:
 
     def git_source_config(self) -> dict[str, str]:
         return git_auth_config(self.secret)
+
+    def hook_setup(self, txn: str) -> tuple[dict[str, str], dict[str, str]]:
+        """The git config and environment under which git reports ``txn``'s ref updates to us."""
+        return {"core.hooksPath": str(hooks.hooks_dir(self.data_dir))}, hooks.hook_env(txn, self.settings, self.secret)
 
     # -- async parts --------------------------------------------------------------------------
 

@@ -135,12 +135,13 @@ class GitRunner:
         check: bool = True,
         timeout: float = 300,
         secret_config: Mapping[str, str] | None = None,
+        extra_env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run git; ``secret_config`` is passed through the environment, never on the
         command line, so credentials do not show in the process list."""
         env = self.env
-        if secret_config:
-            env = {**env, **config_env(secret_config)}
+        if secret_config or extra_env:
+            env = {**env, **config_env(secret_config or {}), **(extra_env or {})}
         proc = subprocess.run(
             self.command(args),
             cwd=cwd,

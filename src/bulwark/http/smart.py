@@ -22,7 +22,6 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
-from bulwark.cluster import hooks
 from bulwark.cluster.coordinator import Outcome, Push
 from bulwark.cluster.router import Access
 from bulwark.errors import (
@@ -152,7 +151,7 @@ async def _rpc(request: Request, service: str) -> Response:
         await body.aclose()
         raise
     protocol = _git_protocol(request)
-    extra_config, extra_env = _git_config(access, service), {}
+    extra_config, extra_env = _git_config(access, service), dict[str, str]()
     push: Push | None = None
     if commands and node.cluster is not None:
         try:
@@ -160,8 +159,8 @@ async def _rpc(request: Request, service: str) -> Response:
         except BaseException:
             await body.aclose()
             raise
-        extra_config["core.hooksPath"] = str(hooks.hooks_dir(node.settings.data_dir))
-        extra_env = hooks.hook_env(push.txn, node.settings, node.cluster.secret)
+        hook_config, extra_env = node.cluster.hook_setup(push.txn)
+        extra_config.update(hook_config)
     try:
         proc = await node.git.spawn(
             access.repo.storage_id, service, advertise=False, protocol=protocol, extra_config=extra_config,

@@ -19,7 +19,7 @@ async def status(request: Request) -> JSONResponse:
     ha = node.ha()
     body = {
         "status": "ok" if ok else "unavailable",
-        "role": ha.role,
+        "role": node.role.value,
         "epoch": ha.epoch,
         "fenced": bool(ha.fenced),
         "reason": reason,

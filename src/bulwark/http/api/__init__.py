@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -12,8 +13,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bulwark.errors import NotFound
+from bulwark.cluster.router import Access
+from bulwark.errors import NotFound, Unavailable
 from bulwark.http.api import admin, collaborators, git_data, orgs, repos, users
+from bulwark.node import Node
 from bulwark.services.permissions import Principal
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -62,12 +65,46 @@ def _github_not_found(endpoint: Endpoint) -> Endpoint:
     return wrapped
 
 
-def _api_route(route: Route) -> Route:
-    return Route(route.path, _github_not_found(route.endpoint), methods=list(route.methods or ()))
+def _in_cluster(endpoint: Endpoint) -> Endpoint:
+    """In a cluster, run a git-backed endpoint on a node holding an up-to-date replica.
+
+    The target checks the caller's credentials again (same etcd), so forwarding before
+    authorizing reveals nothing: a caller who may not see the repository gets the
+    target's 404.
+    """
+
+    @functools.wraps(endpoint)
+    async def wrapped(request: Request) -> Response:
+        node: Node = request.app.state.node
+        rt = node.cluster
+        if rt is None or rt.forwarder.is_routed(request):
+            return await endpoint(request)
+        owner = await run_in_threadpool(node.store.get_account, request.path_params["owner"])
+        repo = await run_in_threadpool(node.store.get_repo, owner.id, request.path_params["repo"]) if owner else None
+        if repo is None:
+            return await endpoint(request)  # its own 404
+        access = Access.READ if request.method in ("GET", "HEAD") else Access.WRITE
+        route = await run_in_threadpool(rt.route, repo.storage_id, access)
+        if route is None:
+            raise Unavailable("no up-to-date copy of this repository is reachable right now; try again shortly")
+        if route.local:
+            return await endpoint(request)
+        return await rt.forwarder.forward(request, route.url)
+
+    return wrapped
+
+
+def _api_route(route: Route, *, git_backed: bool = False) -> Route:
+    endpoint = _github_not_found(route.endpoint)
+    if git_backed:
+        endpoint = _in_cluster(endpoint)
+    return Route(route.path, endpoint, methods=list(route.methods or ()))
 
 
 _routes: list[BaseRoute] = [
-    _api_route(route) for module in (users, admin, orgs, repos, collaborators, git_data) for route in module.routes
+    _api_route(route, git_backed=module is git_data)
+    for module in (users, admin, orgs, repos, collaborators, git_data)
+    for route in module.routes
 ]
 
 routes: list[BaseRoute] = [Mount("", routes=_routes, middleware=[Middleware(OAuthScopesHeader)])]
