@@ -103,9 +103,16 @@ class ClusterRuntime:
         if placement is None:
             return None
         snap = self.snapshot()
-        return router.choose(
+        choice = router.choose(
             placement, access, me=self.name, alive=set(snap.alive), urls=self.urls(), draining=set(snap.maintenance)
         )
+        if choice is not None and choice.local and not self.git.exists(storage_id):
+            # etcd says we hold it, the disk says no: stop claiming it and send the request elsewhere.
+            log.warning("cluster: the replica of %s is missing on this node's disk; marking it for repair", storage_id)
+            self.mark_outdated(storage_id)
+            choice = router.choose(placement, access, me=self.name, alive=set(snap.alive), urls=self.urls(),
+                                   draining=set(snap.maintenance), avoid={self.name})
+        return choice
 
     def git_source_config(self) -> dict[str, str]:
         return git_auth_config(self.secret)
@@ -155,6 +162,26 @@ class ClusterRuntime:
     def stop(self) -> None:
         self.membership.stop()
         self.peers.close()
+
+    def check_own_replicas(self) -> str:
+        """Mark as outdated every replica etcd says this node holds but its disk does not.
+
+        A node that comes back with a wiped or replaced disk must not serve reads from
+        copies it no longer has; the reconciler rebuilds them.
+        """
+        missing = [p.storage_id for p in self.snapshot(max_age=0).placements.values()
+                   if p.replicas.get(self.name, state.BUILDING) > state.BUILDING and not self.git.exists(p.storage_id)]
+        for storage_id in missing:
+            self.mark_outdated(storage_id)
+        return f"{len(missing)} replicas missing on disk marked for repair" if missing else "every replica is on disk"
+
+    def mark_outdated(self, storage_id: str) -> None:
+        def outdated(current: Placement) -> Placement:
+            if self.name not in current.replicas:
+                return current
+            return current.with_replicas({**current.replicas, self.name: state.BUILDING})
+
+        state.update_placement(self.etcd, storage_id, outdated)
 
     def set_maintenance(self, message: str | None) -> None:
         state.set_flag(self.etcd, keys.maintenance(self.name), message)

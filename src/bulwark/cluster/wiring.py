@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from bulwark.cluster import hooks
 from bulwark.cluster.reconciler import Reconciler
+from bulwark.errors import Unavailable
 from bulwark.node import Node
+
+log = logging.getLogger("bulwark.cluster")
 
 
 class Loop(Protocol):
@@ -40,6 +44,10 @@ class ClusterLoops:
         assert rt is not None
         hooks.install(self.node.settings.data_dir)
         rt.start()
+        try:
+            log.info("cluster: %s", rt.check_own_replicas())
+        except Unavailable as exc:
+            log.warning("cluster: could not check this node's replicas yet: %s", exc)
         self.reconciler.start()
 
     def stop(self) -> None:

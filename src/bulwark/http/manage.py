@@ -279,7 +279,19 @@ async def replica_health(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
+async def cluster_status(request: Request) -> JSONResponse:
+    """What ``bulwark cluster status --json`` prints, from whichever node is asked."""
+    from bulwark.cluster.report import gather
+
+    node = await _site_admin(request)
+    if node.cluster is None:
+        raise NotFound("this node is not a cluster member")
+    report = await call(gather, node.cluster.etcd)
+    return JSONResponse(report.to_json())
+
+
 routes: list[BaseRoute] = [
+    Route("/cluster/status", cluster_status, methods=["GET"]),
     Route("/replication/replicas", register_replica, methods=["POST"]),
     Route("/replication/replicas", list_replicas, methods=["GET"]),
     Route("/replication/replicas/{node_id}", remove_replica, methods=["DELETE"]),
