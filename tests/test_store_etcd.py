@@ -1,0 +1,392 @@
+"""The etcd store: the store contract against a real etcd, plus what only a shared
+store has (several nodes on one etcd, races between them decided by etcd)."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from bulwark.cluster.etcd import Etcd
+from bulwark.errors import AlreadyExists, InvalidInput, NotFound, StoreError
+from bulwark.models import Account, AccountType, OrgRole, Permission, Scope
+from bulwark.store.etcd import EtcdStore
+
+from helpers import free_port
+from store_contract import StoreContract
+
+pytestmark = pytest.mark.timeout(60)
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
+    """One etcd server for the whole module; every test uses its own key prefix."""
+    data_dir = tmp_path_factory.mktemp("etcd")
+    client_url = f"http://127.0.0.1:{free_port()}"
+    peer_url = f"http://127.0.0.1:{free_port()}"
+    log_path = data_dir / "etcd.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                ETCD,
+                "--name", "s1",
+                "--data-dir", str(data_dir / "data"),
+                "--listen-client-urls", client_url,
+                "--advertise-client-urls", client_url,
+                "--listen-peer-urls", peer_url,
+                "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", f"s1={peer_url}",
+                "--max-txn-ops", "4096",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    client = Etcd([client_url], timeout=3.0)
+    try:
+        _wait_until_ready(client, proc, log_path)
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _wait_until_ready(client: Etcd, proc: subprocess.Popen[bytes], log_path: pathlib.Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"etcd exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
+        try:
+            client.get("/probe")
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                pytest.fail(f"etcd did not answer within 30 s:\n{log_path.read_text(errors='replace')}")
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def prefix(etcd: Etcd) -> Iterator[str]:
+    """A fresh key prefix, removed again after the test."""
+    value = f"/test/{uuid.uuid4().hex}/"
+    yield value
+    etcd.delete(value, prefix=True)
+
+
+@pytest.fixture
+def store(etcd: Etcd, prefix: str) -> Iterator[EtcdStore]:
+    s = EtcdStore(etcd, prefix=prefix)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def nodes(etcd: Etcd, prefix: str) -> Iterator[list[EtcdStore]]:
+    """Two stores on one etcd and prefix, standing in for two cluster nodes."""
+    stores = [EtcdStore(etcd, prefix=prefix), EtcdStore(etcd, prefix=prefix)]
+    yield stores
+    for s in stores:
+        s.close()
+
+
+class TestEtcdStore(StoreContract):
+    pass
+
+
+def run_in_threads(count: int, work: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
+    """Run ``work(i)`` in ``count`` threads started together; results and errors."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            result = work(i)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+        else:
+            with lock:
+                results.append(result)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=50)
+        assert not t.is_alive(), "a store call hung"
+    return results, errors
+
+
+class FakeClock:
+    def __init__(self, now: datetime) -> None:
+        self.current = now
+
+    def now(self) -> datetime:
+        return self.current
+
+
+# -- several nodes -------------------------------------------------------------------
+
+
+def test_nodes_see_each_others_writes_at_once(nodes: list[EtcdStore]) -> None:
+    a, b = nodes
+    user = a.create_user("alice")
+    assert b.get_account("ALICE") == user
+    repo = b.create_repo(user.id, "r", storage_id="s")
+    assert a.get_repo(user.id, "R") == repo
+    a.set_collaborator(repo.id, user.id, Permission.PUSH)
+    assert b.list_collaborations_of(user.id) != []
+    b.delete_account(user.id)
+    assert a.get_account_by_id(user.id) is None
+    assert a.get_repo_by_id(repo.id) is None
+
+
+def test_concurrent_creation_of_one_login_on_two_nodes_has_exactly_one_winner(nodes: list[EtcdStore]) -> None:
+    for round_ in range(5):
+        login = f"contested{round_}"
+
+        def create(i: int, login: str = login) -> Account:
+            # Half the contenders spell the login in upper case.
+            return nodes[i % 2].create_user(login.upper() if i % 3 else login)
+
+        results, errors = run_in_threads(8, create)
+        assert len(results) == 1, errors
+        assert len(errors) == 7
+        assert all(isinstance(e, AlreadyExists) for e in errors), errors
+        assert nodes[0].get_account(login) == results[0]
+        assert nodes[1].get_account(login) == results[0]
+
+
+def test_concurrent_creation_of_one_repo_name_has_exactly_one_winner(nodes: list[EtcdStore]) -> None:
+    owner = nodes[0].create_user("owner")
+    results, errors = run_in_threads(6, lambda i: nodes[i % 2].create_repo(owner.id, "same", storage_id=f"s{i}"))
+    assert len(results) == 1
+    assert len(errors) == 5 and all(isinstance(e, AlreadyExists) for e in errors), errors
+    assert nodes[1].list_repos(owner.id) == results
+
+
+def test_concurrent_creations_on_two_nodes_get_distinct_increasing_ids(nodes: list[EtcdStore]) -> None:
+    def work(i: int) -> list[int]:
+        return [nodes[i % 2].create_user(f"u{i}-{n}").id for n in range(5)]
+
+    results, errors = run_in_threads(6, work)
+    assert errors == []
+    ids = [account_id for per_thread in results for account_id in per_thread]
+    assert len(set(ids)) == 30
+    # Each writer's own ids increase, and the listing comes back in id order.
+    assert all(per_thread == sorted(per_thread) for per_thread in results)
+    assert [a.id for a in nodes[1].list_accounts()] == sorted(ids)
+
+
+def test_concurrent_writers_lose_no_updates(nodes: list[EtcdStore]) -> None:
+    owner = nodes[0].create_user("owner")
+    org = nodes[0].create_org("acme", owner_id=owner.id)
+
+    def work(i: int) -> None:
+        node = nodes[i % 2]
+        user = node.create_user(f"user-{i}")
+        node.set_membership(org.id, user.id, OrgRole.MEMBER)
+        for n in range(4):
+            repo = node.create_repo(org.id, f"repo-{i}-{n}", storage_id=f"s-{i}-{n}")
+            node.set_collaborator(repo.id, user.id, Permission.PUSH)
+
+    _, errors = run_in_threads(6, work)
+    assert errors == []
+    repos = nodes[1].list_repos(org.id)
+    assert len(repos) == 24 and len({r.id for r in repos}) == 24
+    assert len(nodes[1].list_members(org.id)) == 7
+    assert all(len(nodes[1].list_collaborators(r.id)) == 1 for r in repos)
+
+
+def test_rename_racing_a_create_onto_the_same_login_has_one_winner(nodes: list[EtcdStore]) -> None:
+    for round_ in range(5):
+        user = nodes[0].create_user(f"old{round_}")
+        wanted = f"new{round_}"
+
+        def work(i: int, user: Account = user, wanted: str = wanted) -> Account:
+            if i == 0:
+                return nodes[0].save_account(dataclasses.replace(user, login=wanted))
+            return nodes[1].create_user(wanted.upper())
+
+        results, errors = run_in_threads(2, work)
+        assert len(results) == 1 and len(errors) == 1 and isinstance(errors[0], AlreadyExists), errors
+        assert nodes[1].get_account(wanted) == results[0]
+
+
+def test_nothing_is_left_behind_when_dependents_race_a_delete_account(nodes: list[EtcdStore]) -> None:
+    """Tokens, repositories, memberships and collaborations added while the account is
+    being deleted either go with it or are refused; none survives it."""
+    helper = nodes[0].create_user("helper")
+    boss = nodes[0].create_user("boss")
+    org = nodes[0].create_org("club", owner_id=boss.id)
+    theirs = nodes[0].create_repo(helper.id, "theirs", storage_id="theirs")
+    for round_ in range(5):
+        victim = nodes[0].create_user(f"victim{round_}")
+
+        def work(i: int, victim_id: int = victim.id, round_: int = round_) -> None:
+            node = nodes[i % 2]
+            if i == 0:
+                node.delete_account(victim_id)
+            elif i == 1:
+                node.create_token(victim_id, token_hash=f"h{round_}", token_prefix="p", scopes=())
+            elif i == 2:
+                node.create_repo(victim_id, "r", storage_id=f"v{round_}")
+            elif i == 3:
+                node.set_membership(org.id, victim_id, OrgRole.MEMBER)
+            else:
+                node.set_collaborator(theirs.id, victim_id, Permission.PULL)
+
+        _, errors = run_in_threads(5, work)
+        # Only writes that came after the delete may fail, and only because the account is gone.
+        assert all(isinstance(e, NotFound) for e in errors), errors
+        reader = nodes[1]
+        assert reader.get_account_by_id(victim.id) is None
+        assert reader.list_tokens(victim.id) == []
+        assert reader.get_token_by_hash(f"h{round_}") is None
+        assert reader.list_repos(victim.id) == []
+        assert reader.list_memberships_of(victim.id) == []
+        assert reader.list_collaborations_of(victim.id) == []
+        # The storage id of a refused or deleted repository is free again.
+        assert reader.create_repo(helper.id, f"again{round_}", storage_id=f"v{round_}").storage_id == f"v{round_}"
+
+
+# -- the keyspace and the client -------------------------------------------------------
+
+
+def test_stores_with_different_prefixes_are_separate(etcd: Etcd, store: EtcdStore) -> None:
+    other_prefix = f"/test/{uuid.uuid4().hex}/"
+    other = EtcdStore(etcd, prefix=other_prefix)
+    try:
+        store.create_user("alice")
+        assert other.get_account("alice") is None
+        assert other.create_user("alice").login == "alice"
+        assert len(store.list_accounts()) == 1
+    finally:
+        other.close()
+        etcd.delete(other_prefix, prefix=True)
+
+
+def test_unknown_keys_under_the_prefix_are_ignored(etcd: Etcd, prefix: str, store: EtcdStore) -> None:
+    user = store.create_user("alice")
+    repo = store.create_repo(user.id, "r", storage_id="s")
+    # Keys that a later version might add next to the known ones.
+    etcd.put(prefix + "future-kind/1", "{}")
+    etcd.put(prefix + "accounts-archive/1", "not json")
+    etcd.put(prefix + "repos-by-date/1", "x")
+    assert store.list_accounts() == [user]
+    assert store.list_repos() == [repo]
+    assert store.get_account("alice") == user
+    store.delete_account(user.id)
+    assert store.list_accounts() == []
+    assert etcd.get(prefix + "future-kind/1") is not None
+
+
+def test_a_damaged_record_is_a_store_error(etcd: Etcd, prefix: str, store: EtcdStore) -> None:
+    user = store.create_user("alice")
+    [kv] = [kv for kv in etcd.get_prefix(prefix) if kv.value.startswith(b"{") and b'"login"' in kv.value]
+    etcd.put(kv.key, "{broken")
+    with pytest.raises(StoreError):
+        store.get_account_by_id(user.id)
+    with pytest.raises(StoreError):
+        store.list_accounts()
+
+
+def test_close_leaves_the_etcd_client_open(etcd: Etcd, prefix: str) -> None:
+    s = EtcdStore(etcd, prefix=prefix)
+    s.create_user("alice")
+    s.close()
+    with pytest.raises(StoreError):
+        s.get_account("alice")
+    with pytest.raises(StoreError):
+        s.create_user("bob")
+    assert etcd.get_prefix(prefix) != []
+    assert EtcdStore(etcd, prefix=prefix).get_account("alice") is not None
+
+
+def test_the_prefix_must_end_with_a_slash(etcd: Etcd) -> None:
+    with pytest.raises(ValueError):
+        EtcdStore(etcd, prefix="/bulwark/store")
+
+
+def test_a_delete_too_large_for_one_transaction_changes_nothing(etcd: Etcd, prefix: str) -> None:
+    s = EtcdStore(etcd, prefix=prefix, max_txn_ops=12)
+    try:
+        user = s.create_user("big")
+        repos = [s.create_repo(user.id, f"r{n}", storage_id=f"s{n}") for n in range(3)]
+        s.create_token(user.id, token_hash="h", token_prefix="p", scopes=())
+        with pytest.raises(StoreError, match="max-txn-ops"):
+            s.delete_account(user.id)
+        assert s.get_account_by_id(user.id) == user
+        assert s.list_repos(user.id) == repos
+        assert s.get_token_by_hash("h") is not None
+        # Removing the repositories first makes it fit.
+        for repo in repos:
+            assert s.delete_repo(repo.id)
+        assert s.delete_account(user.id) == []
+    finally:
+        s.close()
+
+
+# -- values ----------------------------------------------------------------------------
+
+
+def test_times_come_from_the_clock(etcd: Etcd, prefix: str) -> None:
+    start = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    clock = FakeClock(start)
+    s = EtcdStore(etcd, prefix=prefix, clock=clock)
+    try:
+        user = s.create_user("timed")
+        assert user.created_at == start and user.updated_at == start
+        token = s.create_token(user.id, token_hash="h", token_prefix="p", scopes=())
+        assert token.created_at == start
+        repo = s.create_repo(user.id, "r", storage_id="s")
+        assert repo.created_at == start and repo.updated_at == start
+
+        clock.current = start + timedelta(hours=1)
+        saved = s.save_account(user)
+        assert saved.created_at == start and saved.updated_at == clock.current
+        saved_repo = s.save_repo(repo)
+        assert saved_repo.created_at == start and saved_repo.updated_at == clock.current
+        assert s.get_repo_by_id(repo.id) == saved_repo
+    finally:
+        s.close()
+
+
+def test_records_are_json_with_explicit_fields(etcd: Etcd, prefix: str, store: EtcdStore) -> None:
+    user = store.create_user("stamp", password_hash="secret-hash")
+    expires = datetime(2030, 1, 1, 16, 0, tzinfo=timezone(timedelta(hours=2)))
+    store.create_token(user.id, token_hash="h", token_prefix="p", scopes=[Scope.USER, Scope.REPO], expires_at=expires)
+    values = [kv.text for kv in etcd.get_prefix(prefix)]
+    assert any(
+        '"scopes":["repo","user"]' in v and '"expires_at":"2030-01-01T14:00:00.000000+00:00"' in v for v in values
+    )
+    assert any('"type":"User"' in v and '"password_hash":"secret-hash"' in v for v in values)
+    assert store.list_accounts(AccountType.USER) == [user]
+
+
+def test_invalid_input_writes_nothing(etcd: Etcd, prefix: str, store: EtcdStore) -> None:
+    user = store.create_user("val")
+    before = [(kv.key, kv.mod_revision) for kv in etcd.get_prefix(prefix)]
+    with pytest.raises(InvalidInput):
+        store.create_token(user.id, token_hash="x", token_prefix="p", scopes=["nope"])  # type: ignore[list-item]
+    with pytest.raises(InvalidInput):
+        store.touch_token(1, datetime(2030, 1, 1))
+    assert [(kv.key, kv.mod_revision) for kv in etcd.get_prefix(prefix)] == before
