@@ -48,7 +48,15 @@ class ClusterGit(GitRunner):
         if not nodes:
             raise Unavailable("no live storage node can take a new repository")
         # Generation 0 for every replica; one that cannot be created now is set to BUILDING below.
-        placed = state.create_placement(rt.etcd, Placement(storage_id, {n: 0 for n in nodes}))
+        # The lock keeps the checksum verifier away from copies that are still being made.
+        with rt.locks.held(storage_id):
+            placed = state.create_placement(rt.etcd, Placement(storage_id, {n: 0 for n in nodes}))
+            self._create_copies(rt, placed, default_branch)
+        return self.path(storage_id)
+
+    def _create_copies(self, rt: ClusterRuntime, placed: Placement, default_branch: str) -> None:
+        storage_id = placed.storage_id
+        urls = rt.urls()
         failed = []
         for node in placed.replicas:
             try:
@@ -56,7 +64,7 @@ class ClusterGit(GitRunner):
                     if not super().exists(storage_id):
                         super().init_bare(storage_id, default_branch)
                 else:
-                    rt.peers.init(snap.url_of(node) or "", storage_id, default_branch)
+                    rt.peers.init(urls.get(node, ""), storage_id, default_branch)
             except BulwarkError as exc:
                 log.warning("could not create replica of %s on %s: %s", storage_id, node, exc)
                 failed.append(node)
@@ -65,7 +73,6 @@ class ClusterGit(GitRunner):
                 rt.etcd, storage_id,
                 lambda p: p.with_replicas({n: (BUILDING if n in failed else g) for n, g in p.replicas.items()}),
             )
-        return self.path(storage_id)
 
     def remove(self, storage_id: str) -> None:
         rt = self._rt()

@@ -1,0 +1,539 @@
+"""The reconciler: the one node that repairs the cluster.
+
+Every node runs a :class:`Reconciler`; the one holding ``keys.RECONCILER`` (a key created
+only if absent and attached to that node's lease) does the work, so a dead reconciler
+loses the role with its lease and another node takes it on its next cycle.
+
+Each cycle is Patroni-shaped: take a snapshot, :func:`decide` (pure), act, and return one
+sentence. The decisions:
+
+- ``Repair``: an outdated or building replica on a live node is copied from a good one.
+- ``AddReplica``: a repository with fewer than its RF replicas on usable nodes gets new
+  ones (after ``replace_after`` seconds for a missing node, at once for an evacuating one).
+- ``DropReplica``: a repository above its RF loses a replica, only while RF up-to-date
+  replicas on usable nodes remain without it.
+- ``MarkOutdated``: up-to-date replicas whose ref checksums disagree with the majority
+  (verified every ``verify_every`` seconds under the repository's lock) become building.
+- ``DataLoss``: no live up-to-date replica is left. Reported, never acted on: only an
+  administrator may accept the loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bulwark.cluster import keys, state
+from bulwark.cluster.etcd import Compare, Etcd, EtcdUnavailable, Op
+from bulwark.cluster.locks import RepoLocks
+from bulwark.cluster.placement import choose_nodes, replica_counts
+from bulwark.cluster.state import BUILDING, ClusterSnapshot, Placement
+from bulwark.errors import BulwarkError, Unavailable
+
+log = logging.getLogger("bulwark.cluster.reconciler")
+
+# node -> ref checksum of its copy (None: it has no copy), per storage id.
+Checksums = Mapping[str, Mapping[str, str | None]]
+
+
+class Peers(Protocol):
+    def sync(self, node_url: str, storage_id: str, source_url: str) -> str:
+        """Make the node's copy identical to the source's and set its generation to the highest."""
+        ...
+
+    def checksum(self, node_url: str, storage_id: str) -> str | None:
+        """The replica's ref checksum; None if the node has no copy."""
+        ...
+
+    def remove(self, node_url: str, storage_id: str) -> None:
+        """Delete the node's copy (idempotent)."""
+        ...
+
+
+# -- actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Repair:
+    storage_id: str
+    node: str
+    source: str
+
+
+@dataclass(frozen=True)
+class AddReplica:
+    storage_id: str
+    node: str
+    source: str
+
+
+@dataclass(frozen=True)
+class DropReplica:
+    storage_id: str
+    node: str
+
+
+@dataclass(frozen=True)
+class MarkOutdated:
+    storage_id: str
+    nodes: tuple[str, ...]
+    generation: int  # only replicas still at this generation are marked (a newer push proves them current)
+
+
+@dataclass(frozen=True)
+class DataLoss:
+    storage_id: str
+
+
+Action = Repair | AddReplica | DropReplica | MarkOutdated | DataLoss
+
+
+# -- decisions -------------------------------------------------------------------------------
+
+
+def usable(snapshot: ClusterSnapshot, node: str) -> bool:
+    """Whether ``node`` may hold a replica now: a storage node in the config, alive, not evacuating."""
+    spec = snapshot.config.node(node)
+    return (
+        spec is not None and spec.stores_repositories and snapshot.is_alive(node) and node not in snapshot.evacuating
+    )
+
+
+def decide(
+    snapshot: ClusterSnapshot,
+    now: float,
+    missing_since: Mapping[str, float],
+    *,
+    replace_after: float,
+    checksums: Checksums | None = None,
+    max_actions: int = 20,
+    skip: Collection[str] = (),
+) -> list[Action]:
+    """What to do this cycle, repository by repository in storage id order.
+
+    ``missing_since`` maps dead nodes to when they were first seen missing (a dead node not
+    in it counts as missing since ``now``). At most ``max_actions`` actions that change
+    something are returned so one cycle stays short; ``DataLoss`` reports are not counted
+    and cover every repository. Repositories in ``skip`` (recent failures) wait a cycle.
+    """
+    actions: list[Action] = []
+    budget = max_actions
+    promised: Counter[str] = Counter()  # replicas this cycle adds per node, so additions spread
+    for storage_id in sorted(snapshot.placements):
+        placement = snapshot.placements[storage_id]
+        if not snapshot.serving_replicas(storage_id):
+            actions.append(DataLoss(storage_id))
+            continue
+        if budget <= 0 or storage_id in skip:
+            continue
+        votes = (checksums or {}).get(storage_id)
+        planned = _decide_one(snapshot, placement, now, missing_since, replace_after, votes, promised)[:budget]
+        for action in planned:
+            if isinstance(action, AddReplica):
+                promised[action.node] += 1
+        actions.extend(planned)
+        budget -= len(planned)
+    return actions
+
+
+def _decide_one(
+    snapshot: ClusterSnapshot,
+    placement: Placement,
+    now: float,
+    missing_since: Mapping[str, float],
+    replace_after: float,
+    votes: Mapping[str, str | None] | None,
+    promised: Mapping[str, int],
+) -> list[Action]:
+    storage_id = placement.storage_id
+    if votes:
+        wrong = disagreeing(placement, votes)
+        if wrong:
+            # The rest waits for the next snapshot, which shows these replicas outdated.
+            return [MarkOutdated(storage_id, tuple(wrong), placement.generation)]
+
+    rf = snapshot.config.effective_rf(placement.wanted_rf)
+    source = pick_source(snapshot, storage_id)
+    dropping = replicas_to_drop(snapshot, placement, rf)
+    actions: list[Action] = [DropReplica(storage_id, node) for node in dropping]
+    actions += [
+        Repair(storage_id, node, source)
+        for node in placement.outdated()
+        if node not in dropping and usable(snapshot, node)
+    ]
+
+    def counts_toward_rf(node: str) -> bool:
+        spec = snapshot.config.node(node)
+        if spec is None or not spec.stores_repositories or node in snapshot.evacuating:
+            return False
+        if snapshot.is_alive(node):
+            return True
+        return now - missing_since.get(node, now) < replace_after  # may still come back
+
+    kept = [n for n in placement.replicas if n not in dropping and counts_toward_rf(n)]
+    if len(kept) < rf:
+        targets = choose_nodes(snapshot, rf - len(kept), exclude=placement.replicas, extra=promised)
+        actions += [AddReplica(storage_id, node, source) for node in targets]
+    return actions
+
+
+def disagreeing(placement: Placement, votes: Mapping[str, str | None]) -> list[str]:
+    """Up-to-date replicas whose checksum is not the majority's, or that have no copy at all.
+
+    On a tie the checksum of the first node by name wins: there is no way to tell which
+    copy is right, and a fixed rule keeps successive cycles from flipping between them.
+    When no replica has a copy, all of them are marked (and the repository shows as lost).
+    """
+    current = set(placement.up_to_date())
+    answers = {n: c for n, c in votes.items() if n in current}
+    missing = [n for n, c in answers.items() if c is None]
+    present = {n: c for n, c in answers.items() if c is not None}
+    if not present:
+        return sorted(missing)
+    tally = Counter(present.values())
+    best = max(tally.values())
+    winners = {c for c, k in tally.items() if k == best}
+    winner = present[min(n for n, c in present.items() if c in winners)]
+    return sorted(missing + [n for n, c in present.items() if c != winner])
+
+
+def pick_source(snapshot: ClusterSnapshot, storage_id: str) -> str:
+    """A live up-to-date replica to copy from: not in maintenance nor evacuating if possible.
+
+    Among equals the storage id picks one, so repairs spread over the good replicas.
+    """
+    serving = sorted(snapshot.serving_replicas(storage_id))
+    rested = [n for n in serving if n not in snapshot.maintenance and n not in snapshot.evacuating]
+    pool = rested or serving
+    return pool[zlib.crc32(storage_id.encode()) % len(pool)]
+
+
+def replicas_to_drop(snapshot: ClusterSnapshot, placement: Placement, rf: int) -> list[str]:
+    """Replicas above RF to remove, while RF up-to-date replicas on usable nodes remain without them.
+
+    Evacuating nodes go first, then dead ones, then nodes no longer storing for the
+    cluster, then the most loaded. A healthy node's replica is only dropped once every
+    replica on a usable node is up to date, so a copy being built is never the one dropped.
+    """
+    if len(placement.replicas) <= rf:
+        return []
+    good = {n for n in placement.up_to_date() if usable(snapshot, n)}
+    settled = all(n in good for n in placement.replicas if usable(snapshot, n))
+    counts = replica_counts(snapshot)
+
+    def rank(node: str) -> tuple[int, int, str]:
+        spec = snapshot.config.node(node)
+        if node in snapshot.evacuating:
+            category = 0
+        elif not snapshot.is_alive(node):
+            category = 1
+        elif spec is None or not spec.stores_repositories:
+            category = 2
+        else:
+            category = 3
+        return category, -counts.get(node, 0), node
+
+    remaining = len(placement.replicas)
+    dropped: list[str] = []
+    for node in sorted(placement.replicas, key=rank):
+        if remaining <= rf:
+            break
+        if rank(node)[0] == 3 and not settled:
+            break
+        if len(good - {node}) < rf:
+            continue
+        dropped.append(node)
+        good.discard(node)
+        remaining -= 1
+    return dropped
+
+
+# -- the loop ------------------------------------------------------------------------------
+
+
+@dataclass
+class Counts:
+    repaired: int = 0
+    added: int = 0
+    dropped: int = 0
+    marked: int = 0
+    failed: int = 0
+    verified: int = 0
+    data_loss: list[str] = field(default_factory=list)
+
+    def sentence(self) -> str:
+        text = (
+            f"repaired {self.repaired} replicas, added {self.added}, dropped {self.dropped}, "
+            f"marked {self.marked} outdated; {len(self.data_loss)} repositories without an up-to-date replica"
+        )
+        if self.verified:
+            text += f"; verified {self.verified} repositories"
+        if self.failed:
+            text += f"; {self.failed} actions failed"
+        return text
+
+
+class Reconciler:
+    def __init__(
+        self,
+        etcd: Etcd,
+        peers: Peers,
+        locks: RepoLocks,
+        *,
+        node: str,
+        lease: Callable[[], int],
+        interval: float = 10.0,
+        verify_every: float = 300.0,
+        replace_after: float = 60.0,
+        retry_after: float = 60.0,
+        max_actions: int = 20,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.etcd = etcd
+        self.peers = peers
+        self.locks = locks
+        self.node = node
+        self.lease = lease  # the node's session lease: leadership dies with it
+        self.interval = interval
+        self.verify_every = verify_every
+        self.replace_after = replace_after
+        self.retry_after = retry_after
+        self.max_actions = max_actions
+        self.clock = clock
+        self.missing_since: dict[str, float] = {}
+        self.failed_at: dict[str, float] = {}  # storage id -> when an action on it last failed
+        self.verified_at: float | None = None
+        self.last_sentence = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- election ------------------------------------------------------------------------
+
+    def campaign(self) -> str | None:
+        """Become the reconciler if nobody is; the name of whoever is (None: nobody)."""
+        try:
+            lease = self.lease()
+        except Unavailable:
+            lease = 0  # no session: a key without a lease would outlive this node
+        if lease:
+            result = self.etcd.txn(
+                [Compare.absent(keys.RECONCILER)],
+                [Op.put(keys.RECONCILER, self.node, lease)],
+                [Op.get(keys.RECONCILER)],
+            )
+            if result.succeeded:
+                log.info("reconciler: %s is now the reconciler", self.node)
+                return self.node
+            found = result.reads[0] if result.reads else []
+        else:
+            kv = self.etcd.get(keys.RECONCILER)
+            found = [kv] if kv else []
+        return found[0].text if found else None
+
+    def resign(self) -> None:
+        self.etcd.txn([Compare.value_is(keys.RECONCILER, self.node)], [Op.delete(keys.RECONCILER)])
+
+    # -- one cycle -----------------------------------------------------------------------
+
+    def run_once(self) -> str:
+        try:
+            return self._cycle()
+        except EtcdUnavailable as exc:
+            return f"etcd is unreachable, nothing done: {exc.message}"
+        except Unavailable as exc:
+            return f"nothing done: {exc.message}"
+
+    def _cycle(self) -> str:
+        leader = self.campaign()
+        if leader != self.node:
+            # What a former term learnt about missing nodes would be stale by the next one.
+            self.missing_since.clear()
+            self.verified_at = None
+            return f"not the reconciler ({leader} is)" if leader else "not the reconciler (no etcd session)"
+        now = self.clock()
+        snap = state.snapshot(self.etcd)
+        self._track_missing(snap, now)
+        counts = Counts()
+        checksums: dict[str, dict[str, str | None]] | None = None
+        if self.verified_at is None or now - self.verified_at >= self.verify_every:
+            checksums = self._verify(snap)
+            counts.verified = len(checksums)
+            self.verified_at = now
+        self.failed_at = {s: t for s, t in self.failed_at.items() if now - t < self.retry_after}
+        actions = decide(
+            snap, now, self.missing_since, replace_after=self.replace_after, checksums=checksums,
+            max_actions=self.max_actions, skip=set(self.failed_at),
+        )
+        for action in actions:
+            if isinstance(action, DataLoss):
+                counts.data_loss.append(action.storage_id)
+                continue
+            try:
+                self._act(snap, action, counts)
+            except Exception as exc:  # one repository's trouble must not stop the others
+                counts.failed += 1
+                self.failed_at[action.storage_id] = now
+                log.warning("reconciler: %s failed: %s", action, exc)
+        sentence = counts.sentence()
+        self._publish(sentence, counts, now)
+        return sentence
+
+    def _track_missing(self, snap: ClusterSnapshot, now: float) -> None:
+        known = {n.name for n in snap.config.nodes} | {n for p in snap.placements.values() for n in p.replicas}
+        for node in known:
+            if snap.is_alive(node):
+                self.missing_since.pop(node, None)
+            else:
+                self.missing_since.setdefault(node, now)
+        for node in set(self.missing_since) - known:
+            del self.missing_since[node]
+
+    def _verify(self, snap: ClusterSnapshot) -> dict[str, dict[str, str | None]]:
+        """Ref checksums of every repository with two or more live up-to-date replicas."""
+        found: dict[str, dict[str, str | None]] = {}
+        for storage_id in sorted(snap.placements):
+            serving = [n for n in snap.serving_replicas(storage_id) if snap.url_of(n)]
+            if len(serving) < 2:
+                continue
+            token = self.locks.try_acquire(storage_id)
+            if token is None:
+                continue  # a write is under way; next round
+            try:
+                fresh = state.get_placement(self.etcd, storage_id)
+                if fresh is None or fresh.revision != snap.placements[storage_id].revision:
+                    continue  # changed since the snapshot: the answers would not match it
+                votes: dict[str, str | None] = {}
+                for node in serving:
+                    try:
+                        votes[node] = self.peers.checksum(snap.url_of(node) or "", storage_id)
+                    except BulwarkError as exc:
+                        log.warning("reconciler: no checksum of %s from %s: %s", storage_id, node, exc)
+                if len(votes) >= 2:
+                    found[storage_id] = votes
+            finally:
+                self.locks.release(storage_id, token)
+        return found
+
+    def _act(self, snap: ClusterSnapshot, action: Action, counts: Counts) -> None:
+        if isinstance(action, Repair):
+            self.peers.sync(_url(snap, action.node), action.storage_id, _url(snap, action.source))
+            counts.repaired += 1
+            log.info("reconciler: repaired %s on %s from %s", action.storage_id, action.node, action.source)
+        elif isinstance(action, AddReplica):
+            node = action.node
+
+            def add(p: Placement) -> Placement:
+                return p if node in p.replicas else p.with_replicas({**p.replicas, node: BUILDING})
+
+            if state.update_placement(self.etcd, action.storage_id, add) is None:
+                return  # the repository was deleted meanwhile
+            self.peers.sync(_url(snap, node), action.storage_id, _url(snap, action.source))
+            counts.added += 1
+            log.info("reconciler: added %s on %s from %s", action.storage_id, node, action.source)
+        elif isinstance(action, DropReplica):
+            self._drop(snap, action, counts)
+        elif isinstance(action, MarkOutdated):
+            marked = set(action.nodes)
+
+            def mark(p: Placement) -> Placement:
+                return p.with_replicas(
+                    {n: BUILDING if n in marked and g == action.generation else g for n, g in p.replicas.items()}
+                )
+
+            after = state.update_placement(self.etcd, action.storage_id, mark)
+            counts.marked += len([n for n in marked if after and after.replicas.get(n) == BUILDING])
+            log.warning("reconciler: %s differs on %s; marked outdated", action.storage_id, state.names(marked))
+
+    def _drop(self, snap: ClusterSnapshot, action: DropReplica, counts: Counts) -> None:
+        node = action.node
+
+        def drop(p: Placement) -> Placement:
+            # Re-checked on the fresh placement: a push since the snapshot may have outdated others.
+            rf = snap.config.effective_rf(p.wanted_rf)
+            good = [n for n in p.up_to_date() if n != node and usable(snap, n)]
+            if node not in p.replicas or len(p.replicas) <= rf or len(good) < rf:
+                return p
+            return p.with_replicas({n: g for n, g in p.replicas.items() if n != node})
+
+        after = state.update_placement(self.etcd, action.storage_id, drop)
+        if after is None or node in after.replicas:
+            return
+        counts.dropped += 1
+        log.info("reconciler: dropped %s from %s", action.storage_id, node)
+        url = snap.url_of(node)
+        if url and snap.is_alive(node):
+            try:
+                self.peers.remove(url, action.storage_id)
+            except BulwarkError as exc:  # the copy is orphaned, not harmful: nothing routes to it
+                log.warning("reconciler: could not delete %s's copy of %s: %s", node, action.storage_id, exc)
+
+    def _publish(self, sentence: str, counts: Counts, now: float) -> None:
+        report: dict[str, Any] = {
+            "leader": self.node,
+            "sentence": sentence,
+            "at": now,
+            "counts": {
+                "repaired": counts.repaired,
+                "added": counts.added,
+                "dropped": counts.dropped,
+                "marked_outdated": counts.marked,
+                "failed": counts.failed,
+                "verified": counts.verified,
+                "data_loss": len(counts.data_loss),
+            },
+            "data_loss": counts.data_loss[:100],
+            "verified_at": self.verified_at,
+        }
+        self.etcd.put(keys.REPORT, json.dumps(report, sort_keys=True))
+
+    # -- thread ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="bulwark-reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with contextlib.suppress(Unavailable):
+            self.resign()  # another node takes over at its next cycle, not after our lease's TTL
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sentence = self.run_once()
+            except Exception as exc:  # the loop must survive anything a cycle meets
+                log.exception("reconciler cycle failed")
+                sentence = f"cycle failed: {exc}"
+            if sentence != self.last_sentence:
+                log.info("reconciler: %s", sentence)
+                self.last_sentence = sentence
+            self._stop.wait(self.interval)
+
+
+def read_report(etcd: Etcd) -> dict[str, Any] | None:
+    """The last cycle's report, as the reconciler published it."""
+    kv = etcd.get(keys.REPORT)
+    if kv is None:
+        return None
+    try:
+        report: dict[str, Any] = json.loads(kv.value)
+    except ValueError:
+        return None
+    return report
+
+
+def _url(snap: ClusterSnapshot, node: str) -> str:
+    url = snap.url_of(node) or (snap.alive[node].url if node in snap.alive else None)
+    if not url:
+        raise Unavailable(f"no URL is known for node {node}")
+    return url

@@ -1,0 +1,430 @@
+"""The reconciler: decide() as a pure function, and run_once() against a real etcd with fake peers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from bulwark.cluster import keys, state
+from bulwark.cluster.config import ClusterConfig, NodeSpec
+from bulwark.cluster.etcd import Etcd
+from bulwark.cluster.locks import RepoLocks
+from bulwark.cluster.reconciler import (
+    AddReplica,
+    DataLoss,
+    DropReplica,
+    MarkOutdated,
+    Reconciler,
+    Repair,
+    decide,
+    disagreeing,
+)
+from bulwark.cluster.state import BUILDING, NodeBeat, Placement
+from bulwark.errors import PeerUnreachable
+from test_cluster_placement import make_snapshot
+
+from helpers import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+ETCD = "/usr/bin/etcd"
+
+
+# -- decide ------------------------------------------------------------------------------------
+
+
+def test_healthy_cluster_needs_nothing() -> None:
+    snap = make_snapshot(placements={"a": {"n1": 3, "n2": 3, "n3": 3}})
+    assert decide(snap, 100.0, {}, replace_after=60) == []
+
+
+def test_outdated_and_building_replicas_are_repaired_from_a_rested_source() -> None:
+    snap = make_snapshot(
+        ("n1", "n2", "n3", "n4"),
+        placements={"a": {"n1": 3, "n2": 3, "n3": 2}, "b": {"n1": 5, "n2": 5, "n4": BUILDING}},
+        maintenance=["n1"],
+    )
+    assert decide(snap, 100.0, {}, replace_after=60) == [Repair("a", "n3", "n2"), Repair("b", "n4", "n2")]
+
+
+def test_rf_capped_by_storage_nodes() -> None:
+    snap = make_snapshot(("n1", "n2", "n3"), frontend_only=["n3"], placements={"a": {"n1": 1, "n2": 1}}, rf=3)
+    assert decide(snap, 100.0, {}, replace_after=60) == []
+
+
+def test_three_nodes_rf3_one_dead_cannot_replace_but_repairs_when_back() -> None:
+    placements = {"a": {"n1": 4, "n2": 4, "n3": 3}}
+    dead = make_snapshot(placements=placements, dead=["n3"])
+    assert decide(dead, 10_000.0, {"n3": 0.0}, replace_after=60) == []  # no fourth node to add
+    back = make_snapshot(placements=placements)
+    [repair] = decide(back, 10_000.0, {}, replace_after=60)
+    assert isinstance(repair, Repair) and repair.node == "n3" and repair.source in ("n1", "n2")
+
+
+def test_missing_node_is_replaced_only_after_the_grace_period() -> None:
+    snap = make_snapshot(("n1", "n2", "n3", "n4"), placements={"a": {"n1": 1, "n2": 1, "n3": 1}}, dead=["n3"])
+    assert decide(snap, 100.0, {"n3": 50.0}, replace_after=60) == []
+    assert decide(snap, 100.0, {}, replace_after=60) == []  # first seen missing now
+    assert decide(snap, 200.0, {"n3": 50.0}, replace_after=60) == [AddReplica("a", "n4", "n2")]
+
+
+def test_evacuating_node_is_replaced_at_once_then_dropped() -> None:
+    nodes = ("n1", "n2", "n3", "n4")
+    start = make_snapshot(nodes, placements={"a": {"n1": 1, "n2": 1, "n3": 1}}, evacuating=["n1"])
+    assert decide(start, 100.0, {}, replace_after=60) == [AddReplica("a", "n4", "n3")]
+    building = make_snapshot(nodes, placements={"a": {"n1": 1, "n2": 1, "n3": 1, "n4": BUILDING}}, evacuating=["n1"])
+    assert decide(building, 100.0, {}, replace_after=60) == [Repair("a", "n4", "n3")]  # no drop before it is built
+    built = make_snapshot(nodes, placements={"a": {"n1": 1, "n2": 1, "n3": 1, "n4": 1}}, evacuating=["n1"])
+    assert decide(built, 100.0, {}, replace_after=60) == [DropReplica("a", "n1")]
+
+
+def test_drop_prefers_dead_then_removed_then_most_loaded() -> None:
+    nodes = ("n1", "n2", "n3", "n4")
+    dead = make_snapshot(nodes, placements={"a": {"n1": 1, "n2": 1, "n3": 1, "n4": 1}}, dead=["n2"])
+    assert decide(dead, 100.0, {"n2": 99.0}, replace_after=60) == [DropReplica("a", "n2")]
+    removed = make_snapshot(
+        ("n1", "n2", "n3"), placements={"a": {"n1": 1, "n2": 1, "n3": 1, "gone": 1}}, alive_extra=["gone"]
+    )
+    assert decide(removed, 100.0, {}, replace_after=60) == [DropReplica("a", "gone")]
+    loads = {"a": {"n1": 1, "n2": 1, "n3": 1, "n4": 1}, "x": {"n3": 1}, "y": {"n3": 1}}
+    loaded = make_snapshot(nodes, placements=loads, wanted_rf={"x": 1, "y": 1})
+    assert decide(loaded, 100.0, {}, replace_after=60) == [DropReplica("a", "n3")]
+
+
+def test_drop_keeps_rf_up_to_date_replicas() -> None:
+    # Four replicas, but only two up to date on usable nodes: nothing may go, the outdated one is repaired.
+    snap = make_snapshot(("n1", "n2", "n3", "n4"), placements={"a": {"n1": 2, "n2": 2, "n3": 1, "n4": 2}},
+                         dead=["n4"])
+    assert decide(snap, 100.0, {"n4": 99.0}, replace_after=60) == [Repair("a", "n3", "n2")]
+
+
+def test_lower_wanted_rf_drops_extra_replicas() -> None:
+    snap = make_snapshot(placements={"a": {"n1": 1, "n2": 1, "n3": 1}}, wanted_rf={"a": 1})
+    actions = decide(snap, 100.0, {}, replace_after=60)
+    assert actions == [DropReplica("a", "n1"), DropReplica("a", "n2")]
+
+
+def test_checksum_majority_wins() -> None:
+    snap = make_snapshot(placements={"a": {"n1": 7, "n2": 7, "n3": 7}})
+    votes = {"a": {"n1": "x", "n2": "y", "n3": "x"}}
+    assert decide(snap, 100.0, {}, replace_after=60, checksums=votes) == [MarkOutdated("a", ("n2",), 7)]
+    missing = {"a": {"n1": "x", "n2": "x", "n3": None}}
+    assert decide(snap, 100.0, {}, replace_after=60, checksums=missing) == [MarkOutdated("a", ("n3",), 7)]
+    agree = {"a": {"n1": "x", "n2": "x", "n3": "x"}}
+    assert decide(snap, 100.0, {}, replace_after=60, checksums=agree) == []
+
+
+def test_checksum_tie_keeps_the_first_node_by_name() -> None:
+    placement = Placement("a", {"n1": 2, "n2": 2, "n3": 2, "n4": 2})
+    assert disagreeing(placement, {"n2": "y", "n1": "x", "n3": "y", "n4": "x"}) == ["n2", "n3"]
+    assert disagreeing(placement, {"n1": None, "n2": None}) == ["n1", "n2"]
+    # Votes of replicas that are not up to date do not count.
+    older = Placement("a", {"n1": 2, "n2": 2, "n3": 1})
+    assert disagreeing(older, {"n1": "x", "n2": "x", "n3": "z"}) == []
+
+
+def test_data_loss_is_reported_never_acted_on() -> None:
+    snap = make_snapshot(("n1", "n2", "n3", "n4"), placements={"a": {"n1": 5, "n2": 5, "n3": 4}}, dead=["n1", "n2"])
+    assert decide(snap, 10_000.0, {"n1": 0.0, "n2": 0.0}, replace_after=60) == [DataLoss("a")]
+    building = make_snapshot(placements={"b": {"n1": BUILDING, "n2": BUILDING}})
+    assert decide(building, 100.0, {}, replace_after=60) == [DataLoss("b")]
+
+
+def test_actions_are_bounded_but_data_loss_is_always_reported() -> None:
+    placements: dict[str, dict[str, int]] = {f"r{i:02}": {"n1": 2, "n2": 2, "n3": 1} for i in range(30)}
+    placements["zz-lost"] = {"n4": 1}
+    snap = make_snapshot(("n1", "n2", "n3", "n4"), placements=placements, dead=["n4"], wanted_rf={"zz-lost": 1})
+    actions = decide(snap, 100.0, {}, replace_after=60, max_actions=5)
+    assert [type(a) for a in actions] == [Repair] * 5 + [DataLoss]
+    skipped = decide(snap, 100.0, {}, replace_after=60, max_actions=5, skip={"r00"})
+    assert skipped[0] == Repair("r01", "n3", skipped[0].source)  # type: ignore[union-attr]
+
+
+def test_additions_in_one_cycle_spread_over_nodes() -> None:
+    placements = {f"r{i}": {"n1": 1, "n2": 1} for i in range(4)}
+    snap = make_snapshot(("n1", "n2", "n3", "n4"), placements=placements, evacuating=["n1"], rf=2)
+    targets = [a.node for a in decide(snap, 100.0, {}, replace_after=60) if isinstance(a, AddReplica)]
+    assert sorted(targets) == ["n3", "n3", "n4", "n4"]
+
+
+# -- run_once against etcd ------------------------------------------------------------------------
+
+
+class EtcdServer:
+    """One etcd member on loopback, for a test module."""
+
+    def __init__(self, data_dir: Path) -> None:
+        client, peer = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{client}"
+        peer_url = f"http://127.0.0.1:{peer}"
+        self.log = (data_dir / "etcd.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                ETCD, "--name", "r1", "--data-dir", str(data_dir / "data"),
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", f"r1={peer_url}",
+            ],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        client_ = Etcd([self.url], timeout=1.0)
+        deadline = time.monotonic() + 15
+        try:
+            while True:
+                try:
+                    client_.get("/bulwark/ping")
+                    break
+                except Exception:
+                    if time.monotonic() > deadline or self.proc.poll() is not None:
+                        self.stop()
+                        raise RuntimeError("etcd did not start") from None
+                    time.sleep(0.1)
+        finally:
+            client_.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+@contextlib.contextmanager
+def etcd_server(tmp: Path) -> Iterator[EtcdServer]:
+    if not Path(ETCD).exists() and not shutil.which("etcd"):
+        pytest.skip("etcd is not installed")
+    server = EtcdServer(tmp)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with etcd_server(tmp_path_factory.mktemp("etcd")) as server:
+        yield server.url
+
+
+@pytest.fixture
+def etcd(etcd_url: str) -> Iterator[Etcd]:
+    client = Etcd([etcd_url])
+    client.delete("/bulwark/", prefix=True)
+    try:
+        yield client
+    finally:
+        client.delete("/bulwark/", prefix=True)
+        client.close()
+
+
+def url_of(node: str) -> str:
+    return f"http://{node}.test:8080"
+
+
+def seed(etcd: Etcd, nodes: list[str], *, alive: list[str] | None = None, rf: int = 3,
+         placements: Mapping[str, Mapping[str, int]] | None = None, etcd_url: str = "http://127.0.0.1:2379") -> None:
+    config = ClusterConfig(
+        name="test", replication_factor=rf, etcd=(etcd_url,),
+        nodes=tuple(NodeSpec(name=n, url=url_of(n)) for n in nodes),
+    )
+    etcd.put(keys.CONFIG, config.to_json())
+    for node in nodes if alive is None else alive:
+        etcd.put(keys.alive(node), NodeBeat(node, url_of(node), 0.0, disk_total=100).to_json())
+    for sid, replicas in (placements or {}).items():
+        state.create_placement(etcd, Placement(sid, dict(replicas)))
+
+
+class FakePeers:
+    """Copies are checksums in a dict; sync copies the source's and sets the generation as a real node does."""
+
+    def __init__(self, etcd: Etcd, copies: dict[tuple[str, str], str] | None = None) -> None:
+        self.etcd = etcd
+        self.copies = dict(copies or {})
+        self.calls: list[tuple[str, ...]] = []
+        self.broken: set[str] = set()  # nodes whose calls fail
+
+    @staticmethod
+    def node(url: str) -> str:
+        return url.removeprefix("http://").split(".")[0]
+
+    def _check(self, node: str) -> None:
+        if node in self.broken:
+            raise PeerUnreachable(f"{node} does not answer")
+
+    def sync(self, node_url: str, storage_id: str, source_url: str) -> str:
+        node, source = self.node(node_url), self.node(source_url)
+        self.calls.append(("sync", node, storage_id, source))
+        self._check(node)
+        self.copies[(node, storage_id)] = self.copies[(source, storage_id)]
+        state.update_placement(
+            self.etcd, storage_id, lambda p: p.with_replicas({**p.replicas, node: p.generation})
+        )
+        return self.copies[(node, storage_id)]
+
+    def checksum(self, node_url: str, storage_id: str) -> str | None:
+        node = self.node(node_url)
+        self.calls.append(("checksum", node, storage_id))
+        self._check(node)
+        return self.copies.get((node, storage_id))
+
+    def remove(self, node_url: str, storage_id: str) -> None:
+        node = self.node(node_url)
+        self.calls.append(("remove", node, storage_id))
+        self._check(node)
+        self.copies.pop((node, storage_id), None)
+
+
+def reconciler(etcd: Etcd, peers: FakePeers, node: str = "n1", *, lease: int | None = None,
+               **options: float) -> Reconciler:
+    lease_id = lease if lease is not None else etcd.grant(30)
+    locks = RepoLocks(etcd, lambda: lease_id, holder=node)
+    settings = {"verify_every": 3600.0, "replace_after": 60.0, **options}
+    return Reconciler(etcd, peers, locks, node=node, lease=lambda: lease_id, **settings)  # type: ignore[arg-type]
+
+
+def test_one_reconciler_is_elected_and_leadership_dies_with_its_lease(etcd: Etcd) -> None:
+    seed(etcd, ["n1", "n2", "n3"])
+    peers = FakePeers(etcd)
+    lease1 = etcd.grant(30)
+    first = reconciler(etcd, peers, "n1", lease=lease1)
+    second = reconciler(etcd, peers, "n2")
+    assert first.run_once().startswith("repaired 0 replicas")
+    assert second.run_once() == "not the reconciler (n1 is)"
+    assert first.run_once().startswith("repaired 0")  # still the leader
+    etcd.revoke(lease1)
+    assert second.run_once().startswith("repaired 0")
+    assert first.run_once() == "not the reconciler (n2 is)"
+    second.resign()
+    assert state.snapshot(etcd).reconciler is None
+
+
+def test_no_session_means_no_campaign(etcd: Etcd) -> None:
+    seed(etcd, ["n1", "n2", "n3"])
+    assert reconciler(etcd, FakePeers(etcd), lease=0).run_once() == "not the reconciler (no etcd session)"
+    assert etcd.get(keys.RECONCILER) is None
+
+
+def test_repair_sets_the_generation_and_publishes_a_report(etcd: Etcd) -> None:
+    seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 4, "n2": 4, "n3": 2}})
+    peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x", ("n3", "a"): "old"})
+    sentence = reconciler(etcd, peers).run_once()
+    # A new reconciler verifies what it inherits at once: n1 and n2 agree.
+    assert sentence == "repaired 1 replicas, added 0, dropped 0, marked 0 outdated; 0 repositories without an " \
+        "up-to-date replica; verified 1 repositories"
+    placement = state.get_placement(etcd, "a")
+    assert placement is not None and placement.replicas == {"n1": 4, "n2": 4, "n3": 4}
+    assert peers.copies[("n3", "a")] == "x"
+    kv = etcd.get(keys.REPORT)
+    assert kv is not None
+    report = json.loads(kv.value)
+    assert report["leader"] == "n1" and report["sentence"] == sentence and report["counts"]["repaired"] == 1
+
+
+def test_evacuation_adds_then_drops(etcd: Etcd) -> None:
+    seed(etcd, ["n1", "n2", "n3", "n4"], placements={"a": {"n1": 1, "n2": 1, "n3": 1}})
+    etcd.put(keys.evacuating("n1"), "1")
+    peers = FakePeers(etcd, {(n, "a"): "x" for n in ("n1", "n2", "n3")})
+    rec = reconciler(etcd, peers, "n2")
+    assert rec.run_once().startswith("repaired 0 replicas, added 1, dropped 0")
+    assert rec.run_once().startswith("repaired 0 replicas, added 0, dropped 1")
+    placement = state.get_placement(etcd, "a")
+    assert placement is not None and placement.replicas == {"n2": 1, "n3": 1, "n4": 1}
+    assert ("remove", "n1", "a") in peers.calls and ("n1", "a") not in peers.copies
+    assert rec.run_once().startswith("repaired 0 replicas, added 0, dropped 0")
+
+
+def test_dead_node_replaced_after_grace(etcd: Etcd) -> None:
+    seed(etcd, ["n1", "n2", "n3", "n4"], alive=["n1", "n2", "n4"], placements={"a": {"n1": 1, "n2": 1, "n3": 1}})
+    peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x"})
+    clock = [1000.0]
+    rec = reconciler(etcd, peers, replace_after=30.0)
+    rec.clock = lambda: clock[0]
+    assert rec.run_once().startswith("repaired 0 replicas, added 0")
+    clock[0] += 31
+    assert rec.run_once().startswith("repaired 0 replicas, added 1, dropped 0")
+    assert rec.run_once().startswith("repaired 0 replicas, added 0, dropped 1")  # the dead node's replica
+    placement = state.get_placement(etcd, "a")
+    assert placement is not None and sorted(placement.replicas) == ["n1", "n2", "n4"]
+    assert ("remove", "n3", "a") not in peers.calls  # a dead node's copy is left alone
+
+
+def test_checksum_verification_marks_and_repairs(etcd: Etcd) -> None:
+    seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 3, "n2": 3, "n3": 3}, "b": {"n1": 1, "n2": 1, "n3": 1}})
+    copies = {(n, s): "good" for n in ("n1", "n2", "n3") for s in ("a", "b")}
+    copies[("n3", "a")] = "drifted"
+    del copies[("n2", "b")]
+    peers = FakePeers(etcd, copies)
+    rec = reconciler(etcd, peers, verify_every=0.0)
+    assert rec.run_once() == (
+        "repaired 0 replicas, added 0, dropped 0, marked 2 outdated; 0 repositories without an up-to-date "
+        "replica; verified 2 repositories"
+    )
+    a, b = state.get_placement(etcd, "a"), state.get_placement(etcd, "b")
+    assert a is not None and a.replicas["n3"] == BUILDING
+    assert b is not None and b.replicas["n2"] == BUILDING
+    assert rec.run_once().startswith("repaired 2 replicas")
+    assert peers.copies[("n3", "a")] == "good" and peers.copies[("n2", "b")] == "good"
+    assert etcd.get(keys.lock("a")) is None  # the verification released its locks
+
+
+def test_verification_skips_a_locked_repository(etcd: Etcd) -> None:
+    seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 3, "n2": 3, "n3": 3}})
+    peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x", ("n3", "a"): "y"})
+    etcd.put(keys.lock("a"), "n2/push")
+    rec = reconciler(etcd, peers, verify_every=0.0)
+    assert rec.run_once().startswith("repaired 0 replicas, added 0, dropped 0, marked 0 outdated")
+    assert not [c for c in peers.calls if c[0] == "checksum"]
+
+
+def test_failures_are_counted_and_retried_later(etcd: Etcd) -> None:
+    seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 2, "n2": 2, "n3": 1}, "b": {"n1": 2, "n2": 2, "n3": 2}})
+    peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x"})
+    peers.broken.add("n3")
+    clock = [1000.0]
+    rec = reconciler(etcd, peers, retry_after=10.0)
+    rec.clock = lambda: clock[0]
+    assert rec.run_once().endswith("; 1 actions failed")
+    assert rec.run_once().startswith("repaired 0 replicas")  # waits before retrying
+    peers.broken.clear()
+    clock[0] += 11
+    assert rec.run_once().startswith("repaired 1 replicas")
+
+
+def test_data_loss_is_counted_in_the_sentence(etcd: Etcd) -> None:
+    seed(etcd, ["n1", "n2", "n3"], alive=["n1", "n2"], placements={"a": {"n3": 1}})
+    assert reconciler(etcd, FakePeers(etcd)).run_once().endswith("1 repositories without an up-to-date replica")
+
+
+def test_etcd_outage_is_a_sentence() -> None:
+    dead = Etcd([f"http://127.0.0.1:{free_port()}"], timeout=0.5)
+    rec = Reconciler(dead, FakePeers(dead), RepoLocks(dead, lambda: 1, "n1"), node="n1", lease=lambda: 1)
+    assert rec.run_once().startswith("etcd is unreachable, nothing done")
+
+
+def test_loop_runs_in_a_thread_and_resigns(etcd: Etcd) -> None:
+    seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 2, "n2": 2, "n3": 1}})
+    peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x"})
+    rec = reconciler(etcd, peers, interval=0.05)
+    rec.start()
+    try:
+        deadline = time.monotonic() + 10
+        while rec.last_sentence != "repaired 0 replicas, added 0, dropped 0, marked 0 outdated; 0 repositories " \
+                "without an up-to-date replica":
+            assert time.monotonic() < deadline, rec.last_sentence
+            time.sleep(0.02)
+    finally:
+        rec.stop()
+    assert etcd.get(keys.RECONCILER) is None
+    placement = state.get_placement(etcd, "a")
+    assert placement is not None and placement.replicas["n3"] == 2
