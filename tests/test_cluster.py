@@ -1,0 +1,199 @@
+"""A real cluster on loopback: 3 etcd members, 4 nodes, HAProxy, the real git client.
+
+The tests run in order on one cluster, each leaving it as the next expects:
+load through the load balancer, concurrent pushes, a node killed under load,
+the replication factor restored without it, the node back with a wiped disk,
+maintenance under load, evacuation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bulwark.cluster.dev import DevCluster
+from cluster_helpers import FAST, Load, Seeded, git, is_ancestor, replica_checksums, seed, storage_ids, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    with DevCluster(tmp_path_factory.mktemp("cluster"), nodes=4, replication_factor=3, node_env=FAST) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def seeded(cluster: DevCluster) -> Seeded:
+    return seed(cluster, 6)
+
+
+def cli(cluster: DevCluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bulwark", "cluster", *args, "--etcd", ",".join(cluster.etcd_endpoints)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def fully_replicated(seeded: Seeded, rf: int = 3) -> bool:
+    """Every repository on exactly ``rf`` live, up-to-date replicas with identical refs on disk."""
+    snap = seeded.snapshot()
+    for sid, placement in snap.placements.items():
+        good = [n for n in placement.up_to_date() if n in snap.alive]
+        if len(placement.replicas) != rf or len(good) != rf:
+            return False
+        sums = replica_checksums(seeded, sid, good)
+        if None in sums.values() or len(set(sums.values())) != 1:
+            return False
+    return True
+
+
+def test_load_through_the_load_balancer_spreads_over_nodes(seeded: Seeded, tmp_path: Path) -> None:
+    load = Load(seeded, tmp_path, clients=3).start()
+    time.sleep(8)
+    load.stop()
+    assert not load.failures, load.failures[:3]
+    assert set(load.acked) == set(seeded.repos)
+    snap = seeded.snapshot()
+    assert len(snap.placements) == len(seeded.repos)
+    for placement in snap.placements.values():
+        assert len(set(placement.replicas)) == 3  # three distinct nodes
+        assert placement.up_to_date() == sorted(placement.replicas)
+    # Every node served pushes (the load balancer spreads them; each leads or forwards).
+    pushes_seen = {
+        name: (seeded.cluster.base_dir / f"{name}.log").read_text().count('"path": "/alice/r')
+        for name in seeded.cluster.names
+    }
+    assert all(count > 0 for count in pushes_seen.values()), pushes_seen
+    # Each repository, cloned through each node directly, ends at its last acknowledged push.
+    for repo, commits in load.acked.items():
+        for name in seeded.cluster.names:
+            work = tmp_path / f"check-{repo}-{name}"
+            git("clone", "-q", seeded.url(repo, seeded.cluster.node_url(name)), str(work))
+            assert git("rev-parse", "HEAD", cwd=work).stdout.strip() == commits[-1]
+    # The API answers for every repository through every node, reading from a replica.
+    with httpx.Client(timeout=10, headers={"Authorization": f"token {seeded.user_token}"}) as client:
+        for name in seeded.cluster.names:
+            r = client.get(f"{seeded.cluster.node_url(name)}/api/v3/repos/alice/r0/branches")
+            assert r.status_code == 200 and r.json()[0]["name"] == "main", r.text
+
+
+def test_concurrent_pushes_through_two_nodes_lose_no_update(seeded: Seeded, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    git("clone", "-q", seeded.url("r0"), str(a))
+    git("clone", "-q", seeded.url("r0"), str(b))
+    git("commit", "-q", "--allow-empty", "-m", "from a", cwd=a)
+    git("commit", "-q", "--allow-empty", "-m", "from b", cwd=b)
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def push(work: Path, node: str) -> None:
+        url = seeded.url("r0", seeded.cluster.node_url(node))
+        results[node] = git("push", url, "HEAD:main", cwd=work, check=False)
+
+    threads = [threading.Thread(target=push, args=(a, "node1")), threading.Thread(target=push, args=(b, "node3"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    won = [n for n, r in results.items() if r.returncode == 0]
+    assert len(won) == 1, {n: r.stderr for n, r in results.items()}
+    loser = results["node3" if won == ["node1"] else "node1"]
+    assert "rejected" in loser.stderr or "failed to update ref" in loser.stderr, loser.stderr
+    winner_head = git("rev-parse", "HEAD", cwd=a if won == ["node1"] else b).stdout.strip()
+    sid = storage_ids(seeded)["r0"]
+    snap = seeded.snapshot()
+    for node in snap.placements[sid].up_to_date():
+        assert seeded.disk(node).resolve(sid, "main") == winner_head
+
+
+def test_node_killed_under_load_keeps_every_repository_writable(seeded: Seeded, tmp_path: Path) -> None:
+    cluster = seeded.cluster
+    load = Load(seeded, tmp_path, clients=3).start()
+    time.sleep(3)
+    killed_at = time.monotonic()
+    cluster.kill_node("node2")  # and its etcd member
+    TIMINGS["killed_at"] = killed_at
+    wait_for(lambda: len({r for t, r in load.successes if t > killed_at}) == len(seeded.repos), timeout=60,
+             what="a successful push to every repository after the kill")
+    time.sleep(2)
+    load.stop()
+    first = min(t for t, _ in load.successes if t > killed_at)
+    TIMINGS["first_push_after_kill"] = first - killed_at
+    print(f"\nfirst acknowledged push {first - killed_at:.2f}s after kill -9 of node2; "
+          f"{len(load.failures)} failed client operations during the failover")
+    # No acknowledged push is lost: every one is in a fresh clone through the load balancer,
+    # and on every up-to-date replica's disk (a majority of each repository's replicas).
+    sids = storage_ids(seeded)
+    snap = seeded.snapshot()
+    for repo, commits in load.acked.items():
+        work = tmp_path / f"verify-{repo}"
+        git("clone", "-q", seeded.url(repo), str(work))
+        tip = git("rev-parse", "HEAD", cwd=work).stdout.strip()
+        assert all(is_ancestor(work, c, tip) for c in commits), f"{repo}: an acknowledged push is missing"
+        placement = snap.placements[sids[repo]]
+        holders = [n for n in placement.replicas if seeded.disk(n).exists(sids[repo])
+                   and seeded.disk(n).resolve(sids[repo], commits[-1]) == commits[-1]]
+        assert len(holders) * 2 > len(placement.replicas), (repo, holders, placement)
+    # The status command sees the dead node within the lease time.
+    status = cli(cluster, "status", "--json")
+    report = json.loads(status.stdout)
+    assert status.returncode in (1, 2), status.stdout
+    node2 = next(n for n in report["nodes"] if n["name"] == "node2")
+    assert node2["alive"] is False
+
+
+def test_replication_factor_is_restored_without_the_dead_node(seeded: Seeded) -> None:
+    wait_for(lambda: fully_replicated(seeded), timeout=90, what="every repository back to 3 up-to-date replicas")
+    TIMINGS["rf_restored"] = time.monotonic() - TIMINGS["killed_at"]
+    print(f"\nreplication factor restored {TIMINGS['rf_restored']:.1f}s after the kill "
+          f"({len(seeded.repos)} repositories)")
+    snap = seeded.snapshot()
+    assert all("node2" not in p.replicas for p in snap.placements.values())
+
+
+def test_wiped_node_rejoins_and_rebalance_moves_replicas_onto_it(seeded: Seeded) -> None:
+    seeded.cluster.start_node("node2", wipe=True)
+    wait_for(lambda: "node2" in seeded.snapshot().alive, timeout=30, what="node2 alive again")
+    result = cli(seeded.cluster, "rebalance")
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_for(lambda: any("node2" in p.replicas for p in seeded.snapshot().placements.values()), timeout=30,
+             what="a replica placed on node2")
+    wait_for(lambda: fully_replicated(seeded), timeout=90, what="every repository fully replicated after rebalance")
+
+
+def test_maintenance_under_load_fails_no_request(seeded: Seeded, tmp_path: Path) -> None:
+    cluster = seeded.cluster
+    load = Load(seeded, tmp_path, clients=3).start()
+    time.sleep(2)
+    on = cli(cluster, "maintenance", "node1", "on", "--message", "kernel upgrade")
+    assert on.returncode == 0, on.stdout + on.stderr
+    wait_for(lambda: httpx.get(f"{cluster.node_url('node1')}/status").status_code == 503, timeout=10,
+             what="node1 drained")
+    time.sleep(4)
+    off = cli(cluster, "maintenance", "node1", "off")
+    assert off.returncode == 0, off.stdout + off.stderr
+    wait_for(lambda: httpx.get(f"{cluster.node_url('node1')}/status").status_code == 200, timeout=10,
+             what="node1 back")
+    time.sleep(1)
+    load.stop()
+    assert not load.failures, load.failures[:3]
+    assert sum(len(c) for c in load.acked.values()) > 0
+
+
+def test_evacuate_leaves_no_replica_on_the_node(seeded: Seeded) -> None:
+    result = cli(seeded.cluster, "evacuate", "node4", "--timeout", "120", timeout=150)
+    assert result.returncode == 0, result.stdout + result.stderr
+    snap = seeded.snapshot()
+    assert all("node4" not in p.replicas for p in snap.placements.values())
+    wait_for(lambda: fully_replicated(seeded), timeout=60, what="full replication after the evacuation")
+    print(f"\ntimings: {json.dumps({k: round(v, 2) for k, v in TIMINGS.items() if k != 'killed_at'})}")
