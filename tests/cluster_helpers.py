@@ -16,6 +16,7 @@ from bulwark.cluster import state
 from bulwark.cluster.dev import DevCluster
 from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.state import ClusterSnapshot
+from bulwark.errors import Unavailable
 from bulwark.git.runner import GitRunner
 
 # Fast cycles so that tests see repair within seconds.
@@ -32,7 +33,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float 
     while time.monotonic() < deadline:
         try:
             last = predicate()
-        except (AssertionError, httpx.HTTPError, OSError) as exc:
+        except (AssertionError, httpx.HTTPError, OSError, Unavailable) as exc:  # etcd electing a leader
             last = exc
         else:
             if last:

@@ -80,15 +80,16 @@ class Node:
 
     def check_serving(self, traffic: Traffic, *, site_admin: bool = False) -> None:
         """Raise ``Unavailable`` if this node does not take ``traffic`` now."""
+        if self.cluster is not None and traffic is not Traffic.READ:
+            fenced = self.cluster.fenced_reason()
+            if fenced:
+                raise ReadOnlyNode(f"this cluster node takes no writes: it {fenced}; use another node")
         maintenance = self.store.get_maintenance()
         if maintenance.enabled and not (site_admin and traffic is Traffic.ADMIN):
             raise Unavailable(maintenance.message or "this instance is in maintenance mode; try again later")
         if traffic is Traffic.READ:
             return
         if self.cluster is not None:
-            fenced = self.cluster.fenced_reason()
-            if fenced:
-                raise ReadOnlyNode(f"this cluster node takes no writes: it {fenced}; use another node")
             return
         ha = self.ha()
         if ha.fenced:
@@ -101,13 +102,15 @@ class Node:
 
     def healthy(self) -> tuple[bool, str]:
         """Whether a load balancer should send traffic here, and why."""
+        if self.cluster is not None:
+            # Before anything that needs etcd: a node without its session must answer at once.
+            fenced = self.cluster.fenced_reason()
+            if fenced:
+                return False, f"fenced: this node {fenced}"
         maintenance = self.store.get_maintenance()
         if maintenance.enabled:
             return False, f"maintenance mode: {maintenance.message}" if maintenance.message else "maintenance mode"
         if self.cluster is not None:
-            fenced = self.cluster.fenced_reason()
-            if fenced:
-                return False, f"fenced: this node {fenced}"
             drained = self.cluster.in_maintenance()
             if drained is not None:
                 return False, f"drained for maintenance: {drained}" if drained else "drained for maintenance"

@@ -16,12 +16,16 @@ async def status(request: Request) -> JSONResponse:
     a former primary reads them from its peers to learn that it was superseded."""
     node: Node = request.app.state.node
     ok, reason = await run_in_threadpool(node.healthy)
-    ha = node.ha()
+    if node.cluster is not None:
+        epoch, fenced = 0, node.cluster.fenced_reason() is not None
+    else:
+        ha = await run_in_threadpool(node.ha)
+        epoch, fenced = ha.epoch, bool(ha.fenced)
     body = {
         "status": "ok" if ok else "unavailable",
         "role": node.role.value,
-        "epoch": ha.epoch,
-        "fenced": bool(ha.fenced),
+        "epoch": epoch,
+        "fenced": fenced,
         "reason": reason,
     }
     return JSONResponse(body, status_code=200 if ok else 503)
