@@ -5,7 +5,7 @@ DATA   ?= ./bulwark-data
 LISTEN ?= 127.0.0.1:8080
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint typecheck unit system-deps clean
+.PHONY: serve cluster test lint typecheck unit system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ $(VENV)/.installed: pyproject.toml
 serve: $(VENV)/.installed
 	@scripts/system-deps.sh git
 	$(VENV)/bin/bulwark serve --data-dir $(DATA) --listen $(LISTEN)
+
+## Start a 3-node cluster on this machine: etcd members, nodes and HAProxy (Ctrl-C stops it).
+cluster: $(VENV)/.installed
+	@scripts/system-deps.sh git etcd-server haproxy
+	$(VENV)/bin/bulwark cluster dev --nodes 3 --dir ./bulwark-cluster
 
 ## Run the whole suite: lint, types, then every test (installs what it needs).
 test: $(VENV)/.installed
