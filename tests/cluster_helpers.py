@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -16,8 +15,9 @@ from bulwark.cluster import state
 from bulwark.cluster.dev import DevCluster
 from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.state import ClusterSnapshot
-from bulwark.errors import Unavailable
 from bulwark.git.runner import GitRunner
+
+import ha_helpers
 
 # Fast cycles so that tests see repair within seconds.
 FAST = {
@@ -26,20 +26,8 @@ FAST = {
     "BULWARK_CLUSTER_REPLACE_AFTER": "4",
 }
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.2, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except (AssertionError, httpx.HTTPError, OSError, Unavailable) as exc:  # etcd electing a leader
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+# ha_helpers.wait_for, polling every 0.2 s.
+wait_for = functools.partial(ha_helpers.wait_for, interval=0.2)
 
 
 def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60,

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from bulwark.errors import Unavailable
+
 from helpers import Server, bulwark, free_port, git
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,8 +27,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float 
     while time.monotonic() < deadline:
         try:
             last = predicate()
-        except AssertionError as exc:  # e.g. a git command refused because a token has not replicated yet
-            last = exc
+        except (AssertionError, httpx.HTTPError, OSError, Unavailable) as exc:
+            last = exc  # e.g. a git command refused because a token has not replicated yet, or etcd electing a leader
         else:
             if last:
                 return last

@@ -7,9 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +162,45 @@ class Server:
     def remote(self, owner: str, repo: str, *, user: str | None = None, token: str | None = None) -> str:
         cred = f"{user or 'x'}:{token}@" if token else ""
         return f"http://{cred}{self.host}:{self.port}/{owner}/{repo}.git"
+
+
+def run_in_threads(
+    count: int, work: Callable[[int], Any], *, timeout: float = 25
+) -> tuple[list[Any], list[BaseException]]:
+    """Run ``work(i)`` in ``count`` threads started together; results and errors.
+
+    A thread still running ``timeout`` seconds after it is waited for fails the test as hung.
+    """
+    barrier = threading.Barrier(count)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            result = work(i)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+        else:
+            with lock:
+                results.append(result)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+        assert not t.is_alive(), "a store call hung"
+    return results, errors
+
+
+class FakeClock:
+    """A clock for stores: ``now()`` is ``current``, which the test sets."""
+
+    def __init__(self, now: datetime) -> None:
+        self.current = now
+
+    def now(self) -> datetime:
+        return self.current

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,9 @@ from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.report import Probe, RepoState, cluster_report
 from bulwark.cluster.state import BUILDING, NodeBeat
 from bulwark.ha.health import Level
-from test_cluster_placement import make_snapshot
-from test_cluster_reconciler import etcd_server, seed, url_of
 
+from cluster_fakes import make_snapshot, seed, url_of
+from etcd_helpers import clean_etcd, serve_etcd
 from helpers import bulwark, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -28,21 +27,8 @@ pytestmark = pytest.mark.timeout(60)
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with etcd_server(tmp_path_factory.mktemp("etcd")) as server:
-        yield server.url
-
-
-@pytest.fixture
-def etcd(etcd_url: str) -> Iterator[Etcd]:
-    client = Etcd([etcd_url])
-    client.delete("/bulwark/", prefix=True)
-    try:
-        yield client
-    finally:
-        client.delete("/bulwark/", prefix=True)
-        client.close()
+etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")
+etcd = pytest.fixture(clean_etcd, name="etcd")
 
 
 def cluster(etcd: Etcd, *args: str) -> tuple[int, str]:

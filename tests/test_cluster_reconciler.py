@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import pytest
 
 from bulwark.cluster import keys, state
-from bulwark.cluster.config import ClusterConfig, NodeSpec
 from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.locks import RepoLocks
 from bulwark.cluster.reconciler import (
@@ -26,15 +20,14 @@ from bulwark.cluster.reconciler import (
     decide,
     disagreeing,
 )
-from bulwark.cluster.state import BUILDING, NodeBeat, Placement
+from bulwark.cluster.state import BUILDING, Placement
 from bulwark.errors import PeerUnreachable
-from test_cluster_placement import make_snapshot
 
+from cluster_fakes import make_snapshot, seed
+from etcd_helpers import clean_etcd, serve_etcd
 from helpers import free_port
 
 pytestmark = pytest.mark.timeout(60)
-
-ETCD = "/usr/bin/etcd"
 
 
 # -- decide ------------------------------------------------------------------------------------
@@ -157,92 +150,8 @@ def test_additions_in_one_cycle_spread_over_nodes() -> None:
 # -- run_once against etcd ------------------------------------------------------------------------
 
 
-class EtcdServer:
-    """One etcd member on loopback, for a test module."""
-
-    def __init__(self, data_dir: Path) -> None:
-        client, peer = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{client}"
-        peer_url = f"http://127.0.0.1:{peer}"
-        self.log = (data_dir / "etcd.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                ETCD, "--name", "r1", "--data-dir", str(data_dir / "data"),
-                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-                "--initial-cluster", f"r1={peer_url}",
-            ],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        client_ = Etcd([self.url], timeout=1.0)
-        deadline = time.monotonic() + 15
-        try:
-            while True:
-                try:
-                    client_.get("/bulwark/ping")
-                    break
-                except Exception:
-                    if time.monotonic() > deadline or self.proc.poll() is not None:
-                        self.stop()
-                        raise RuntimeError("etcd did not start") from None
-                    time.sleep(0.1)
-        finally:
-            client_.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-
-
-@contextlib.contextmanager
-def etcd_server(tmp: Path) -> Iterator[EtcdServer]:
-    if not Path(ETCD).exists() and not shutil.which("etcd"):
-        pytest.skip("etcd is not installed")
-    server = EtcdServer(tmp)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with etcd_server(tmp_path_factory.mktemp("etcd")) as server:
-        yield server.url
-
-
-@pytest.fixture
-def etcd(etcd_url: str) -> Iterator[Etcd]:
-    client = Etcd([etcd_url])
-    client.delete("/bulwark/", prefix=True)
-    try:
-        yield client
-    finally:
-        client.delete("/bulwark/", prefix=True)
-        client.close()
-
-
-def url_of(node: str) -> str:
-    return f"http://{node}.test:8080"
-
-
-def seed(etcd: Etcd, nodes: list[str], *, alive: list[str] | None = None, rf: int = 3,
-         placements: Mapping[str, Mapping[str, int]] | None = None, etcd_url: str = "http://127.0.0.1:2379") -> None:
-    config = ClusterConfig(
-        name="test", replication_factor=rf, etcd=(etcd_url,),
-        nodes=tuple(NodeSpec(name=n, url=url_of(n)) for n in nodes),
-    )
-    etcd.put(keys.CONFIG, config.to_json())
-    for node in nodes if alive is None else alive:
-        etcd.put(keys.alive(node), NodeBeat(node, url_of(node), 0.0, disk_total=100).to_json())
-    for sid, replicas in (placements or {}).items():
-        state.create_placement(etcd, Placement(sid, dict(replicas)))
+etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")
+etcd = pytest.fixture(clean_etcd, name="etcd")
 
 
 class FakePeers:

@@ -4,15 +4,10 @@ store has (several nodes on one etcd, races between them decided by etcd)."""
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-import shutil
-import subprocess
-import threading
-import time
+import functools
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
 
 import pytest
 
@@ -21,63 +16,17 @@ from bulwark.errors import AlreadyExists, InvalidInput, NotFound, StoreError
 from bulwark.models import Account, AccountType, OrgRole, Permission, Scope
 from bulwark.store.etcd import EtcdStore
 
-from helpers import free_port
+import helpers
+from etcd_helpers import etcd_client, serve_etcd
 from store_contract import StoreContract
 
 pytestmark = pytest.mark.timeout(60)
 
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
-    """One etcd server for the whole module; every test uses its own key prefix."""
-    data_dir = tmp_path_factory.mktemp("etcd")
-    client_url = f"http://127.0.0.1:{free_port()}"
-    peer_url = f"http://127.0.0.1:{free_port()}"
-    log_path = data_dir / "etcd.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                ETCD,
-                "--name", "s1",
-                "--data-dir", str(data_dir / "data"),
-                "--listen-client-urls", client_url,
-                "--advertise-client-urls", client_url,
-                "--listen-peer-urls", peer_url,
-                "--initial-advertise-peer-urls", peer_url,
-                "--initial-cluster", f"s1={peer_url}",
-                "--max-txn-ops", "4096",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    client = Etcd([client_url], timeout=3.0)
-    try:
-        _wait_until_ready(client, proc, log_path)
-        yield client
-    finally:
-        client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def _wait_until_ready(client: Etcd, proc: subprocess.Popen[bytes], log_path: pathlib.Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"etcd exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
-        try:
-            client.get("/probe")
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                pytest.fail(f"etcd did not answer within 30 s:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.1)
+# One etcd server for the whole module; every test uses its own key prefix.
+etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")
+etcd = pytest.fixture(etcd_client, scope="module", name="etcd")
+# A hung thread fails its test before the module's 60 s timeout does.
+run_in_threads = functools.partial(helpers.run_in_threads, timeout=50)
 
 
 @pytest.fixture
@@ -106,41 +55,6 @@ def nodes(etcd: Etcd, prefix: str) -> Iterator[list[EtcdStore]]:
 
 class TestEtcdStore(StoreContract):
     pass
-
-
-def run_in_threads(count: int, work: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
-    """Run ``work(i)`` in ``count`` threads started together; results and errors."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            result = work(i)
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-        else:
-            with lock:
-                results.append(result)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=50)
-        assert not t.is_alive(), "a store call hung"
-    return results, errors
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.current = now
-
-    def now(self) -> datetime:
-        return self.current
 
 
 # -- several nodes -------------------------------------------------------------------
@@ -350,7 +264,7 @@ def test_a_delete_too_large_for_one_transaction_changes_nothing(etcd: Etcd, pref
 
 def test_times_come_from_the_clock(etcd: Etcd, prefix: str) -> None:
     start = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-    clock = FakeClock(start)
+    clock = helpers.FakeClock(start)
     s = EtcdStore(etcd, prefix=prefix, clock=clock)
     try:
         user = s.create_user("timed")

@@ -7,9 +7,8 @@ import contextlib
 import pathlib
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
 
 import pytest
 
@@ -18,6 +17,7 @@ from bulwark.models import Account, OrgRole, Permission, Scope, Visibility
 from bulwark.store import sqlite as sqlite_store
 from bulwark.store.sqlite import MIGRATIONS, SQLiteStore
 
+from helpers import FakeClock, run_in_threads
 from store_contract import StoreContract
 
 pytestmark = pytest.mark.timeout(30)
@@ -47,41 +47,6 @@ def raw(path: pathlib.Path) -> Iterator[sqlite3.Connection]:
         yield conn
     finally:
         conn.close()
-
-
-def run_in_threads(count: int, work: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
-    """Run ``work(i)`` in ``count`` threads started together; results and errors."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            result = work(i)
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-        else:
-            with lock:
-                results.append(result)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=25)
-        assert not t.is_alive(), "a store call hung"
-    return results, errors
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.current = now
-
-    def now(self) -> datetime:
-        return self.current
 
 
 # -- opening, schema and migrations --------------------------------------------------

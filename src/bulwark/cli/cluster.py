@@ -59,6 +59,7 @@ ClusterFileOption = Annotated[
     Path, typer.Option("--config", "-c", help="The cluster file (TOML: a [cluster] table and [[node]] entries).")
 ]
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the node to empty.")]
+PollOption = Annotated[float, typer.Option("--poll", help="Seconds between progress checks.")]
 
 
 class Switch(enum.StrEnum):
@@ -354,7 +355,7 @@ def evacuate(
     node: Annotated[str, typer.Argument(help="The node to empty.")],
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the node holds no replica.")] = True,
     timeout: TimeoutOption = 3600.0,
-    poll: Annotated[float, typer.Option("--poll", hidden=True)] = 1.0,
+    poll: PollOption = 1.0,
     etcd_urls: EtcdOption = None,
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
@@ -381,7 +382,7 @@ def remove_node(
         bool, typer.Option("--no-evacuate", help="Remove at once, for a node that is gone for good.")
     ] = False,
     timeout: TimeoutOption = 3600.0,
-    poll: Annotated[float, typer.Option("--poll", hidden=True)] = 1.0,
+    poll: PollOption = 1.0,
     etcd_urls: EtcdOption = None,
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
