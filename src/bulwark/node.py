@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
+from bulwark.backup import barrier
 from bulwark.clock import Clock, SystemClock
 from bulwark.config import Settings
 from bulwark.errors import ReadOnlyNode, Unavailable
@@ -153,7 +154,9 @@ def open_node(settings: Settings, *, clock: Clock | None = None, hasher: Passwor
     if settings.cluster_node:
         return _open_cluster_node(settings, clock, hasher or PasswordHasher())
     store = SQLiteStore(settings.metadata_path, clock=clock)
-    git = GitRunner(settings.repositories_dir, git=settings.git)
+    # Every git process of the node passes the ref barrier a backup raises (backup/barrier.py).
+    git = GitRunner(settings.repositories_dir, git=settings.git,
+                    config={"core.hooksPath": str(barrier.install(settings.data_dir))})
     return Node(
         settings=settings,
         store=store,

@@ -24,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio.to_thread
 
-from bulwark.cluster import state
+from bulwark.cluster import keys, state
 from bulwark.cluster.client import AsyncPeers
 from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.locks import RepoLocks
@@ -95,7 +96,7 @@ class Coordinator:
         self._pushes: dict[str, Push] = {}
 
     async def begin(self, storage_id: str) -> Push:
-        token = await anyio.to_thread.run_sync(self.locks.acquire, storage_id, self.lock_wait)
+        token = await anyio.to_thread.run_sync(self._lock_outside_backup, storage_id)
         try:
             placement = await anyio.to_thread.run_sync(state.get_placement, self.etcd, storage_id)
             if placement is None:
@@ -115,6 +116,23 @@ class Coordinator:
         push = Push(uuid.uuid4().hex, storage_id, token, placement, followers, good=set(followers))
         self._pushes[push.txn] = push
         return push
+
+    def _lock_outside_backup(self, storage_id: str) -> str:
+        """Take the repository's lock, but not while a backup reads the cluster's refs.
+
+        The barrier is checked again once the lock is held: a backup that raised it meanwhile
+        waits for our lock, or we see its barrier and step back, so no push slips into its read.
+        """
+        deadline = time.monotonic() + self.lock_wait
+        while True:
+            while self.etcd.get(keys.BACKUP_BARRIER) is not None:
+                if time.monotonic() > deadline:
+                    raise Unavailable("a backup is reading this cluster's refs; try again")
+                time.sleep(0.05)
+            token = self.locks.acquire(storage_id, max(0.1, deadline - time.monotonic()))
+            if self.etcd.get(keys.BACKUP_BARRIER) is None:
+                return token
+            self.locks.release(storage_id, token)
 
     async def on_hook(self, txn: str, hook_state: str, lines: list[RefLine]) -> tuple[bool, str]:
         push = self._pushes.get(txn)

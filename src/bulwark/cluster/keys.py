@@ -14,7 +14,9 @@ EVACUATING = ROOT + "evacuating/"  # evacuating/<node> -> "1"; its replicas move
 PLACEMENT = ROOT + "placement/"  # placement/<storage id> -> Placement JSON
 LOCKS = ROOT + "locks/"  # locks/<storage id> -> holder, attached to the holder's lease
 RECONCILER = ROOT + "reconciler"  # the elected reconciler's node name, attached to its lease
-REPORT = ROOT + "reconciler-report"  # the last reconciler cycle's sentence and counts
+REPORT = ROOT + "reconciler-report"
+# While present, no push takes a repository lock: a backup is reading every repository's refs.
+BACKUP_BARRIER = ROOT + "backup-barrier"  # the last reconciler cycle's sentence and counts
 
 
 def alive(node: str) -> str:

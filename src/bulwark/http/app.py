@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
-from bulwark.http import api, internal, manage, smart, status
+from bulwark.http import api, backup, internal, manage, smart, status
 from bulwark.http.accesslog import AccessLog
 from bulwark.http.errors import HANDLERS
 from bulwark.node import Node
@@ -18,7 +18,7 @@ def create_app(node: Node) -> Starlette:
         # Git routes first: the replication fetch routes live under /manage/v1 too.
         *smart.routes,
         Mount("/api/v3", routes=api.routes),
-        Mount("/manage/v1", routes=manage.routes),
+        Mount("/manage/v1", routes=[*manage.routes, *backup.routes]),
         *internal.routes,
     ]
     app = Starlette(

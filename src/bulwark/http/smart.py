@@ -27,6 +27,7 @@ from bulwark.cluster.router import Access
 from bulwark.errors import (
     BadRequest,
     BulwarkError,
+    Forbidden,
     GitError,
     InvalidInput,
     NotFound,
@@ -38,6 +39,7 @@ from bulwark.git import pktline
 from bulwark.git.pktline import Kind, Packet, PktLineError, PktLineReader
 from bulwark.http import internal, manage
 from bulwark.http.auth import authenticate
+from bulwark.http.backup import RESTORE_HEADER
 from bulwark.models import Account, AccountType, Permission, Repository
 from bulwark.names import check_login, check_repo_name
 from bulwark.node import Node, Traffic
@@ -224,8 +226,15 @@ async def _authorize(request: Request, service: str) -> RepoAccess:
         return await run_in_threadpool(_authorize_replica, request, service)
     owner, name = _repo_names(request)
     push = service == RECEIVE_PACK
-    await run_in_threadpool(node.check_serving, Traffic.WRITE if push else Traffic.READ)
-    principal = await authenticate(request)
+    if request.headers.get(RESTORE_HEADER) == "1":
+        # A restore pushes while the instance is in maintenance mode: site admins only.
+        principal = await authenticate(request)
+        if not principal.site_admin:
+            raise Forbidden("only site administrators may push a restore")
+        await run_in_threadpool(node.check_serving, Traffic.ADMIN, site_admin=True)
+    else:
+        await run_in_threadpool(node.check_serving, Traffic.WRITE if push else Traffic.READ)
+        principal = await authenticate(request)
     if push and principal.anonymous:
         # A 401 with WWW-Authenticate makes git ask its credential helper, then retry.
         raise Unauthenticated("authentication is required to push")

@@ -1,0 +1,1 @@
+"""Backups: consistent points, snapshots, restores."""
