@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from bulwark.cluster import state
@@ -77,13 +77,20 @@ def _lines(raw: Any) -> list[tuple[str, str, str]]:
 
 
 async def hook(request: Request) -> Response:
-    """Git's reference-transaction hook on this node, reporting a transaction of a push we lead."""
+    """Git's reference-transaction hook on this node, reporting a transaction of a push we lead.
+
+    The body is plain text (the hook must start fast, so it speaks HTTP with the socket module
+    alone): the transaction id, the hook's state, then git's ``<old> <new> <ref>`` lines.
+    The answer is 200 to let git go on, 409 with the reason to make it abort.
+    """
     rt, _ = authenticated(request)
-    body = await _json(request)
-    lines = [tuple(line) for line in body.get("lines", []) if isinstance(line, list) and len(line) == 3]
-    ok, message = await rt.coordinator.on_hook(str(body.get("txn", "")), str(body.get("state", "")),
-                                               [(str(a), str(b), str(c)) for a, b, c in lines])
-    return JSONResponse({"ok": ok, "message": message})
+    text = (await request.body()).decode(errors="replace")
+    txn, _, rest = text.partition("\n")
+    hook_state, _, raw_lines = rest.partition("\n")
+    lines = [tuple(line.split(" ", 2)) for line in raw_lines.splitlines() if line.count(" ") >= 2]
+    ok, message = await rt.coordinator.on_hook(txn.strip(), hook_state.strip(),
+                                               [(a, b, c) for a, b, c in lines])
+    return PlainTextResponse(message + "\n", status_code=200 if ok else 409)
 
 
 async def prepare(request: Request) -> Response:
