@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from bulwark import __version__
-from bulwark.cli import cluster, maintenance, orgs, repl, repos, tokens, users
+from bulwark.cli import backup, cluster, maintenance, orgs, repl, repos, tokens, users
 from bulwark.cli.fsck import fsck
 from bulwark.cli.serve import serve
 
@@ -25,6 +25,7 @@ app.add_typer(maintenance.app, name="maintenance")
 app.command("fsck")(fsck)
 app.add_typer(repl.app, name="repl")
 app.add_typer(cluster.app, name="cluster")
+app.add_typer(backup.app, name="backup")
 
 
 @app.command("version")

@@ -1,0 +1,255 @@
+"""Taking a snapshot: ask the instance for a consistent point, then copy exactly that point.
+
+The point names every repository's refs at one moment together with the metadata of
+that moment. Each repository starts as a hard-linked copy of the previous snapshot's
+(no network, almost no disk); only objects the point names and the copy lacks are
+fetched, and the refs are then set to exactly the point's. So the snapshot is the
+point, whatever was pushed while it was being written, and an unchanged repository
+costs a directory of hard links.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from bulwark.backup import metadata
+from bulwark.backup.client import InstanceClient
+from bulwark.backup.manifest import Manifest, RepoEntry
+from bulwark.backup.repos import SnapshotGit, disk_use, link_copy
+from bulwark.backup.snapshots import REPOSITORIES, BackupDir, Snapshot, write_file
+from bulwark.clock import Clock, SystemClock
+from bulwark.errors import BulwarkError, InvalidInput
+
+POINT_FORMAT = 1
+
+
+class BackupFailed(BulwarkError):
+    status_code = 500
+
+
+@dataclass(frozen=True)
+class Point:
+    mode: str
+    instance: str
+    taken_at: str
+    metadata: dict[str, Any]
+    repositories: list[RepoEntry]
+
+
+def parse_point(data: Any) -> Point:
+    """Check what the instance sent before anything is written from it."""
+    if not isinstance(data, dict) or not isinstance(data.get("format"), int):
+        raise InvalidInput("the instance answered something that is not a backup point")
+    if data["format"] > POINT_FORMAT:
+        raise InvalidInput(
+            f"the instance sent a backup point in format {data['format']}, newer than this Bulwark reads "
+            f"({POINT_FORMAT}); upgrade Bulwark on the backup host"
+        )
+    doc = metadata.check(data.get("metadata"))
+    if not isinstance(data.get("repositories"), list):
+        raise InvalidInput("the backup point has no repository list")
+    repos = [RepoEntry.from_json(r) for r in data["repositories"]]
+    ids = [r.storage_id for r in repos]
+    if len(set(ids)) != len(ids):
+        raise InvalidInput("the backup point names a repository twice")
+    return Point(
+        mode=str(data.get("mode", "")), instance=str(data.get("instance", "")),
+        taken_at=str(data.get("taken_at", "")), metadata=doc, repositories=repos,
+    )
+
+
+class Source(Protocol):
+    """Where a backup comes from: a point, and git URLs with credentials to fetch from."""
+
+    @property
+    def url(self) -> str: ...
+
+    def point(self) -> dict[str, Any]: ...
+
+    def repo_location(self, entry: RepoEntry) -> str: ...
+
+    def git_auth(self) -> dict[str, str]: ...
+
+
+@dataclass
+class InstanceSource:
+    """A running instance, reached over HTTP with a site admin's token."""
+
+    client: InstanceClient
+    allow_replica: bool = False
+
+    @property
+    def url(self) -> str:
+        return self.client.url
+
+    def point(self) -> dict[str, Any]:
+        return self.client.point(allow_replica=self.allow_replica)
+
+    def repo_location(self, entry: RepoEntry) -> str:
+        return self.client.repo_url(entry.owner, entry.name)
+
+    def git_auth(self) -> dict[str, str]:
+        return self.client.git_auth()
+
+
+@dataclass(frozen=True)
+class Step:
+    """Progress: ``done`` of ``total`` repositories copied, ``bytes_written`` so far."""
+
+    done: int
+    total: int
+    name: str
+    bytes_written: int
+
+
+ProgressFn = Callable[[Step], None]
+
+
+def no_progress(_step: Step) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Summary:
+    snapshot_id: str
+    path: Path
+    source_url: str
+    source_mode: str
+    taken_at: str
+    repositories: int
+    fetched: int  # repositories that needed objects from the instance
+    bytes_written: int
+    size: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "snapshot": self.snapshot_id, "path": str(self.path), "source": self.source_url,
+            "mode": self.source_mode, "taken_at": self.taken_at, "repositories": self.repositories,
+            "fetched": self.fetched, "bytes_written": self.bytes_written, "size": self.size,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def create_backup(
+    source: Source,
+    backup_path: Path,
+    *,
+    progress: ProgressFn = no_progress,
+    clock: Clock | None = None,
+    jobs: int = 4,
+    full: bool = False,
+) -> Summary:
+    """Take one snapshot into ``backup_path`` (created on first use). ``full`` copies everything
+    afresh instead of linking from the previous snapshot, whose shared files may be damaged."""
+    clock = clock or SystemClock()
+    # Nothing is written before the instance has answered: a wrong token or URL leaves no trace.
+    BackupDir.check_creatable(backup_path)
+    started_at = clock.now()
+    started = time.monotonic()
+    point = parse_point(source.point())
+    backup = BackupDir.open_or_init(backup_path)
+    with backup.locked():
+        previous = None if full else backup.latest_complete()
+        before = previous.manifest() if previous is not None else None
+        snapshot = backup.new_snapshot(started_at)
+        try:
+            manifest = _write(snapshot, point, source, previous, before, progress, jobs)
+        except BulwarkError as exc:
+            raise BackupFailed(f"{exc.message} (snapshot {snapshot.id} is left incomplete)") from None
+        except (OSError, concurrent.futures.CancelledError) as exc:
+            raise BackupFailed(f"{exc} (snapshot {snapshot.id} is left incomplete)") from None
+        manifest.started_at = _iso(started_at)
+        manifest.finished_at = _iso(clock.now())
+        backup.finish(snapshot, manifest)
+    return Summary(
+        snapshot_id=snapshot.id, path=snapshot.path, source_url=source.url, source_mode=point.mode,
+        taken_at=point.taken_at, repositories=len(manifest.repositories),
+        fetched=sum(1 for r in manifest.repositories if r.fetched), bytes_written=manifest.bytes_written,
+        size=manifest.size, seconds=time.monotonic() - started,
+    )
+
+
+def _write(
+    snapshot: Snapshot, point: Point, source: Source, previous: Snapshot | None, before: Manifest | None,
+    progress: ProgressFn, jobs: int,
+) -> Manifest:
+    data = json.dumps(point.metadata, indent=1).encode() + b"\n"
+    write_file(snapshot.metadata_path, data)
+    git = SnapshotGit(snapshot.path / REPOSITORIES)
+    prev_git = SnapshotGit(previous.path / REPOSITORIES) if previous is not None else None
+    prev_entries = {r.storage_id: r for r in before.repositories} if before is not None else {}
+    total = len(point.repositories)
+    progress(Step(0, total, "", 0))
+    done: list[RepoEntry] = []
+    written = len(data)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
+        futures = {
+            pool.submit(copy_repository, git, entry, source, prev_git, prev_entries.get(entry.storage_id)): entry
+            for entry in point.repositories
+        }
+        for future in concurrent.futures.as_completed(futures):
+            entry = futures[future]
+            try:
+                copied = future.result()
+            except (BulwarkError, OSError, subprocess.SubprocessError) as exc:
+                reason = exc.message if isinstance(exc, BulwarkError) else str(exc)
+                raise BackupFailed(f"{entry.full_name} (storage id {entry.storage_id}): {reason}") from None
+            done.append(copied)
+            written += copied.bytes
+            progress(Step(len(done), total, entry.full_name, written))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    order = {r.storage_id: i for i, r in enumerate(point.repositories)}
+    done.sort(key=lambda r: order[r.storage_id])
+    return Manifest(
+        id=snapshot.id, source_url=source.url, source_mode=point.mode, taken_at=point.taken_at,
+        started_at="", finished_at="", metadata_sha256=hashlib.sha256(data).hexdigest(),
+        metadata_bytes=len(data), repositories=done,
+    )
+
+
+def copy_repository(
+    git: SnapshotGit, entry: RepoEntry, source: Source, prev_git: SnapshotGit | None, prev: RepoEntry | None
+) -> RepoEntry:
+    """Make ``git``'s copy of one repository hold exactly the point's refs; the entry with its sizes."""
+    sid = entry.storage_id
+    if prev_git is not None and prev is not None and prev_git.exists(sid):
+        link_copy(prev_git.path(sid), git.path(sid))
+        changed = prev.refs != entry.refs
+    else:
+        git.init(sid)
+        changed = True
+    fetched = False
+    if changed:
+        missing = git.missing(sid, entry.refs.values())
+        if missing:
+            git.fetch_oids(sid, source.repo_location(entry), missing, source.git_auth())
+            fetched = True
+        git.set_refs(sid, entry.refs)
+        git.consolidate(sid)
+    git.set_head_ref(sid, entry.head)
+    copied = {r.name: r.oid for r in git.refs(sid)}
+    if copied != entry.refs:
+        raise BackupFailed("the copied refs differ from the point's")
+    if git.ref_checksum(sid) != entry.checksum:
+        raise BackupFailed("the copied refs do not match the checksum the instance gave")
+    use = disk_use(git.path(sid))
+    return RepoEntry(
+        storage_id=sid, owner=entry.owner, name=entry.name, head=entry.head, refs=entry.refs,
+        checksum=entry.checksum, bytes=use.new, size=use.size, fetched=fetched,
+    )
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
