@@ -25,7 +25,7 @@ cluster: $(VENV)/.installed
 
 ## Run the whole suite: lint, types, then every test (installs what it needs).
 test: $(VENV)/.installed
-	@scripts/system-deps.sh git haproxy etcd-server iproute2
+	@scripts/system-deps.sh git haproxy etcd-server iproute2 prometheus chromium
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from bulwark.errors import InvalidInput
 
@@ -47,12 +47,29 @@ class Settings(BaseModel):
     cluster_reconcile_interval: float = Field(default=5.0, gt=0)
     cluster_verify_interval: float = Field(default=300.0, gt=0)
     cluster_replace_after: float = Field(default=60.0, ge=0)
+    # Monitoring: where `bulwark status`, the status page and bulwark_check_level turn WARNING and
+    # CRITICAL: percent of the data dir's filesystem and of memory in use, 15-minute load per core.
+    alert_disk_warning: float = Field(default=70.0, gt=0, le=100)
+    alert_disk_critical: float = Field(default=85.0, gt=0, le=100, validate_default=True)
+    alert_memory_warning: float = Field(default=50.0, gt=0, le=100)
+    alert_memory_critical: float = Field(default=70.0, gt=0, le=100, validate_default=True)
+    alert_load_warning: float = Field(default=1.0, gt=0)
+    alert_load_critical: float = Field(default=2.0, gt=0, validate_default=True)
 
     @field_validator("etcd", mode="before")
     @classmethod
     def _endpoint_list(cls, value: Any) -> Any:
         if isinstance(value, str):  # BULWARK_ETCD=http://a:2379,http://b:2379
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("alert_disk_critical", "alert_memory_critical", "alert_load_critical")
+    @classmethod
+    def _critical_not_below_warning(cls, value: float, info: ValidationInfo) -> float:
+        warning_key = (info.field_name or "").replace("_critical", "_warning")
+        warning = info.data.get(warning_key)
+        if warning is not None and value < warning:
+            raise ValueError(f"must not be below {warning_key} ({warning:g})")
         return value
 
     @field_validator("listen")

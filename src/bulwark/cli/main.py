@@ -8,6 +8,7 @@ from bulwark import __version__
 from bulwark.cli import backup, cluster, maintenance, orgs, repl, repos, tokens, users
 from bulwark.cli.fsck import fsck
 from bulwark.cli.serve import serve
+from bulwark.cli.status import status
 
 app = typer.Typer(
     help="Bulwark: a self-hosted Git server built for availability. Administration commands act "
@@ -23,6 +24,7 @@ app.add_typer(tokens.app, name="token")
 app.add_typer(repos.app, name="repo")
 app.add_typer(maintenance.app, name="maintenance")
 app.command("fsck")(fsck)
+app.command("status")(status)
 app.add_typer(repl.app, name="repl")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(backup.app, name="backup")

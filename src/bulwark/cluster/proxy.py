@@ -17,6 +17,7 @@ from starlette.responses import StreamingResponse
 from bulwark.errors import PeerUnreachable
 
 ROUTED_HEADER = "x-bulwark-routed"
+REQUEST_ID_HEADER = "x-request-id"
 # Hop-by-hop headers (RFC 9110 section 7.6.1) and ones httpx sets itself.
 _DROP = {"host", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
          "proxy-authorization", "proxy-authenticate", "content-length", ROUTED_HEADER}
@@ -39,6 +40,11 @@ class Forwarder:
     async def forward(self, request: Request, base_url: str) -> StreamingResponse:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP]
         headers.append((ROUTED_HEADER, self.secret))
+        # The id this node logged (the client's, or the one made here), so the target logs the same.
+        request_id = request.scope.get("state", {}).get("request_id")
+        if request_id:
+            headers = [(k, v) for k, v in headers if k.lower() != REQUEST_ID_HEADER]
+            headers.append((REQUEST_ID_HEADER, request_id))
         url = base_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         body = _body(request) if request.method not in ("GET", "HEAD") else None
         outgoing = self._client.build_request(request.method, url, headers=headers, content=body)
@@ -47,7 +53,8 @@ class Forwarder:
         except httpx.HTTPError as exc:
             raise PeerUnreachable(f"the node holding this repository did not answer ({exc.__class__.__name__})") \
                 from None
-        out_headers = {k: v for k, v in response.headers.items() if k.lower() not in _DROP}
+        # The id goes back to the client once, from this node's access log middleware.
+        out_headers = {k: v for k, v in response.headers.items() if k.lower() not in _DROP | {REQUEST_ID_HEADER}}
         return StreamingResponse(
             response.aiter_raw(),
             status_code=response.status_code,

@@ -6,15 +6,23 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
-from bulwark.http import api, backup, internal, manage, smart, status
+from bulwark.http import api, backup, internal, manage, metrics, pages, smart, status
 from bulwark.http.accesslog import AccessLog
 from bulwark.http.errors import HANDLERS
+from bulwark.monitoring.gather import NodeMonitor
+from bulwark.monitoring.metrics import Metrics, NodeCollector
 from bulwark.node import Node
 
 
 def create_app(node: Node) -> Starlette:
+    # Monitoring: this app's own metrics registry, fed by the access log and the git sessions.
+    monitor = NodeMonitor(node)
+    app_metrics = Metrics([NodeCollector(monitor)])
     routes: list[BaseRoute] = [
         *status.routes,
+        *metrics.routes,
+        # Before the /manage/v1 mount, which would answer 404 for the overview.
+        *pages.routes,
         # Git routes first: the replication fetch routes live under /manage/v1 too.
         *smart.routes,
         Mount("/api/v3", routes=api.routes),
@@ -24,7 +32,9 @@ def create_app(node: Node) -> Starlette:
     app = Starlette(
         routes=routes,
         exception_handlers=HANDLERS,
-        middleware=[Middleware(AccessLog, enabled=node.settings.access_log)],
+        middleware=[Middleware(AccessLog, enabled=node.settings.access_log, metrics=app_metrics)],
     )
     app.state.node = node
+    app.state.monitor = monitor
+    app.state.metrics = app_metrics
     return app

@@ -41,6 +41,7 @@ from bulwark.http import internal, manage
 from bulwark.http.auth import authenticate
 from bulwark.http.backup import RESTORE_HEADER
 from bulwark.models import Account, AccountType, Permission, Repository
+from bulwark.monitoring.metrics import GitObservation
 from bulwark.names import check_login, check_repo_name
 from bulwark.node import Node, Traffic
 from bulwark.services.repositories import RepoAccess
@@ -493,6 +494,7 @@ class GitSession:
         self._writer: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._observed = GitObservation.start(request.app, service)  # metrics: running git processes
 
     # -- input ---------------------------------------------------------------------------
 
@@ -653,6 +655,7 @@ class GitSession:
         self._close_stdin()
         discard = asyncio.create_task(self._discard_stdout())
         await self._stop()
+        self._observed.end(self.proc.returncode, cancelled=self.client_gone)  # metrics: git operations
         if self._deadline is not None:
             self._deadline.cancel()
         await asyncio.wait({discard, self._stderr_task}, timeout=TERM_GRACE)
