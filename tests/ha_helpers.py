@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,19 @@ def setup_replica(replica: Server, primary: Server, *extra: str) -> subprocess.C
              "--advertise-url", replica.url, *extra)
     assert r.returncode == 0, r.stdout + r.stderr
     return r
+
+
+@contextlib.contextmanager
+def ha_pair(root: Path, extra_env: dict[str, str] | None = None) -> Iterator[tuple[Server, Server]]:
+    """A primary and its replica, set up and running; both stopped afterwards."""
+    primary = Server(data_dir=root / "primary", extra_env=extra_env or {}).start()
+    replica = Server(data_dir=root / "replica", extra_env=extra_env or {}).start()
+    try:
+        setup_replica(replica, primary)
+        yield primary, replica
+    finally:
+        replica.stop()
+        primary.stop()
 
 
 def refs_of(url: str, env: dict[str, str]) -> dict[str, str]:

@@ -15,7 +15,7 @@ import pytest
 
 from bulwark.store.sqlite import SQLiteStore
 
-from ha_helpers import HAProxy, Pusher, refs_of, repl, repl_status, setup_replica, wait_for
+from ha_helpers import HAProxy, Pusher, ha_pair, refs_of, repl, repl_status, setup_replica, wait_for
 from helpers import Server, bulwark, git
 
 pytestmark = pytest.mark.timeout(240)
@@ -23,15 +23,8 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[Server, Server]]:
-    fast = {"BULWARK_HA_RECONCILE_INTERVAL": "1"}
-    primary = Server(data_dir=tmp_path / "primary", extra_env=fast).start()
-    replica = Server(data_dir=tmp_path / "replica", extra_env=fast).start()
-    try:
-        setup_replica(replica, primary)
-        yield primary, replica
-    finally:
-        replica.stop()
-        primary.stop()
+    with ha_pair(tmp_path, {"BULWARK_HA_RECONCILE_INTERVAL": "1"}) as servers:
+        yield servers
 
 
 def seed(primary: Server) -> dict[str, str]:

@@ -11,7 +11,7 @@ import pytest
 
 from monitoring_helpers import CALM, Browser, login_url, node_in, overview, scrape
 
-from ha_helpers import repl, setup_replica, wait_for
+from ha_helpers import ha_pair, repl, wait_for
 from helpers import Server, bulwark
 
 pytestmark = pytest.mark.timeout(120)
@@ -19,14 +19,8 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[Server, Server]]:
-    primary = Server(data_dir=tmp_path / "primary").start()
-    replica = Server(data_dir=tmp_path / "replica").start()
-    try:
-        setup_replica(replica, primary)
-        yield primary, replica
-    finally:
-        replica.stop()
-        primary.stop()
+    with ha_pair(tmp_path) as servers:
+        yield servers
 
 
 def status_json(server: Server) -> tuple[int, dict[str, object]]:

@@ -8,7 +8,7 @@ import binascii
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from bulwark.errors import Unauthenticated
+from bulwark.errors import Forbidden, Unauthenticated
 from bulwark.node import Node
 from bulwark.services.permissions import ANONYMOUS, Principal
 
@@ -52,3 +52,16 @@ def _basic(value: str) -> tuple[str, str]:
     if not sep:
         raise Unauthenticated("malformed Basic credentials")
     return username, secret
+
+
+async def site_admin(request: Request, what: str) -> Principal:
+    """The caller, who must be a site administrator (401 without credentials, 403 otherwise).
+
+    For endpoints that read whatever the node's state (maintenance, replica): no serving check.
+    """
+    principal = await authenticate(request)
+    if principal.anonymous:
+        raise Unauthenticated(f"{what} need a site administrator's token")
+    if not principal.site_admin:
+        raise Forbidden(f"{what} are for site administrators only")
+    return principal

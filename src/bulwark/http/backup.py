@@ -18,10 +18,10 @@ from starlette.routing import BaseRoute, Route
 
 from bulwark.backup.metadata import check, import_into
 from bulwark.backup.point import take_point
-from bulwark.errors import Conflict, Forbidden, Unauthenticated
+from bulwark.errors import Conflict
 from bulwark.ha import state as ha_state
 from bulwark.http.api.common import call, context, json_body
-from bulwark.http.auth import authenticate
+from bulwark.http.auth import site_admin
 from bulwark.models import MaintenanceState
 from bulwark.node import Node, NodeRole, Traffic
 
@@ -36,11 +36,7 @@ async def _site_admin(request: Request) -> Node:
 
 async def point(request: Request) -> Response:
     # A backup reads, whatever the node's state: in maintenance mode, or on a replica when allowed.
-    principal = await authenticate(request)
-    if principal.anonymous:
-        raise Unauthenticated("backups need a site administrator's token")
-    if not principal.site_admin:
-        raise Forbidden("backups need a site administrator's token")
+    await site_admin(request, "backups")
     node: Node = request.app.state.node
     allow_replica = request.query_params.get("allow_replica", "") in ("1", "true", "yes")
     return JSONResponse(await call(take_point, node, allow_replica=allow_replica))

@@ -15,8 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from bulwark.errors import Forbidden, Unauthenticated
-from bulwark.http.auth import authenticate
+from bulwark.http.auth import site_admin
 from bulwark.monitoring.metrics import CONTENT_TYPE, Metrics
 
 
@@ -34,11 +33,7 @@ def is_local(request: Request) -> bool:
 
 async def metrics(request: Request) -> Response:
     if not is_local(request):
-        principal = await authenticate(request)
-        if principal.anonymous:
-            raise Unauthenticated("metrics are readable from loopback, or with a site administrator's token")
-        if not principal.site_admin:
-            raise Forbidden("metrics are readable by site administrators only")
+        await site_admin(request, "metrics (outside loopback)")
     registry: Metrics = request.app.state.metrics
     body = await run_in_threadpool(registry.render)
     return Response(body, media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
