@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import anyio.to_thread
 
 from bulwark.cluster import keys, state
 from bulwark.cluster.client import AsyncPeers
-from bulwark.cluster.etcd import Etcd
+from bulwark.cluster.etcd import Compare, Etcd, Op
 from bulwark.cluster.locks import RepoLocks
 from bulwark.cluster.state import Placement
 from bulwark.cluster.transactions import RefLine, vote_of
@@ -59,6 +58,7 @@ class Push:
     prepared: dict[str, str] = field(default_factory=dict)  # followers holding the current round
     round_id: str = ""
     round_active: bool = False
+    released: bool = False
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -96,11 +96,16 @@ class Coordinator:
         self._pushes: dict[str, Push] = {}
 
     async def begin(self, storage_id: str) -> Push:
-        token = await anyio.to_thread.run_sync(self._lock_outside_backup, storage_id)
+        # Lock, "no backup is reading" and the placement in one etcd transaction: a backup that
+        # raises its barrier afterwards waits for this lock, so no push slips into its read.
+        token, raw = await anyio.to_thread.run_sync(
+            lambda: self.locks.acquire_reading(storage_id, self.lock_wait, unless=keys.BACKUP_BARRIER,
+                                               read=keys.placement(storage_id))
+        )
         try:
-            placement = await anyio.to_thread.run_sync(state.get_placement, self.etcd, storage_id)
-            if placement is None:
+            if raw is None:
                 raise NotFound("this repository has no replicas recorded")
+            placement = Placement.from_kv(raw)
             if self.name not in placement.up_to_date():
                 raise Unavailable("this node's copy of the repository is not up to date; try again")
             alive, urls = self.alive(), self.urls()
@@ -116,23 +121,6 @@ class Coordinator:
         push = Push(uuid.uuid4().hex, storage_id, token, placement, followers, good=set(followers))
         self._pushes[push.txn] = push
         return push
-
-    def _lock_outside_backup(self, storage_id: str) -> str:
-        """Take the repository's lock, but not while a backup reads the cluster's refs.
-
-        The barrier is checked again once the lock is held: a backup that raised it meanwhile
-        waits for our lock, or we see its barrier and step back, so no push slips into its read.
-        """
-        deadline = time.monotonic() + self.lock_wait
-        while True:
-            while self.etcd.get(keys.BACKUP_BARRIER) is not None:
-                if time.monotonic() > deadline:
-                    raise Unavailable("a backup is reading this cluster's refs; try again")
-                time.sleep(0.05)
-            token = self.locks.acquire(storage_id, max(0.1, deadline - time.monotonic()))
-            if self.etcd.get(keys.BACKUP_BARRIER) is None:
-                return token
-            self.locks.release(storage_id, token)
 
     async def on_hook(self, txn: str, hook_state: str, lines: list[RefLine]) -> tuple[bool, str]:
         push = self._pushes.get(txn)
@@ -225,7 +213,7 @@ class Coordinator:
                 return current.with_replicas(replicas)
 
             try:
-                await anyio.to_thread.run_sync(state.update_placement, self.etcd, push.storage_id, bump)
+                await anyio.to_thread.run_sync(self._record, push, bump)
             except BulwarkError as exc:
                 log.error("push %s to %s committed but its generation was not recorded: %s",
                           push.txn, push.storage_id, exc)
@@ -241,11 +229,26 @@ class Coordinator:
         finally:
             await anyio.to_thread.run_sync(self._release, push)
 
+    def _record(self, push: Push, bump: Callable[[Placement], Placement]) -> None:
+        """Write the new generations and release the lock in one transaction when nothing else
+        touched the placement meanwhile (the usual case); otherwise compare-and-set again."""
+        key, lock = keys.placement(push.storage_id), keys.lock(push.storage_id)
+        result = self.etcd.txn(
+            [Compare.unchanged(key, push.placement.revision), Compare.value_is(lock, push.lock_token)],
+            [Op.put(key, bump(push.placement).to_json()), Op.delete(lock)],
+        )
+        if result.succeeded:
+            push.released = True
+            return
+        state.update_placement(self.etcd, push.storage_id, bump)
+
     async def cancel(self, push: Push) -> None:
         self._pushes.pop(push.txn, None)
         await self._abort(push)
         await anyio.to_thread.run_sync(self._release, push)
 
     def _release(self, push: Push) -> None:
+        if push.released:
+            return
         with contextlib.suppress(Unavailable):  # the lease drops the lock anyway
             self.locks.release(push.storage_id, push.lock_token)
