@@ -17,7 +17,7 @@ import pytest
 
 from bulwark.cluster.dev import DevCluster
 from cluster_helpers import Seeded, git, seed, storage_ids, wait_for
-from monitoring_helpers import CALM, Browser, access_lines, login_url, node_in, overview, scrape
+from monitoring_helpers import CALM, CALM_ENV, Browser, access_lines, login_url, node_in, overview, scrape
 
 from helpers import bulwark
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
-    with DevCluster(tmp_path_factory.mktemp("cluster"), nodes=3, replication_factor=2) as cluster:
+    with DevCluster(tmp_path_factory.mktemp("cluster"), nodes=3, replication_factor=2, node_env=CALM_ENV) as cluster:
         seeded = seed(cluster, 1)
         work = tmp_path_factory.mktemp("work") / "r0"
         git("clone", "-q", seeded.url("r0"), str(work))
