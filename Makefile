@@ -4,8 +4,9 @@ PYTHON ?= python3
 DATA   ?= ./bulwark-data
 LISTEN ?= 127.0.0.1:8080
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: serve cluster test lint typecheck unit system-deps clean
+.PHONY: serve cluster test lint typecheck unit system-deps clean bench
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,16 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+## Benchmark against the reference Git HTTP server (nginx + fcgiwrap + git http-backend) and Bulwark's
+## own modes; writes bench/results/. BENCH_ARGS=--small for a quick run.
+bench: $(VENV)/.bench-installed
+	@scripts/system-deps.sh git nginx fcgiwrap etcd-server haproxy rsync
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests

@@ -16,11 +16,19 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import bench  # noqa: F401  (puts the test helpers on the import path)
+from bench.common import Summary
 from bulwark.cluster.dev import DevCluster
 from cluster_helpers import git, seed
+
 from helpers import Server
+
+STANDALONE = "standalone"
+CLUSTER_NODE = "cluster node"
+CLUSTER_LB = "cluster via HAProxy"
 
 
 def timed_push(work: Path, url: str) -> float:
@@ -30,46 +38,46 @@ def timed_push(work: Path, url: str) -> float:
     return time.monotonic() - start
 
 
-def summary(name: str, values: list[float]) -> str:
-    values = sorted(values)
-    q1, q3 = values[len(values) // 4], values[(3 * len(values)) // 4]
-    return f"{name:<28} median {statistics.median(values) * 1000:6.1f} ms  (IQR {q1 * 1000:.1f}-{q3 * 1000:.1f})"
+def measure(rounds: int, root: Path) -> dict[str, list[float]]:
+    """Push seconds per round for the standalone node, a cluster node leading the push, and the load balancer."""
+    standalone = Server(data_dir=root / "standalone").start()
+    cluster = DevCluster(root / "cluster", nodes=3).launch()
+    try:
+        token = standalone.create_user("alice")
+        standalone.create_repo(token, "app")
+        s_url = standalone.remote("alice", "app", token=token)
+        seeded = seed(cluster, 1)
+        c_url = seeded.url("r0", cluster.node_url("node1"))
+        lb_url = seeded.url("r0")
+        works = {}
+        for name, url in ((STANDALONE, s_url), (CLUSTER_NODE, c_url), (CLUSTER_LB, lb_url)):
+            work = root / name.replace(" ", "-")
+            git("init", "-q", "-b", "main", str(work))
+            git("commit", "-q", "--allow-empty", "-m", "base", cwd=work)
+            git("push", "-q", "--force", url, "HEAD:main", cwd=work)
+            works[name] = (work, url)
+        # Cluster pushes land on r0 from two working copies: keep them on one history.
+        times: dict[str, list[float]] = {name: [] for name in works}
+        for _ in range(rounds):
+            for name, (work, url) in works.items():
+                if url != s_url:
+                    git("pull", "-q", "--rebase", url, "main", cwd=work)
+                times[name].append(timed_push(work, url))
+        return times
+    finally:
+        cluster.stop()
+        standalone.stop()
 
 
 def main(rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        standalone = Server(data_dir=root / "standalone").start()
-        cluster = DevCluster(root / "cluster", nodes=3).launch()
-        try:
-            token = standalone.create_user("alice")
-            standalone.create_repo(token, "app")
-            s_url = standalone.remote("alice", "app", token=token)
-            seeded = seed(cluster, 1)
-            c_url = seeded.url("r0", cluster.node_url("node1"))
-            lb_url = seeded.url("r0")
-            works = {}
-            for name, url in (("standalone", s_url), ("cluster node", c_url), ("cluster via HAProxy", lb_url)):
-                work = root / name.replace(" ", "-")
-                git("init", "-q", "-b", "main", str(work))
-                git("commit", "-q", "--allow-empty", "-m", "base", cwd=work)
-                git("push", "-q", "--force", url, "HEAD:main", cwd=work)
-                works[name] = (work, url)
-            # Cluster pushes land on r0 from two working copies: keep them on one history.
-            times: dict[str, list[float]] = {name: [] for name in works}
-            for _ in range(rounds):
-                for name, (work, url) in works.items():
-                    if url != s_url:
-                        git("pull", "-q", "--rebase", url, "main", cwd=work)
-                    times[name].append(timed_push(work, url))
-            for name, values in times.items():
-                print(summary(name, values))
-            base = statistics.median(times["standalone"])
-            for name in ("cluster node", "cluster via HAProxy"):
-                print(f"ratio {name} / standalone: {statistics.median(times[name]) / base:.2f}")
-        finally:
-            cluster.stop()
-            standalone.stop()
+        times = measure(rounds, Path(tmp))
+    for name, values in times.items():
+        s = Summary.of(values)
+        print(f"{name:<28} median {s.median * 1000:6.1f} ms  (IQR {s.q1 * 1000:.1f}-{s.q3 * 1000:.1f})")
+    base = statistics.median(times[STANDALONE])
+    for name in (CLUSTER_NODE, CLUSTER_LB):
+        print(f"ratio {name} / standalone: {statistics.median(times[name]) / base:.2f}")
 
 
 if __name__ == "__main__":
