@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,7 +212,7 @@ def plot_memory(memory: dict[str, Any], path: Path) -> bool:
                 start = sample[0]
             last = i == len(timeline) - 1
             if start is not None and (not inside or last):
-                ax.axvspan(start, sample[0], color=color, alpha=0.25, label=None if labelled else f"{phase}s")
+                ax.axvspan(start, sample[0], color=color, alpha=0.25, label=None if labelled else PHASE_LABEL[phase])
                 labelled, start = True, None
     ax.set_xlabel("seconds")
     ax.set_ylabel("MiB")
@@ -279,3 +280,14 @@ def write(report: dict[str, Any], out: Path) -> list[Path]:
         else:
             (out / name).unlink(missing_ok=True)  # an earlier run's plot would not match this run's table
     return written
+
+
+def main() -> None:
+    """Render the table and the plots again from a results file: python -m bench.report [bench/results/latest.json]"""
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results" / "latest.json"
+    for path in write(json.loads(source.read_text()), source.parent):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
