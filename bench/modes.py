@@ -50,6 +50,7 @@ class Attempt:
     started: float
     ended: float
     ok: bool
+    error: str = ""
 
 
 @dataclass
@@ -82,22 +83,28 @@ class SteadyPushes:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                ok = self._push_one(repo, work)
+                error = self._push_one(repo, work)
             except subprocess.TimeoutExpired:
-                ok = False
+                error = "timed out"
+            ok = not error
             with self._lock:
-                self.attempts.append(Attempt(repo, started, time.monotonic(), ok))
+                self.attempts.append(Attempt(repo, started, time.monotonic(), ok, error))
             if not ok:
                 time.sleep(0.05)
 
     @staticmethod
-    def _push_one(repo: str, work: Path) -> bool:
+    def _push_one(repo: str, work: Path) -> str:
+        """Fetch, commit and push; git's last words if the push failed, else an empty string."""
         # Start from what the server has, so that a push which failed half-way is retried cleanly.
         if git("fetch", "-q", "origin", cwd=work, check=False, timeout=30).returncode == 0 and git(
                 "rev-parse", "-q", "--verify", "origin/main", cwd=work, check=False).returncode == 0:
             git("reset", "-q", "--hard", "origin/main", cwd=work)
         git("commit", "-q", "--allow-empty", "-m", f"{repo} {time.time()}", cwd=work)
-        return git("push", "-q", "origin", "HEAD:main", cwd=work, check=False, timeout=30).returncode == 0
+        proc = git("push", "-q", "origin", "HEAD:main", cwd=work, check=False, timeout=30)
+        if proc.returncode == 0:
+            return ""
+        lines = [line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+        return " / ".join(lines[-2:]) or f"exit {proc.returncode}"
 
     def first_success_after(self, moment: float, repo: str | None = None) -> float | None:
         """When the first attempt begun after ``moment`` (on ``repo``, or any) was acknowledged."""
@@ -127,7 +134,7 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
-def failover_round(root: Path, repos: int) -> dict[str, float]:
+def failover_round(root: Path, repos: int) -> dict[str, Any]:
     """A 4-node cluster under steady pushes through HAProxy; ``kill -9`` of node2 and its etcd member.
 
     Returns seconds from the kill to: the first acknowledged push begun after it; a push acknowledged
@@ -149,12 +156,18 @@ def failover_round(root: Path, repos: int) -> dict[str, float]:
             every = max(pushes.first_success_after(killed, r) or 0.0 for r in seeded.repos)
         finally:
             pushes.stop()
-        failed = sum(1 for a in pushes.attempts if not a.ok and a.ended >= killed)
+        failures = [a for a in pushes.attempts if not a.ok and a.ended >= killed]
+        errors: dict[str, int] = {}
+        for a in failures:
+            errors[a.error] = errors.get(a.error, 0) + 1
+        slowest = max(seeded.repos, key=lambda r: pushes.first_success_after(killed, r) or 0.0)
         _wait(lambda: fully_replicated(seeded), 120, "the replication factor restored", interval=0.2)
         restored = time.monotonic()
         assert first is not None
         return {"first_push_s": first - killed, "every_repo_push_s": every - killed,
-                "rf_restored_s": restored - killed, "failed_pushes": float(failed)}
+                "rf_restored_s": restored - killed, "failed_pushes": len(failures),
+                "failed_by_repo": {r: sum(1 for a in failures if a.repo == r) for r in seeded.repos},
+                "slowest_repo": slowest, "errors": errors}
 
 
 def measure_failover(rounds: int, root: Path, repos: int = 6) -> dict[str, Any]:
