@@ -80,6 +80,8 @@ from bulwark.models import (
     Visibility,
 )
 from bulwark.store.base import Store
+from bulwark.store.times import dump_optional_time as _dump_optional_time
+from bulwark.store.times import dump_time as _dump_time
 
 DEFAULT_PREFIX = "/bulwark/store/"
 
@@ -177,17 +179,6 @@ class _Keys:
 
 
 # -- value conversion --------------------------------------------------------------
-
-
-def _dump_time(value: datetime) -> str:
-    """UTC, fixed width, microseconds: the same text as the SQLite store writes."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidInput(f"time {value.isoformat()} has no time zone")
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _dump_optional_time(value: datetime | None) -> str | None:
-    return None if value is None else _dump_time(value)
 
 
 def _load_time(text: object) -> datetime:

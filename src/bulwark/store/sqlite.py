@@ -39,6 +39,8 @@ from bulwark.models import (
 )
 from bulwark.store.base import Store
 from bulwark.store.changes import Change, ChangeLog, ChangeOp, Snapshot
+from bulwark.store.times import dump_optional_time as _dump_optional_time
+from bulwark.store.times import dump_time as _dump_time
 
 BUSY_TIMEOUT_SECONDS = 10.0
 
@@ -211,17 +213,6 @@ _REPO_COLUMNS = (
 
 
 # -- value conversion --------------------------------------------------------------
-
-
-def _dump_time(value: datetime) -> str:
-    """UTC, fixed width: equal instants give equal text and text order is time order."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidInput(f"time {value.isoformat()} has no time zone")
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _dump_optional_time(value: datetime | None) -> str | None:
-    return None if value is None else _dump_time(value)
 
 
 def _load_time(text: str) -> datetime:
