@@ -34,6 +34,9 @@ class Settings(BaseModel):
     body_idle_timeout: float = Field(default=120.0, gt=0)
     # Seconds between full checksum reconciliations of an HA replica's repositories.
     ha_reconcile_interval: float = Field(default=60.0, gt=0)
+    # Memory for answers to fetches that find nothing new (ref advertisements), served
+    # without starting git; 0 turns the cache off.
+    ref_cache_mb: int = Field(default=64, ge=0)
     log_format: str = "json"
     access_log: bool = True
     git: str = "git"

@@ -156,7 +156,8 @@ def open_node(settings: Settings, *, clock: Clock | None = None, hasher: Passwor
     store = SQLiteStore(settings.metadata_path, clock=clock)
     # Every git process of the node passes the ref barrier a backup raises (backup/barrier.py).
     git = GitRunner(settings.repositories_dir, git=settings.git,
-                    config={"core.hooksPath": str(barrier.install(settings.data_dir))})
+                    config={"core.hooksPath": str(barrier.install(settings.data_dir))},
+                    advert_cache_bytes=settings.ref_cache_mb * 1024**2)
     return Node(
         settings=settings,
         store=store,
@@ -177,7 +178,7 @@ def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher)
         raise InvalidInput("a cluster node needs the etcd endpoints (etcd = [...] or BULWARK_ETCD)")
     assert settings.cluster_node is not None
     etcd = Etcd(settings.etcd, timeout=1.5)
-    git = ClusterGit(settings.repositories_dir, git=settings.git)
+    git = ClusterGit(settings.repositories_dir, git=settings.git, advert_cache_bytes=settings.ref_cache_mb * 1024**2)
     runtime = ClusterRuntime(etcd, settings, git)
     git.runtime = runtime
     store = EtcdStore(etcd, clock=clock)

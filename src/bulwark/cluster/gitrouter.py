@@ -29,8 +29,8 @@ log = logging.getLogger("bulwark.cluster")
 
 
 class ClusterGit(GitRunner):
-    def __init__(self, root: Path, *, git: str = "git") -> None:
-        super().__init__(root, git=git)
+    def __init__(self, root: Path, *, git: str = "git", advert_cache_bytes: int = 64 * 1024**2) -> None:
+        super().__init__(root, git=git, advert_cache_bytes=advert_cache_bytes)
         self.runtime: ClusterRuntime | None = None
 
     def _rt(self) -> ClusterRuntime:
@@ -135,6 +135,7 @@ class ClusterGit(GitRunner):
             config, env = rt.hook_setup(push.txn)
             self.run(["--git-dir", str(self.path(storage_id)), *args], secret_config=config, extra_env=env)
         finally:
+            self.refs_changed(storage_id)
             outcome = anyio.from_thread.run(rt.coordinator.finish, push)
         if not outcome.acknowledged:
             raise Unavailable(outcome.message)

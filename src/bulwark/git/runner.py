@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bulwark.errors import GitError, NotFound
+from bulwark.git.adverts import AdvertisementCache
 
 ZERO_OID = "0" * 40
 
@@ -71,9 +72,18 @@ _LOG_FORMAT = "%H%x00%T%x00%P%x00%an%x00%ae%x00%aI%x00%cn%x00%ce%x00%cI%x00%B%x1
 class GitRunner:
     """Runs git in repositories named by storage id under ``root``."""
 
-    def __init__(self, root: Path, *, git: str = "git", config: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        git: str = "git",
+        config: Mapping[str, str] | None = None,
+        advert_cache_bytes: int = 64 * 1024**2,
+    ) -> None:
         self.root = root
         self.git = git
+        # Answers to fetches that find nothing new, served without starting git (0: off).
+        self.adverts = AdvertisementCache(advert_cache_bytes)
         # Settings passed with -c to every git process, e.g. a shared core.hooksPath.
         self.config = dict(config or {})
         self.env = {
@@ -112,6 +122,7 @@ class GitRunner:
 
     def remove(self, storage_id: str) -> None:
         path = self.path(storage_id)
+        self.refs_changed(storage_id)
         if path.exists():
             # Rename first so a crash half-way never leaves a half-deleted repository in place.
             doomed = path.with_name(path.name + ".deleting")
@@ -217,6 +228,11 @@ class GitRunner:
 
     def set_head(self, storage_id: str, branch: str) -> None:
         self._in(storage_id, ["symbolic-ref", "HEAD", f"refs/heads/{branch}"])
+        self.refs_changed(storage_id)
+
+    def refs_changed(self, storage_id: str) -> None:
+        """Kept ref advertisements of ``storage_id`` are stale: this process changed its refs."""
+        self.adverts.invalidate(str(self.path(storage_id)))
 
     def log(
         self, storage_id: str, rev: str, *, limit: int, skip: int = 0, path: str | None = None
@@ -274,13 +290,19 @@ class GitRunner:
         args = ["update-ref", "--no-deref", ref, new]
         if old is not None:
             args.append(old)
-        self._in(storage_id, args)
+        try:
+            self._in(storage_id, args)
+        finally:
+            self.refs_changed(storage_id)
 
     def delete_ref(self, storage_id: str, ref: str, old: str | None = None) -> None:
         args = ["update-ref", "--no-deref", "-d", ref]
         if old is not None:
             args.append(old)
-        self._in(storage_id, args)
+        try:
+            self._in(storage_id, args)
+        finally:
+            self.refs_changed(storage_id)
 
     def fsck(self, storage_id: str) -> FsckResult:
         if not self.path(storage_id).is_dir():

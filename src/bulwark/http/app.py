@@ -10,14 +10,14 @@ from bulwark.http import api, backup, internal, manage, metrics, pages, smart, s
 from bulwark.http.accesslog import AccessLog
 from bulwark.http.errors import HANDLERS
 from bulwark.monitoring.gather import NodeMonitor
-from bulwark.monitoring.metrics import Metrics, NodeCollector
+from bulwark.monitoring.metrics import Metrics, NodeCollector, RefCacheCollector
 from bulwark.node import Node
 
 
 def create_app(node: Node) -> Starlette:
     # Monitoring: this app's own metrics registry, fed by the access log and the git sessions.
     monitor = NodeMonitor(node)
-    app_metrics = Metrics([NodeCollector(monitor)])
+    app_metrics = Metrics([NodeCollector(monitor), RefCacheCollector(node.git.adverts)])
     routes: list[BaseRoute] = [
         *status.routes,
         *metrics.routes,

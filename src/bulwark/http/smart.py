@@ -57,6 +57,8 @@ UPLOAD_BODY_LIMIT = 256 * 1024**2
 # The first section (up to the first flush) is buffered and checked before git starts.
 # A mirror clone may want hundreds of thousands of refs; a push's commands are fewer.
 SECTION_LIMITS = {UPLOAD_PACK: 16 * 1024**2, RECEIVE_PACK: 1024**2}
+# An ``ls-refs`` request up to this size may be answered from kept answers (git/adverts.py).
+LS_REFS_KEPT_LIMIT = 64 * 1024
 # A client gone mid-push: how long git may take to finish the ref updates it has started.
 FINISH_TIMEOUT = 600.0
 # A client that stops reading the response for this long is given up on, so it cannot
@@ -98,6 +100,13 @@ async def info_refs(request: Request) -> Response:
     if forwarded is not None:
         return forwarded
     protocol = _git_protocol(request)
+    # http-backend announces the service, except in protocol v2 whose first line says "version 2".
+    prefix = b"" if _speaks_v2(protocol) else pktline.encode(f"# service=git-{service}\n") + pktline.flush()
+    media_type = f"application/x-git-{service}-advertisement"
+    # Fetches are kept (most find nothing new); pushes are rare and change the refs anyway.
+    kept = _Kept(node, access, ("info/refs", protocol)) if service == UPLOAD_PACK else None
+    if kept is not None and kept.answer is not None:
+        return Response(prefix + kept.answer, media_type=media_type, headers=NO_CACHE)
     proc = await node.git.spawn(
         access.repo.storage_id, service, advertise=True, protocol=protocol, extra_config=_git_config(access, service)
     )
@@ -107,9 +116,9 @@ async def info_refs(request: Request) -> Response:
         first = await session.first_output()
         if not first and proc.returncode != 0:
             raise GitError(f"git-{service} could not list the refs of {access.full_name}: {session.last_error()}")
-    # http-backend announces the service, except in protocol v2 whose first line says "version 2".
-    prefix = b"" if _speaks_v2(protocol) else pktline.encode(f"# service=git-{service}\n") + pktline.flush()
-    return GitResponse(session, prefix + first, f"application/x-git-{service}-advertisement")
+        if kept is not None:
+            return await kept.keep(session, first, prefix, media_type)
+    return GitResponse(session, prefix + first, media_type)
 
 
 async def upload_pack(request: Request) -> Response:
@@ -144,16 +153,20 @@ async def _rpc(request: Request, service: str) -> Response:
     _check_declared_length(request, limit)
     framing = _FetchFraming() if service == UPLOAD_PACK else None
     body = _decoded_body(request, limit=limit, idle_timeout=node.settings.body_idle_timeout, framing=framing)
+    protocol = _git_protocol(request)
     try:
         prelude, section = await _first_section(body, SECTION_LIMITS[service])
         # The ref updates of a push: replication will replicate and vote on exactly these.
         request_ = pktline.parse_receive_request(section) if service == RECEIVE_PACK else None
         commands = request_.commands if request_ is not None else ()
         capabilities = request_.capabilities if request_ is not None else ()
+        if service == UPLOAD_PACK and _speaks_v2(protocol) and section and section[0].payload == b"command=ls-refs\n":
+            prelude, whole = await _read_small(prelude, body, LS_REFS_KEPT_LIMIT)
+            if whole:
+                return await _ls_refs(request, access, protocol, prelude)
     except BaseException:
         await body.aclose()
         raise
-    protocol = _git_protocol(request)
     extra_config, extra_env = _git_config(access, service), dict[str, str]()
     push: Push | None = None
     if commands and node.cluster is not None:
@@ -186,6 +199,66 @@ async def _rpc(request: Request, service: str) -> Response:
         if not first and (proc.returncode != 0 or session.complained()):
             raise BadRequest(f"git-{service} rejected the request: {session.last_error()}")
     return GitResponse(session, first, f"application/x-git-{service}-result")
+
+
+async def _ls_refs(request: Request, access: RepoAccess, protocol: str | None, whole: bytes) -> Response:
+    """Protocol v2's ``ls-refs``, whose whole request is ``whole``: from the kept answers if
+    the refs are unchanged since git last gave this answer."""
+    node = _node(request)
+    media_type = f"application/x-git-{UPLOAD_PACK}-result"
+    kept = _Kept(node, access, ("ls-refs", protocol, whole))
+    if kept.answer is not None:
+        return Response(kept.answer, media_type=media_type, headers=NO_CACHE)
+    proc = await node.git.spawn(
+        access.repo.storage_id, UPLOAD_PACK, advertise=False, protocol=protocol,
+        extra_config=_git_config(access, UPLOAD_PACK),
+    )
+    session = GitSession(proc, request, access, UPLOAD_PACK)
+    async with _closed_on_error(session):
+        session.send_input(whole, _no_more())
+        first = await session.first_output()
+        if not first and (proc.returncode != 0 or session.complained()):
+            raise BadRequest(f"git-{UPLOAD_PACK} rejected the request: {session.last_error()}")
+        return await kept.keep(session, first, b"", media_type)
+
+
+async def _read_small(prelude: bytes, body: AsyncGenerator[bytes, None], limit: int) -> tuple[bytes, bool]:
+    """``prelude`` and the rest of ``body`` if it all fits in ``limit`` bytes (then ``True``);
+    else what was read, and ``body`` goes on from there."""
+    data = bytearray(prelude)
+    async for chunk in body:
+        data += chunk
+        if len(data) > limit:
+            return bytes(data), False
+    return bytes(data), True
+
+
+async def _no_more() -> AsyncGenerator[bytes, None]:
+    return
+    yield
+
+
+class _Kept:
+    """The kept answer to one advertisement request, or what it takes to keep git's answer."""
+
+    def __init__(self, node: Node, access: RepoAccess, key: tuple[str | bytes | None, ...]) -> None:
+        self.adverts = node.git.adverts
+        self.repo_path = str(node.git.path(access.repo.storage_id))
+        self.key = key
+        self.answer, self.before = self.adverts.get(self.repo_path, key) if self.adverts.enabled else (None, None)
+
+    async def keep(self, session: GitSession, first: bytes, prefix: bytes, media_type: str) -> Response:
+        """Git's answer, kept for next time unless it is too large or the refs cannot be
+        fingerprinted (then it is streamed as it comes)."""
+        if self.before is None:
+            return GitResponse(session, prefix + first, media_type)
+        answer, whole = await session.read_more(first, self.adverts.max_entry)
+        if not whole:
+            return GitResponse(session, prefix + answer, media_type)
+        if await session.finish() == 0:
+            self.adverts.put(self.repo_path, self.key, self.before, answer)
+        await session.close()
+        return Response(prefix + answer, media_type=media_type, headers=NO_CACHE)
 
 
 # -- access ----------------------------------------------------------------------------
@@ -481,6 +554,9 @@ class GitSession:
         self.client_gone = False
         self._receive = request.receive
         self._repo_path = str(_node(request).git.path(access.repo.storage_id))
+        # A push changes refs: kept advertisements of the repository go stale when it starts and ends.
+        self._adverts = _node(request).git.adverts if service == RECEIVE_PACK else None
+        self._refs_changed()
         self._full_name = access.full_name
         # A push whose body arrived in full and whose answer has started is let finish
         # even if its client goes away, so its ref updates are never cut off half-way.
@@ -581,6 +657,18 @@ class GitSession:
         await asyncio.wait({self._stderr_task}, timeout=TERM_GRACE)  # so last_error() has git's last words
         return b""
 
+    async def read_more(self, first: bytes, limit: int) -> tuple[bytes, bool]:
+        """``first`` and what follows, up to about ``limit`` bytes; whether that is all git said."""
+        stdout = self.proc.stdout
+        assert stdout is not None
+        data = bytearray(first)
+        while len(data) <= limit:
+            chunk = await stdout.read(CHUNK)
+            if not chunk:
+                return bytes(data), True
+            data += chunk
+        return bytes(data), False
+
     def _input_error(self) -> BaseException | None:
         writer = self._writer
         return writer.exception() if writer is not None and writer.done() and not writer.cancelled() else None
@@ -607,6 +695,7 @@ class GitSession:
         if self._finished:
             return returncode
         self._finished = True
+        self._refs_changed()
         if returncode == 0 and self.on_success is not None:
             await self.on_success()
         elif returncode != 0:
@@ -614,6 +703,10 @@ class GitSession:
                 "git-%s for %s exited with %s: %s", self.service, self._full_name, returncode, self.last_error()
             )
         return returncode
+
+    def _refs_changed(self) -> None:
+        if self._adverts is not None:
+            self._adverts.invalidate(self._repo_path)
 
     def last_error(self) -> str:
         """Git's last line on stderr, without the server's paths."""
@@ -655,6 +748,7 @@ class GitSession:
         self._close_stdin()
         discard = asyncio.create_task(self._discard_stdout())
         await self._stop()
+        self._refs_changed()
         self._observed.end(self.proc.returncode, cancelled=self.client_gone)  # metrics: git operations
         if self._deadline is not None:
             self._deadline.cancel()

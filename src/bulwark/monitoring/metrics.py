@@ -23,10 +23,11 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bulwark import __version__
 from bulwark.cluster.report import RepoState
+from bulwark.git.adverts import AdvertisementCache
 from bulwark.monitoring.checks import Check, evaluate
 from bulwark.monitoring.facts import NodeFacts
 from bulwark.node import NodeRole
@@ -171,6 +172,22 @@ class NodeCollector:
             return
         yield _gauge("bulwark_node_state_readable", "1 when the node's state could be read for this scrape.", 1)
         yield from node_metrics(facts, checks)
+
+
+class RefCacheCollector:
+    """The kept ref advertisements (git/adverts.py): how often a fetch needed no git process."""
+
+    def __init__(self, adverts: AdvertisementCache) -> None:
+        self.adverts = adverts
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.adverts.stats()
+        yield CounterMetricFamily("bulwark_ref_cache_hits", "Advertisement requests answered from the kept "
+                                  "answers, without starting git.", value=stats.hits)
+        yield CounterMetricFamily("bulwark_ref_cache_misses", "Advertisement requests that started git "
+                                  "(first time, refs changed, or nothing kept).", value=stats.misses)
+        yield _gauge("bulwark_ref_cache_entries", "Ref advertisements kept in memory.", stats.entries)
+        yield _gauge("bulwark_ref_cache_bytes", "Bytes of ref advertisements kept in memory.", stats.bytes)
 
 
 def _gauge(name: str, doc: str, value: float | None = None, labels: Iterable[str] = ()) -> GaugeMetricFamily:
