@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import statistics
 import time
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import psutil
 
 from bench.common import Summary, alternate, run_git, timed
 from bench.data import Sources
@@ -138,8 +141,9 @@ def measure_push(sides: Sides, budget: Budget, sampler: RssSampler) -> dict[str,
     return comparison(times[BULWARK], times[REFERENCE], "s", higher_is_better=False)
 
 
-def measure_noop_fetch(sides: Sides, budget: Budget) -> dict[str, Any]:
-    """``clients`` loops of ``git fetch`` of the large repository into clones that already have everything."""
+def measure_noop_fetch(sides: Sides, budget: Budget) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``clients`` loops of ``git fetch`` of the large repository into clones that already have everything:
+    fetches per second, and the CPU time the server spent per fetch (see ``server_cpu_seconds``)."""
     clients = []
     for c in range(budget.clients):
         path = _fresh(sides.work / f"fetch-client-{c}.git")
@@ -147,20 +151,37 @@ def measure_noop_fetch(sides: Sides, budget: Budget) -> dict[str, Any]:
         clients.append(path)
     urls = {BULWARK: sides.bulwark.remote(OWNER, LARGE), REFERENCE: sides.reference.remote(OWNER, LARGE)}
     refspecs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+    cpu_per_fetch: dict[str, list[float]] = {BULWARK: [], REFERENCE: []}
 
     def fetch(side: str) -> Callable[[], float]:
         def run() -> float:
+            before = server_cpu_seconds()
             result = command_throughput(
                 lambda c: ["git", "-C", str(clients[c]), "fetch", "-q", urls[side], *refspecs], sides.env,
                 budget.clients, budget.fetch_seconds)
             _check(result, f"no-op fetch from {side}")
+            cpu_per_fetch[side].append((server_cpu_seconds() - before) / max(result.done, 1))
             return result.per_second
         return run
 
     rates = alternate(budget.fetch_rounds, {BULWARK: fetch(BULWARK), REFERENCE: fetch(REFERENCE)})
     for path in clients:
         shutil.rmtree(path)
-    return comparison(rates[BULWARK], rates[REFERENCE], "fetches/s", higher_is_better=True)
+    return (comparison(rates[BULWARK], rates[REFERENCE], "fetches/s", higher_is_better=True),
+            comparison(cpu_per_fetch[BULWARK], cpu_per_fetch[REFERENCE], "s", higher_is_better=False))
+
+
+def server_cpu_seconds() -> float:
+    """CPU time the whole machine spent, less this process's and its reaped children's (the clients).
+
+    What is left is the servers' (and the machine's background, small on a quiet machine). Counting
+    the server's process tree instead would miss the git processes fcgiwrap does not wait for.
+    """
+    machine = psutil.cpu_times()
+    ours = resource.getrusage(resource.RUSAGE_SELF)
+    clients = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy = machine.user + machine.nice + machine.system + machine.irq + machine.softirq + machine.steal
+    return busy - (ours.ru_utime + ours.ru_stime) - (clients.ru_utime + clients.ru_stime)
 
 
 def measure_ls_remote(sides: Sides, budget: Budget) -> dict[str, Any]:
@@ -250,7 +271,7 @@ def run(sides: Sides, budget: Budget, log: Callable[[str], None],
             results["push"] = measure_push(sides, budget, sampler)
         log(f"no-op fetch, {budget.clients} clients")
         with profile("noop_fetch"):
-            results["noop_fetch"] = measure_noop_fetch(sides, budget)
+            results["noop_fetch"], results["noop_fetch_cpu"] = measure_noop_fetch(sides, budget)
         log("ls-remote latency")
         with profile("ls_remote"):
             results["ls_remote"] = measure_ls_remote(sides, budget)

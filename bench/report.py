@@ -40,6 +40,7 @@ ROWS = [
     ("clone", "full clone of the large repository (`clone --bare`)"),
     ("push", "push of the large repository into an empty one"),
     ("noop_fetch", "no-op fetch of the large repository, 8 concurrent clients"),
+    ("noop_fetch_cpu", "server CPU time per no-op fetch (the machine's CPU time less the clients')"),
     ("ls_remote", "`ls-remote` of the large repository, one client"),
     ("info_refs", "`GET info/refs` (v0 advertisement), 8 connections"),
     ("api", "API `GET /repos/{owner}/{repo}` vs the reference's `info/refs` (rough peer)"),
@@ -47,12 +48,16 @@ ROWS = [
 
 
 def _value(value: float, unit: str) -> str:
+    if unit == "s" and value < 0.02:
+        return f"{value * 1000:.1f} ms"
     if unit == "s":
         return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
     return f"{value:.0f} {unit}"
 
 
 def _spread(summary: dict[str, float], unit: str) -> str:
+    if unit == "s" and summary["median"] < 0.02:
+        return f"{summary['q1'] * 1000:.1f}-{summary['q3'] * 1000:.1f}"
     if unit == "s" and summary["median"] < 1:
         return f"{summary['q1'] * 1000:.0f}-{summary['q3'] * 1000:.0f}"
     if unit == "s":

@@ -23,6 +23,19 @@ async def authenticate(request: Request) -> Principal:
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
+    if not request.headers.get("authorization"):
+        request.state.principal = ANONYMOUS
+        return ANONYMOUS
+    # Password checks run argon2, which is slow on purpose, and tokens are looked up in the
+    # store: both off the event loop.
+    return await run_in_threadpool(principal_of, request)
+
+
+def principal_of(request: Request) -> Principal:
+    """``authenticate`` for code already running in a worker thread."""
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
     node: Node = request.app.state.node
     header = request.headers.get("authorization")
     if not header:
@@ -33,10 +46,9 @@ async def authenticate(request: Request) -> Principal:
         value = value.strip()
         if scheme == "basic":
             username, secret = _basic(value)
-            # Password checks run argon2, which is slow on purpose: keep it off the loop.
-            principal = await run_in_threadpool(node.accounts.authenticate_basic, username, secret)
+            principal = node.accounts.authenticate_basic(username, secret)
         elif scheme in ("token", "bearer"):
-            principal = await run_in_threadpool(node.accounts.authenticate_token, value)
+            principal = node.accounts.authenticate_token(value)
         else:
             raise Unauthenticated(f"unsupported authorization scheme {scheme!r}")
     request.state.principal = principal

@@ -38,7 +38,7 @@ from bulwark.errors import (
 from bulwark.git import pktline
 from bulwark.git.pktline import Kind, Packet, PktLineError, PktLineReader
 from bulwark.http import internal, manage
-from bulwark.http.auth import authenticate
+from bulwark.http.auth import principal_of
 from bulwark.http.backup import RESTORE_HEADER
 from bulwark.models import Account, AccountType, Permission, Repository
 from bulwark.monitoring.metrics import GitObservation
@@ -293,34 +293,40 @@ def _repo_names(request: Request) -> tuple[str, str]:
 
 async def _authorize(request: Request, service: str) -> RepoAccess:
     """The repository, if the caller may fetch from it (upload-pack) or push to it (receive-pack)."""
-    node = _node(request)
     if request.url.path.startswith("/internal/cluster/"):
         return await run_in_threadpool(_authorize_cluster_peer, request, service)
     if "storage_id" in request.path_params:
         return await run_in_threadpool(_authorize_replica, request, service)
     owner, name = _repo_names(request)
+    # One trip to a worker thread for every look-up (node state, credentials, repository):
+    # each trip costs about as much as the look-up itself.
+    return await run_in_threadpool(_authorize_user, request, service, owner, name)
+
+
+def _authorize_user(request: Request, service: str, owner: str, name: str) -> RepoAccess:
+    node = _node(request)
     push = service == RECEIVE_PACK
     if request.headers.get(RESTORE_HEADER) == "1":
         # A restore pushes while the instance is in maintenance mode: site admins only.
-        principal = await authenticate(request)
+        principal = principal_of(request)
         if not principal.site_admin:
             raise Forbidden("only site administrators may push a restore")
-        await run_in_threadpool(node.check_serving, Traffic.ADMIN, site_admin=True)
+        node.check_serving(Traffic.ADMIN, site_admin=True)
     else:
-        await run_in_threadpool(node.check_serving, Traffic.WRITE if push else Traffic.READ)
-        principal = await authenticate(request)
+        node.check_serving(Traffic.WRITE if push else Traffic.READ)
+        principal = principal_of(request)
     if push and principal.anonymous:
         # A 401 with WWW-Authenticate makes git ask its credential helper, then retry.
         raise Unauthenticated("authentication is required to push")
     try:
-        access = await run_in_threadpool(node.repos.find, principal, owner, name)
+        access = node.repos.find(principal, owner, name)
     except NotFound:
         if principal.anonymous:
             # Anonymous callers cannot tell a private repository from a missing one, and get to log in.
             raise Unauthenticated("authentication is required to access this repository") from None
         raise
     node.repos.require(access, Permission.PUSH if push else Permission.PULL)
-    if node.cluster is None and not await run_in_threadpool(node.git.exists, access.repo.storage_id):
+    if node.cluster is None and not node.git.exists(access.repo.storage_id):
         raise Unavailable(f"the data of {access.full_name} is not available on this node")
     return access
 
