@@ -179,6 +179,30 @@ def test_second_backup_costs_only_the_change(source: Server, genv: dict[str, str
     assert backup("verify", str(backups), "current").returncode == 0
 
 
+def test_unchanged_copies_are_checked_without_git_and_mended(
+    source: Server, genv: dict[str, str], tmp_path: Path
+) -> None:
+    seeded = seed(source, genv, tmp_path, repos=3)
+    backups = tmp_path / "backups"
+    first = take(source, backups)
+    # Damage one repository's refs in the first snapshot: the next one links from it, must notice
+    # that the copy no longer holds the point's refs, and set them with git again.
+    entries = {r["name"]: r for r in manifest(backups, first)["repositories"]}
+    damaged = backups / "snapshots" / first / "repositories" / f"{entries['r1']['storage_id']}.git"
+    packed = damaged / "packed-refs"
+    good = packed.read_text()
+    oid = next(iter(entries["r1"]["refs"].values()))
+    packed.write_text(good.replace(oid, "0" * 40))
+    second = take(source, backups)
+    assert second != first
+    copy = backups / "snapshots" / second / "repositories" / f"{entries['r1']['storage_id']}.git"
+    assert oid in (copy / "packed-refs").read_text()
+    assert backup("verify", str(backups), second).returncode == 0
+    url = source.remote("alice", "r1", token=seeded.tokens["alice"])
+    second_entries = {r["name"]: r for r in manifest(backups, second)["repositories"]}
+    assert refs_of(url, genv) == second_entries["r1"]["refs"]
+
+
 def test_verify_names_every_problem(source: Server, genv: dict[str, str], tmp_path: Path) -> None:
     seed(source, genv, tmp_path, repos=3)
     backups = tmp_path / "backups"

@@ -24,10 +24,11 @@ from typing import Any, Protocol
 from bulwark.backup import metadata
 from bulwark.backup.client import InstanceClient
 from bulwark.backup.manifest import Manifest, RepoEntry
-from bulwark.backup.repos import SnapshotGit, disk_use, link_copy
+from bulwark.backup.repos import SnapshotGit, disk_use, head_ref, link_copy
 from bulwark.backup.snapshots import REPOSITORIES, BackupDir, Snapshot, write_file
 from bulwark.clock import Clock, SystemClock
-from bulwark.errors import BulwarkError, InvalidInput
+from bulwark.errors import BulwarkError, GitError, InvalidInput
+from bulwark.git.runner import Ref, checksum_of
 
 POINT_FORMAT = 1
 
@@ -224,20 +225,35 @@ def copy_repository(
 ) -> RepoEntry:
     """Make ``git``'s copy of one repository hold exactly the point's refs; the entry with its sizes."""
     sid = entry.storage_id
-    if prev_git is not None and prev is not None and prev_git.exists(sid):
+    linked = prev_git is not None and prev is not None and prev_git.exists(sid)
+    if linked:
+        assert prev_git is not None and prev is not None
         link_copy(prev_git.path(sid), git.path(sid))
-        changed = prev.refs != entry.refs
+        if prev.refs == entry.refs and _unchanged_copy(git, entry):
+            # The copy is already the point's: no git process for most of an incremental snapshot.
+            use = disk_use(git.path(sid))
+            return RepoEntry(
+                storage_id=sid, owner=entry.owner, name=entry.name, head=entry.head, refs=entry.refs,
+                checksum=entry.checksum, bytes=use.new, size=use.size, fetched=False,
+            )
     else:
         git.init(sid)
-        changed = True
-    fetched = False
-    if changed:
-        missing = git.missing(sid, entry.refs.values())
-        if missing:
+    missing = git.missing(sid, entry.refs.values())
+    if missing:
+        try:
+            # The copy's refs tell the instance what it has already: only the new objects come.
             git.fetch_oids(sid, source.repo_location(entry), missing, source.git_auth())
-            fetched = True
-        git.set_refs(sid, entry.refs)
-        git.consolidate(sid)
+        except GitError:
+            if not linked:
+                raise
+            # A copy whose ref files are damaged cannot negotiate: fetch without them.
+            git.clear_refs(sid)
+            git.fetch_oids(sid, source.repo_location(entry), missing, source.git_auth())
+    if linked:
+        # Changed, or not as its manifest says: the copy's refs are written afresh from the point.
+        git.clear_refs(sid)
+    git.set_refs(sid, entry.refs)
+    git.consolidate(sid)
     git.set_head_ref(sid, entry.head)
     copied = {r.name: r.oid for r in git.refs(sid)}
     if copied != entry.refs:
@@ -247,8 +263,19 @@ def copy_repository(
     use = disk_use(git.path(sid))
     return RepoEntry(
         storage_id=sid, owner=entry.owner, name=entry.name, head=entry.head, refs=entry.refs,
-        checksum=entry.checksum, bytes=use.new, size=use.size, fetched=fetched,
+        checksum=entry.checksum, bytes=use.new, size=use.size, fetched=bool(missing),
     )
+
+
+def _unchanged_copy(git: SnapshotGit, entry: RepoEntry) -> bool:
+    """Whether the linked copy's files already hold exactly the point's refs, HEAD and checksum."""
+    on_disk = git.refs_on_disk(entry.storage_id)
+    if on_disk is None:
+        return False
+    head, refs = on_disk
+    want_head = head_ref(entry.head) if entry.head else head
+    checksum = checksum_of([Ref(name=name, oid=oid, type="") for name, oid in refs.items()])
+    return head == want_head and refs == entry.refs and checksum == entry.checksum
 
 
 def _iso(value: datetime) -> str:
