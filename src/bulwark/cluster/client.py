@@ -8,6 +8,7 @@ uses from the event loop while git waits on a hook.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,12 +113,13 @@ class AsyncPeers:
         return response.json() if response.content else None
 
     async def prepare(
-        self, node_url: str, storage_id: str, txn: str, lines: Sequence[tuple[str, str, str]], source_url: str
+        self, node_url: str, storage_id: str, txn: str, lines: Sequence[tuple[str, str, str]], source_url: str,
+        pack: bytes | None = None,
     ) -> str:
-        body = await self._post(
-            f"{node_url}{INTERNAL}/repos/{storage_id}/prepare", "preparing a ref update",
-            {"txn": txn, "lines": [list(line) for line in lines], "source": source_url},
-        )
+        request: dict[str, Any] = {"txn": txn, "lines": [list(line) for line in lines], "source": source_url}
+        if pack is not None:
+            request["pack"] = base64.b64encode(pack).decode()
+        body = await self._post(f"{node_url}{INTERNAL}/repos/{storage_id}/prepare", "preparing a ref update", request)
         return str(body["vote"])
 
     async def commit(self, node_url: str, storage_id: str, txn: str) -> None:

@@ -6,10 +6,10 @@ serialized: the second one sees the first one's refs and gets git's own
 non-fast-forward rejection) and notes the other up-to-date replicas. Git's
 ``reference-transaction`` hook then reports each ref transaction to the leader:
 
-* ``prepared`` — the leader's refs are locked and checked. Every follower fetches the
-  new objects and prepares the same update; the hook lets git commit only if a strict
-  majority of *all* the repository's replicas (the leader included) voted for the
-  identical update. Otherwise the followers abort and git aborts.
+* ``prepared`` — the leader's refs are locked and checked. Every follower takes in the
+  new objects (a thin pack sent along, or fetched from the leader) and prepares the same
+  update; the hook lets git commit only if a strict majority of *all* the repository's
+  replicas (the leader included) voted for the identical update. Otherwise the followers abort and git aborts.
 * ``committed`` — the followers commit too; one that fails is no longer counted.
 * ``aborted`` — followers that prepared are told to abort.
 
@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio.to_thread
@@ -37,6 +37,7 @@ from bulwark.cluster.locks import RepoLocks
 from bulwark.cluster.state import Placement
 from bulwark.cluster.transactions import RefLine, vote_of
 from bulwark.errors import BulwarkError, NotFound, Unavailable
+from bulwark.git.runner import ZERO_OID
 
 log = logging.getLogger("bulwark.cluster")
 
@@ -84,6 +85,7 @@ class Coordinator:
         urls: Callable[[], dict[str, str]],
         *,
         lock_wait: float = 30.0,
+        pack_for: Callable[[str, list[str]], Awaitable[bytes | None]] | None = None,
     ) -> None:
         self.name = name
         self.url = url
@@ -93,6 +95,8 @@ class Coordinator:
         self.alive = alive
         self.urls = urls
         self.lock_wait = lock_wait
+        # The new objects of a round as a thin pack for the followers (None: they fetch them).
+        self.pack_for = pack_for
         self._pushes: dict[str, Push] = {}
 
     async def begin(self, storage_id: str) -> Push:
@@ -148,8 +152,11 @@ class Coordinator:
         push.round_id = f"{push.txn}-{push.rounds}-{uuid.uuid4().hex[:6]}"
         mine = vote_of(lines)
         candidates = {n: u for n, u in push.followers.items() if n in push.good}
+        wanted = [new for _old, new, _ref in lines if new != ZERO_OID]
+        pack = await self.pack_for(push.storage_id, wanted) if self.pack_for and wanted and candidates else None
         results = await asyncio.gather(
-            *(self.peers.prepare(url, push.storage_id, push.round_id, lines, self.url) for url in candidates.values()),
+            *(self.peers.prepare(url, push.storage_id, push.round_id, lines, self.url, pack)
+              for url in candidates.values()),
             return_exceptions=True,
         )
         push.prepared = {}

@@ -133,7 +133,7 @@ class ClusterRuntime:
     def coordinator(self) -> Coordinator:
         if self._coordinator is None:
             self._coordinator = Coordinator(self.name, self.url, self.etcd, self.locks, self.apeers,
-                                            self.alive, self.urls)
+                                            self.alive, self.urls, pack_for=self.transactions.thin_pack)
         return self._coordinator
 
     @property

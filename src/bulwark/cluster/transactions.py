@@ -1,9 +1,13 @@
 """A replica's half of a replicated ref update: prepare, then commit or abort.
 
 The node leading a push asks every other up-to-date replica to *prepare* the same ref
-update: fetch the new objects from the leader, then lock the refs and check their old
-values with ``git update-ref --stdin`` (``start``/``update``/``prepare``), and answer
-with a vote (a hash of the update). The process stays open, holding the ref locks, until
+update: take in the new objects, then lock the refs and check their old values with
+``git update-ref --stdin`` (``start``/``update``/``prepare``), and answer with a vote (a
+hash of the update). The objects come with the request as a thin pack the leader made
+against its current refs, which every up-to-date replica has too; a push too large to
+send that way (or a pack that does not apply) is fetched from the leader over HTTP.
+
+The ``update-ref`` process stays open, holding the ref locks, until
 the leader says ``commit`` or ``abort``, or until it has waited too long and aborts by
 itself, so a leader that died never leaves a replica's refs locked.
 """
@@ -16,11 +20,18 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from bulwark.errors import Conflict, GitError, NotFound
 from bulwark.git.runner import ZERO_OID, GitRunner, config_env
 
 log = logging.getLogger("bulwark.cluster")
+
+# Pushes up to this size travel with the prepare request; larger ones are fetched by each follower,
+# so no node holds a large pack in memory.
+PACK_LIMIT = 8 * 1024**2
+# Below this many objects a follower writes loose objects, as receive-pack does (transfer.unpackLimit).
+UNPACK_LIMIT = 100
 
 RefLine = tuple[str, str, str]  # old, new, ref
 
@@ -41,21 +52,31 @@ class _Prepared:
 class Transactions:
     """The prepared ref updates a replica holds for leaders, by transaction id."""
 
-    def __init__(self, git: GitRunner, *, hold_for: float = 15.0) -> None:
+    def __init__(self, git: GitRunner, *, hold_for: float = 15.0, pack_limit: int = PACK_LIMIT) -> None:
         self.git = git
         self.hold_for = hold_for
+        self.pack_limit = pack_limit
         self._prepared: dict[str, _Prepared] = {}
         self._expiring: set[asyncio.Future[None]] = set()
 
     async def prepare(
-        self, storage_id: str, txn: str, lines: Sequence[RefLine], source_url: str, source_config: Mapping[str, str]
+        self, storage_id: str, txn: str, lines: Sequence[RefLine], source_url: str, source_config: Mapping[str, str],
+        pack: bytes | None = None,
     ) -> str:
         if txn in self._prepared:
             raise Conflict(f"transaction {txn} is prepared already")
         if not self.git.exists(storage_id):
             raise NotFound(f"no copy of {storage_id} on this node")
-        await self._fetch_missing(storage_id, [new for _old, new, _ref in lines if new != ZERO_OID],
-                                  source_url, source_config)
+        wanted = [new for _old, new, _ref in lines if new != ZERO_OID]
+        missing = await self._missing(storage_id, wanted)
+        if missing and pack:
+            try:
+                await self._unpack(storage_id, pack)
+            except GitError as exc:
+                log.warning("the pack sent with transaction %s did not apply (%s); fetching instead", txn, exc)
+            missing = await self._missing(storage_id, missing)
+        if missing:
+            await self._fetch(storage_id, missing, source_url, source_config)
         proc = await asyncio.create_subprocess_exec(
             *self.git.command(["update-ref", "--stdin"]),
             cwd=self.git.path(storage_id),
@@ -113,15 +134,55 @@ class Transactions:
         self._expiring.add(task)
         task.add_done_callback(self._expiring.discard)
 
-    async def _fetch_missing(
-        self, storage_id: str, oids: list[str], source_url: str, source_config: Mapping[str, str]
-    ) -> None:
-        missing = [oid for oid in dict.fromkeys(oids) if not await self._has(storage_id, oid)]
-        if not missing:
-            return
+    async def thin_pack(self, storage_id: str, wanted: Sequence[str]) -> bytes | None:
+        """The objects a replica with this node's current refs lacks for ``wanted``, as a thin pack;
+        ``None`` if it exceeds ``pack_limit`` or git could not make it (followers then fetch)."""
+        path = self.git.path(storage_id)
+        tips = await self._git(path, ["for-each-ref", "--format=%(objectname)"])
+        if tips is None:
+            return None
+        revs = "".join(f"{oid}\n" for oid in wanted) + "--not\n" + tips.decode()
+        proc = await asyncio.create_subprocess_exec(
+            *self.git.command(["pack-objects", "--stdout", "--thin", "--revs", "--delta-base-offset", "-q"]),
+            cwd=path, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL, env=self.git.env,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        feeding = asyncio.ensure_future(_feed(proc.stdin, revs.encode()))
+        pack = bytearray()
+        try:
+            while chunk := await proc.stdout.read(65536):
+                pack += chunk
+                if len(pack) > self.pack_limit:
+                    return None
+            return bytes(pack) if await proc.wait() == 0 else None
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            feeding.cancel()
+            with contextlib.suppress(BaseException):
+                await feeding
+
+    async def _unpack(self, storage_id: str, pack: bytes) -> None:
+        """Write a thin pack's objects, checked as strictly as a push's."""
+        if len(pack) < 32 or pack[:4] != b"PACK":
+            raise GitError("not a pack")
+        objects = int.from_bytes(pack[8:12], "big")
+        args = (["unpack-objects", "-q", "--strict"] if objects < UNPACK_LIMIT
+                else ["index-pack", "--stdin", "--fix-thin", "--strict"])
+        proc = await asyncio.create_subprocess_exec(
+            *self.git.command(args), cwd=self.git.path(storage_id), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=self.git.env,
+        )
+        _, stderr = await asyncio.wait_for(proc.communicate(pack), 300)
+        if proc.returncode != 0:
+            raise GitError(f"git {args[0]}: {stderr.decode(errors='replace').strip()[-300:]}")
+
+    async def _fetch(self, storage_id: str, oids: list[str], source_url: str, source_config: Mapping[str, str]) -> None:
         proc = await asyncio.create_subprocess_exec(
             *self.git.command(
-                ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", source_url, *missing],
+                ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", source_url, *oids],
                 extra_config={"fetch.fsckObjects": "true"},
             ),
             cwd=self.git.path(storage_id),
@@ -134,13 +195,35 @@ class Transactions:
         if proc.returncode != 0:
             raise GitError(f"could not fetch the pushed objects from the leader: {stderr.decode(errors='replace')}")
 
-    async def _has(self, storage_id: str, oid: str) -> bool:
+    async def _missing(self, storage_id: str, oids: Sequence[str]) -> list[str]:
+        """Which of ``oids`` this replica lacks, in one git process."""
+        wanted = list(dict.fromkeys(oids))
+        if not wanted:
+            return []
+        out = await self._git(self.git.path(storage_id), ["cat-file", "--batch-check=%(objectname)"],
+                              "".join(f"{oid}\n" for oid in wanted).encode())
+        if out is None:
+            return wanted
+        return [line.split()[0] for line in out.decode().splitlines() if line.endswith(" missing")]
+
+    async def _git(self, path: Path, args: list[str], input: bytes | None = None) -> bytes | None:
+        """Git's output, or ``None`` if it failed."""
         proc = await asyncio.create_subprocess_exec(
-            *self.git.command(["cat-file", "-e", oid]),
-            cwd=self.git.path(storage_id),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            *self.git.command(args), cwd=path, stdin=asyncio.subprocess.PIPE if input is not None else
+            asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             env=self.git.env,
         )
-        return await proc.wait() == 0
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(input), 60)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return None
+        return out if proc.returncode == 0 else None
 
+
+async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        stdin.write(data)
+        await stdin.drain()
+    stdin.close()

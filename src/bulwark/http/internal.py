@@ -6,6 +6,8 @@ on a node that is not in a cluster), so none of this is reachable by clients.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import logging
 from typing import Any
@@ -102,9 +104,21 @@ async def prepare(request: Request) -> Response:
         raise InvalidInput("the source must be a node of this cluster")
     vote = await rt.transactions.prepare(
         storage_id, str(body.get("txn", "")), _lines(body.get("lines")), git_url(source, storage_id),
-        rt.git_source_config(),
+        rt.git_source_config(), pack=_pack(body.get("pack")),
     )
     return JSONResponse({"vote": vote})
+
+
+def _pack(raw: Any) -> bytes | None:
+    """The thin pack a leader sent along with a prepare request, if any."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise InvalidInput("pack must be a base64 string")
+    try:
+        return base64.b64decode(raw, validate=True)
+    except binascii.Error:
+        raise InvalidInput("pack is not valid base64") from None
 
 
 async def commit(request: Request) -> Response:

@@ -1,0 +1,107 @@
+"""A replica's half of a replicated push, on real repositories: the thin pack a leader sends
+with its prepare request, and the fetch a follower falls back to."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bulwark.cluster.transactions import Transactions
+from bulwark.errors import GitError
+from bulwark.git.runner import ZERO_OID, GitRunner
+
+pytestmark = pytest.mark.timeout(60)
+
+SID = "ab12cd34"
+
+
+def git(repo: Path, *args: str, input: bytes | None = None) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "A", "GIT_AUTHOR_EMAIL": "a@example.com",
+           "GIT_COMMITTER_NAME": "A", "GIT_COMMITTER_EMAIL": "a@example.com", "GIT_CONFIG_GLOBAL": os.devnull,
+           # Fixed dates: both replicas' first commits must be the same object.
+           "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z"}
+    return subprocess.run(["git", "--git-dir", str(repo), *args], input=input, env=env, capture_output=True,
+                          check=True).stdout.decode().strip()
+
+
+def new_commit(repo: Path, parent: str | None, content: bytes) -> str:
+    """A commit whose objects are in ``repo`` but no ref points at it, as at a push's "prepared" moment."""
+    blob = git(repo, "hash-object", "-w", "--stdin", input=content)
+    tree = git(repo, "mktree", input=f"100644 blob {blob}\tfile\n".encode())
+    return git(repo, "commit-tree", tree, *(["-p", parent] if parent else []), "-m", "change")
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Transactions, Transactions, str]:
+    """A leader and a follower replica of one repository, both at the same first commit."""
+    leader, follower = GitRunner(tmp_path / "leader"), GitRunner(tmp_path / "follower")
+    first = ""
+    for runner in (leader, follower):
+        repo = runner.init_bare(SID, "main")
+        first = new_commit(repo, None, b"first\n" * 1000)
+        git(repo, "update-ref", "refs/heads/main", first)
+    return Transactions(leader), Transactions(follower), first
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def pack_objects(pack: bytes) -> int:
+    assert pack[:4] == b"PACK"
+    return int.from_bytes(pack[8:12], "big")
+
+
+async def prepare_and_commit(follower: Transactions, lines: list[tuple[str, str, str]], source: str,
+                             pack: bytes | None) -> None:
+    await follower.prepare(SID, "t1", lines, source, {}, pack=pack)
+    await follower.commit("t1")
+
+
+def test_a_thin_pack_carries_the_push_and_nothing_is_fetched(pair: tuple[Transactions, Transactions, str]) -> None:
+    leader, follower, first = pair
+    leader_repo, follower_repo = leader.git.path(SID), follower.git.path(SID)
+    new = new_commit(leader_repo, first, b"first\n" * 1000 + b"one more line\n")
+    pack = run(leader.thin_pack(SID, [new]))
+    assert pack is not None and pack_objects(pack) == 3  # commit, tree, blob: the rest is the follower's
+    # An address nobody listens on: the follower must not need it.
+    run(prepare_and_commit(follower, [(first, new, "refs/heads/main")], "http://127.0.0.1:9/nowhere", pack))
+    assert git(follower_repo, "rev-parse", "refs/heads/main") == new
+    git(follower_repo, "fsck", "--strict")
+
+
+def test_a_new_branch_sends_only_what_is_new(pair: tuple[Transactions, Transactions, str]) -> None:
+    leader, follower, first = pair
+    new = new_commit(leader.git.path(SID), first, b"topic\n")
+    pack = run(leader.thin_pack(SID, [new]))
+    assert pack is not None and pack_objects(pack) == 3
+    run(prepare_and_commit(follower, [(ZERO_OID, new, "refs/heads/topic")], "http://127.0.0.1:9/nowhere", pack))
+    assert git(follower.git.path(SID), "rev-parse", "refs/heads/topic") == new
+
+
+def test_a_pack_that_does_not_apply_falls_back_to_fetching(
+    pair: tuple[Transactions, Transactions, str]
+) -> None:
+    leader, follower, first = pair
+    leader_repo = leader.git.path(SID)
+    new = new_commit(leader_repo, first, b"second\n")
+    git(leader_repo, "update-ref", "refs/heads/staging", new)  # so a plain fetch from the leader finds it
+    run(prepare_and_commit(follower, [(first, new, "refs/heads/main")], str(leader_repo), b"PACK garbage" * 4))
+    assert git(follower.git.path(SID), "rev-parse", "refs/heads/main") == new
+    # With neither a good pack nor a reachable leader, the prepare fails: no vote without the objects.
+    newer = new_commit(leader_repo, new, b"third\n")
+    with pytest.raises(GitError):
+        run(follower.prepare(SID, "t2", [(new, newer, "refs/heads/main")], "http://127.0.0.1:9/nowhere", {},
+                             pack=None))
+
+
+def test_a_push_larger_than_the_limit_is_not_packed(pair: tuple[Transactions, Transactions, str]) -> None:
+    leader, _, first = pair
+    small = Transactions(leader.git, pack_limit=1024)
+    new = new_commit(leader.git.path(SID), first, os.urandom(64 * 1024))
+    assert run(small.thin_pack(SID, [new])) is None
+    assert run(leader.thin_pack(SID, [new])) is not None
