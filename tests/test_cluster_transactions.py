@@ -105,3 +105,29 @@ def test_a_push_larger_than_the_limit_is_not_packed(pair: tuple[Transactions, Tr
     new = new_commit(leader.git.path(SID), first, os.urandom(64 * 1024))
     assert run(small.thin_pack(SID, [new])) is None
     assert run(leader.thin_pack(SID, [new])) is not None
+
+
+def test_a_prepared_update_is_aborted_when_its_leader_dies(pair: tuple[Transactions, Transactions, str]) -> None:
+    leader, follower_tx, first = pair
+    alive = {"http://leader": True}
+    follower = Transactions(follower_tx.git, leader_alive=lambda url: alive.get(url, False), check_every=0.05)
+    new = new_commit(leader.git.path(SID), first, b"in flight\n")
+    pack = run(leader.thin_pack(SID, [new]))
+    line = [(first, new, "refs/heads/main")]
+
+    async def scenario() -> None:
+        await follower.prepare(SID, "t1", line, "http://127.0.0.1:9/nowhere", {}, pack=pack, leader="http://leader")
+        await asyncio.sleep(0.2)
+        assert follower.held() == 1  # a live leader's update stays prepared
+        alive["http://leader"] = False  # the leader is killed before it says commit or abort
+        for _ in range(100):
+            if follower.held() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert follower.held() == 0
+        # The ref is unlocked: the next leader's update of the same ref prepares and commits.
+        await follower.prepare(SID, "t2", line, "http://127.0.0.1:9/nowhere", {}, pack=pack, leader="http://other")
+        await follower.commit("t2")
+
+    run(scenario())
+    assert git(follower.git.path(SID), "rev-parse", "refs/heads/main") == new

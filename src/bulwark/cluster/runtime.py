@@ -56,7 +56,7 @@ class ClusterRuntime:
         self.membership = Membership(etcd, name, self._beat, ttl=settings.lease_ttl)
         self.locks = RepoLocks(etcd, self.membership.lease, holder=name)
         self.peers = PeerClient(secret, name)
-        self.transactions = Transactions(git)
+        self.transactions = Transactions(git, leader_alive=self.node_alive_at)
         self._config = config
         self._snapshot: tuple[float, ClusterSnapshot] | None = None
         self._snapshot_lock = threading.Lock()
@@ -91,6 +91,11 @@ class ClusterRuntime:
 
     def urls(self) -> dict[str, str]:
         return {n.name: n.url for n in self.snapshot().config.nodes}
+
+    def node_alive_at(self, url: str) -> bool:
+        """Whether the node reached at ``url`` holds its etcd session."""
+        alive = self.alive()
+        return any(name in alive for name, node_url in self.urls().items() if node_url == url)
 
     def in_maintenance(self) -> str | None:
         return self.snapshot().maintenance.get(self.name)

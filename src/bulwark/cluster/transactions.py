@@ -18,11 +18,14 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from bulwark.errors import Conflict, GitError, NotFound
+import anyio.to_thread
+
+from bulwark.errors import BulwarkError, Conflict, GitError, NotFound
 from bulwark.git.runner import ZERO_OID, GitRunner, config_env
 
 log = logging.getLogger("bulwark.cluster")
@@ -52,16 +55,29 @@ class _Prepared:
 class Transactions:
     """The prepared ref updates a replica holds for leaders, by transaction id."""
 
-    def __init__(self, git: GitRunner, *, hold_for: float = 15.0, pack_limit: int = PACK_LIMIT) -> None:
+    def __init__(
+        self,
+        git: GitRunner,
+        *,
+        hold_for: float = 15.0,
+        pack_limit: int = PACK_LIMIT,
+        leader_alive: Callable[[str], bool] | None = None,
+        check_every: float = 1.0,
+    ) -> None:
         self.git = git
         self.hold_for = hold_for
+        # Whether the node at a URL still holds its etcd session. A leader that died between
+        # "prepare" and "commit" would otherwise leave the refs locked here for ``hold_for``,
+        # and every push to them fail meanwhile.
+        self.leader_alive = leader_alive
+        self.check_every = check_every
         self.pack_limit = pack_limit
         self._prepared: dict[str, _Prepared] = {}
-        self._expiring: set[asyncio.Future[None]] = set()
+        self._background_tasks: set[asyncio.Future[None]] = set()
 
     async def prepare(
         self, storage_id: str, txn: str, lines: Sequence[RefLine], source_url: str, source_config: Mapping[str, str],
-        pack: bytes | None = None,
+        pack: bytes | None = None, leader: str | None = None,
     ) -> str:
         if txn in self._prepared:
             raise Conflict(f"transaction {txn} is prepared already")
@@ -103,6 +119,8 @@ class Transactions:
             raise Conflict(f"could not prepare the ref update: {message[-1] if message else answers}")
         expiry = asyncio.get_running_loop().call_later(self.hold_for, self._expire, txn)
         self._prepared[txn] = _Prepared(storage_id, proc, expiry)
+        if leader is not None and self.leader_alive is not None:
+            self._background(self._watch_leader(txn, leader))
         return vote_of(lines)
 
     async def commit(self, txn: str) -> None:
@@ -130,9 +148,27 @@ class Transactions:
 
     def _expire(self, txn: str) -> None:
         log.warning("aborting transaction %s: its leader said neither commit nor abort in time", txn)
-        task = asyncio.ensure_future(self.abort(txn))
-        self._expiring.add(task)
-        task.add_done_callback(self._expiring.discard)
+        self._background(self.abort(txn))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
+
+    async def _watch_leader(self, txn: str, leader: str) -> None:
+        assert self.leader_alive is not None
+        while True:
+            await asyncio.sleep(self.check_every)
+            if txn not in self._prepared:
+                return
+            try:
+                alive = await anyio.to_thread.run_sync(self.leader_alive, leader)
+            except BulwarkError:
+                continue  # etcd unreachable: cannot tell, and the expiry still bounds the wait
+            if not alive:
+                log.warning("aborting transaction %s: its leader %s lost its cluster session", txn, leader)
+                await self.abort(txn)
+                return
 
     async def thin_pack(self, storage_id: str, wanted: Sequence[str]) -> bytes | None:
         """The objects a replica with this node's current refs lacks for ``wanted``, as a thin pack;

@@ -104,7 +104,7 @@ async def prepare(request: Request) -> Response:
         raise InvalidInput("the source must be a node of this cluster")
     vote = await rt.transactions.prepare(
         storage_id, str(body.get("txn", "")), _lines(body.get("lines")), git_url(source, storage_id),
-        rt.git_source_config(), pack=_pack(body.get("pack")),
+        rt.git_source_config(), pack=_pack(body.get("pack")), leader=source,
     )
     return JSONResponse({"vote": vote})
 
