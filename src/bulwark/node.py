@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from bulwark.backup import barrier
 from bulwark.clock import Clock, SystemClock
@@ -27,6 +27,7 @@ from bulwark.store.changes import ChangeLog
 
 if TYPE_CHECKING:
     from bulwark.cluster.runtime import ClusterRuntime
+    from bulwark.services.access_cache import AccessCache
 
 
 class NodeRole(enum.StrEnum):
@@ -53,6 +54,8 @@ class Node:
     hasher: PasswordHasher = field(default_factory=PasswordHasher)
     # Set on a cluster member: etcd, its session, routing and the push path.
     cluster: ClusterRuntime | None = None
+    # On a cluster member: git requests' authorization decisions, kept while their etcd keys are unchanged.
+    access_cache: AccessCache[Any] | None = None
 
     def __post_init__(self) -> None:
         self.accounts = AccountService(
@@ -79,12 +82,16 @@ class Node:
             return NodeRole.CLUSTER_MEMBER
         return NodeRole(self.ha().role)
 
-    def check_serving(self, traffic: Traffic, *, site_admin: bool = False) -> None:
-        """Raise ``Unavailable`` if this node does not take ``traffic`` now."""
+    def check_fenced(self, traffic: Traffic) -> None:
+        """Raise ``ReadOnlyNode`` if this cluster node lost its session and ``traffic`` writes."""
         if self.cluster is not None and traffic is not Traffic.READ:
             fenced = self.cluster.fenced_reason()
             if fenced:
                 raise ReadOnlyNode(f"this cluster node takes no writes: it {fenced}; use another node")
+
+    def check_serving(self, traffic: Traffic, *, site_admin: bool = False) -> None:
+        """Raise ``Unavailable`` if this node does not take ``traffic`` now."""
+        self.check_fenced(traffic)
         maintenance = self.store.get_maintenance()
         if maintenance.enabled and not (site_admin and traffic is Traffic.ADMIN):
             raise Unavailable(maintenance.message or "this instance is in maintenance mode; try again later")
@@ -172,6 +179,7 @@ def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher)
     from bulwark.cluster.gitrouter import ClusterGit
     from bulwark.cluster.runtime import ClusterRuntime
     from bulwark.errors import InvalidInput
+    from bulwark.services.access_cache import AccessCache
     from bulwark.store.etcd import EtcdStore
 
     if not settings.etcd:
@@ -182,4 +190,5 @@ def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher)
     runtime = ClusterRuntime(etcd, settings, git)
     git.runtime = runtime
     store = EtcdStore(etcd, clock=clock)
-    return Node(settings=settings, store=store, git=git, clock=clock, hasher=hasher, cluster=runtime)
+    return Node(settings=settings, store=store, git=git, clock=clock, hasher=hasher, cluster=runtime,
+                access_cache=AccessCache(store, clock))

@@ -14,6 +14,7 @@ import logging
 import re
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from datetime import datetime
 
 import anyio
 from starlette.concurrency import run_in_threadpool
@@ -44,6 +45,8 @@ from bulwark.models import Account, AccountType, Permission, Repository
 from bulwark.monitoring.metrics import GitObservation
 from bulwark.names import check_login, check_repo_name
 from bulwark.node import Node, Traffic
+from bulwark.services.access_cache import cache_key
+from bulwark.services.permissions import Principal
 from bulwark.services.repositories import RepoAccess
 
 log = logging.getLogger("bulwark.git")
@@ -305,8 +308,27 @@ async def _authorize(request: Request, service: str) -> RepoAccess:
 
 def _authorize_user(request: Request, service: str, owner: str, name: str) -> RepoAccess:
     node = _node(request)
+    restore = request.headers.get(RESTORE_HEADER) == "1"
+    cache = node.access_cache
+    if cache is None:
+        return _decide(request, service, owner, name, restore)[1]
+    # A cluster node: the same decision as last time if etcd confirms nothing it read has changed.
+    node.check_fenced(Traffic.READ if service == UPLOAD_PACK else Traffic.WRITE)
+    key = cache_key(["git", request.headers.get("authorization"), str(restore), owner.lower(), name.lower(), service])
+
+    def decide() -> tuple[tuple[Principal, RepoAccess], datetime | None]:
+        principal, access = _decide(request, service, owner, name, restore)
+        return (principal, access), principal.expires_at
+
+    (principal, access), _ = cache.get(key, decide)
+    request.state.principal = principal
+    return access
+
+
+def _decide(request: Request, service: str, owner: str, name: str, restore: bool) -> tuple[Principal, RepoAccess]:
+    node = _node(request)
     push = service == RECEIVE_PACK
-    if request.headers.get(RESTORE_HEADER) == "1":
+    if restore:
         # A restore pushes while the instance is in maintenance mode: site admins only.
         principal = principal_of(request)
         if not principal.site_admin:
@@ -328,7 +350,7 @@ def _authorize_user(request: Request, service: str, owner: str, name: str) -> Re
     node.repos.require(access, Permission.PUSH if push else Permission.PULL)
     if node.cluster is None and not node.git.exists(access.repo.storage_id):
         raise Unavailable(f"the data of {access.full_name} is not available on this node")
-    return access
+    return principal, access
 
 
 def _authorize_replica(request: Request, service: str) -> RepoAccess:

@@ -88,7 +88,7 @@ class AccountService:
         stale = token.last_used_at is None or now - token.last_used_at >= _TOUCH_EVERY
         if stale and self.metadata_writable():
             self.store.touch_token(token.id, now)
-        return Principal(account=user, scopes=token.scopes, token_id=token.id)
+        return Principal(account=user, scopes=token.scopes, token_id=token.id, expires_at=token.expires_at)
 
     def authenticate_basic(self, username: str, secret: str) -> Principal:
         """HTTP Basic: the secret is a token (any username) or the user's password."""

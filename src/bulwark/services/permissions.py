@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from bulwark.models import (
     ALL_SCOPES,
@@ -23,6 +24,8 @@ class Principal:
     account: Account | None
     scopes: frozenset[Scope] = field(default_factory=frozenset)
     token_id: int | None = None
+    # When the credential stops being valid by itself (a token's expiry).
+    expires_at: datetime | None = None
 
     @property
     def anonymous(self) -> bool:

@@ -54,12 +54,14 @@ own limit is lower than ``max_txn_ops`` etcd refuses the transaction as a whole.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import random
 import string
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -348,6 +350,18 @@ def _backoff(attempt: int) -> None:
 # -- the store ---------------------------------------------------------------------
 
 
+class ReadLog:
+    """The keys a computation read and the revision each was last written at (0: absent).
+
+    ``usable`` turns false when the computation did anything a set of keys cannot describe
+    (a prefix read, a write): its result then cannot be checked with :meth:`EtcdStore.unchanged`.
+    """
+
+    def __init__(self) -> None:
+        self.reads: dict[str, int] = {}
+        self.usable = True
+
+
 class EtcdStore(Store):
     """Bulwark metadata in etcd, shared by every node of a cluster.
 
@@ -371,6 +385,7 @@ class EtcdStore(Store):
         self._clock: Clock = clock or SystemClock()
         self._max_txn_ops = max_txn_ops
         self._closed = False
+        self._logs = threading.local()
 
     def close(self) -> None:
         self._closed = True
@@ -382,19 +397,57 @@ class EtcdStore(Store):
             raise StoreError("the metadata store is closed")
         return self._etcd
 
+    # -- which keys a computation read (for results kept while those keys are unchanged) --
+
+    @contextlib.contextmanager
+    def logging_reads(self) -> Iterator[ReadLog]:
+        """Note every key this thread reads until the block ends."""
+        log, outer = ReadLog(), getattr(self._logs, "current", None)
+        self._logs.current = log
+        try:
+            yield log
+        finally:
+            self._logs.current = outer
+
+    def unchanged(self, log: ReadLog) -> bool:
+        """Whether every key of ``log`` is still as it was read: one etcd transaction of comparisons."""
+        if not log.usable or not log.reads or len(log.reads) > self._max_txn_ops:
+            return False
+        compares = [Compare.unchanged(key, revision) for key, revision in log.reads.items()]
+        return self._client().txn(compares, []).succeeded
+
+    def _note(self, key: str, kv: KV | None) -> None:
+        log: ReadLog | None = getattr(self._logs, "current", None)
+        if log is not None:
+            log.reads[key] = kv.mod_revision if kv is not None else 0
+
+    def _unloggable(self) -> None:
+        log: ReadLog | None = getattr(self._logs, "current", None)
+        if log is not None:
+            log.usable = False
+
+    # -- etcd access -------------------------------------------------------------------
+
     def _get(self, key: str) -> KV | None:
-        return self._client().get(key)
+        kv = self._client().get(key)
+        self._note(key, kv)
+        return kv
 
     def _snapshot(self, *reads: Op) -> list[list[KV]]:
         """What each ``get`` finds, all at one revision (a transaction of reads only)."""
+        self._unloggable()
         return self._client().txn([], reads).reads
 
     def _read(self, *keys: str) -> list[KV | None]:
         """The current value of each key (``None`` if missing), all at one revision."""
-        return [found[0] if found else None for found in self._snapshot(*(Op.get(key) for key in keys))]
+        found = [kvs[0] if kvs else None for kvs in self._client().txn([], [Op.get(key) for key in keys]).reads]
+        for key, kv in zip(keys, found, strict=True):
+            self._note(key, kv)
+        return found
 
     def _range(self, prefix: str) -> list[KV]:
         """Every key under ``prefix``, in key order."""
+        self._unloggable()
         return self._client().get_prefix(prefix)
 
     def _commit(self, compares: list[Compare], ops: list[Op], what: str) -> None:
@@ -405,6 +458,7 @@ class EtcdStore(Store):
                 f"{what} needs {size} operations in one etcd transaction, more than the"
                 f" {self._max_txn_ops} allowed (etcd --max-txn-ops); nothing was changed"
             )
+        self._unloggable()
         if not self._client().txn(compares, ops).succeeded:
             raise _Collided(what)
 
@@ -778,6 +832,7 @@ class EtcdStore(Store):
         return self._retry(f"setting the membership of user {user_id} in organization {org_id}", attempt)
 
     def remove_membership(self, org_id: int, user_id: int) -> bool:
+        self._unloggable()
         return self._client().delete(self._keys.membership(org_id, user_id)) > 0
 
     def get_membership(self, org_id: int, user_id: int) -> Membership | None:
@@ -977,6 +1032,7 @@ class EtcdStore(Store):
         return self._retry(f"setting collaborator {user_id} of repository {repo_id}", attempt)
 
     def remove_collaborator(self, repo_id: int, user_id: int) -> bool:
+        self._unloggable()
         return self._client().delete(self._keys.collaborator(repo_id, user_id)) > 0
 
     def get_collaborator(self, repo_id: int, user_id: int) -> Collaborator | None:
@@ -1012,6 +1068,7 @@ class EtcdStore(Store):
             "message": state.message,
             "since": _dump_optional_time(state.since),
         }
+        self._unloggable()
         self._client().put(self._keys.maintenance, _dump_json(doc))
 
     def get_setting(self, key: str) -> str | None:
@@ -1019,6 +1076,7 @@ class EtcdStore(Store):
         return None if kv is None else kv.text
 
     def set_setting(self, key: str, value: str | None) -> None:
+        self._unloggable()
         if value is None:
             self._client().delete(self._keys.setting(key))
         else:
