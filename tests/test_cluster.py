@@ -20,7 +20,18 @@ import httpx
 import pytest
 
 from bulwark.cluster.dev import DevCluster
-from cluster_helpers import FAST, Load, Seeded, git, is_ancestor, replica_checksums, seed, storage_ids, wait_for
+from cluster_helpers import (
+    FAST,
+    Load,
+    Seeded,
+    git,
+    is_ancestor,
+    remote,
+    replica_checksums,
+    seed,
+    storage_ids,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -114,6 +125,39 @@ def test_concurrent_pushes_through_two_nodes_lose_no_update(seeded: Seeded, tmp_
     snap = seeded.snapshot()
     for node in snap.placements[sid].up_to_date():
         assert seeded.disk(node).resolve(sid, "main") == winner_head
+
+
+def test_permission_changes_reach_the_very_next_request_on_every_node(seeded: Seeded, tmp_path: Path) -> None:
+    """Nodes keep their authorization decisions; a change made through any node must still count at once."""
+    cluster = seeded.cluster
+    nodes = [cluster.node_url(f"node{i}") for i in range(1, 5)]
+    admin = {"Authorization": f"token {cluster.admin_token}"}
+    with httpx.Client(timeout=30) as client:
+        r = client.post(f"{nodes[0]}/api/v3/admin/users", json={"login": "carol"}, headers=admin)
+        assert r.status_code == 201, r.text
+        r = client.post(f"{nodes[0]}/api/v3/admin/users/carol/authorizations", json={"scopes": ["repo"]},
+                        headers=admin)
+        token = r.json()["token"]
+        carol = {"Authorization": f"token {token}"}
+        r = client.post(f"{nodes[0]}/api/v3/user/repos", json={"name": "vault"}, headers=carol)
+        assert r.status_code == 201, r.text
+        anonymous = [f"{url}/carol/vault.git" for url in nodes]
+        with_token = [remote(url, token, "carol", "vault") for url in nodes]
+        for _ in range(2):  # the second round is answered from the kept decisions
+            for url in anonymous + with_token:
+                git("ls-remote", url)
+        # Private, through node 3: anonymous readers on every node are refused at once.
+        r = client.patch(f"{nodes[2]}/api/v3/repos/carol/vault", json={"private": True}, headers=carol)
+        assert r.status_code == 200, r.text
+        for url in anonymous:
+            assert git("ls-remote", url, check=False).returncode != 0, url
+        for url in with_token:
+            git("ls-remote", url)
+        # Tokens revoked through node 4: refused on every node at once.
+        r = client.delete(f"{nodes[3]}/api/v3/admin/users/carol/authorizations", headers=admin)
+        assert r.status_code in (200, 204), r.text
+        for url in with_token:
+            assert git("ls-remote", url, check=False).returncode != 0, url
 
 
 def test_node_killed_under_load_keeps_every_repository_writable(seeded: Seeded, tmp_path: Path) -> None:
