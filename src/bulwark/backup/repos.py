@@ -7,7 +7,6 @@ runner here is the node's runner with that one difference in layout.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bulwark.errors import GitError, NotFound
-from bulwark.git.runner import GitRunner
-
-_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+from bulwark.git.runner import GitRunner, read_ref_files
 
 # Every incremental fetch adds a pack; past this many, one repack keeps reads and restores fast.
 MAX_PACKS = 50
@@ -107,29 +104,9 @@ class SnapshotGit(GitRunner):
         self.in_repo(storage_id, ["repack", "-a", "-d", "-q"], timeout=3600)
         return True
 
-    def refs_on_disk(self, storage_id: str) -> tuple[str | None, dict[str, str]] | None:
-        """HEAD's target and every ref, read from the files without git; ``None`` if anything there
-        is not what this module writes (then git is asked instead)."""
-        path = self.path(storage_id)
-        try:
-            head = (path / "HEAD").read_text()
-            refs: dict[str, str] = {}
-            packed = path / "packed-refs"
-            if packed.exists():
-                for line in packed.read_text().splitlines():
-                    if line.startswith(("#", "^")) or not line:
-                        continue
-                    oid, _, name = line.partition(" ")
-                    refs[name] = oid
-            for dirpath, _dirs, files in os.walk(path / "refs"):
-                for name in files:
-                    full = os.path.join(dirpath, name)
-                    refs[os.path.relpath(full, path).replace(os.sep, "/")] = Path(full).read_text().strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-        if not head.startswith("ref: ") or not all(_OID.fullmatch(oid) for oid in refs.values()):
-            return None
-        return head[5:].strip(), refs
+    def refs_on_disk(self, storage_id: str) -> tuple[str, dict[str, str]] | None:
+        """HEAD's target and every ref, read from the files without git (``None``: ask git)."""
+        return read_ref_files(self.path(storage_id))
 
     def check_objects(self, storage_id: str) -> tuple[bool, str]:
         """Full connectivity and object check; dangling objects (earlier refs) are no failure."""

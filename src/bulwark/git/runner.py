@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -318,6 +319,40 @@ class GitRunner:
                 with contextlib.suppress(OSError):  # a file removed by a concurrent gc
                     total += os.lstat(os.path.join(dirpath, name)).st_size
         return total
+
+
+_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def read_ref_files(repo: Path) -> tuple[str, dict[str, str]] | None:
+    """HEAD's target and every ref of a bare repository, read from its files without git.
+
+    For callers that read thousands of repositories at once (backups). ``None`` whenever
+    anything is not plain (a detached or missing HEAD, a symbolic or unreadable ref, the
+    reftable format): the caller then asks git. Loose refs win over packed ones, as in git.
+    """
+    try:
+        head = (repo / "HEAD").read_text()
+        if not head.startswith("ref: refs/") or (repo / "reftable").exists():
+            return None
+        refs: dict[str, str] = {}
+        packed = repo / "packed-refs"
+        if packed.exists():
+            for line in packed.read_text().splitlines():
+                if line and not line.startswith(("#", "^")):
+                    oid, _, name = line.partition(" ")
+                    refs[name] = oid
+        for dirpath, _dirs, files in os.walk(repo / "refs"):
+            for name in files:
+                if name.endswith(".lock"):
+                    continue  # a ref being written, or left by a git that died: not a ref
+                full = os.path.join(dirpath, name)
+                refs[os.path.relpath(full, repo).replace(os.sep, "/")] = Path(full).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not all(_OID.fullmatch(oid) for oid in refs.values()):
+        return None
+    return head[5:].strip(), refs
 
 
 def config_env(config: Mapping[str, str]) -> dict[str, str]:
