@@ -255,10 +255,10 @@ def copy_repository(
     git.set_refs(sid, entry.refs)
     git.consolidate(sid)
     git.set_head_ref(sid, entry.head)
-    copied = {r.name: r.oid for r in git.refs(sid)}
+    copied = git.current_refs(sid)
     if copied != entry.refs:
         raise BackupFailed("the copied refs differ from the point's")
-    if git.ref_checksum(sid) != entry.checksum:
+    if _checksum(copied) != entry.checksum:
         raise BackupFailed("the copied refs do not match the checksum the instance gave")
     use = disk_use(git.path(sid))
     return RepoEntry(
@@ -274,8 +274,11 @@ def _unchanged_copy(git: SnapshotGit, entry: RepoEntry) -> bool:
         return False
     head, refs = on_disk
     want_head = head_ref(entry.head) if entry.head else head
-    checksum = checksum_of([Ref(name=name, oid=oid, type="") for name, oid in refs.items()])
-    return head == want_head and refs == entry.refs and checksum == entry.checksum
+    return head == want_head and refs == entry.refs and _checksum(refs) == entry.checksum
+
+
+def _checksum(refs: dict[str, str]) -> str:
+    return checksum_of([Ref(name=name, oid=oid, type="") for name, oid in refs.items()])
 
 
 def _iso(value: datetime) -> str:

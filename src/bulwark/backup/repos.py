@@ -49,8 +49,11 @@ class SnapshotGit(GitRunner):
         path = self.path(storage_id)
         # No template: sample hooks would be copied into every repository of every snapshot.
         self.run(["init", "--quiet", "--bare", "--template=", str(path)])
-        for key, value in _SNAPSHOT_CONFIG:
-            self.run(["config", key, value], cwd=path)
+        # Appended as git writes it, rather than one `git config` process per key.
+        with open(path / "config", "a", encoding="utf-8") as config:
+            for key, value in _SNAPSHOT_CONFIG:
+                section, name = key.split(".", 1)
+                config.write(f"[{section}]\n\t{name} = {value}\n")
         return path
 
     def missing(self, storage_id: str, oids: Iterable[str]) -> list[str]:
@@ -70,7 +73,7 @@ class SnapshotGit(GitRunner):
 
     def set_refs(self, storage_id: str, refs: Mapping[str, str]) -> None:
         """Make the refs exactly ``refs``, in one transaction: update these, delete all others."""
-        now = {r.name: r.oid for r in self.refs(storage_id)}
+        now = self.current_refs(storage_id)
         lines = ["option no-deref"]
         lines += [f"update {name} {oid}" for name, oid in sorted(refs.items()) if now.get(name) != oid]
         lines += [f"delete {name}" for name in sorted(now) if name not in refs]
@@ -78,6 +81,13 @@ class SnapshotGit(GitRunner):
             self.in_repo(storage_id, ["update-ref", "--stdin"], input=("\n".join(lines) + "\n").encode())
             # One packed-refs file instead of a file (and a disk block) per ref in every later snapshot.
             self.in_repo(storage_id, ["pack-refs", "--all", "--prune"])
+
+    def current_refs(self, storage_id: str) -> dict[str, str]:
+        """Every ref's oid: from the files when they are plain, else from git."""
+        files = read_ref_files(self.path(storage_id))
+        if files is not None:
+            return files[1]
+        return {r.name: r.oid for r in self.refs(storage_id)}
 
     def clear_refs(self, storage_id: str) -> None:
         """Forget every ref of a linked copy (its own files, never shared), so ``set_refs`` writes
