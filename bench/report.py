@@ -102,6 +102,18 @@ def comparison_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def fetch_bound(results: dict[str, Any]) -> list[str]:
+    """What limits the no-op fetch ratio when the clients share the machine with the servers."""
+    fetch, cpu = results.get("noop_fetch", {}), results.get("noop_fetch_cpu", {})
+    client = fetch.get("client_cpu_s_per_fetch")
+    if not client or "reference" not in cpu:
+        return []
+    reference = cpu["reference"]["median"]
+    return [f"The `git fetch` clients used {client * 1000:.1f} ms of CPU per no-op fetch: on one machine the "
+            f"throughput ratio cannot exceed ({client * 1000:.1f} + {reference * 1000:.1f}) / "
+            f"{client * 1000:.1f} = {(client + reference) / client:.2f}, however little the server costs.", ""]
+
+
 def modes_table(results: dict[str, Any]) -> list[str]:
     lines = ["| Bulwark's own modes | result |", "|---|---|"]
     ha = results.get("ha_lag")
@@ -163,6 +175,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *comparison_table(report["results"]),
         "",
+        *fetch_bound(report["results"]),
         *modes_table(report["results"]),
         "",
         *[f"- {key} failed: {value['error']}" for key, value in report["results"].items()
