@@ -27,6 +27,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio.to_thread
 
@@ -36,10 +37,12 @@ from bulwark.cluster.etcd import Compare, Etcd, Op
 from bulwark.cluster.locks import RepoLocks
 from bulwark.cluster.state import Placement
 from bulwark.cluster.transactions import RefLine, vote_of
-from bulwark.errors import BulwarkError, NotFound, Unavailable
+from bulwark.errors import BulwarkError, NotFound, PeerUnreachable, Unavailable
 from bulwark.git.runner import ZERO_OID
 
 log = logging.getLogger("bulwark.cluster")
+
+T = TypeVar("T")
 
 
 def has_quorum(votes: int, replicas: int) -> bool:
@@ -86,6 +89,7 @@ class Coordinator:
         *,
         lock_wait: float = 30.0,
         pack_for: Callable[[str, list[str]], Awaitable[bytes | None]] | None = None,
+        liveness_every: float = 0.5,
     ) -> None:
         self.name = name
         self.url = url
@@ -97,6 +101,8 @@ class Coordinator:
         self.lock_wait = lock_wait
         # The new objects of a round as a thin pack for the followers (None: they fetch them).
         self.pack_for = pack_for
+        # How often a wait on followers checks that they still hold their etcd session.
+        self.liveness_every = liveness_every
         self._pushes: dict[str, Push] = {}
 
     async def begin(self, storage_id: str) -> Push:
@@ -154,11 +160,10 @@ class Coordinator:
         candidates = {n: u for n, u in push.followers.items() if n in push.good}
         wanted = [new for _old, new, _ref in lines if new != ZERO_OID]
         pack = await self.pack_for(push.storage_id, wanted) if self.pack_for and wanted and candidates else None
-        results = await asyncio.gather(
-            *(self.peers.prepare(url, push.storage_id, push.round_id, lines, self.url, pack)
-              for url in candidates.values()),
-            return_exceptions=True,
-        )
+        results = await self._answers({
+            name: self.peers.prepare(url, push.storage_id, push.round_id, lines, self.url, pack)
+            for name, url in candidates.items()
+        })
         push.prepared = {}
         for (name, url), result in zip(candidates.items(), results, strict=True):
             if isinstance(result, BaseException):
@@ -184,11 +189,10 @@ class Coordinator:
     async def _commit(self, push: Push) -> None:
         targets = {n: u for n, u in push.prepared.items() if n in push.good}
         stray = {n: u for n, u in push.prepared.items() if n not in push.good}
-        results = await asyncio.gather(
-            *(self.peers.commit(u, push.storage_id, push.round_id) for u in targets.values()),
-            *(self.peers.abort(u, push.storage_id, push.round_id) for u in stray.values()),
-            return_exceptions=True,
-        )
+        results = await self._answers({
+            **{n: self.peers.commit(u, push.storage_id, push.round_id) for n, u in targets.items()},
+            **{n: self.peers.abort(u, push.storage_id, push.round_id) for n, u in stray.items()},
+        })
         for name, result in zip(targets, results[: len(targets)], strict=True):
             if isinstance(result, BaseException):
                 push.problems.append(f"{name}: {result}")
@@ -197,11 +201,33 @@ class Coordinator:
         push.rounds += 1
 
     async def _abort(self, push: Push) -> None:
-        await asyncio.gather(
-            *(self.peers.abort(u, push.storage_id, push.round_id) for u in push.prepared.values()),
-            return_exceptions=True,
-        )
+        await self._answers({n: self.peers.abort(u, push.storage_id, push.round_id) for n, u in push.prepared.items()})
         push.prepared = {}
+
+    async def _answers(self, calls: dict[str, Awaitable[T]]) -> list[T | BaseException]:
+        """Every follower's answer (or error), in the order of ``calls``. A follower whose node loses
+        its etcd session meanwhile is given up on: a hung node would otherwise hold the push for the
+        whole peer timeout."""
+        tasks = {name: asyncio.ensure_future(call) for name, call in calls.items()}
+        pending: set[asyncio.Future[T]] = set(tasks.values())
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=self.liveness_every)
+            if not pending:
+                break
+            try:
+                alive = await anyio.to_thread.run_sync(self.alive)
+            except BulwarkError:
+                continue  # etcd unreachable: cannot tell; the peer timeout still bounds the wait
+            for name, task in tasks.items():
+                if task in pending and name not in alive:
+                    task.cancel()
+        answers: list[T | BaseException] = []
+        for name, task in tasks.items():
+            if task.cancelled():
+                answers.append(PeerUnreachable(f"{name} lost its cluster session before it answered"))
+            else:
+                answers.append(task.exception() or task.result())
+        return answers
 
     async def finish(self, push: Push) -> Outcome:
         """Record which replicas hold the push, release the lock, and say whether it is acknowledged."""

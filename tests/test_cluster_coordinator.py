@@ -1,0 +1,83 @@
+"""The leader's wait on its followers: a follower that hangs (its node stopped, not dead) is
+given up on once its node loses its etcd session, instead of holding the push for the whole
+peer timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, cast
+
+import pytest
+
+from bulwark.cluster.coordinator import Coordinator, Push
+from bulwark.cluster.state import Placement
+from bulwark.cluster.transactions import vote_of
+
+pytestmark = pytest.mark.timeout(30)
+
+LINE = [("1" * 40, "2" * 40, "refs/heads/main")]
+
+
+class Peers:
+    """Followers answering at once, except those in ``hung``, which never answer."""
+
+    def __init__(self, hung: set[str]) -> None:
+        self.hung = hung
+        self.calls: list[tuple[str, str]] = []
+
+    async def _answer(self, verb: str, url: str) -> None:
+        self.calls.append((verb, url))
+        if url in self.hung:
+            await asyncio.Event().wait()
+
+    async def prepare(self, url: str, storage_id: str, txn: str, lines: Sequence[tuple[str, str, str]],
+                      source: str, pack: bytes | None = None) -> str:
+        await self._answer("prepare", url)
+        return vote_of(lines)
+
+    async def commit(self, url: str, storage_id: str, txn: str) -> None:
+        await self._answer("commit", url)
+
+    async def abort(self, url: str, storage_id: str, txn: str) -> None:
+        await self._answer("abort", url)
+
+
+def leader(peers: Peers, alive: set[str]) -> tuple[Coordinator, Push]:
+    urls = {n: f"http://{n}" for n in ("n1", "n2", "n3")}
+    coordinator = Coordinator("n1", urls["n1"], cast(Any, None), cast(Any, None), cast(Any, peers),
+                              lambda: set(alive), lambda: urls, liveness_every=0.02)
+    push = Push("t1", "s1", "lock", Placement("s1", {"n1": 0, "n2": 0, "n3": 0}),
+                {"n2": urls["n2"], "n3": urls["n3"]}, good={"n2", "n3"})
+    coordinator._pushes[push.txn] = push  # as begin() would, without etcd
+    return coordinator, push
+
+
+def test_a_hung_follower_is_given_up_on_when_its_session_ends() -> None:
+    alive = {"n1", "n2", "n3"}
+    peers = Peers(hung={"http://n3"})
+    coordinator, push = leader(peers, alive)
+
+    async def scenario() -> tuple[bool, str]:
+        voting = asyncio.ensure_future(coordinator.on_hook("t1", "prepared", LINE))
+        await asyncio.sleep(0.2)
+        assert not voting.done()  # n3 still holds its session: its answer is awaited
+        alive.discard("n3")  # its lease runs out
+        ok, message = await voting
+        await coordinator.on_hook("t1", "committed", LINE)
+        return ok, message
+
+    ok, message = asyncio.run(scenario())
+    assert ok and "2 of 3" in message
+    assert push.good == {"n2"} and push.rounds == 1
+    assert any("n3 lost its cluster session" in p for p in push.problems)
+    assert ("commit", "http://n2") in peers.calls and ("commit", "http://n3") not in peers.calls
+
+
+def test_without_a_majority_the_push_is_refused_and_followers_told_to_abort() -> None:
+    alive = {"n1"}
+    peers = Peers(hung={"http://n2", "http://n3"})
+    coordinator, push = leader(peers, alive)
+    ok, message = asyncio.run(coordinator.on_hook("t1", "prepared", LINE))
+    assert not ok and "only 1 of 3" in message
+    assert push.prepared == {}
