@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import time
@@ -10,21 +9,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers import git_env
+
 
 def client_env(home: Path) -> dict[str, str]:
-    """An environment for the git client that ignores the host's configuration and never prompts."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "BULWARK_"))}
-    env.update(
-        HOME=str(home),
-        GIT_CONFIG_NOSYSTEM="1",
-        GIT_CONFIG_GLOBAL=os.devnull,
-        GIT_TERMINAL_PROMPT="0",
-        GIT_AUTHOR_NAME="Bench Author",
-        GIT_AUTHOR_EMAIL="author@example.com",
-        GIT_COMMITTER_NAME="Bench Committer",
-        GIT_COMMITTER_EMAIL="committer@example.com",
-    )
-    return env
+    """The test suite's git client environment, with the authors the generated data was made with."""
+    return {**git_env(home), "GIT_AUTHOR_NAME": "Bench Author", "GIT_COMMITTER_NAME": "Bench Committer"}
 
 
 class GitFailed(Exception):

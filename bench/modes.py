@@ -16,7 +16,7 @@ from bench.common import Summary, client_env, percentile, run_git, timed
 from bench.data import Sources
 from bench.fixtures import LARGE, OWNER
 from bulwark.cluster.dev import DevCluster
-from cluster_helpers import Seeded, git, replica_checksums, seed
+from cluster_helpers import Seeded, fully_replicated, git, seed
 
 from helpers import Server
 
@@ -111,19 +111,6 @@ class SteadyPushes:
         with self._lock:
             ends = [a.ended for a in self.attempts if a.ok and a.started >= moment and repo in (None, a.repo)]
         return min(ends) if ends else None
-
-
-def fully_replicated(seeded: Seeded, rf: int = 3) -> bool:
-    """Every repository on exactly ``rf`` live, up-to-date replicas whose refs on disk agree."""
-    snap = seeded.snapshot()
-    for sid, placement in snap.placements.items():
-        good = [n for n in placement.up_to_date() if n in snap.alive]
-        if len(placement.replicas) != rf or len(good) != rf:
-            return False
-        sums = replica_checksums(seeded, sid, good)
-        if None in sums.values() or len(set(sums.values())) != 1:
-            return False
-    return True
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:

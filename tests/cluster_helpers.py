@@ -180,3 +180,16 @@ def replica_checksums(seeded: Seeded, storage_id: str, nodes: list[str]) -> dict
         disk = seeded.disk(node)
         out[node] = disk.ref_checksum(storage_id) if disk.exists(storage_id) else None
     return out
+
+
+def fully_replicated(seeded: Seeded, rf: int = 3) -> bool:
+    """Every repository on exactly ``rf`` live, up-to-date replicas with identical refs on disk."""
+    snap = seeded.snapshot()
+    for sid, placement in snap.placements.items():
+        good = [n for n in placement.up_to_date() if n in snap.alive]
+        if len(placement.replicas) != rf or len(good) != rf:
+            return False
+        sums = replica_checksums(seeded, sid, good)
+        if None in sums.values() or len(set(sums.values())) != 1:
+            return False
+    return True

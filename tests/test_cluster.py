@@ -24,10 +24,10 @@ from cluster_helpers import (
     FAST,
     Load,
     Seeded,
+    fully_replicated,
     git,
     is_ancestor,
     remote,
-    replica_checksums,
     seed,
     storage_ids,
     wait_for,
@@ -54,19 +54,6 @@ def cli(cluster: DevCluster, *args: str, timeout: float = 120) -> subprocess.Com
         [sys.executable, "-m", "bulwark", "cluster", *args, "--etcd", ",".join(cluster.etcd_endpoints)],
         capture_output=True, text=True, timeout=timeout,
     )
-
-
-def fully_replicated(seeded: Seeded, rf: int = 3) -> bool:
-    """Every repository on exactly ``rf`` live, up-to-date replicas with identical refs on disk."""
-    snap = seeded.snapshot()
-    for sid, placement in snap.placements.items():
-        good = [n for n in placement.up_to_date() if n in snap.alive]
-        if len(placement.replicas) != rf or len(good) != rf:
-            return False
-        sums = replica_checksums(seeded, sid, good)
-        if None in sums.values() or len(set(sums.values())) != 1:
-            return False
-    return True
 
 
 def test_load_through_the_load_balancer_spreads_over_nodes(seeded: Seeded, tmp_path: Path) -> None:

@@ -105,7 +105,7 @@ def test_invalidate_from_this_process(repo: Path) -> None:
     assert cache.get(str(repo), "k")[0] is None
 
 
-def test_size_bounds(repo: Path, tmp_path: Path) -> None:
+def test_size_bounds(repo: Path) -> None:
     cache = AdvertisementCache(max_bytes=100, max_entry=60)
     _, before = cache.get(str(repo), "a")
     assert not cache.put(str(repo), "big", before, b"x" * 61)  # one answer larger than an entry may be

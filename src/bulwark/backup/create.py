@@ -28,7 +28,7 @@ from bulwark.backup.repos import SnapshotGit, disk_use, head_ref, link_copy
 from bulwark.backup.snapshots import REPOSITORIES, BackupDir, Snapshot, write_file
 from bulwark.clock import Clock, SystemClock
 from bulwark.errors import BulwarkError, GitError, InvalidInput
-from bulwark.git.runner import Ref, checksum_of
+from bulwark.git.runner import Ref, checksum_of, read_ref_files
 
 POINT_FORMAT = 1
 
@@ -258,7 +258,7 @@ def copy_repository(
     copied = git.current_refs(sid)
     if copied != entry.refs:
         raise BackupFailed("the copied refs differ from the point's")
-    if _checksum(copied) != entry.checksum:
+    if not _checksum_matches(copied, entry):
         raise BackupFailed("the copied refs do not match the checksum the instance gave")
     use = disk_use(git.path(sid))
     return RepoEntry(
@@ -269,16 +269,16 @@ def copy_repository(
 
 def _unchanged_copy(git: SnapshotGit, entry: RepoEntry) -> bool:
     """Whether the linked copy's files already hold exactly the point's refs, HEAD and checksum."""
-    on_disk = git.refs_on_disk(entry.storage_id)
+    on_disk = read_ref_files(git.path(entry.storage_id))
     if on_disk is None:
         return False
     head, refs = on_disk
-    want_head = head_ref(entry.head) if entry.head else head
-    return head == want_head and refs == entry.refs and _checksum(refs) == entry.checksum
+    head_ok = entry.head is None or head == head_ref(entry.head)
+    return head_ok and refs == entry.refs and _checksum_matches(refs, entry)
 
 
-def _checksum(refs: dict[str, str]) -> str:
-    return checksum_of([Ref(name=name, oid=oid, type="") for name, oid in refs.items()])
+def _checksum_matches(refs: dict[str, str], entry: RepoEntry) -> bool:
+    return checksum_of([Ref(name=name, oid=oid, type="") for name, oid in refs.items()]) == entry.checksum
 
 
 def _iso(value: datetime) -> str:

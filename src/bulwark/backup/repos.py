@@ -114,10 +114,6 @@ class SnapshotGit(GitRunner):
         self.in_repo(storage_id, ["repack", "-a", "-d", "-q"], timeout=3600)
         return True
 
-    def refs_on_disk(self, storage_id: str) -> tuple[str, dict[str, str]] | None:
-        """HEAD's target and every ref, read from the files without git (``None``: ask git)."""
-        return read_ref_files(self.path(storage_id))
-
     def check_objects(self, storage_id: str) -> tuple[bool, str]:
         """Full connectivity and object check; dangling objects (earlier refs) are no failure."""
         proc = self.in_repo(

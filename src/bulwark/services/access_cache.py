@@ -46,8 +46,6 @@ class AccessCache(Generic[T]):
         self.size = size
         self._kept: OrderedDict[bytes, _Kept[T]] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: bytes, decide: Callable[[], tuple[T, datetime | None]]) -> tuple[T, bool]:
         """The kept decision for ``key`` if still valid, else ``decide()``'s (kept if it can be
@@ -58,12 +56,10 @@ class AccessCache(Generic[T]):
         if kept is not None and self._still_valid(kept):
             with self._lock:
                 self._kept.move_to_end(key)
-                self.hits += 1
             return kept.value, True
         with self.store.logging_reads() as log:
             value, valid_until = decide()
         with self._lock:
-            self.misses += 1
             self._kept.pop(key, None)
             if log.usable and log.reads:
                 self._kept[key] = _Kept(value, log, valid_until)
