@@ -32,11 +32,11 @@ class Peers:
             await asyncio.Event().wait()
 
     async def prepare(self, url: str, storage_id: str, txn: str, lines: Sequence[tuple[str, str, str]],
-                      source: str, pack: bytes | None = None) -> str:
+                      source: str, pack: bytes | None = None, token: str | None = None) -> str:
         await self._answer("prepare", url)
         return vote_of(lines)
 
-    async def commit(self, url: str, storage_id: str, txn: str) -> None:
+    async def commit(self, url: str, storage_id: str, txn: str, token: str | None = None) -> None:
         await self._answer("commit", url)
 
     async def abort(self, url: str, storage_id: str, txn: str) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bulwark.cluster.transactions import Transactions
-from bulwark.errors import GitError
+from bulwark.cluster.transactions import StaleLeader, Transactions
+from bulwark.errors import Conflict, GitError
 from bulwark.git.runner import ZERO_OID, GitRunner
 
 pytestmark = pytest.mark.timeout(60)
@@ -127,6 +127,51 @@ def test_a_prepared_update_is_aborted_when_its_leader_dies(pair: tuple[Transacti
         assert follower.held() == 0
         # The ref is unlocked: the next leader's update of the same ref prepares and commits.
         await follower.prepare(SID, "t2", line, "http://127.0.0.1:9/nowhere", {}, pack=pack, leader="http://other")
+        await follower.commit("t2")
+
+    run(scenario())
+    assert git(follower.git.path(SID), "rev-parse", "refs/heads/main") == new
+
+
+def test_a_stale_leader_can_neither_prepare_nor_commit(pair: tuple[Transactions, Transactions, str]) -> None:
+    """The fencing check: a replica changes refs only for the token that is the repository's lock now."""
+    leader, follower_tx, first = pair
+    lock = {SID: "n1/current"}
+    follower = Transactions(follower_tx.git, lock_holds=lambda sid, token: lock.get(sid) == token)
+    new = new_commit(leader.git.path(SID), first, b"fenced\n")
+    pack = run(leader.thin_pack(SID, [new]))
+    line = [(first, new, "refs/heads/main")]
+    with pytest.raises(StaleLeader):
+        run(follower.prepare(SID, "t1", line, "http://127.0.0.1:9/nowhere", {}, pack=pack, token="n1/old"))
+
+    async def lease_runs_out_between_prepare_and_commit() -> None:
+        await follower.prepare(SID, "t2", line, "http://127.0.0.1:9/nowhere", {}, pack=pack, token="n1/current")
+        lock[SID] = "n2/next"  # the leader's lease expired and another node took the lock
+        with pytest.raises(StaleLeader):
+            await follower.commit("t2", "n1/current")
+        assert follower.held() == 0  # the refused update let go of its ref locks
+        await follower.prepare(SID, "t3", line, "http://127.0.0.1:9/nowhere", {}, pack=pack, token="n2/next")
+        await follower.commit("t3", "n2/next")
+
+    run(lease_runs_out_between_prepare_and_commit())
+    assert git(follower.git.path(SID), "rev-parse", "refs/heads/main") == new
+
+
+def test_an_abort_that_overtakes_its_prepare_still_releases_the_refs(
+    pair: tuple[Transactions, Transactions, str]
+) -> None:
+    """A leader that stopped waiting for a slow follower aborts it; the abort may arrive first."""
+    leader, follower, first = pair
+    new = new_commit(leader.git.path(SID), first, b"late\n")
+    pack = run(leader.thin_pack(SID, [new]))
+    line = [(first, new, "refs/heads/main")]
+
+    async def scenario() -> None:
+        await follower.abort("t1")
+        with pytest.raises(Conflict, match="aborted by its leader"):
+            await follower.prepare(SID, "t1", line, "http://127.0.0.1:9/nowhere", {}, pack=pack)
+        assert follower.held() == 0
+        await follower.prepare(SID, "t2", line, "http://127.0.0.1:9/nowhere", {}, pack=pack)
         await follower.commit("t2")
 
     run(scenario())

@@ -115,6 +115,9 @@ class Node:
             fenced = self.cluster.fenced_reason()
             if fenced:
                 return False, f"fenced: this node {fenced}"
+            if self.cluster.membership.in_doubt():
+                # A renewal is overdue: answer now rather than wait on an etcd that may be cut off.
+                return False, "session in doubt: this node has not renewed its etcd lease on time"
         maintenance = self.store.get_maintenance()
         if maintenance.enabled:
             return False, f"maintenance mode: {maintenance.message}" if maintenance.message else "maintenance mode"

@@ -114,16 +114,19 @@ class AsyncPeers:
 
     async def prepare(
         self, node_url: str, storage_id: str, txn: str, lines: Sequence[tuple[str, str, str]], source_url: str,
-        pack: bytes | None = None,
+        pack: bytes | None = None, token: str | None = None,
     ) -> str:
         request: dict[str, Any] = {"txn": txn, "lines": [list(line) for line in lines], "source": source_url}
+        if token is not None:
+            request["token"] = token
         if pack is not None:
             request["pack"] = base64.b64encode(pack).decode()
         body = await self._post(f"{node_url}{INTERNAL}/repos/{storage_id}/prepare", "preparing a ref update", request)
         return str(body["vote"])
 
-    async def commit(self, node_url: str, storage_id: str, txn: str) -> None:
-        await self._post(f"{node_url}{INTERNAL}/repos/{storage_id}/commit", "committing a ref update", {"txn": txn})
+    async def commit(self, node_url: str, storage_id: str, txn: str, token: str | None = None) -> None:
+        body: dict[str, Any] = {"txn": txn} if token is None else {"txn": txn, "token": token}
+        await self._post(f"{node_url}{INTERNAL}/repos/{storage_id}/commit", "committing a ref update", body)
 
     async def abort(self, node_url: str, storage_id: str, txn: str) -> None:
         await self._post(f"{node_url}{INTERNAL}/repos/{storage_id}/abort", "aborting a ref update", {"txn": txn})

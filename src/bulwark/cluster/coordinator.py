@@ -17,6 +17,17 @@ When git is done, the leader raises the generation of exactly the replicas that
 committed every round, in one compare-and-set, and only then is the push
 acknowledged to the client. A push that committed on fewer than a majority is
 reported to the client as failed.
+
+Leadership cannot outlive the lease: the lock is attached to the leader's lease, the
+leader checks that the lease still holds (with a margin) before it asks followers to
+prepare, before it lets git commit and before it tells followers to commit; followers
+check in etcd that the push's lock token is still the lock before they prepare or
+commit; and the generations are recorded only in a transaction that compares the lock
+token. A leader that lost its lock records nothing; the intent it wrote with the lock
+(``cluster/intents.py``) makes the next holder compare the replicas' refs on disk.
+
+A follower that has not answered once a majority agreed is given up on after
+``straggler_deadline`` seconds: the push goes on without it, and it is outdated.
 """
 
 from __future__ import annotations
@@ -31,10 +42,10 @@ from typing import TypeVar
 
 import anyio.to_thread
 
-from bulwark.cluster import keys, state
+from bulwark.cluster import intents, keys
 from bulwark.cluster.client import AsyncPeers
 from bulwark.cluster.etcd import Compare, Etcd, Op
-from bulwark.cluster.locks import RepoLocks
+from bulwark.cluster.locks import Held, RepoLocks
 from bulwark.cluster.state import Placement
 from bulwark.cluster.transactions import RefLine, vote_of
 from bulwark.errors import BulwarkError, NotFound, PeerUnreachable, Unavailable
@@ -58,22 +69,33 @@ class Push:
     placement: Placement
     followers: dict[str, str]  # name -> URL of the other up-to-date replicas on live nodes
     good: set[str] = field(default_factory=set)  # followers that committed every round so far
+    lease: int = 0  # the lease the lock hangs on (0: not checked, in tests without etcd)
     rounds: int = 0  # committed rounds
     prepared: dict[str, str] = field(default_factory=dict)  # followers holding the current round
     round_id: str = ""
     round_active: bool = False
     released: bool = False
+    lost: bool = False  # the lease lapsed mid-push: nothing more is sent, nothing is recorded
+    keep_intent: bool = False  # an earlier push's intent could not be settled: leave it for the next holder
     problems: list[str] = field(default_factory=list)
 
     @property
     def committed_on(self) -> int:
         return 1 + len(self.good)
 
+    @property
+    def intent(self) -> str:
+        return f"{self.lock_token} {self.txn}"
+
 
 @dataclass(frozen=True)
 class Outcome:
     acknowledged: bool
     message: str
+
+
+LOST = ("this node lost its cluster session during the push, so the update was not recorded; "
+        "it may or may not have been applied: fetch and try again")
 
 
 class Coordinator:
@@ -90,6 +112,10 @@ class Coordinator:
         lock_wait: float = 30.0,
         pack_for: Callable[[str, list[str]], Awaitable[bytes | None]] | None = None,
         liveness_every: float = 0.5,
+        holds: Callable[[int, float], bool] | None = None,
+        checksum_of: Callable[[str, str], str | None] | None = None,
+        straggler_deadline: float = 1.0,
+        lease_margin: float = 0.5,
     ) -> None:
         self.name = name
         self.url = url
@@ -103,19 +129,29 @@ class Coordinator:
         self.pack_for = pack_for
         # How often a wait on followers checks that they still hold their etcd session.
         self.liveness_every = liveness_every
+        # Whether a lease is still this node's and alive some seconds ahead (Membership.holds).
+        self.holds = holds
+        # A replica's ref checksum, by node and storage id (for settling an unfinished push).
+        self.checksum_of = checksum_of
+        self.straggler_deadline = straggler_deadline
+        self.lease_margin = lease_margin
         self._pushes: dict[str, Push] = {}
+        self._background_tasks: set[asyncio.Future[None]] = set()
 
     async def begin(self, storage_id: str) -> Push:
-        # Lock, "no backup is reading" and the placement in one etcd transaction: a backup that
-        # raises its barrier afterwards waits for this lock, so no push slips into its read.
-        token, raw = await anyio.to_thread.run_sync(
-            lambda: self.locks.acquire_reading(storage_id, self.lock_wait, unless=keys.BACKUP_BARRIER,
-                                               read=keys.placement(storage_id))
+        # Lock, "no backup is reading", the placement and this push's intent in one etcd transaction:
+        # a backup that raises its barrier afterwards waits for this lock, so no push slips into its read.
+        txn = uuid.uuid4().hex
+        held = await anyio.to_thread.run_sync(
+            lambda: self.locks.acquire_for_push(storage_id, self.lock_wait, unless=keys.BACKUP_BARRIER, intent=txn)
         )
+        push = Push(txn, storage_id, held.token, Placement(storage_id, {}), {}, lease=held.lease)
         try:
-            if raw is None:
+            if held.placement is None:
                 raise NotFound("this repository has no replicas recorded")
-            placement = Placement.from_kv(raw)
+            placement = Placement.from_kv(held.placement)
+            if held.left_intent is not None:
+                placement = await anyio.to_thread.run_sync(self._settle, push, placement, held)
             if self.name not in placement.up_to_date():
                 raise Unavailable("this node's copy of the repository is not up to date; try again")
             alive, urls = self.alive(), self.urls()
@@ -126,11 +162,30 @@ class Coordinator:
                     "reachable and up to date; a push needs a majority"
                 )
         except BaseException:
-            await anyio.to_thread.run_sync(self.locks.release, storage_id, token)
+            await anyio.to_thread.run_sync(self._release, push)
             raise
-        push = Push(uuid.uuid4().hex, storage_id, token, placement, followers, good=set(followers))
+        push.placement, push.followers, push.good = placement, followers, set(followers)
         self._pushes[push.txn] = push
         return push
+
+    def _settle(self, push: Push, placement: Placement, held: Held) -> Placement:
+        """An earlier push never recorded its outcome: compare the replicas before trusting them."""
+        log.warning("cluster: the last push to %s did not finish (%s); comparing its replicas",
+                    push.storage_id, held.left_intent)
+        checksum_of = self.checksum_of
+        if checksum_of is None:
+            push.keep_intent = True
+            raise Unavailable("the previous push to this repository did not finish; try again shortly")
+        verdict, placement = intents.settle(self.etcd, placement, lambda node: checksum_of(node, push.storage_id),
+                                            token=push.lock_token)
+        if not verdict.settled:
+            push.keep_intent = True
+            raise Unavailable("the previous push to this repository did not finish and too few replicas answer to "
+                              "check it; try again shortly")
+        return placement
+
+    def _holds(self, push: Push, margin: float = 0.0) -> bool:
+        return self.holds is None or push.lease == 0 or self.holds(push.lease, margin)
 
     async def on_hook(self, txn: str, hook_state: str, lines: list[RefLine]) -> tuple[bool, str]:
         push = self._pushes.get(txn)
@@ -142,6 +197,10 @@ class Coordinator:
             push.round_active = bool(lines)
             if not lines:
                 return True, "nothing to replicate"
+            if push.lost or not self._holds(push, self.lease_margin):
+                push.lost = True
+                push.round_active = False
+                return False, "this node lost its cluster session; nothing was changed: try again"
             return await self._prepare(push, lines)
         if hook_state == "committed":
             if push.round_active:
@@ -160,15 +219,18 @@ class Coordinator:
         candidates = {n: u for n, u in push.followers.items() if n in push.good}
         wanted = [new for _old, new, _ref in lines if new != ZERO_OID]
         pack = await self.pack_for(push.storage_id, wanted) if self.pack_for and wanted and candidates else None
-        results = await self._answers({
-            name: self.peers.prepare(url, push.storage_id, push.round_id, lines, self.url, pack)
+        needed = len(push.placement.replicas) // 2  # followers that must agree, besides this node
+        results = await self._answers(push, {
+            name: self.peers.prepare(url, push.storage_id, push.round_id, lines, self.url, pack, push.lock_token)
             for name, url in candidates.items()
-        })
+        }, needed=needed, counts=lambda answer: answer == mine)
         push.prepared = {}
         for (name, url), result in zip(candidates.items(), results, strict=True):
             if isinstance(result, BaseException):
                 push.problems.append(f"{name}: {result}")
                 push.good.discard(name)
+                if isinstance(result, Straggler):
+                    self._background(self._quietly(self.peers.abort(url, push.storage_id, push.round_id)))
             elif result != mine:
                 push.problems.append(f"{name} voted for a different update")
                 push.good.discard(name)
@@ -176,43 +238,77 @@ class Coordinator:
             else:
                 push.prepared[name] = url
         votes = 1 + sum(1 for n in push.prepared if n in push.good)
-        if has_quorum(votes, len(push.placement.replicas)):
-            return True, f"{votes} of {len(push.placement.replicas)} replicas agree"
+        replicas = len(push.placement.replicas)
+        if has_quorum(votes, replicas) and self._holds(push, self.lease_margin):
+            return True, f"{votes} of {replicas} replicas agree"
         await self._abort(push)
-        log.warning("push to %s refused: %d of %d replicas agreed (%s)", push.storage_id, votes,
-                    len(push.placement.replicas), "; ".join(push.problems))
+        if not self._holds(push, self.lease_margin):
+            push.lost = True
+            return False, "this node lost its cluster session while the replicas voted; nothing was changed: try again"
+        log.warning("push to %s refused: %d of %d replicas agreed (%s)", push.storage_id, votes, replicas,
+                    "; ".join(push.problems))
         return False, (
-            f"only {votes} of {len(push.placement.replicas)} replicas could take this update; "
+            f"only {votes} of {replicas} replicas could take this update; "
             f"a majority is needed ({'; '.join(push.problems) or 'no answer'})"
         )
 
     async def _commit(self, push: Push) -> None:
+        push.rounds += 1  # git committed here whatever happens next
         targets = {n: u for n, u in push.prepared.items() if n in push.good}
         stray = {n: u for n, u in push.prepared.items() if n not in push.good}
-        results = await self._answers({
-            **{n: self.peers.commit(u, push.storage_id, push.round_id) for n, u in targets.items()},
-            **{n: self.peers.abort(u, push.storage_id, push.round_id) for n, u in stray.items()},
-        })
-        for name, result in zip(targets, results[: len(targets)], strict=True):
+        if not self._holds(push):
+            # The lock may be someone else's by now: tell nobody to commit; the intent stays behind.
+            push.lost = True
+            stray, targets = {**stray, **targets}, {}
+        for url in stray.values():
+            self._background(self._quietly(self.peers.abort(url, push.storage_id, push.round_id)))
+        results = await self._answers(push, {
+            n: self.peers.commit(u, push.storage_id, push.round_id, push.lock_token) for n, u in targets.items()
+        }, needed=len(push.placement.replicas) // 2, counts=lambda answer: True)
+        for name, result in zip(targets, results, strict=True):
             if isinstance(result, BaseException):
                 push.problems.append(f"{name}: {result}")
                 push.good.discard(name)
         push.prepared = {}
-        push.rounds += 1
 
     async def _abort(self, push: Push) -> None:
-        await self._answers({n: self.peers.abort(u, push.storage_id, push.round_id) for n, u in push.prepared.items()})
+        calls = [self._quietly(self.peers.abort(u, push.storage_id, push.round_id)) for u in push.prepared.values()]
         push.prepared = {}
+        await asyncio.gather(*calls)
 
-    async def _answers(self, calls: dict[str, Awaitable[T]]) -> list[T | BaseException]:
-        """Every follower's answer (or error), in the order of ``calls``. A follower whose node loses
-        its etcd session meanwhile is given up on: a hung node would otherwise hold the push for the
-        whole peer timeout."""
+    async def _answers(self, push: Push, calls: dict[str, Awaitable[T]], *, needed: int,
+                       counts: Callable[[T], bool]) -> list[T | BaseException]:
+        """Every follower's answer (or error), in the order of ``calls``.
+
+        Once ``needed`` answers count towards a majority, the others get until
+        ``straggler_deadline`` after the start; a follower whose node loses its etcd session is
+        given up on at once, and so is every follower if this node's own lease lapses.
+        """
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         tasks = {name: asyncio.ensure_future(call) for name, call in calls.items()}
+        late: set[str] = set()
         pending: set[asyncio.Future[T]] = set(tasks.values())
         while pending:
-            _, pending = await asyncio.wait(pending, timeout=self.liveness_every)
-            if not pending:
+            agreed = sum(1 for t in tasks.values() if t.done() and not t.cancelled() and t.exception() is None
+                         and counts(t.result()))
+            if agreed >= needed:
+                wait = start + self.straggler_deadline - loop.time()
+                if wait <= 0:
+                    for name, task in tasks.items():
+                        if task in pending:
+                            late.add(name)
+                            task.cancel()
+                    break
+            else:
+                wait = self.liveness_every
+            _, pending = await asyncio.wait(pending, timeout=min(wait, self.liveness_every),
+                                            return_when=asyncio.FIRST_COMPLETED)
+            if not pending or loop.time() - start < self.liveness_every:
+                continue
+            if not self._holds(push):
+                for waiting in pending:
+                    waiting.cancel()
                 break
             try:
                 alive = await anyio.to_thread.run_sync(self.alive)
@@ -221,9 +317,13 @@ class Coordinator:
             for name, task in tasks.items():
                 if task in pending and name not in alive:
                     task.cancel()
+        if pending:
+            await asyncio.wait(pending)
         answers: list[T | BaseException] = []
         for name, task in tasks.items():
-            if task.cancelled():
+            if name in late:
+                answers.append(Straggler(f"{name} did not answer within {self.straggler_deadline:g}s"))
+            elif task.cancelled():
                 answers.append(PeerUnreachable(f"{name} lost its cluster session before it answered"))
             else:
                 answers.append(task.exception() or task.result())
@@ -234,23 +334,25 @@ class Coordinator:
         self._pushes.pop(push.txn, None)
         try:
             if push.rounds == 0:
-                return Outcome(True, "no ref changed")
+                return Outcome(True, "no ref changed") if not push.lost else Outcome(False, LOST)
+            if push.lost:
+                push.keep_intent = True
+                log.error("push %s to %s: this node lost its etcd session mid-push; nothing recorded, the next "
+                          "holder of the lock compares the replicas", push.txn, push.storage_id)
+                return Outcome(False, LOST)
             holders = {self.name, *push.good}
-            new_generation = push.placement.generation + 1
-
-            def bump(current: Placement) -> Placement:
-                replicas = dict(current.replicas)
-                for name in holders:
-                    if name in replicas:
-                        replicas[name] = new_generation
-                return current.with_replicas(replicas)
-
             try:
-                await anyio.to_thread.run_sync(self._record, push, bump)
+                recorded = await anyio.to_thread.run_sync(self._record, push, holders)
             except BulwarkError as exc:
+                push.keep_intent = True
                 log.error("push %s to %s committed but its generation was not recorded: %s",
                           push.txn, push.storage_id, exc)
                 return Outcome(False, f"the push could not be recorded in the cluster state: {exc}")
+            if not recorded:
+                push.keep_intent = True
+                log.error("push %s to %s: the repository lock was lost before the generations were recorded",
+                          push.txn, push.storage_id)
+                return Outcome(False, LOST)
             replicas = len(push.placement.replicas)
             if has_quorum(len(holders), replicas):
                 if push.problems:
@@ -262,18 +364,31 @@ class Coordinator:
         finally:
             await anyio.to_thread.run_sync(self._release, push)
 
-    def _record(self, push: Push, bump: Callable[[Placement], Placement]) -> None:
-        """Write the new generations and release the lock in one transaction when nothing else
-        touched the placement meanwhile (the usual case); otherwise compare-and-set again."""
+    def _record(self, push: Push, holders: set[str]) -> bool:
+        """Raise the holders' generations, release the lock and clear the intent in one transaction
+        that compares the lock token (the fencing check) and the placement (compare-and-set).
+        ``False`` if the lock is no longer this push's: then nothing is written."""
         key, lock = keys.placement(push.storage_id), keys.lock(push.storage_id)
-        result = self.etcd.txn(
-            [Compare.unchanged(key, push.placement.revision), Compare.value_is(lock, push.lock_token)],
-            [Op.put(key, bump(push.placement).to_json()), Op.delete(lock)],
-        )
-        if result.succeeded:
-            push.released = True
-            return
-        state.update_placement(self.etcd, push.storage_id, bump)
+        read, placement = push.placement.generation, push.placement
+        for _ in range(10):
+            # Only replicas still at the generation this push read: one marked outdated meanwhile stays so.
+            replicas = {n: read + 1 if n in holders and g == read else g for n, g in placement.replicas.items()}
+            result = self.etcd.txn(
+                [Compare.unchanged(key, placement.revision), Compare.value_is(lock, push.lock_token)],
+                [Op.put(key, placement.with_replicas(replicas).to_json()), Op.delete(lock),
+                 Op.delete(keys.intent(push.storage_id))],
+                [Op.get(lock), Op.get(key)],
+            )
+            if result.succeeded:
+                push.released = True
+                return True
+            lock_kv, placement_kv = result.reads
+            if not lock_kv or lock_kv[0].text != push.lock_token:
+                return False
+            if not placement_kv:
+                raise NotFound("the repository was deleted during the push")
+            placement = Placement.from_kv(placement_kv[0])
+        raise Unavailable("the placement kept changing while the push was being recorded")
 
     async def cancel(self, push: Push) -> None:
         self._pushes.pop(push.txn, None)
@@ -281,7 +396,26 @@ class Coordinator:
         await anyio.to_thread.run_sync(self._release, push)
 
     def _release(self, push: Push) -> None:
+        """Release the lock, and clear the intent unless something is left to settle."""
         if push.released:
             return
+        ops = [Op.delete(keys.lock(push.storage_id))]
+        if not push.keep_intent:
+            ops.append(Op.delete(keys.intent(push.storage_id)))
         with contextlib.suppress(Unavailable):  # the lease drops the lock anyway
-            self.locks.release(push.storage_id, push.lock_token)
+            self.etcd.txn([Compare.value_is(keys.lock(push.storage_id), push.lock_token)], ops)
+        push.released = True
+
+    def _background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
+
+    @staticmethod
+    async def _quietly(call: Awaitable[None]) -> None:
+        with contextlib.suppress(BulwarkError):
+            await call
+
+
+class Straggler(PeerUnreachable):
+    """A follower that had not answered by the deadline, after a majority had."""

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import anyio.from_thread
 
+from bulwark.cluster import keys, state
 from bulwark.cluster import placement as placing
-from bulwark.cluster import state
 from bulwark.cluster.router import Access
 from bulwark.cluster.state import BUILDING, Placement
 from bulwark.errors import BulwarkError, Unavailable
@@ -78,6 +78,7 @@ class ClusterGit(GitRunner):
         rt = self._rt()
         current = state.get_placement(rt.etcd, storage_id)
         state.delete_placement(rt.etcd, storage_id)
+        rt.etcd.delete(keys.intent(storage_id))  # nothing left to settle
         urls = rt.urls()
         for node in (current.replicas if current else {}):
             try:

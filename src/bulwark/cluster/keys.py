@@ -13,10 +13,13 @@ MAINTENANCE = ROOT + "maintenance/"  # maintenance/<node> -> reason; the load ba
 EVACUATING = ROOT + "evacuating/"  # evacuating/<node> -> "1"; its replicas move elsewhere
 PLACEMENT = ROOT + "placement/"  # placement/<storage id> -> Placement JSON
 LOCKS = ROOT + "locks/"  # locks/<storage id> -> holder, attached to the holder's lease
+# intents/<storage id> -> "<lock token> <push id>", no lease: a push under way. One left behind
+# (its leader died or was cut off) means the replicas' refs must be compared before they are trusted.
+INTENTS = ROOT + "intents/"
 RECONCILER = ROOT + "reconciler"  # the elected reconciler's node name, attached to its lease
-REPORT = ROOT + "reconciler-report"
+REPORT = ROOT + "reconciler-report"  # the last reconciler cycle's sentence and counts
 # While present, no push takes a repository lock: a backup is reading every repository's refs.
-BACKUP_BARRIER = ROOT + "backup-barrier"  # the last reconciler cycle's sentence and counts
+BACKUP_BARRIER = ROOT + "backup-barrier"
 
 
 def alive(node: str) -> str:
@@ -37,6 +40,10 @@ def placement(storage_id: str) -> str:
 
 def lock(storage_id: str) -> str:
     return LOCKS + storage_id
+
+
+def intent(storage_id: str) -> str:
+    return INTENTS + storage_id
 
 
 def tail(key: str, prefix: str) -> str:

@@ -30,6 +30,9 @@ class Membership:
         self.ttl = ttl
         self._lease = 0
         self._last_ok = 0.0  # monotonic time of the last successful renewal
+        # Until when the lease surely holds: measured from when the renewal was *sent*, since
+        # etcd counts the TTL from when it received it, which is no earlier.
+        self._valid_until = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._beats = 0
@@ -42,7 +45,21 @@ class Membership:
         return self._lease
 
     def connected(self) -> bool:
-        return self._lease != 0 and time.monotonic() - self._last_ok < self.ttl
+        return self._lease != 0 and time.monotonic() < self._valid_until
+
+    def holds(self, lease: int, *, margin: float = 0.0) -> bool:
+        """Whether ``lease`` is still this node's lease and surely alive ``margin`` seconds from now.
+
+        A push leader asks this before each step: a lease that expired, or was replaced by a
+        new one after a lost session, no longer holds the repository lock taken with it.
+        """
+        return lease != 0 and lease == self._lease and time.monotonic() + margin < self._valid_until
+
+    def in_doubt(self) -> bool:
+        """A renewal is overdue: the session may be lost any moment (a cut link, a stalled etcd).
+
+        ``/status`` answers 503 at once then, rather than wait on etcd to find out."""
+        return not self.connected() or time.monotonic() - self._last_ok > 2 * self.ttl / 3 + 0.2
 
     def fenced_reason(self) -> str | None:
         if self.connected():
@@ -82,8 +99,10 @@ class Membership:
                 log.exception("cluster: unexpected error renewing the etcd session")
 
     def _renew(self) -> None:
-        if self._lease and self.etcd.keepalive(self._lease) > 0:
+        sent = time.monotonic()
+        if self._lease and (remaining := self.etcd.keepalive(self._lease)) > 0:
             self._last_ok = time.monotonic()
+            self._valid_until = sent + min(remaining, self.ttl)
             self._beats += 1
             if self._beats % 10 == 0:  # refresh what we publish (disk use) now and then
                 self.etcd.put(keys.alive(self.name), self.beat().to_json(), lease=self._lease)
@@ -95,3 +114,4 @@ class Membership:
             log.warning("cluster: etcd session re-established with a new lease")
         self._lease = lease
         self._last_ok = time.monotonic()
+        self._valid_until = sent + self.ttl

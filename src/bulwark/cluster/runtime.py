@@ -24,7 +24,7 @@ from bulwark.cluster.state import ClusterSnapshot, NodeBeat, Placement
 from bulwark.cluster.transactions import Transactions
 from bulwark.config import Settings
 from bulwark.errors import InvalidInput, Unavailable
-from bulwark.git.runner import GitRunner
+from bulwark.git.runner import GitRunner, checksum_of
 
 log = logging.getLogger("bulwark.cluster")
 
@@ -56,7 +56,7 @@ class ClusterRuntime:
         self.membership = Membership(etcd, name, self._beat, ttl=settings.lease_ttl)
         self.locks = RepoLocks(etcd, self.membership.lease, holder=name)
         self.peers = PeerClient(secret, name)
-        self.transactions = Transactions(git, leader_alive=self.node_alive_at)
+        self.transactions = Transactions(git, leader_alive=self.node_alive_at, lock_holds=self.locks.holds)
         self._config = config
         self._snapshot: tuple[float, ClusterSnapshot] | None = None
         self._snapshot_lock = threading.Lock()
@@ -96,6 +96,19 @@ class ClusterRuntime:
         """Whether the node reached at ``url`` holds its etcd session."""
         alive = self.alive()
         return any(name in alive for name, node_url in self.urls().items() if node_url == url)
+
+    def holds_lease(self, lease: int, margin: float) -> bool:
+        return self.membership.holds(lease, margin=margin)
+
+    def checksum_of(self, node: str, storage_id: str) -> str | None:
+        """A replica's ref checksum on disk: this node's own, or asked of its node."""
+        if node == self.name:
+            # The base class's methods: this node's own disk, never routed to another node.
+            return checksum_of(GitRunner.refs(self.git, storage_id)) if GitRunner.exists(self.git, storage_id) else None
+        url = self.urls().get(node)
+        if url is None:
+            raise Unavailable(f"node {node} is not in the cluster configuration")
+        return self.peers.checksum(url, storage_id)
 
     def in_maintenance(self) -> str | None:
         return self.snapshot().maintenance.get(self.name)
@@ -138,7 +151,8 @@ class ClusterRuntime:
     def coordinator(self) -> Coordinator:
         if self._coordinator is None:
             self._coordinator = Coordinator(self.name, self.url, self.etcd, self.locks, self.apeers,
-                                            self.alive, self.urls, pack_for=self.transactions.thin_pack)
+                                            self.alive, self.urls, pack_for=self.transactions.thin_pack,
+                                            holds=self.holds_lease, checksum_of=self.checksum_of)
         return self._coordinator
 
     @property

@@ -10,6 +10,10 @@ send that way (or a pack that does not apply) is fetched from the leader over HT
 The ``update-ref`` process stays open, holding the ref locks, until
 the leader says ``commit`` or ``abort``, or until it has waited too long and aborts by
 itself, so a leader that died never leaves a replica's refs locked.
+
+Every prepare and commit carries the leader's lock token. A replica checks in etcd that the
+token is still the repository's lock before it prepares and again before it commits, so a
+leader whose lease ran out (cut off, paused) cannot change a replica afterwards.
 """
 
 from __future__ import annotations
@@ -50,6 +54,16 @@ class _Prepared:
     storage_id: str
     proc: asyncio.subprocess.Process
     expiry: asyncio.TimerHandle
+    token: str | None
+
+
+class StaleLeader(Conflict):
+    """The leader's lock token is no longer the repository's lock: its lease ran out."""
+
+
+# Aborts that arrived before their prepare had finished (a leader that stopped waiting), kept
+# this long so the prepare, when done, lets go of its ref locks at once.
+EARLY_ABORTS = 256
 
 
 class Transactions:
@@ -63,6 +77,7 @@ class Transactions:
         pack_limit: int = PACK_LIMIT,
         leader_alive: Callable[[str], bool] | None = None,
         check_every: float = 1.0,
+        lock_holds: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.git = git
         self.hold_for = hold_for
@@ -72,17 +87,21 @@ class Transactions:
         self.leader_alive = leader_alive
         self.check_every = check_every
         self.pack_limit = pack_limit
+        # Whether a token is still a repository's lock in etcd (RepoLocks.holds): the fencing check.
+        self.lock_holds = lock_holds
         self._prepared: dict[str, _Prepared] = {}
+        self._early_aborts: dict[str, None] = {}
         self._background_tasks: set[asyncio.Future[None]] = set()
 
     async def prepare(
         self, storage_id: str, txn: str, lines: Sequence[RefLine], source_url: str, source_config: Mapping[str, str],
-        pack: bytes | None = None, leader: str | None = None,
+        pack: bytes | None = None, leader: str | None = None, token: str | None = None,
     ) -> str:
         if txn in self._prepared:
             raise Conflict(f"transaction {txn} is prepared already")
         if not self.git.exists(storage_id):
             raise NotFound(f"no copy of {storage_id} on this node")
+        await self._check_token(storage_id, token)
         wanted = [new for _old, new, _ref in lines if new != ZERO_OID]
         missing = await self._missing(storage_id, wanted)
         if missing and pack:
@@ -118,17 +137,41 @@ class Transactions:
             message = stderr.decode(errors="replace").strip().splitlines()
             raise Conflict(f"could not prepare the ref update: {message[-1] if message else answers}")
         expiry = asyncio.get_running_loop().call_later(self.hold_for, self._expire, txn)
-        self._prepared[txn] = _Prepared(storage_id, proc, expiry)
+        self._prepared[txn] = _Prepared(storage_id, proc, expiry, token)
+        if txn in self._early_aborts:
+            await self.abort(txn)
+            raise Conflict(f"transaction {txn} was aborted by its leader while it was being prepared")
         if leader is not None and self.leader_alive is not None:
             self._background(self._watch_leader(txn, leader))
         return vote_of(lines)
 
-    async def commit(self, txn: str) -> None:
+    async def commit(self, txn: str, token: str | None = None) -> None:
+        prepared = self._prepared.get(txn)
+        if prepared is not None and (token or prepared.token):
+            try:
+                await self._check_token(prepared.storage_id, token or prepared.token)
+            except BaseException:
+                await self.abort(txn)
+                raise
         await self._finish(txn, "commit")
 
     async def abort(self, txn: str) -> None:
+        if txn not in self._prepared:
+            self._early_aborts[txn] = None
+            while len(self._early_aborts) > EARLY_ABORTS:
+                del self._early_aborts[next(iter(self._early_aborts))]
         with contextlib.suppress(NotFound):
             await self._finish(txn, "abort")
+
+    async def _check_token(self, storage_id: str, token: str | None) -> None:
+        if token is None or self.lock_holds is None:
+            return
+        try:
+            holds = await anyio.to_thread.run_sync(self.lock_holds, storage_id, token)
+        except BulwarkError as exc:
+            raise StaleLeader(f"cannot check the leader's lock in etcd: {exc}") from None
+        if not holds:
+            raise StaleLeader("the leader no longer holds the repository lock (its lease ran out); refused")
 
     def held(self) -> int:
         return len(self._prepared)

@@ -104,7 +104,7 @@ async def prepare(request: Request) -> Response:
         raise InvalidInput("the source must be a node of this cluster")
     vote = await rt.transactions.prepare(
         storage_id, str(body.get("txn", "")), _lines(body.get("lines")), git_url(source, storage_id),
-        rt.git_source_config(), pack=_pack(body.get("pack")), leader=source,
+        rt.git_source_config(), pack=_pack(body.get("pack")), leader=source, token=_token(body),
     )
     return JSONResponse({"vote": vote})
 
@@ -121,10 +121,16 @@ def _pack(raw: Any) -> bytes | None:
         raise InvalidInput("pack is not valid base64") from None
 
 
+def _token(body: dict[str, Any]) -> str | None:
+    """The leader's lock token (its fencing token), if it sent one."""
+    token = body.get("token")
+    return token if isinstance(token, str) and token else None
+
+
 async def commit(request: Request) -> Response:
     rt, _ = authenticated(request)
     body = await _json(request)
-    await rt.transactions.commit(str(body.get("txn", "")))
+    await rt.transactions.commit(str(body.get("txn", "")), _token(body))
     return JSONResponse({"committed": True})
 
 

@@ -1,0 +1,213 @@
+"""A push leader cannot outlive its lease, and a follower that does not answer cannot stall a push.
+
+The coordinator runs against a real etcd (locks, intents, generations, compare-and-set); the
+followers are in-process fakes that answer, hang, or count what they were told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
+
+import pytest
+
+from bulwark.cluster import intents, keys, state
+from bulwark.cluster.coordinator import Coordinator, Push
+from bulwark.cluster.etcd import Etcd
+from bulwark.cluster.locks import RepoLocks
+from bulwark.cluster.state import BUILDING, Placement
+from bulwark.cluster.transactions import vote_of
+from bulwark.errors import Unavailable
+
+from etcd_helpers import clean_etcd, serve_etcd
+
+pytestmark = pytest.mark.timeout(60)
+
+LINE = [("1" * 40, "2" * 40, "refs/heads/main")]
+URLS = {n: f"http://{n}" for n in ("n1", "n2", "n3")}
+SID = "ab12cd34"
+
+etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")
+etcd = pytest.fixture(clean_etcd, name="etcd")
+
+
+class Followers:
+    """Followers that answer at once, except those in ``hung``, which never answer."""
+
+    def __init__(self, hung: Sequence[str] = ()) -> None:
+        self.hung = {URLS[n] for n in hung}
+        self.calls: list[tuple[str, str]] = []
+        self.tokens: list[str | None] = []
+
+    async def _answer(self, verb: str, url: str) -> None:
+        self.calls.append((verb, url))
+        if url in self.hung and verb != "abort":
+            await asyncio.Event().wait()
+
+    async def prepare(self, url: str, storage_id: str, txn: str, lines: Sequence[tuple[str, str, str]],
+                      source: str, pack: bytes | None = None, token: str | None = None) -> str:
+        self.tokens.append(token)
+        await self._answer("prepare", url)
+        return vote_of(lines)
+
+    async def commit(self, url: str, storage_id: str, txn: str, token: str | None = None) -> None:
+        self.tokens.append(token)
+        await self._answer("commit", url)
+
+    async def abort(self, url: str, storage_id: str, txn: str) -> None:
+        await self._answer("abort", url)
+
+    def told(self, verb: str) -> set[str]:
+        return {url for v, url in self.calls if v == verb}
+
+
+class Lease:
+    """This node's lease, as Membership reports it: a real etcd lease that a test can let lapse."""
+
+    def __init__(self, etcd: Etcd) -> None:
+        self.etcd = etcd
+        self.id = etcd.grant(30)
+        self.lapsed = False
+
+    def current(self) -> int:
+        return self.id
+
+    def holds(self, lease: int, margin: float) -> bool:
+        return not self.lapsed and lease == self.id
+
+    def lapse(self) -> None:
+        """What a cut link does: the lease expires in etcd, and with it the lock."""
+        self.lapsed = True
+        self.etcd.revoke(self.id)
+
+
+@pytest.fixture
+def lease(etcd: Etcd) -> Iterator[Lease]:
+    state.create_placement(etcd, Placement(SID, {"n1": 4, "n2": 4, "n3": 4}))
+    yield Lease(etcd)
+
+
+def leader(etcd: Etcd, lease: Lease, followers: Followers, checksums: dict[str, str | None] | None = None,
+           **options: Any) -> Coordinator:
+    def checksum_of(node: str, storage_id: str) -> str | None:
+        if checksums is None or node not in checksums:
+            raise Unavailable(f"{node} does not answer")
+        return checksums[node]
+
+    return Coordinator("n1", URLS["n1"], etcd, RepoLocks(etcd, lease.current, "n1"), cast(Any, followers),
+                       lambda: {"n1", "n2", "n3"}, lambda: URLS, liveness_every=0.05, holds=lease.holds,
+                       checksum_of=checksum_of, **options)
+
+
+async def push_once(coordinator: Coordinator, lapse: Lease | None = None, during: str = "") -> tuple[Push, bool, Any]:
+    """One push of LINE as git drives it: prepared, then committed (or aborted), then finish;
+    ``lapse``'s lease runs out at the moment ``during`` names."""
+    push = await coordinator.begin(SID)
+    if lapse is not None and during == "before prepare":
+        lapse.lapse()
+    ok, _ = await coordinator.on_hook(push.txn, "prepared", LINE)
+    if lapse is not None and during == "before commit":
+        lapse.lapse()
+    await coordinator.on_hook(push.txn, "committed" if ok else "aborted", LINE)
+    return push, ok, await coordinator.finish(push)
+
+
+def generations(etcd: Etcd) -> dict[str, int]:
+    placement = state.get_placement(etcd, SID)
+    assert placement is not None
+    return placement.replicas
+
+
+def test_a_push_records_generations_and_clears_its_lock_and_intent(etcd: Etcd, lease: Lease) -> None:
+    followers = Followers()
+    push, ok, outcome = asyncio.run(push_once(leader(etcd, lease, followers)))
+    assert ok and outcome.acknowledged, outcome.message
+    assert generations(etcd) == {"n1": 5, "n2": 5, "n3": 5}
+    assert etcd.get(keys.lock(SID)) is None and etcd.get(keys.intent(SID)) is None
+    # Every prepare and commit carried the lock token, for the followers' fencing check.
+    assert followers.tokens and set(followers.tokens) == {push.lock_token}
+
+
+def test_a_leader_whose_lease_lapsed_before_prepare_changes_nothing(etcd: Etcd, lease: Lease) -> None:
+    followers = Followers()
+    _, ok, outcome = asyncio.run(push_once(leader(etcd, lease, followers), lease, during="before prepare"))
+    assert not ok and not outcome.acknowledged
+    assert "lost its cluster session" in outcome.message
+    assert not followers.told("prepare")
+    assert generations(etcd) == {"n1": 4, "n2": 4, "n3": 4}
+
+
+def test_a_leader_whose_lease_lapsed_before_commit_records_nothing_and_leaves_its_intent(
+    etcd: Etcd, lease: Lease
+) -> None:
+    followers = Followers()
+    _, ok, outcome = asyncio.run(push_once(leader(etcd, lease, followers), lease, during="before commit"))
+    assert ok  # git was let commit here...
+    assert not outcome.acknowledged and "not recorded" in outcome.message  # ...but the client is told it failed
+    assert not followers.told("commit")
+    assert followers.told("abort") == {URLS["n2"], URLS["n3"]}
+    assert generations(etcd) == {"n1": 4, "n2": 4, "n3": 4}  # nothing counted as up to date
+    assert etcd.get(keys.intent(SID)) is not None  # the next holder of the lock must compare the replicas
+
+
+def test_the_next_push_settles_a_left_intent_by_majority(etcd: Etcd, lease: Lease) -> None:
+    """The lapsed leader (n1) had committed locally; n2 and n3 had not. The next leader compares
+    checksums on disk: n1 is behind the majority and is marked outdated before anything else."""
+    asyncio.run(push_once(leader(etcd, lease, Followers()), lease, during="before commit"))
+    lease2 = Lease(etcd)
+    checksums: dict[str, str | None] = {"n1": "new", "n2": "old", "n3": "old"}
+    coordinator = leader(etcd, lease2, Followers(), checksums)
+    with pytest.raises(Unavailable, match="not up to date"):
+        asyncio.run(coordinator.begin(SID))  # n1 leads no more: its copy is the odd one out
+    assert generations(etcd) == {"n1": BUILDING, "n2": 4, "n3": 4}
+    assert etcd.get(keys.intent(SID)) is None and etcd.get(keys.lock(SID)) is None
+
+
+def test_a_left_intent_that_cannot_be_checked_blocks_writes_and_stays(etcd: Etcd, lease: Lease) -> None:
+    asyncio.run(push_once(leader(etcd, lease, Followers()), lease, during="before commit"))
+    coordinator = leader(etcd, Lease(etcd), Followers(), {"n1": "new"})  # n2 and n3 do not answer
+    with pytest.raises(Unavailable, match="did not finish"):
+        asyncio.run(coordinator.begin(SID))
+    assert etcd.get(keys.intent(SID)) is not None
+    assert generations(etcd) == {"n1": 4, "n2": 4, "n3": 4}
+
+
+def test_judge_needs_a_majority_of_all_replicas() -> None:
+    placement = Placement(SID, {"n1": 4, "n2": 4, "n3": 4})
+    assert not intents.judge(placement, {"n1": "a"}).settled
+    assert intents.judge(placement, {"n1": "a", "n2": "a"}).outdated == ()
+    assert intents.judge(placement, {"n1": "b", "n2": "a", "n3": "a"}).outdated == ("n1",)
+    # An outdated replica's answer does not count.
+    assert not intents.judge(Placement(SID, {"n1": 4, "n2": 3, "n3": 3}), {"n1": "a", "n2": "a"}).settled
+
+
+def test_a_hung_follower_does_not_stall_a_push_that_has_a_majority(etcd: Etcd, lease: Lease) -> None:
+    followers = Followers(hung=["n3"])
+    coordinator = leader(etcd, lease, followers, straggler_deadline=0.3)
+    push, ok, outcome = asyncio.run(push_once(coordinator))
+    assert ok and outcome.acknowledged, outcome.message
+    assert any("n3 did not answer" in p for p in push.problems)
+    assert generations(etcd) == {"n1": 5, "n2": 5, "n3": 4}  # n3 is outdated, to be repaired
+    assert URLS["n3"] in followers.told("abort")  # whatever it prepared late is let go
+    assert URLS["n3"] not in followers.told("commit")
+
+
+def test_without_a_majority_a_hung_follower_is_waited_for_until_its_session_ends(etcd: Etcd, lease: Lease) -> None:
+    alive = {"n1", "n2", "n3"}
+    followers = Followers(hung=["n2", "n3"])
+    coordinator = leader(etcd, lease, followers, straggler_deadline=0.1)
+    coordinator.alive = lambda: set(alive)
+
+    async def scenario() -> tuple[bool, str]:
+        push = await coordinator.begin(SID)
+        voting = asyncio.ensure_future(coordinator.on_hook(push.txn, "prepared", LINE))
+        await asyncio.sleep(0.5)
+        assert not voting.done()  # no majority yet: the deadline for stragglers does not apply
+        alive.difference_update({"n2", "n3"})
+        result = await voting
+        await coordinator.cancel(push)
+        return result
+
+    ok, message = asyncio.run(scenario())
+    assert not ok and "only 1 of 3" in message
