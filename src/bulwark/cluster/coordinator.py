@@ -77,6 +77,7 @@ class Push:
     released: bool = False
     lost: bool = False  # the lease lapsed mid-push: nothing more is sent, nothing is recorded
     keep_intent: bool = False  # an earlier push's intent could not be settled: leave it for the next holder
+    refusal: str | None = None  # why the replicas refused a ref update, for the user's git to show
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -200,8 +201,12 @@ class Coordinator:
             if push.lost or not self._holds(push, self.lease_margin):
                 push.lost = True
                 push.round_active = False
-                return False, "this node lost its cluster session; nothing was changed: try again"
-            return await self._prepare(push, lines)
+                push.refusal = "this node lost its cluster session; nothing was changed: try again"
+                return False, push.refusal
+            ok, message = await self._prepare(push, lines)
+            if not ok:
+                push.refusal = message
+            return ok, message
         if hook_state == "committed":
             if push.round_active:
                 await self._commit(push)

@@ -36,7 +36,7 @@ from bulwark.errors import (
     Unauthenticated,
     Unavailable,
 )
-from bulwark.git import pktline
+from bulwark.git import pktline, report
 from bulwark.git.pktline import Kind, Packet, PktLineError, PktLineReader
 from bulwark.http import internal, manage
 from bulwark.http.auth import principal_of
@@ -71,6 +71,9 @@ SEND_STALL_TIMEOUT = 300.0
 # lets it remove lock files and quarantined objects) before the next, harsher step.
 TERM_GRACE = 5.0
 STDERR_TAIL = 8192
+# A push refused part-way through its body is read to the end (up to this much more), so that
+# git gets to read the refusal and show it, instead of a broken connection.
+REFUSAL_DRAIN_LIMIT = 64 * 1024**2
 
 NO_CACHE = {
     "Expires": "Fri, 01 Jan 1980 00:00:00 GMT",
@@ -153,9 +156,12 @@ async def _rpc(request: Request, service: str) -> Response:
     if forwarded is not None:
         return forwarded
     limit = node.settings.max_push_bytes if service == RECEIVE_PACK else UPLOAD_BODY_LIMIT
-    _check_declared_length(request, limit)
+    oversized = _oversized_push(request, limit) if service == RECEIVE_PACK else None
+    if oversized is None:
+        _check_declared_length(request, limit)
     framing = _FetchFraming() if service == UPLOAD_PACK else None
-    body = _decoded_body(request, limit=limit, idle_timeout=node.settings.body_idle_timeout, framing=framing)
+    body = _decoded_body(request, limit=oversized or limit, idle_timeout=node.settings.body_idle_timeout,
+                         framing=framing)
     protocol = _git_protocol(request)
     try:
         prelude, section = await _first_section(body, SECTION_LIMITS[service])
@@ -170,11 +176,16 @@ async def _rpc(request: Request, service: str) -> Response:
     except BaseException:
         await body.aclose()
         raise
+    if oversized is not None:
+        return await _refused(request, body, commands, capabilities, _too_large(limit))
     extra_config, extra_env = _git_config(access, service), dict[str, str]()
     push: Push | None = None
     if commands and node.cluster is not None:
         try:
             push = await node.cluster.coordinator.begin(access.repo.storage_id)
+        except (Unavailable, NotFound) as exc:
+            # No majority, a busy lock, a stale copy: refused in git's words, not with a bare 503.
+            return await _refused(request, body, commands, capabilities, exc.message)
         except BaseException:
             await body.aclose()
             raise
@@ -194,14 +205,78 @@ async def _rpc(request: Request, service: str) -> Response:
         session.on_success = _recorder(node, access, commands)
     if push is not None:
         _lead_push(session, node, push, capabilities)
-    async with _closed_on_error(session):
-        session.send_input(prelude, body)
-        first = await session.first_output()
-        # Without report-status, receive-pack says nothing and exits 0 even when it fails;
-        # its stderr is then the only account of a truncated or refused push.
-        if not first and (proc.returncode != 0 or session.complained()):
-            raise BadRequest(f"git-{service} rejected the request: {session.last_error()}")
+    try:
+        async with _closed_on_error(session):
+            session.send_input(prelude, body)
+            first = await session.first_output()
+            # Without report-status, receive-pack says nothing and exits 0 even when it fails;
+            # its stderr is then the only account of a truncated or refused push.
+            if not first and (proc.returncode != 0 or session.complained()):
+                if push is not None and push.refusal:
+                    # git dies ("ref updates aborted by hook") when the replicas vote an update down.
+                    await session.close()  # which finishes the push: its lock is released
+                    return _report(report.refusal([c.ref for c in commands], push.refusal, capabilities))
+                raise BadRequest(f"git-{service} rejected the request: {session.last_error()}")
+    except PayloadTooLarge:
+        if not commands:
+            raise
+        # git stopped at the end of its input and changed nothing; the client is still sending.
+        if not await _discard_rest(request, REFUSAL_DRAIN_LIMIT, node.settings.body_idle_timeout):
+            raise
+        return _report(report.refusal([c.ref for c in commands], _too_large(limit), capabilities))
     return GitResponse(session, first, f"application/x-git-{service}-result")
+
+
+async def _refused(
+    request: Request, body: AsyncGenerator[bytes, None], commands: Sequence[pktline.RefUpdate],
+    capabilities: Sequence[str], reason: str,
+) -> Response:
+    """Refuse a push whose commands were read: every ref ``ng`` with ``reason``, after the rest of
+    the body (git reads no answer before it has sent it all)."""
+    node = _node(request)
+    try:
+        async for _ in body:
+            pass
+    except PayloadTooLarge:
+        if not await _discard_rest(request, REFUSAL_DRAIN_LIMIT, node.settings.body_idle_timeout):
+            raise
+    finally:
+        await body.aclose()
+    log.warning("push to %s refused: %s", request.url.path, reason)
+    return _report(report.refusal([c.ref for c in commands], reason, capabilities))
+
+
+async def _discard_rest(request: Request, limit: int, idle_timeout: float) -> bool:
+    """Read and drop what is left of the request body, up to ``limit`` bytes; whether it ended."""
+    seen = 0
+    while seen <= limit:
+        try:
+            message = await asyncio.wait_for(request.receive(), idle_timeout)
+        except TimeoutError:
+            return False
+        if message["type"] == "http.disconnect":
+            return False
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return True
+    return False
+
+
+def _oversized_push(request: Request, limit: int) -> int | None:
+    """A push whose declared length exceeds ``limit`` but is small enough to read and refuse
+    in git's words: that length (its commands are read, the rest dropped). None otherwise."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and limit < int(declared) <= limit + REFUSAL_DRAIN_LIMIT:
+        return int(declared)
+    return None
+
+
+def _too_large(limit: int) -> str:
+    return f"this push is larger than the limit of {limit} bytes"
+
+
+def _report(answer: bytes) -> Response:
+    return Response(answer, media_type=f"application/x-git-{RECEIVE_PACK}-result", headers=NO_CACHE)
 
 
 async def _ls_refs(request: Request, access: RepoAccess, protocol: str | None, whole: bytes) -> Response:
@@ -438,8 +513,10 @@ def _check_declared_length(request: Request, limit: int) -> None:
 
 class _Identity:
     def feed(self, data: bytes) -> Iterator[bytes]:
-        if data:
-            yield data
+        # In pieces of at most CHUNK, as gzip yields them: a push's commands are then read and
+        # answered even when the server received them together with more than the size limit.
+        for start in range(0, len(data), CHUNK):
+            yield data[start : start + CHUNK]
 
     def finish(self) -> None:
         pass
@@ -898,9 +975,10 @@ def _lead_push(session: GitSession, node: Node, push: Push, capabilities: Sequen
     async def release(output: bytes) -> bytes:
         result = await finish()
         if result.acknowledged:
-            return output
+            # A ref the replicas voted down: git says only "failed to update ref"; say why.
+            return report.explain_refusal(output, push.refusal, capabilities) if push.refusal else output
         log.warning("push to %s not acknowledged: %s", push.storage_id, result.message)
-        return _push_failed(result.message, capabilities)
+        return report.rewrite(output, f"push failed: {result.message}", capabilities, refused=push.refusal)
 
     async def on_close() -> None:
         with anyio.CancelScope(shield=True):
@@ -908,11 +986,3 @@ def _lead_push(session: GitSession, node: Node, push: Push, capabilities: Sequen
 
     session.hold_output = release
     session.on_close = on_close
-
-
-def _push_failed(message: str, capabilities: Sequence[str]) -> bytes:
-    """A receive-pack answer that makes git report ``message`` and fail."""
-    text = f"push failed: {message}"
-    if "side-band-64k" in capabilities or "side-band" in capabilities:
-        return pktline.encode(b"\x03" + text.encode()[:900]) + pktline.flush()
-    return pktline.encode(f"unpack {text[:900]}\n") + pktline.flush()
