@@ -7,6 +7,7 @@ node what it may do instead of branching on the mode themselves.
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -24,6 +25,8 @@ from bulwark.services.accounts import AccountService
 from bulwark.services.repositories import RepositoryService
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog
+
+log = logging.getLogger("bulwark")
 
 if TYPE_CHECKING:
     from bulwark.cluster.runtime import ClusterRuntime
@@ -153,21 +156,36 @@ class Node:
         self.store.close()
 
 
-def open_node(settings: Settings, *, clock: Clock | None = None, hasher: PasswordHasher | None = None) -> Node:
+def open_node(
+    settings: Settings, *, clock: Clock | None = None, hasher: PasswordHasher | None = None, starting: bool = False
+) -> Node:
     """Open (and on first use create) the data dir of a node: standalone or HA on SQLite, or a
-    cluster member on etcd when the settings name one."""
+    cluster member on etcd when the settings name one.
+
+    ``starting``: the node is about to serve (not a command run beside it), so nothing of its
+    own runs git yet and what killed git processes left in its repositories is cleared first.
+    """
     from bulwark.store.sqlite import SQLiteStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.repositories_dir.mkdir(exist_ok=True)
     clock = clock or SystemClock()
     if settings.cluster_node:
-        return _open_cluster_node(settings, clock, hasher or PasswordHasher())
+        return _open_cluster_node(settings, clock, hasher or PasswordHasher(), starting=starting)
     store = SQLiteStore(settings.metadata_path, clock=clock)
     # Every git process of the node passes the ref barrier a backup raises (backup/barrier.py).
     git = GitRunner(settings.repositories_dir, git=settings.git,
                     config={"core.hooksPath": str(barrier.install(settings.data_dir))},
                     advert_cache_bytes=settings.ref_cache_mb * 1024**2)
+    if starting:
+        accounts: dict[int, str] = {}
+        labels: dict[str, str] = {}
+        for repo in store.list_repos():
+            if repo.owner_id not in accounts:
+                owner = store.get_account_by_id(repo.owner_id)
+                accounts[repo.owner_id] = owner.login if owner else str(repo.owner_id)
+            labels[repo.storage_id] = f"{accounts[repo.owner_id]}/{repo.name}"
+        _clear_leftovers(git, labels)
     return Node(
         settings=settings,
         store=store,
@@ -177,7 +195,17 @@ def open_node(settings: Settings, *, clock: Clock | None = None, hasher: Passwor
     )
 
 
-def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher) -> Node:
+def _clear_leftovers(git: GitRunner, labels: dict[str, str]) -> None:
+    """One log line per repository that a killed git left lock or temporary files in."""
+    from bulwark.git import leftovers
+
+    for cleared in leftovers.clear_all(git, labels, just_started=True):
+        sentence = cleared.sentence()
+        if sentence:
+            log.warning("%s", sentence)
+
+
+def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher, *, starting: bool) -> Node:
     from bulwark.cluster.etcd import Etcd
     from bulwark.cluster.gitrouter import ClusterGit
     from bulwark.cluster.runtime import ClusterRuntime
@@ -192,6 +220,10 @@ def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher)
     git = ClusterGit(settings.repositories_dir, git=settings.git, advert_cache_bytes=settings.ref_cache_mb * 1024**2)
     runtime = ClusterRuntime(etcd, settings, git)
     git.runtime = runtime
+    if starting:
+        # No etcd session yet, so no repository lock: safe because this node runs no push
+        # before it serves, and a repository a live (orphaned) git works in is skipped.
+        _clear_leftovers(git, {})
     store = EtcdStore(etcd, clock=clock)
     return Node(settings=settings, store=store, git=git, clock=clock, hasher=hasher, cluster=runtime,
                 access_cache=AccessCache(store, clock))

@@ -35,7 +35,7 @@ def serve(
     configure_logging(settings.log_format)
     log = logging.getLogger("bulwark")
     with errors_as_messages():
-        node = open_node(settings)
+        node = open_node(settings, starting=True)
         preset = os.environ.get("BULWARK_ADMIN_TOKEN") or None
         secret = node.accounts.bootstrap_admin(preset)
     if secret is not None:

@@ -11,19 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from bulwark.errors import GitError, NotFound
+from bulwark.git import leftovers
 from bulwark.git.adverts import AdvertisementCache
 
+log = logging.getLogger("bulwark.git")
+
 ZERO_OID = "0" * 40
+# How long a git process asked to stop (SIGTERM) has to remove its lock files before SIGKILL.
+TERM_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,8 @@ class GitRunner:
             "GIT_CONFIG_GLOBAL": os.devnull,
             "GIT_TERMINAL_PROMPT": "0",
         }
+        # One pass at a time over a repository's leftovers, so two never race on one lock file.
+        self._clearing = threading.Lock()
 
     # -- layout ----------------------------------------------------------------------
 
@@ -154,14 +163,25 @@ class GitRunner:
         env = self.env
         if secret_config or extra_env:
             env = {**env, **config_env(secret_config or {}), **(extra_env or {})}
-        proc = subprocess.run(
+        if cwd is None and len(args) > 1 and args[0] == "--git-dir" and os.path.isdir(args[1]):
+            # Inside the repository, so that a scan of processes' working directories sees who
+            # works in it (git/leftovers.py): every git process on a repository runs there.
+            cwd = Path(args[1]).absolute()
+            args = ["--git-dir", str(cwd), *args[2:]]
+        with subprocess.Popen(
             self.command(args),
             cwd=cwd,
-            input=input,
-            capture_output=True,
+            stdin=subprocess.PIPE if input is not None else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=env,
-            timeout=timeout,
-        )
+        ) as popen:
+            try:
+                stdout, stderr = popen.communicate(input, timeout=timeout)
+            except BaseException:
+                _stop(popen)
+                raise
+        proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
         if check and proc.returncode != 0:
             raise GitError(f"git {args[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
         return proc
@@ -189,6 +209,8 @@ class GitRunner:
         if advertise:
             args.append("--advertise-refs")
         args.append(str(self.path(storage_id)))
+        if service == "receive-pack" and not advertise:
+            await asyncio.to_thread(self.clear_stale_locks, storage_id)
         env = dict(self.env)
         if protocol:
             env["GIT_PROTOCOL"] = protocol
@@ -200,6 +222,15 @@ class GitRunner:
             stderr=asyncio.subprocess.PIPE,
             env=env,
         )
+
+    def clear_stale_locks(self, storage_id: str) -> None:
+        """Before a push: remove ref lock files a killed git left (older than the grace, with
+        no live process in the repository), so a crash never makes a branch unwritable."""
+        with self._clearing:
+            cleared = leftovers.clear(self.path(storage_id), label=storage_id, locks_only=True)
+        sentence = cleared.sentence()
+        if sentence:
+            log.warning("%s", sentence)
 
     # -- reads -----------------------------------------------------------------------
 
@@ -353,6 +384,20 @@ def read_ref_files(repo: Path) -> tuple[str, dict[str, str]] | None:
     if not all(_OID.fullmatch(oid) for oid in refs.values()):
         return None
     return head[5:].strip(), refs
+
+
+def _stop(popen: subprocess.Popen[bytes]) -> None:
+    """SIGTERM first: git then removes its lock files and temporary objects. SIGKILL after the grace."""
+    if popen.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        popen.terminate()
+    try:
+        popen.wait(TERM_GRACE)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait()
+    # Not waiting for the pipes to close: a grandchild git left running may hold them open.
 
 
 def config_env(config: Mapping[str, str]) -> dict[str, str]:

@@ -1,0 +1,213 @@
+"""What killed git processes leave in a bare repository: which files count, and clearing them
+from a real repository with real git afterwards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bulwark.git import leftovers
+from bulwark.git.leftovers import Entry, Kind, kind_of, owned, stale
+from bulwark.git.runner import GitRunner
+
+pytestmark = pytest.mark.timeout(60)
+
+PLANTED = ["objects/ab/tmp_obj_q9", "objects/incoming-xyz", "objects/pack/tmp_idx_k2", "objects/pack/tmp_pack_x",
+           "objects/tmp_objdir-incoming-a1b2c3", "packed-refs.lock", "refs/heads/b1.lock", "refs/tags/v1/rc.lock"]
+
+
+def bare(path: Path) -> Path:
+    subprocess.run(["git", "init", "-q", "--bare", "--initial-branch=main", str(path)], check=True)
+    return path
+
+
+def with_commit(repo: Path) -> str:
+    tree = subprocess.run(["git", "--git-dir", str(repo), "mktree"], input=b"", capture_output=True, check=True)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@example.com", "GIT_COMMITTER_NAME": "a",
+           "GIT_COMMITTER_EMAIL": "a@example.com"}
+    commit = subprocess.run(["git", "--git-dir", str(repo), "commit-tree", "-m", "one", tree.stdout.decode().strip()],
+                            capture_output=True, check=True, env=env).stdout.decode().strip()
+    subprocess.run(["git", "--git-dir", str(repo), "update-ref", "refs/heads/main", commit], check=True)
+    return commit
+
+
+def plant(repo: Path, age: float = 0.0) -> None:
+    for rel in PLANTED:
+        path = repo / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if "objdir" in rel or "incoming-" in rel:
+            (path / "pack").mkdir(parents=True)
+            (path / "pack" / "tmp_pack_inner").write_bytes(b"PACK")
+        else:
+            path.write_text("0" * 40 + "\n")
+    if age:
+        old = time.time() - age
+        for dirpath, dirs, files in os.walk(repo):
+            for name in [*dirs, *files]:
+                os.utime(os.path.join(dirpath, name), (old, old))
+
+
+def on_disk(repo: Path) -> list[str]:
+    found = [e.path for e in leftovers.listing(repo) if kind_of(e.path, e.is_dir) is not None]
+    return sorted(found)
+
+
+# -- the decision ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "is_dir", "kind"), [
+    ("refs/heads/b1.lock", False, Kind.LOCK),
+    ("refs/heads/feature/x.lock", False, Kind.LOCK),
+    ("packed-refs.lock", False, Kind.LOCK),
+    ("HEAD.lock", False, Kind.LOCK),
+    ("config.lock", False, Kind.LOCK),
+    ("shallow.lock", False, Kind.LOCK),
+    ("index.lock", False, Kind.LOCK),
+    ("objects/info/commit-graph.lock", False, Kind.LOCK),
+    ("objects/pack/tmp_pack_a1", False, Kind.TEMP_PACK),
+    ("objects/pack/tmp_idx_a1", False, Kind.TEMP_PACK),
+    ("objects/ab/tmp_obj_a1", False, Kind.TEMP_OBJECT),
+    ("objects/tmp_objdir-incoming-a1", True, Kind.QUARANTINE),
+    ("objects/incoming-xyz", True, Kind.QUARANTINE),
+    # What a repository needs, never touched:
+    ("refs/heads/main", False, None),
+    ("packed-refs", False, None),
+    ("config", False, None),
+    ("objects/pack/pack-1234.pack", False, None),
+    ("objects/pack/pack-1234.keep", False, None),
+    ("objects/ab/cdef0123", False, None),
+    ("objects/pack", True, None),
+    ("hooks/pre-receive.lock", False, None),
+    ("objects/tmp_objdir-incoming-a1", False, None),
+    ("objects/ab/tmp_pack_x", False, None),
+])
+def test_what_counts_as_a_leftover(path: str, is_dir: bool, kind: Kind | None) -> None:
+    assert kind_of(path, is_dir) is kind
+
+
+def test_young_files_wait_for_the_grace() -> None:
+    entries = [Entry("refs/heads/a.lock", False, 100.0), Entry("refs/heads/b.lock", False, 98.0),
+               Entry("refs/heads/main", False, 1.0)]
+    assert [e.path for e, _ in stale(entries, now=100.0, grace=5.0)] == []
+    assert [e.path for e, _ in stale(entries, now=103.0, grace=5.0)] == ["refs/heads/b.lock"]
+    assert [e.path for e, _ in stale(entries, now=100.0, grace=0.0)] == ["refs/heads/a.lock", "refs/heads/b.lock"]
+
+
+def test_a_process_working_inside_owns_the_repository() -> None:
+    repo = Path("/srv/repos/ab/abc.git")
+    assert owned(repo, [Path("/"), repo])
+    assert owned(repo, [repo / "objects"])
+    assert not owned(repo, [Path("/srv/repos/ab/abcd.git"), Path("/srv/repos/ab")])
+
+
+# -- clearing a real repository ------------------------------------------------------------------
+
+
+def test_planted_leftovers_are_cleared_and_the_branch_is_writable(tmp_path: Path) -> None:
+    repo = bare(tmp_path / "r.git")
+    commit = with_commit(repo)
+    plant(repo)
+    update = ["git", "--git-dir", str(repo), "update-ref", "refs/heads/b1", commit]
+    blocked = subprocess.run(update, capture_output=True, text=True)
+    assert blocked.returncode != 0 and "File exists" in blocked.stderr
+    assert on_disk(repo) == PLANTED
+
+    assert leftovers.clear(repo, label="acme/site").removed == ()  # younger than the grace
+    cleared = leftovers.clear(repo, label="acme/site", git=GitRunner(tmp_path), just_started=True)
+    assert [p for p, _ in cleared.removed] == PLANTED
+    assert cleared.config_error is None
+    sentence = cleared.sentence()
+    assert sentence is not None
+    assert sentence == (
+        "cleared 3 stale lock files, 2 temporary pack files, 1 temporary object file and 2 quarantine "
+        f"directories in acme/site: {', '.join(PLANTED)}"
+    )
+    assert on_disk(repo) == []
+    subprocess.run(update, check=True)
+    subprocess.run(["git", "--git-dir", str(repo), "fsck", "--strict", "--no-progress"], check=True)
+    assert leftovers.clear(repo, label="acme/site", just_started=True).sentence() is None
+
+
+def test_old_leftovers_are_cleared_without_the_start_flag(tmp_path: Path) -> None:
+    repo = bare(tmp_path / "r.git")
+    plant(repo, age=60)
+    assert [p for p, _ in leftovers.clear(repo, label="r").removed] == PLANTED
+
+
+def test_the_cheap_pass_before_a_push_takes_only_lock_files(tmp_path: Path) -> None:
+    repo = bare(tmp_path / "r.git")
+    plant(repo, age=60)
+    cleared = leftovers.clear(repo, label="r", locks_only=True)
+    assert [p for p, _ in cleared.removed] == ["packed-refs.lock", "refs/heads/b1.lock", "refs/tags/v1/rc.lock"]
+    assert on_disk(repo) == [p for p in PLANTED if not p.endswith(".lock")]
+
+
+def test_nothing_is_cleared_while_a_live_process_works_inside(tmp_path: Path) -> None:
+    repo = bare(tmp_path / "r.git")
+    plant(repo, age=60)
+    worker = subprocess.Popen(["sleep", "60"], cwd=repo / "objects")
+    try:
+        deadline = time.monotonic() + 10
+        while not owned(repo.resolve(), leftovers.live_cwds()):  # /proc shows the child once it has started
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        cleared = leftovers.clear(repo, label="r", just_started=True)
+        assert cleared.removed == () and cleared.skipped and cleared.sentence() is None
+        assert on_disk(repo) == PLANTED
+    finally:
+        worker.kill()
+        worker.wait()
+    assert [p for p, _ in leftovers.clear(repo, label="r", just_started=True).removed] == PLANTED
+
+
+def test_a_config_that_does_not_parse_is_reported(tmp_path: Path) -> None:
+    repo = bare(tmp_path / "r.git")
+    (repo / "config.lock").write_text("[core]\n")
+    with (repo / "config").open("a") as config:
+        config.write("[core\n\tbare = tr")  # cut off mid-write
+    cleared = leftovers.clear(repo, label="acme/site", git=GitRunner(tmp_path), just_started=True)
+    assert [p for p, _ in cleared.removed] == ["config.lock"]
+    assert cleared.config_error and "config" in cleared.config_error
+    sentence = cleared.sentence()
+    assert sentence is not None and "the config of acme/site does not parse" in sentence
+
+
+def test_every_repository_of_a_runner_is_visited(tmp_path: Path) -> None:
+    runner = GitRunner(tmp_path / "repos")
+    runner.init_bare("aa1", "main")
+    runner.init_bare("bb2", "main")
+    (runner.path("aa1") / "HEAD.lock").write_text("")
+    (runner.path("bb2") / "refs" / "heads" / "x.lock").write_text("")
+    doomed = runner.path("cc3").with_name("cc3.git.deleting")  # a removal cut short: not a repository
+    doomed.mkdir(parents=True)
+    (doomed / "HEAD.lock").write_text("")
+    results = list(leftovers.clear_all(runner, {"aa1": "acme/one"}, just_started=True))
+    assert [r.sentence() for r in results] == [
+        "cleared 1 stale lock file in acme/one: HEAD.lock",
+        "cleared 1 stale lock file in bb2: refs/heads/x.lock",
+    ]
+    assert (doomed / "HEAD.lock").exists()
+
+
+def test_the_runner_runs_git_inside_the_repository_it_works_on(tmp_path: Path) -> None:
+    runner = GitRunner(tmp_path)
+    repo = runner.init_bare("ab1", "main")
+    here = runner.run(["--git-dir", str(repo), "-c", "alias.here=!pwd", "here"]).stdout.decode().strip()
+    assert Path(here) == repo.resolve()
+
+
+def test_the_runner_stops_an_overrunning_git_with_sigterm_first(tmp_path: Path) -> None:
+    runner = GitRunner(tmp_path)
+    repo = runner.init_bare("ab1", "main")
+    # SIGTERM lets git remove its lock files; the shell under git notes that it got one.
+    nap = "!trap 'kill $!; echo term > stopped; exit 1' TERM; sleep 30 & wait"
+    with pytest.raises(subprocess.TimeoutExpired):
+        runner.run(["--git-dir", str(repo), "-c", f"alias.nap={nap}", "nap"], timeout=0.5)
+    deadline = time.monotonic() + 10
+    while not (repo / "stopped").exists():
+        assert time.monotonic() < deadline, "git's child never saw a SIGTERM"
+        time.sleep(0.05)
