@@ -211,3 +211,36 @@ def test_without_a_majority_a_hung_follower_is_waited_for_until_its_session_ends
 
     ok, message = asyncio.run(scenario())
     assert not ok and "only 1 of 3" in message
+
+
+def test_the_sweep_settles_an_intent_whose_leader_is_gone(etcd: Etcd, lease: Lease) -> None:
+    """Nobody pushes again: the reconciler's node settles the dead leader's push by itself."""
+    asyncio.run(push_once(leader(etcd, lease, Followers()), lease, during="before commit"))
+    sweeper_lease = Lease(etcd)
+    locks = RepoLocks(etcd, sweeper_lease.current, "n2")
+    checksums = {"n1": "new", "n2": "old", "n3": "old"}
+
+    def checksum_of(node: str, storage_id: str) -> str | None:
+        return checksums[node]
+
+    # While a push holds the lock, the sweep leaves its intent alone.
+    busy = locks.try_acquire(SID)
+    assert busy is not None
+    assert intents.sweep(etcd, RepoLocks(etcd, sweeper_lease.current, "n3"), checksum_of) == "no unfinished pushes"
+    locks.release(SID, busy)
+    sentence = intents.sweep(etcd, locks, checksum_of)
+    assert "left n1 behind the majority" in sentence
+    assert generations(etcd) == {"n1": BUILDING, "n2": 4, "n3": 4}
+    assert etcd.get(keys.intent(SID)) is None and etcd.get(keys.lock(SID)) is None
+    assert intents.sweep(etcd, locks, checksum_of) == "no unfinished pushes"
+
+
+def test_the_sweep_waits_while_too_few_replicas_answer(etcd: Etcd, lease: Lease) -> None:
+    asyncio.run(push_once(leader(etcd, lease, Followers()), lease, during="before commit"))
+    locks = RepoLocks(etcd, Lease(etcd).current, "n2")
+
+    def checksum_of(node: str, storage_id: str) -> str | None:
+        raise Unavailable(f"{node} does not answer")
+
+    assert "wait for more replicas" in intents.sweep(etcd, locks, checksum_of)
+    assert etcd.get(keys.intent(SID)) is not None and etcd.get(keys.lock(SID)) is None

@@ -14,12 +14,15 @@ writes the verdict with compare-and-set, while its caller holds the repository l
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bulwark.cluster import keys, state
 from bulwark.cluster.etcd import Compare, Etcd, Op
+from bulwark.cluster.locks import RepoLocks
 from bulwark.cluster.reconciler import disagreeing
 from bulwark.cluster.state import BUILDING, Placement
 from bulwark.errors import BulwarkError, Unavailable
@@ -97,3 +100,38 @@ def clear(etcd: Etcd, storage_id: str, value: str, *, token: str | None = None) 
     if token is not None:
         compare.append(Compare.value_is(keys.lock(storage_id), token))
     return etcd.txn(compare, [Op.delete(keys.intent(storage_id))]).succeeded
+
+
+def sweep(etcd: Etcd, locks: RepoLocks, checksum_of: Callable[[str, str], str | None]) -> str:
+    """Settle every intent whose repository lock is free (its leader is gone): one pass, a sentence.
+
+    Run by the elected reconciler's node, so a divergence left by a dead leader is found within
+    a cycle even if nobody pushes to that repository again."""
+    settled, waiting = [], 0
+    for storage_id, value in sorted(left_behind(etcd).items()):
+        token = locks.try_acquire(storage_id)
+        if token is None:
+            continue  # a push is under way: it settles the intent itself, or leaves a new one
+        try:
+            placement = state.get_placement(etcd, storage_id)
+            if placement is None:
+                clear(etcd, storage_id, value, token=token)  # the repository is gone
+                continue
+            verdict, _ = settle(etcd, placement, functools.partial(_for_repo, checksum_of, storage_id), token=token)
+            if verdict.settled and clear(etcd, storage_id, value, token=token):
+                settled.append(verdict.sentence(storage_id))
+            else:
+                waiting += 1
+        except BulwarkError as exc:
+            log.warning("cluster: could not settle the unfinished push to %s: %s", storage_id, exc)
+            waiting += 1
+        finally:
+            with contextlib.suppress(BulwarkError):
+                locks.release(storage_id, token)
+    if not settled and not waiting:
+        return "no unfinished pushes"
+    return "; ".join(settled + ([f"{waiting} unfinished push(es) wait for more replicas"] if waiting else []))
+
+
+def _for_repo(checksum_of: Callable[[str, str], str | None], storage_id: str, node: str) -> str | None:
+    return checksum_of(node, storage_id)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Protocol
 
-from bulwark.cluster import hooks
+from bulwark.cluster import hooks, intents
 from bulwark.cluster.reconciler import Reconciler
-from bulwark.errors import Unavailable
+from bulwark.errors import BulwarkError, Unavailable
 from bulwark.node import Node
 
 log = logging.getLogger("bulwark.cluster")
@@ -17,6 +18,46 @@ class Loop(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+class IntentSweeper:
+    """On the elected reconciler's node, every cycle: settle pushes whose leader died mid-way."""
+
+    def __init__(self, node: Node, interval: float) -> None:
+        self.node = node
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last = ""
+
+    def run_once(self) -> str:
+        rt = self.node.cluster
+        assert rt is not None
+        if rt.fenced_reason() or rt.snapshot().reconciler != rt.name:
+            return "not the reconciler"
+        return intents.sweep(rt.etcd, rt.locks, rt.checksum_of)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                sentence = self.run_once()
+            except BulwarkError as exc:
+                sentence = f"cannot settle unfinished pushes now: {exc}"
+            except Exception:
+                log.exception("cluster: unexpected error settling unfinished pushes")
+                continue
+            if sentence != self._last and sentence not in ("no unfinished pushes", "not the reconciler"):
+                log.info("cluster: %s", sentence)
+            self._last = sentence
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="bulwark-intents", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 class ClusterLoops:
@@ -38,6 +79,7 @@ class ClusterLoops:
             replace_after=s.cluster_replace_after,
             retry_after=3 * s.cluster_reconcile_interval,
         )
+        self.sweeper = IntentSweeper(node, max(s.cluster_reconcile_interval, 0.5))
 
     def start(self) -> None:
         rt = self.node.cluster
@@ -49,8 +91,10 @@ class ClusterLoops:
         except Unavailable as exc:
             log.warning("cluster: could not check this node's replicas yet: %s", exc)
         self.reconciler.start()
+        self.sweeper.start()
 
     def stop(self) -> None:
+        self.sweeper.stop()
         self.reconciler.stop()
 
 
