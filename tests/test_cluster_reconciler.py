@@ -17,11 +17,12 @@ from bulwark.cluster.reconciler import (
     MarkOutdated,
     Reconciler,
     Repair,
+    RepairFailure,
     decide,
     disagreeing,
 )
 from bulwark.cluster.state import BUILDING, Placement
-from bulwark.errors import PeerUnreachable
+from bulwark.errors import GitError, PeerUnreachable
 
 from cluster_fakes import make_snapshot, seed
 from etcd_helpers import clean_etcd, serve_etcd
@@ -140,6 +141,12 @@ def test_actions_are_bounded_but_data_loss_is_always_reported() -> None:
     assert skipped[0] == Repair("r01", "n3", skipped[0].source)  # type: ignore[union-attr]
 
 
+def test_a_replica_whose_repairs_keep_failing_is_rebuilt() -> None:
+    snap = make_snapshot(placements={"a": {"n1": 3, "n2": 3, "n3": 2}, "b": {"n1": 3, "n2": 3, "n3": 2}})
+    actions = decide(snap, 100.0, {}, replace_after=60, failed_repairs={("a", "n3"): 3, ("b", "n3"): 2})
+    assert [(a.storage_id, a.rebuild) for a in actions if isinstance(a, Repair)] == [("a", True), ("b", False)]
+
+
 def test_additions_in_one_cycle_spread_over_nodes() -> None:
     placements = {f"r{i}": {"n1": 1, "n2": 1} for i in range(4)}
     snap = make_snapshot(("n1", "n2", "n3", "n4"), placements=placements, evacuating=["n1"], rf=2)
@@ -162,6 +169,7 @@ class FakePeers:
         self.copies = dict(copies or {})
         self.calls: list[tuple[str, ...]] = []
         self.broken: set[str] = set()  # nodes whose calls fail
+        self.damaged: set[str] = set()  # nodes whose copies only a rebuild repairs
 
     @staticmethod
     def node(url: str) -> str:
@@ -171,10 +179,12 @@ class FakePeers:
         if node in self.broken:
             raise PeerUnreachable(f"{node} does not answer")
 
-    def sync(self, node_url: str, storage_id: str, source_url: str) -> str:
+    def sync(self, node_url: str, storage_id: str, source_url: str, *, rebuild: bool = False) -> str:
         node, source = self.node(node_url), self.node(source_url)
-        self.calls.append(("sync", node, storage_id, source))
+        self.calls.append(("rebuild" if rebuild else "sync", node, storage_id, source))
         self._check(node)
+        if node in self.damaged and not rebuild:
+            raise GitError("repairing a replica: git fetch failed: fatal: packed object is corrupt")
         self.copies[(node, storage_id)] = self.copies[(source, storage_id)]
         state.update_placement(
             self.etcd, storage_id, lambda p: p.with_replicas({**p.replicas, node: p.generation})
@@ -337,3 +347,59 @@ def test_loop_runs_in_a_thread_and_resigns(etcd: Etcd) -> None:
     assert etcd.get(keys.RECONCILER) is None
     placement = state.get_placement(etcd, "a")
     assert placement is not None and placement.replicas["n3"] == 2
+
+
+def test_repeated_failures_lead_to_a_rebuild_and_are_published_for_any_node(etcd: Etcd) -> None:
+    seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 2, "n2": 2, "n3": 1}})
+    peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x", ("n3", "a"): "corrupt"})
+    peers.damaged.add("n3")
+    clock = [1000.0]
+    rec = reconciler(etcd, peers, retry_after=10.0)
+    rec.clock = lambda: clock[0]
+    for attempt in (1, 2, 3):
+        assert rec.run_once().endswith("; 1 actions failed")
+        report = json.loads(etcd.get(keys.REPORT).value)  # type: ignore[union-attr]
+        [failure] = report["repair_failures"]
+        assert failure["storage_id"] == "a" and failure["node"] == "n3" and failure["attempts"] == attempt
+        assert "packed object is corrupt" in failure["error"]
+        clock[0] += 11
+    assert [c[0] for c in peers.calls if c[1] == "n3"] == ["sync", "sync", "sync"]
+    # A new leader takes the count over from the published report, and rebuilds.
+    rec.resign()
+    successor = reconciler(etcd, peers, "n2", retry_after=10.0)
+    successor.clock = lambda: clock[0]
+    assert successor.run_once().startswith("repaired 1 replicas")
+    assert peers.calls[-1] == ("rebuild", "n3", "a", peers.calls[-1][3])
+    placement = state.get_placement(etcd, "a")
+    assert placement is not None and placement.replicas["n3"] == 2 and peers.copies[("n3", "a")] == "x"
+    assert json.loads(etcd.get(keys.REPORT).value)["repair_failures"] == []  # type: ignore[union-attr]
+
+
+def test_a_failure_of_a_replica_no_longer_outdated_is_forgotten(etcd: Etcd) -> None:
+    seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 2, "n2": 2, "n3": 2}})
+    rec = reconciler(etcd, FakePeers(etcd, {(n, "a"): "x" for n in ("n1", "n2", "n3")}))
+    rec._leading = True  # as if this term had already seen the failure below
+    rec.repair_failures = {("a", "n3"): RepairFailure("a", "n3", 2, "repair from n1 failed: timed out", 1.0)}
+    rec.run_once()
+    assert rec.repair_failures == {}
+
+
+def test_status_shows_each_replica_s_last_repair_error() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from bulwark.cluster.report import cluster_report, render
+
+    snap = make_snapshot(placements={"a": {"n1": 3, "n2": 3, "n3": 2}, "b": {"n1": 1, "n2": 1, "n3": 1}})
+    published = {"repair_failures": [
+        {"storage_id": "a", "node": "n3", "attempts": 2, "error": "repair from n1 failed: cannot lock ref", "at": 1.0},
+        {"storage_id": "b", "node": "n3", "attempts": 1, "error": "repaired since", "at": 1.0},  # b is healthy now
+    ]}
+    report = cluster_report(snap, reconciler_report=published)
+    assert "1 replicas failed their last repair (see 'bulwark cluster status -v')" in report.reasons
+    [problem] = report.problems
+    assert problem.to_json()["repair_failures"][0]["error"] == "repair from n1 failed: cannot lock ref"
+    out = StringIO()
+    render(report, Console(file=out, width=250), verbose=True)
+    assert "n3 (attempt 2): repair from n1 failed: cannot lock ref" in out.getvalue()

@@ -227,7 +227,9 @@ def config_apply(
 
 @app.command("status")
 def status(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every repository with a problem.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="List every repository with a problem, and why its last repair failed."
+    )] = False,
     as_json: JsonOption = False,
     nagios: Annotated[bool, typer.Option("--nagios", "-n", help="Print one line for Nagios-style monitors.")] = False,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Ask each live node's /status too.")] = True,
@@ -239,7 +241,8 @@ def status(
 
     CRITICAL: a repository has no live up-to-date replica, etcd has no quorum, or fewer than a
     majority of nodes are alive. WARNING: a node or etcd member is down, a repository is
-    under-replicated or has outdated replicas, or no reconciler is elected.
+    under-replicated or has outdated replicas, or no reconciler is elected. The reconciler's last
+    failed repair of each replica is shown with -v (and in --json), from whichever node asks.
     """
     endpoints = _endpoints(etcd_urls, data_dir, config, missing_code=int(Level.UNKNOWN))
     report: ClusterReport | None = None

@@ -75,10 +75,10 @@ class PeerClient:
         value = body.get("checksum") if body else None
         return str(value) if value else None
 
-    def sync(self, node_url: str, storage_id: str, source_url: str) -> str:
+    def sync(self, node_url: str, storage_id: str, source_url: str, *, rebuild: bool = False) -> str:
         body = self._call(
             "POST", f"{node_url}{INTERNAL}/repos/{storage_id}/sync", "repairing a replica",
-            json={"source": source_url}, timeout=self.sync_timeout,
+            json={"source": source_url, "rebuild": rebuild}, timeout=self.sync_timeout,
         )
         return str(body["checksum"])
 

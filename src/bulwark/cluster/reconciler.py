@@ -7,7 +7,8 @@ loses the role with its lease and another node takes it on its next cycle.
 Each cycle is Patroni-shaped: take a snapshot, :func:`decide` (pure), act, and return one
 sentence. The decisions:
 
-- ``Repair``: an outdated or building replica on a live node is copied from a good one.
+- ``Repair``: an outdated or building replica on a live node is copied from a good one; after
+  ``rebuild_after`` failed repairs in a row it is rebuilt from scratch instead.
 - ``AddReplica``: a repository with fewer than its RF replicas on usable nodes gets new
   ones (after ``replace_after`` seconds for a missing node, at once for an evacuating one).
 - ``DropReplica``: a repository above its RF loses a replica, only while RF up-to-date
@@ -28,7 +29,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from bulwark.cluster import keys, state
@@ -45,8 +46,9 @@ Checksums = Mapping[str, Mapping[str, str | None]]
 
 
 class Peers(Protocol):
-    def sync(self, node_url: str, storage_id: str, source_url: str) -> str:
-        """Make the node's copy identical to the source's and set its generation to the highest."""
+    def sync(self, node_url: str, storage_id: str, source_url: str, *, rebuild: bool = False) -> str:
+        """Make the node's copy identical to the source's and set its generation to the highest;
+        ``rebuild``: delete the copy first and fetch all of it."""
         ...
 
     def checksum(self, node_url: str, storage_id: str) -> str | None:
@@ -66,6 +68,7 @@ class Repair:
     storage_id: str
     node: str
     source: str
+    rebuild: bool = False  # incremental repairs kept failing: delete the copy and fetch it all
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,40 @@ class DataLoss:
 
 Action = Repair | AddReplica | DropReplica | MarkOutdated | DataLoss
 
+# Failed repairs of one replica in a row after which it is rebuilt from scratch.
+REBUILD_AFTER = 3
+
+
+@dataclass(frozen=True)
+class RepairFailure:
+    """The last failed repair of one replica, and how many failed in a row."""
+
+    storage_id: str
+    node: str
+    attempts: int
+    error: str
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"storage_id": self.storage_id, "node": self.node, "attempts": self.attempts, "error": self.error,
+                "at": self.at}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> RepairFailure:
+        return cls(str(raw["storage_id"]), str(raw["node"]), int(raw.get("attempts", 1)), str(raw.get("error", "")),
+                   float(raw.get("at", 0)))
+
+
+def still_failing(snapshot: ClusterSnapshot, failures: Mapping[tuple[str, str], RepairFailure]
+                  ) -> dict[tuple[str, str], RepairFailure]:
+    """The failures that still matter: replicas that are still placed and still outdated."""
+    kept = {}
+    for key, failure in failures.items():
+        placement = snapshot.placements.get(failure.storage_id)
+        if placement is not None and failure.node in placement.outdated():
+            kept[key] = failure
+    return kept
+
 
 # -- decisions -------------------------------------------------------------------------------
 
@@ -116,6 +153,8 @@ def decide(
     checksums: Checksums | None = None,
     max_actions: int = 20,
     skip: Collection[str] = (),
+    failed_repairs: Mapping[tuple[str, str], int] | None = None,
+    rebuild_after: int = REBUILD_AFTER,
 ) -> list[Action]:
     """What to do this cycle, repository by repository in storage id order.
 
@@ -123,6 +162,8 @@ def decide(
     in it counts as missing since ``now``). At most ``max_actions`` actions that change
     something are returned so one cycle stays short; ``DataLoss`` reports are not counted
     and cover every repository. Repositories in ``skip`` (recent failures) wait a cycle.
+    ``failed_repairs`` counts the failed repairs in a row per (storage id, node): from
+    ``rebuild_after`` on, that replica's repair is a rebuild.
     """
     actions: list[Action] = []
     budget = max_actions
@@ -136,6 +177,12 @@ def decide(
             continue
         votes = (checksums or {}).get(storage_id)
         planned = _decide_one(snapshot, placement, now, missing_since, replace_after, votes, promised)[:budget]
+        planned = [
+            replace(a, rebuild=True)
+            if isinstance(a, Repair) and (failed_repairs or {}).get((a.storage_id, a.node), 0) >= rebuild_after
+            else a
+            for a in planned
+        ]
         for action in planned:
             if isinstance(action, AddReplica):
                 promised[action.node] += 1
@@ -295,6 +342,7 @@ class Reconciler:
         replace_after: float = 60.0,
         retry_after: float = 60.0,
         max_actions: int = 20,
+        rebuild_after: int = REBUILD_AFTER,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.etcd = etcd
@@ -307,9 +355,13 @@ class Reconciler:
         self.replace_after = replace_after
         self.retry_after = retry_after
         self.max_actions = max_actions
+        self.rebuild_after = rebuild_after
         self.clock = clock
         self.missing_since: dict[str, float] = {}
         self.failed_at: dict[str, float] = {}  # storage id -> when an action on it last failed
+        # (storage id, node) -> its last failed repair; published, and taken over by the next leader.
+        self.repair_failures: dict[tuple[str, str], RepairFailure] = {}
+        self._leading = False
         self.verified_at: float | None = None
         self.last_sentence = ""
         self._stop = threading.Event()
@@ -357,10 +409,16 @@ class Reconciler:
             # What a former term learnt about missing nodes would be stale by the next one.
             self.missing_since.clear()
             self.verified_at = None
+            self._leading = False
             return f"not the reconciler ({leader} is)" if leader else "not the reconciler (no etcd session)"
         now = self.clock()
+        if not self._leading:
+            # A new term goes on counting where the last leader's failed repairs left off.
+            self.repair_failures = {(f.storage_id, f.node): f for f in published_failures(read_report(self.etcd))}
+            self._leading = True
         snap = state.snapshot(self.etcd)
         self._track_missing(snap, now)
+        self.repair_failures = still_failing(snap, self.repair_failures)
         counts = Counts()
         checksums: dict[str, dict[str, str | None]] | None = None
         if self.verified_at is None or now - self.verified_at >= self.verify_every:
@@ -371,6 +429,7 @@ class Reconciler:
         actions = decide(
             snap, now, self.missing_since, replace_after=self.replace_after, checksums=checksums,
             max_actions=self.max_actions, skip=set(self.failed_at),
+            failed_repairs={k: f.attempts for k, f in self.repair_failures.items()}, rebuild_after=self.rebuild_after,
         )
         for action in actions:
             if isinstance(action, DataLoss):
@@ -381,10 +440,26 @@ class Reconciler:
             except Exception as exc:  # one repository's trouble must not stop the others
                 counts.failed += 1
                 self.failed_at[action.storage_id] = now
+                self._note_failure(action, exc, now)
                 log.warning("reconciler: %s failed: %s", action, exc)
+            else:
+                if isinstance(action, Repair | AddReplica):
+                    self.repair_failures.pop((action.storage_id, action.node), None)
         sentence = counts.sentence()
         self._publish(sentence, counts, now)
         return sentence
+
+    def _note_failure(self, action: Action, exc: Exception, now: float) -> None:
+        if not isinstance(action, Repair | AddReplica):
+            return
+        key = (action.storage_id, action.node)
+        before = self.repair_failures.get(key)
+        message = exc.message if isinstance(exc, BulwarkError) else f"{exc.__class__.__name__}: {exc}"
+        verb = "rebuild" if isinstance(action, Repair) and action.rebuild else "repair"
+        self.repair_failures[key] = RepairFailure(
+            action.storage_id, action.node, (before.attempts if before else 0) + 1,
+            f"{verb} from {action.source} failed: {message}"[:500], now,
+        )
 
     def _track_missing(self, snap: ClusterSnapshot, now: float) -> None:
         known = {n.name for n in snap.config.nodes} | {n for p in snap.placements.values() for n in p.replicas}
@@ -424,9 +499,11 @@ class Reconciler:
 
     def _act(self, snap: ClusterSnapshot, action: Action, counts: Counts) -> None:
         if isinstance(action, Repair):
-            self.peers.sync(_url(snap, action.node), action.storage_id, _url(snap, action.source))
+            self.peers.sync(_url(snap, action.node), action.storage_id, _url(snap, action.source),
+                            rebuild=action.rebuild)
             counts.repaired += 1
-            log.info("reconciler: repaired %s on %s from %s", action.storage_id, action.node, action.source)
+            how = "rebuilt" if action.rebuild else "repaired"
+            log.info("reconciler: %s %s on %s from %s", how, action.storage_id, action.node, action.source)
         elif isinstance(action, AddReplica):
             node = action.node
 
@@ -490,6 +567,8 @@ class Reconciler:
                 "data_loss": len(counts.data_loss),
             },
             "data_loss": counts.data_loss[:100],
+            # Each replica that failed its last repair, and why: `bulwark cluster status -v` shows them.
+            "repair_failures": [f.to_json() for _k, f in sorted(self.repair_failures.items())][:100],
             "verified_at": self.verified_at,
         }
         self.etcd.put(keys.REPORT, json.dumps(report, sort_keys=True))
@@ -530,6 +609,17 @@ def read_report(etcd: Etcd) -> dict[str, Any] | None:
     except ValueError:
         return None
     return report
+
+
+def published_failures(report: Mapping[str, Any] | None) -> list[RepairFailure]:
+    """The failed repairs a reconciler report lists (an older report has none)."""
+    found = []
+    for raw in (report or {}).get("repair_failures") or []:
+        try:
+            found.append(RepairFailure.from_json(raw))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return found
 
 
 def _url(snap: ClusterSnapshot, node: str) -> str:

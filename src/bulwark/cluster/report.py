@@ -82,6 +82,8 @@ class RepoReport:
     rf: int
     replicas: dict[str, int]
     serving: tuple[str, ...]
+    # The replicas whose last repair failed, as the reconciler published them.
+    failures: tuple[reconciler.RepairFailure, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class RepoReport:
             "rf": self.rf,
             "replicas": dict(sorted(self.replicas.items())),
             "serving": list(self.serving),
+            "repair_failures": [f.to_json() for f in self.failures],
         }
 
 
@@ -157,6 +160,9 @@ def cluster_report(
     etcd = dict(etcd_health or {})
     probes = probes or {}
 
+    failures: dict[str, list[reconciler.RepairFailure]] = {}
+    for failure in reconciler.published_failures(reconciler_report):
+        failures.setdefault(failure.storage_id, []).append(failure)
     repos: list[RepoReport] = []
     for storage_id in sorted(snapshot.placements):
         placement = snapshot.placements[storage_id]
@@ -170,7 +176,9 @@ def cluster_report(
             repo_state = RepoState.OUTDATED
         else:
             repo_state = RepoState.HEALTHY
-        repos.append(RepoReport(storage_id, repo_state, rf, dict(placement.replicas), serving))
+        late = set(placement.outdated())
+        failed = tuple(f for f in failures.get(storage_id, []) if f.node in late)
+        repos.append(RepoReport(storage_id, repo_state, rf, dict(placement.replicas), serving, failed))
 
     held: dict[str, int] = {}
     outdated: dict[str, int] = {}
@@ -199,6 +207,9 @@ def cluster_report(
     count = {s: sum(1 for r in repos if r.state is s) for s in RepoState}
     outdated_replicas = sum(outdated.values())
     level, reasons = _judge(snapshot, nodes, etcd, count, outdated_replicas)
+    failing = sum(len(r.failures) for r in repos)
+    if failing:
+        reasons.append(f"{failing} replicas failed their last repair (see 'bulwark cluster status -v')")
     return ClusterReport(
         name=config.name,
         level=level,
@@ -344,7 +355,8 @@ def render(report: ClusterReport, console: Console, *, verbose: bool = False) ->
     console.print(Text(line))
 
     if verbose and report.problems:
-        problems = Table("repository", "state", "rf", "replicas (generation)", "serving", highlight=False)
+        problems = Table("repository", "state", "rf", "replicas (generation)", "serving", "last repair error",
+                         highlight=False)
         for repo in report.problems:
             replicas = " ".join(
                 f"{n}:{'building' if g == BUILDING else g}" for n, g in sorted(repo.replicas.items())
@@ -352,5 +364,6 @@ def render(report: ClusterReport, console: Console, *, verbose: bool = False) ->
             problems.add_row(
                 Text(repo.storage_id), Text(repo.state.value), str(repo.rf), Text(replicas),
                 Text(", ".join(repo.serving) or "-"),
+                Text("\n".join(f"{f.node} (attempt {f.attempts}): {f.error}" for f in repo.failures) or "-"),
             )
         console.print(problems)

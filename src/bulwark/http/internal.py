@@ -17,12 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from bulwark.cluster import state
+from bulwark.cluster import repair
 from bulwark.cluster.client import git_url
 from bulwark.cluster.gitrouter import ClusterGit
 from bulwark.cluster.runtime import ClusterRuntime
-from bulwark.cluster.state import Placement
-from bulwark.errors import BadRequest, Conflict, InvalidInput, NotFound, Unauthenticated
+from bulwark.errors import BadRequest, InvalidInput, NotFound, Unauthenticated
 from bulwark.node import Node
 
 log = logging.getLogger("bulwark.cluster")
@@ -188,45 +187,18 @@ async def set_head(request: Request) -> Response:
 
 
 async def sync(request: Request) -> Response:
-    """Make this node's replica identical to ``source``'s, under the repository's lock, and
-    record it as up to date."""
+    """Make this node's replica identical to ``source``'s (``rebuild``: from scratch); see cluster/repair.py."""
     rt, git = authenticated(request)
     storage_id = _storage_id(request)
     body = await _json(request)
     source = str(body.get("source", ""))
     if source not in rt.urls().values() or source == rt.url:
         raise InvalidInput("the source must be another node of this cluster")
-    result = await run_in_threadpool(_sync, rt, git, storage_id, source)
+    rebuild = body.get("rebuild", False)
+    if not isinstance(rebuild, bool):
+        raise InvalidInput("rebuild must be true or false")
+    result = await run_in_threadpool(repair.repair, rt, git, storage_id, source, rebuild=rebuild)
     return JSONResponse({"checksum": result})
-
-
-def _sync(rt: ClusterRuntime, git: ClusterGit, storage_id: str, source: str) -> str:
-    with rt.locks.held(storage_id):
-        placement = state.get_placement(rt.etcd, storage_id)
-        if placement is None or rt.name not in placement.replicas:
-            raise NotFound(f"this node holds no replica of {storage_id}")
-        git.local_init(storage_id, "main")
-        config = rt.git_source_config()
-        git.run(["--git-dir", str(git.path(storage_id)), "fetch", "--quiet", "--prune", "--no-tags",
-                 "--no-write-fetch-head", git_url(source, storage_id), "+refs/*:refs/*"],
-                secret_config=config, timeout=3600)
-        branch = rt.peers.head(source, storage_id)
-        if branch:
-            git.local_set_head(storage_id, branch)
-        mine = git.local_checksum(storage_id)
-        theirs = rt.peers.checksum(source, storage_id)
-        if mine != theirs:
-            raise Conflict(f"after fetching from {source}, the refs still differ")
-        top = placement.generation
-
-        def up_to_date(current: Placement) -> Placement:
-            if rt.name not in current.replicas:
-                raise NotFound(f"this node's replica of {storage_id} was dropped meanwhile")
-            return current.with_replicas({**current.replicas, rt.name: max(top, current.generation, 0)})
-
-        state.update_placement(rt.etcd, storage_id, up_to_date)
-        log.info("cluster: replica of %s repaired from %s (checksum %s)", storage_id, source, mine[:12] if mine else "")
-        return mine or ""
 
 
 routes = [
