@@ -5,6 +5,7 @@ peer timeout."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -81,3 +82,60 @@ def test_without_a_majority_the_push_is_refused_and_followers_told_to_abort() ->
     ok, message = asyncio.run(coordinator.on_hook("t1", "prepared", LINE))
     assert not ok and "only 1 of 3" in message
     assert push.prepared == {}
+
+
+class SlowPeers(Peers):
+    """Followers that all answer after ``delay``."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(hung=set())
+        self.delay = delay
+
+    async def _answer(self, verb: str, url: str) -> None:
+        self.calls.append((verb, url))
+        await asyncio.sleep(self.delay)
+
+
+def test_followers_that_answer_during_the_liveness_check_are_counted() -> None:
+    # Both followers answer while the leader is asking etcd who is alive, after the straggler
+    # deadline has passed: their answers count, and nobody is outdated as a straggler.
+    peers = SlowPeers(delay=0.15)
+    urls = {n: f"http://{n}" for n in ("n1", "n2", "n3")}
+
+    def slow_alive() -> set[str]:
+        time.sleep(0.3)
+        return {"n1", "n2", "n3"}
+
+    coordinator = Coordinator("n1", urls["n1"], cast(Any, None), cast(Any, None), cast(Any, peers),
+                              slow_alive, lambda: urls, liveness_every=0.05, straggler_deadline=0.01)
+    push = Push("t1", "s1", "lock", Placement("s1", {"n1": 0, "n2": 0, "n3": 0}),
+                {"n2": urls["n2"], "n3": urls["n3"]}, good={"n2", "n3"})
+    coordinator._pushes[push.txn] = push
+
+    async def scenario() -> tuple[bool, str]:
+        ok, message = await coordinator.on_hook("t1", "prepared", LINE)
+        await coordinator.on_hook("t1", "committed", LINE)
+        return ok, message
+
+    ok, message = asyncio.run(scenario())
+    assert ok and "3 of 3" in message, message
+    assert push.good == {"n2", "n3"} and not push.problems, push.problems
+
+
+def test_a_straggler_gets_the_deadline_after_the_majority_not_after_the_start() -> None:
+    # n2 answers late (after more than the deadline), n3 a little after it: n3 is not cut off.
+    class Staggered(Peers):
+        async def _answer(self, verb: str, url: str) -> None:
+            self.calls.append((verb, url))
+            await asyncio.sleep({"http://n2": 0.3, "http://n3": 0.4}[url])
+
+    peers = Staggered(hung=set())
+    urls = {n: f"http://{n}" for n in ("n1", "n2", "n3")}
+    coordinator = Coordinator("n1", urls["n1"], cast(Any, None), cast(Any, None), cast(Any, peers),
+                              lambda: {"n1", "n2", "n3"}, lambda: urls, liveness_every=0.02,
+                              straggler_deadline=0.25)
+    push = Push("t1", "s1", "lock", Placement("s1", {"n1": 0, "n2": 0, "n3": 0}),
+                {"n2": urls["n2"], "n3": urls["n3"]}, good={"n2", "n3"})
+    coordinator._pushes[push.txn] = push
+    ok, message = asyncio.run(coordinator.on_hook("t1", "prepared", LINE))
+    assert ok and "3 of 3" in message, (message, push.problems)

@@ -26,8 +26,8 @@ commit; and the generations are recorded only in a transaction that compares the
 token. A leader that lost its lock records nothing; the intent it wrote with the lock
 (``cluster/intents.py``) makes the next holder compare the replicas' refs on disk.
 
-A follower that has not answered once a majority agreed is given up on after
-``straggler_deadline`` seconds: the push goes on without it, and it is outdated.
+A follower that has not answered ``straggler_deadline`` seconds after a majority agreed is
+given up on: the push goes on without it, and it is outdated.
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ class Coordinator:
         checksum_of: Callable[[str, str], str | None] | None = None,
         straggler_deadline: float = 1.0,
         lease_margin: float = 0.5,
+        alive_now: Callable[[], set[str]] | None = None,
     ) -> None:
         self.name = name
         self.url = url
@@ -136,6 +137,8 @@ class Coordinator:
         self.checksum_of = checksum_of
         self.straggler_deadline = straggler_deadline
         self.lease_margin = lease_margin
+        # Who is alive, read from etcd now rather than from the cached view (blocking).
+        self.alive_now = alive_now
         self._pushes: dict[str, Push] = {}
         self._background_tasks: set[asyncio.Future[None]] = set()
 
@@ -155,8 +158,10 @@ class Coordinator:
                 placement = await anyio.to_thread.run_sync(self._settle, push, placement, held)
             if self.name not in placement.up_to_date():
                 raise Unavailable("this node's copy of the repository is not up to date; try again")
-            alive, urls = self.alive(), self.urls()
-            followers = {n: urls[n] for n in placement.up_to_date() if n != self.name and n in alive and n in urls}
+            followers = self._followers(placement, self.alive())
+            if not has_quorum(1 + len(followers), len(placement.replicas)) and self.alive_now is not None:
+                # The cached view may predate nodes that just came back: look again before refusing.
+                followers = self._followers(placement, await anyio.to_thread.run_sync(self.alive_now))
             if not has_quorum(1 + len(followers), len(placement.replicas)):
                 raise Unavailable(
                     f"only {1 + len(followers)} of the {len(placement.replicas)} replicas of this repository are "
@@ -168,6 +173,10 @@ class Coordinator:
         push.placement, push.followers, push.good = placement, followers, set(followers)
         self._pushes[push.txn] = push
         return push
+
+    def _followers(self, placement: Placement, alive: set[str]) -> dict[str, str]:
+        urls = self.urls()
+        return {n: urls[n] for n in placement.up_to_date() if n != self.name and n in alive and n in urls}
 
     def _settle(self, push: Push, placement: Placement, held: Held) -> Placement:
         """An earlier push never recorded its outcome: compare the replicas before trusting them."""
@@ -285,31 +294,34 @@ class Coordinator:
                        counts: Callable[[T], bool]) -> list[T | BaseException]:
         """Every follower's answer (or error), in the order of ``calls``.
 
-        Once ``needed`` answers count towards a majority, the others get until
-        ``straggler_deadline`` after the start; a follower whose node loses its etcd session is
-        given up on at once, and so is every follower if this node's own lease lapses.
+        Once ``needed`` answers count towards a majority, the others get ``straggler_deadline``
+        more; a follower whose node loses its etcd session is given up on at once, and so is
+        every follower if this node's own lease lapses.
         """
         loop = asyncio.get_running_loop()
         start = loop.time()
+        majority_at: float | None = None
         tasks = {name: asyncio.ensure_future(call) for name, call in calls.items()}
         late: set[str] = set()
-        pending: set[asyncio.Future[T]] = set(tasks.values())
-        while pending:
+        while True:
+            # Recomputed each time: answers also arrive while the liveness check below is awaited.
+            pending = {t for t in tasks.values() if not t.done()}
+            if not pending:
+                break
             agreed = sum(1 for t in tasks.values() if t.done() and not t.cancelled() and t.exception() is None
                          and counts(t.result()))
+            wait = self.liveness_every
             if agreed >= needed:
-                wait = start + self.straggler_deadline - loop.time()
+                majority_at = loop.time() if majority_at is None else majority_at
+                wait = majority_at + self.straggler_deadline - loop.time()
                 if wait <= 0:
                     for name, task in tasks.items():
-                        if task in pending:
+                        if not task.done():
                             late.add(name)
                             task.cancel()
                     break
-            else:
-                wait = self.liveness_every
-            _, pending = await asyncio.wait(pending, timeout=min(wait, self.liveness_every),
-                                            return_when=asyncio.FIRST_COMPLETED)
-            if not pending or loop.time() - start < self.liveness_every:
+            await asyncio.wait(pending, timeout=min(wait, self.liveness_every), return_when=asyncio.FIRST_COMPLETED)
+            if all(t.done() for t in pending) or loop.time() - start < self.liveness_every:
                 continue
             if not self._holds(push):
                 for waiting in pending:
@@ -320,14 +332,15 @@ class Coordinator:
             except BulwarkError:
                 continue  # etcd unreachable: cannot tell; the peer timeout still bounds the wait
             for name, task in tasks.items():
-                if task in pending and name not in alive:
+                if not task.done() and name not in alive:
                     task.cancel()
+        pending = {t for t in tasks.values() if not t.done()}
         if pending:
             await asyncio.wait(pending)
         answers: list[T | BaseException] = []
         for name, task in tasks.items():
             if name in late:
-                answers.append(Straggler(f"{name} did not answer within {self.straggler_deadline:g}s"))
+                answers.append(Straggler(f"{name} did not answer within {self.straggler_deadline:g}s of a majority"))
             elif task.cancelled():
                 answers.append(PeerUnreachable(f"{name} lost its cluster session before it answered"))
             else:

@@ -152,7 +152,8 @@ class ClusterRuntime:
         if self._coordinator is None:
             self._coordinator = Coordinator(self.name, self.url, self.etcd, self.locks, self.apeers,
                                             self.alive, self.urls, pack_for=self.transactions.thin_pack,
-                                            holds=self.holds_lease, checksum_of=self.checksum_of)
+                                            holds=self.holds_lease, checksum_of=self.checksum_of,
+                                            alive_now=lambda: set(self.snapshot(max_age=0).alive))
         return self._coordinator
 
     @property
