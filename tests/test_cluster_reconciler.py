@@ -21,10 +21,10 @@ from bulwark.cluster.reconciler import (
     decide,
     disagreeing,
 )
-from bulwark.cluster.state import BUILDING, Placement
+from bulwark.cluster.state import BUILDING, NodeBeat, Placement
 from bulwark.errors import GitError, PeerUnreachable
 
-from cluster_fakes import make_snapshot, seed
+from cluster_fakes import make_snapshot, seed, url_of
 from etcd_helpers import clean_etcd, serve_etcd
 from helpers import free_port
 
@@ -403,3 +403,26 @@ def test_status_shows_each_replica_s_last_repair_error() -> None:
     out = StringIO()
     render(report, Console(file=out, width=250), verbose=True)
     assert "n3 (attempt 2): repair from n1 failed: cannot lock ref" in out.getvalue()
+
+
+def test_a_node_back_with_a_new_session_has_its_repositories_verified_at_once(etcd: Etcd) -> None:
+    seed(etcd, ["n1", "n2", "n3", "n4"],
+         placements={"a": {"n1": 2, "n2": 2, "n3": 2}, "b": {"n1": 1, "n2": 1, "n4": 1}})
+    peers = FakePeers(etcd, {(n, s): "good" for s, ns in (("a", "n1 n2 n3"), ("b", "n1 n2 n4")) for n in ns.split()})
+    rec = reconciler(etcd, peers)  # verifies everything once an hour only
+    assert rec.run_once().endswith("verified 2 repositories")
+    # n3 was cut off (a partition, a pause) and its copy of a went its own way meanwhile.
+    peers.copies[("n3", "a")] = "diverged"
+    etcd.delete(keys.alive("n3"))
+    for _ in range(2):  # gone, then still gone: nothing to verify
+        sentence = rec.run_once()
+        assert "marked 0 outdated" in sentence and "verified" not in sentence, sentence
+    etcd.put(keys.alive("n3"), NodeBeat("n3", url_of("n3"), 0.0, disk_total=100).to_json(), lease=etcd.grant(30))
+    before = len(peers.calls)
+    sentence = rec.run_once()
+    assert "marked 1 outdated" in sentence and sentence.endswith("verified 1 repositories"), sentence
+    a = state.get_placement(etcd, "a")
+    assert a is not None and a.replicas["n3"] == BUILDING
+    asked = {call[2] for call in peers.calls[before:] if call[0] == "checksum"}
+    assert asked == {"a"}  # only the returned node's repositories
+    assert "verified" not in rec.run_once()  # the same session next time: nothing more to verify

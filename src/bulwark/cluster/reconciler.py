@@ -14,7 +14,8 @@ sentence. The decisions:
 - ``DropReplica``: a repository above its RF loses a replica, only while RF up-to-date
   replicas on usable nodes remain without it.
 - ``MarkOutdated``: up-to-date replicas whose ref checksums disagree with the majority
-  (verified every ``verify_every`` seconds under the repository's lock) become building.
+  (verified every ``verify_every`` seconds under the repository's lock, and at once for the
+  repositories of a node that comes back with a new session) become building.
 - ``DataLoss``: no live up-to-date replica is left. Reported, never acted on: only an
   administrator may accept the loss.
 """
@@ -328,6 +329,13 @@ class Counts:
         return text
 
 
+def returned_nodes(before: Mapping[str, int], now: Mapping[str, int]) -> set[str]:
+    """Nodes whose session is new since the last look (empty on the first look: nothing to compare)."""
+    if not before:
+        return set()
+    return {node for node, lease in now.items() if before.get(node) != lease}
+
+
 class Reconciler:
     def __init__(
         self,
@@ -363,6 +371,7 @@ class Reconciler:
         self.repair_failures: dict[tuple[str, str], RepairFailure] = {}
         self._leading = False
         self.verified_at: float | None = None
+        self.sessions: dict[str, int] = {}  # node -> its session's lease, as of the last cycle
         self.last_sentence = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -409,6 +418,7 @@ class Reconciler:
             # What a former term learnt about missing nodes would be stale by the next one.
             self.missing_since.clear()
             self.verified_at = None
+            self.sessions = {}
             self._leading = False
             return f"not the reconciler ({leader} is)" if leader else "not the reconciler (no etcd session)"
         now = self.clock()
@@ -421,10 +431,16 @@ class Reconciler:
         self.repair_failures = still_failing(snap, self.repair_failures)
         counts = Counts()
         checksums: dict[str, dict[str, str | None]] | None = None
+        returned = returned_nodes(self.sessions, snap.sessions)
+        self.sessions = dict(snap.sessions)
         if self.verified_at is None or now - self.verified_at >= self.verify_every:
             checksums = self._verify(snap)
-            counts.verified = len(checksums)
             self.verified_at = now
+        elif returned:
+            # A node back from a crash, a pause or a partition may hold refs the others do not.
+            checksums = self._verify(snap, only=returned)
+        if checksums is not None:
+            counts.verified = len(checksums)
         self.failed_at = {s: t for s, t in self.failed_at.items() if now - t < self.retry_after}
         actions = decide(
             snap, now, self.missing_since, replace_after=self.replace_after, checksums=checksums,
@@ -471,10 +487,13 @@ class Reconciler:
         for node in set(self.missing_since) - known:
             del self.missing_since[node]
 
-    def _verify(self, snap: ClusterSnapshot) -> dict[str, dict[str, str | None]]:
-        """Ref checksums of every repository with two or more live up-to-date replicas."""
+    def _verify(self, snap: ClusterSnapshot, only: Collection[str] = ()) -> dict[str, dict[str, str | None]]:
+        """Ref checksums of every repository with two or more live up-to-date replicas (with
+        ``only``: of those with a replica on one of these nodes)."""
         found: dict[str, dict[str, str | None]] = {}
         for storage_id in sorted(snap.placements):
+            if only and not set(only) & set(snap.placements[storage_id].replicas):
+                continue
             serving = [n for n in snap.serving_replicas(storage_id) if snap.url_of(n)]
             if len(serving) < 2:
                 continue

@@ -110,6 +110,8 @@ class ClusterSnapshot:
     revision: int
     reconciler: str | None = None
     taken_at: float = field(default_factory=time.time)
+    # node -> the lease of its alive key: a new lease means the node lost its session and came back.
+    sessions: dict[str, int] = field(default_factory=dict)
 
     def is_alive(self, node: str) -> bool:
         return node in self.alive
@@ -160,6 +162,7 @@ def snapshot(etcd: Etcd) -> ClusterSnapshot:
         placements={p.storage_id: p for p in (Placement.from_kv(kv) for kv in placement_kvs)},
         revision=result.revision,
         reconciler=reconciler_kv[0].text if reconciler_kv else None,
+        sessions={keys.tail(kv.key, keys.ALIVE): kv.lease for kv in alive_kvs},
     )
 
 
