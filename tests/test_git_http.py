@@ -739,3 +739,23 @@ def test_size_limit_and_idle_timeout(tmp_path: Path, genv: dict[str, str]) -> No
     finally:
         srv.stop()
 
+
+
+def test_maintenance_reaches_git_users_as_a_remote_line(
+    server: Server, project: tuple[str, Path], genv: dict[str, str], tmp_path: Path
+) -> None:
+    url, work = project
+    on = subprocess.run([*BULWARK, "maintenance", "on", "--message", "kernel upgrade until 10:00",
+                         "--data-dir", str(server.data_dir)], capture_output=True, text=True, env=server.env())
+    assert on.returncode == 0, on.stderr
+    commit(work, genv, "README.md", "during maintenance\n")
+    pushed = git("push", url, "main", cwd=work, env=genv, check=False)
+    fetched = git("fetch", url, cwd=work, env=genv, check=False)
+    for result in (pushed, fetched):
+        assert result.returncode != 0
+        assert "remote: kernel upgrade until 10:00" in result.stderr, result.stderr
+        assert "hung up" not in result.stderr, result.stderr
+    off = subprocess.run([*BULWARK, "maintenance", "off", "--data-dir", str(server.data_dir)],
+                         capture_output=True, text=True, env=server.env())
+    assert off.returncode == 0, off.stderr
+    assert git("push", "-q", url, "main", cwd=work, env=genv, check=False).returncode == 0
