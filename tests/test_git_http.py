@@ -18,7 +18,7 @@ import pytest
 
 from bulwark.errors import BadRequest
 from bulwark.git import pktline
-from bulwark.http.smart import CHUNK, _Gunzip
+from bulwark.http.gitbody import CHUNK, Gunzip
 
 from helpers import BULWARK, Server, git
 
@@ -648,7 +648,7 @@ def test_gzip_requests_are_decoded(server: Server, project: tuple[str, Path], ge
 
 def test_gzip_decoding_is_bounded() -> None:
     bomb = gzip.compress(b"\0" * (50 * 1024 * 1024))
-    decoder = _Gunzip()
+    decoder = Gunzip()
     total = 0
     for i in range(0, len(bomb), 1000):
         for piece in decoder.feed(bomb[i : i + 1000]):
@@ -656,13 +656,13 @@ def test_gzip_decoding_is_bounded() -> None:
             total += len(piece)
     decoder.finish()
     assert total == 50 * 1024 * 1024
-    decoder = _Gunzip()
+    decoder = Gunzip()
     list(decoder.feed(bomb[:100]))
     with pytest.raises(BadRequest, match="truncated"):
         decoder.finish()
     for corrupt in (bomb[:10] + b"\xff" * 20, b"not gzip at all", gzip.compress(b"x")[:-8] + b"\0" * 8):
         with pytest.raises(BadRequest, match="corrupt"):
-            decoder = _Gunzip()
+            decoder = Gunzip()
             list(decoder.feed(corrupt))
             decoder.finish()
 

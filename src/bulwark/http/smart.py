@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
-import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 
 import anyio
@@ -37,8 +36,7 @@ from bulwark.errors import (
     Unavailable,
 )
 from bulwark.git import pktline, report
-from bulwark.git.pktline import Kind, Packet, PktLineError, PktLineReader
-from bulwark.http import internal, manage
+from bulwark.http import gitbody, internal, manage
 from bulwark.http.auth import principal_of
 from bulwark.http.backup import RESTORE_HEADER
 from bulwark.models import Account, AccountType, Permission, Repository
@@ -54,7 +52,6 @@ log = logging.getLogger("bulwark.git")
 UPLOAD_PACK = "upload-pack"
 RECEIVE_PACK = "receive-pack"
 
-CHUNK = 64 * 1024
 # Bodies of fetch requests are wants and haves only; a generous cap still stops abuse.
 UPLOAD_BODY_LIMIT = 256 * 1024**2
 # The first section (up to the first flush) is buffered and checked before git starts.
@@ -83,16 +80,8 @@ NO_CACHE = {
 _PROTOCOL_HEADER = re.compile(r"[A-Za-z0-9=:._-]{1,256}")
 
 
-class RequestTimeout(BulwarkError):
-    status_code = 408
-
-
 class UnsupportedMediaType(BulwarkError):
     status_code = 415
-
-
-class ClientGone(BadRequest):
-    """The client disconnected; nobody reads the answer, but the request must still end."""
 
 
 # -- routes --------------------------------------------------------------------------
@@ -158,19 +147,19 @@ async def _rpc(request: Request, service: str) -> Response:
     limit = node.settings.max_push_bytes if service == RECEIVE_PACK else UPLOAD_BODY_LIMIT
     oversized = _oversized_push(request, limit) if service == RECEIVE_PACK else None
     if oversized is None:
-        _check_declared_length(request, limit)
-    framing = _FetchFraming() if service == UPLOAD_PACK else None
-    body = _decoded_body(request, limit=oversized or limit, idle_timeout=node.settings.body_idle_timeout,
+        gitbody.check_declared_length(request, limit)
+    framing = gitbody.FetchFraming() if service == UPLOAD_PACK else None
+    body = gitbody.decoded_body(request, limit=oversized or limit, idle_timeout=node.settings.body_idle_timeout,
                          framing=framing)
     protocol = _git_protocol(request)
     try:
-        prelude, section = await _first_section(body, SECTION_LIMITS[service])
+        prelude, section = await gitbody.first_section(body, SECTION_LIMITS[service])
         # The ref updates of a push: replication will replicate and vote on exactly these.
         request_ = pktline.parse_receive_request(section) if service == RECEIVE_PACK else None
         commands = request_.commands if request_ is not None else ()
         capabilities = request_.capabilities if request_ is not None else ()
         if service == UPLOAD_PACK and _speaks_v2(protocol) and section and section[0].payload == b"command=ls-refs\n":
-            prelude, whole = await _read_small(prelude, body, LS_REFS_KEPT_LIMIT)
+            prelude, whole = await gitbody.read_small(prelude, body, LS_REFS_KEPT_LIMIT)
             if whole:
                 return await _ls_refs(request, access, protocol, prelude)
     except BaseException:
@@ -298,17 +287,6 @@ async def _ls_refs(request: Request, access: RepoAccess, protocol: str | None, w
         if not first and (proc.returncode != 0 or session.complained()):
             raise BadRequest(f"git-{UPLOAD_PACK} rejected the request: {session.last_error()}")
         return await kept.keep(session, first, b"", media_type)
-
-
-async def _read_small(prelude: bytes, body: AsyncGenerator[bytes, None], limit: int) -> tuple[bytes, bool]:
-    """``prelude`` and the rest of ``body`` if it all fits in ``limit`` bytes (then ``True``);
-    else what was read, and ``body`` goes on from there."""
-    data = bytearray(prelude)
-    async for chunk in body:
-        data += chunk
-        if len(data) > limit:
-            return bytes(data), False
-    return bytes(data), True
 
 
 async def _no_more() -> AsyncGenerator[bytes, None]:
@@ -501,142 +479,6 @@ def _check_content_type(request: Request, service: str) -> None:
         raise UnsupportedMediaType(f"the request body must be of type {expected}")
 
 
-def _check_declared_length(request: Request, limit: int) -> None:
-    declared = request.headers.get("content-length")
-    if declared is None:
-        return
-    if not declared.isdigit():
-        raise BadRequest("malformed Content-Length")
-    if int(declared) > limit:
-        raise PayloadTooLarge(f"the request body of {declared} bytes exceeds the limit of {limit} bytes")
-
-
-class _Identity:
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        # In pieces of at most CHUNK, as gzip yields them: a push's commands are then read and
-        # answered even when the server received them together with more than the size limit.
-        for start in range(0, len(data), CHUNK):
-            yield data[start : start + CHUNK]
-
-    def finish(self) -> None:
-        pass
-
-
-class _Gunzip:
-    """Incremental gzip decoding that never inflates more than ``CHUNK`` bytes at a time."""
-
-    def __init__(self) -> None:
-        self._z = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        while True:
-            if self._z.eof:
-                if data or self._z.unused_data:
-                    raise BadRequest("corrupt gzip request body: data after the end of the gzip stream")
-                return
-            try:
-                out = self._z.decompress(data, CHUNK)
-            except zlib.error as exc:
-                raise BadRequest(f"corrupt gzip request body: {exc}") from None
-            if out:
-                yield out
-            data = self._z.unconsumed_tail
-            # A full CHUNK may leave output pending inside zlib: ask again, with no new input.
-            if not data and len(out) < CHUNK:
-                return
-
-    def finish(self) -> None:
-        if not self._z.eof:
-            raise BadRequest("corrupt gzip request body: the gzip stream is truncated")
-
-
-def _decoder(request: Request) -> _Identity | _Gunzip:
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding in ("", "identity"):
-        return _Identity()
-    if encoding in ("gzip", "x-gzip"):
-        return _Gunzip()
-    raise BadRequest(f"unsupported Content-Encoding {encoding!r}: use gzip or none")
-
-
-class _FetchFraming:
-    """Checks that a fetch request is pkt-lines to its very end, and ends as clients end one."""
-
-    def __init__(self) -> None:
-        self._reader = PktLineReader()
-        self._last: Packet | None = None
-
-    def feed(self, data: bytes) -> None:
-        self._reader.feed(data)
-        for packet in self._reader.packets():
-            self._last = packet
-
-    def finish(self) -> None:
-        if self._reader.pending():
-            raise PktLineError("the request body is truncated: it ends inside a pkt-line")
-        last = self._last
-        if last is None:
-            raise PktLineError("the request body is empty; expected pkt-lines")
-        if not (last.kind is Kind.FLUSH or last.payload == b"done\n"):
-            raise PktLineError("the request body is truncated: it does not end with a flush or 'done' packet")
-
-
-async def _decoded_body(
-    request: Request, *, limit: int, idle_timeout: float, framing: _FetchFraming | None = None
-) -> AsyncGenerator[bytes, None]:
-    """The request body, decoded, in pieces; raises once it exceeds ``limit``, stalls or breaks ``framing``.
-
-    The last piece is held back until the body has ended well: git then never sees a
-    complete request that is about to be refused (a push would land despite the error).
-    """
-    decoder = _decoder(request)
-    chunks = request.stream().__aiter__()
-    total = 0
-    held: bytes | None = None
-    while True:
-        try:
-            chunk = await asyncio.wait_for(chunks.__anext__(), idle_timeout)
-        except StopAsyncIteration:
-            break
-        except TimeoutError:
-            raise RequestTimeout(f"no request body data arrived for {idle_timeout:g} seconds") from None
-        except ClientDisconnect:
-            raise ClientGone("the client disconnected while sending its request") from None
-        for piece in decoder.feed(chunk):
-            total += len(piece)
-            if total > limit:
-                raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
-            if framing is not None:
-                framing.feed(piece)
-            if held is not None:
-                yield held
-            held = piece
-    decoder.finish()
-    if framing is not None:
-        framing.finish()
-    if held is not None:
-        yield held
-
-
-async def _first_section(body: AsyncIterator[bytes], limit: int) -> tuple[bytes, list[Packet]]:
-    """Read up to the first flush packet: every byte read so far, and the packets before the flush."""
-    reader = PktLineReader()
-    raw = bytearray()
-    packets: list[Packet] = []
-    async for chunk in body:
-        raw += chunk
-        reader.feed(chunk)
-        for packet in reader.packets():
-            if packet.kind is Kind.FLUSH:
-                return bytes(raw), packets
-            packets.append(packet)
-        if len(raw) > limit:
-            raise PktLineError(f"the request sends more than {limit} bytes before its first flush packet")
-    if not raw:
-        raise PktLineError("the request body is empty; expected pkt-lines")
-    raise PktLineError("the request body is truncated: it ends before its first flush packet")
-
-
 # -- the git process ---------------------------------------------------------------------
 
 
@@ -747,7 +589,7 @@ class GitSession:
         """Git's first bytes of output; ``b""`` if it exited without any."""
         stdout = self.proc.stdout
         assert stdout is not None
-        data = await stdout.read(CHUNK)
+        data = await stdout.read(gitbody.CHUNK)
         error = self._input_error()
         if error is not None:
             # The body was bad: that is the answer, whatever git made of the part it got.
@@ -758,7 +600,7 @@ class GitSession:
             return data
         await self.proc.wait()
         if self.client_gone:
-            raise ClientGone("the client disconnected")
+            raise gitbody.ClientGone("the client disconnected")
         await asyncio.wait({self._stderr_task}, timeout=TERM_GRACE)  # so last_error() has git's last words
         return b""
 
@@ -768,7 +610,7 @@ class GitSession:
         assert stdout is not None
         data = bytearray(first)
         while len(data) <= limit:
-            chunk = await stdout.read(CHUNK)
+            chunk = await stdout.read(gitbody.CHUNK)
             if not chunk:
                 return bytes(data), True
             data += chunk
@@ -783,14 +625,14 @@ class GitSession:
         assert stdout is not None
         if self.hold_output is not None:
             held = bytearray(first)
-            while chunk := await stdout.read(CHUNK):
+            while chunk := await stdout.read(gitbody.CHUNK):
                 held += chunk
             await self.finish()
             yield await self.hold_output(bytes(held))
             return
         if first:
             yield first
-        while chunk := await stdout.read(CHUNK):
+        while chunk := await stdout.read(gitbody.CHUNK):
             yield chunk
         await self.finish()
 
@@ -836,7 +678,7 @@ class GitSession:
     async def _discard_stdout(self) -> None:
         stdout = self.proc.stdout
         assert stdout is not None
-        while await stdout.read(CHUNK):
+        while await stdout.read(gitbody.CHUNK):
             pass
 
     # -- the end -------------------------------------------------------------------------

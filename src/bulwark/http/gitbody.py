@@ -1,0 +1,175 @@
+"""The body of a git request: decoded, bounded and checked before git sees it.
+
+A fetch's wants and haves, or a push's commands, are read here piece by piece: gzip is
+inflated at most ``CHUNK`` bytes at a time, the total is capped, a stalled client is
+given up on, and the pkt-line framing of a fetch is checked to its end. Nothing here
+holds more than one piece and the first section (up to its first flush packet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+
+from starlette.requests import ClientDisconnect, Request
+
+from bulwark.errors import BadRequest, BulwarkError, PayloadTooLarge
+from bulwark.git.pktline import Kind, Packet, PktLineError, PktLineReader
+
+CHUNK = 64 * 1024
+
+
+class RequestTimeout(BulwarkError):
+    status_code = 408
+
+
+class ClientGone(BadRequest):
+    """The client disconnected; nobody reads the answer, but the request must still end."""
+
+
+def check_declared_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not declared.isdigit():
+        raise BadRequest("malformed Content-Length")
+    if int(declared) > limit:
+        raise PayloadTooLarge(f"the request body of {declared} bytes exceeds the limit of {limit} bytes")
+
+
+class Identity:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        # In pieces of at most CHUNK, as gzip yields them: a push's commands are then read and
+        # answered even when the server received them together with more than the size limit.
+        for start in range(0, len(data), CHUNK):
+            yield data[start : start + CHUNK]
+
+    def finish(self) -> None:
+        pass
+
+
+class Gunzip:
+    """Incremental gzip decoding that never inflates more than ``CHUNK`` bytes at a time."""
+
+    def __init__(self) -> None:
+        self._z = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while True:
+            if self._z.eof:
+                if data or self._z.unused_data:
+                    raise BadRequest("corrupt gzip request body: data after the end of the gzip stream")
+                return
+            try:
+                out = self._z.decompress(data, CHUNK)
+            except zlib.error as exc:
+                raise BadRequest(f"corrupt gzip request body: {exc}") from None
+            if out:
+                yield out
+            data = self._z.unconsumed_tail
+            # A full CHUNK may leave output pending inside zlib: ask again, with no new input.
+            if not data and len(out) < CHUNK:
+                return
+
+    def finish(self) -> None:
+        if not self._z.eof:
+            raise BadRequest("corrupt gzip request body: the gzip stream is truncated")
+
+
+def decoder_for(request: Request) -> Identity | Gunzip:
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return Identity()
+    if encoding in ("gzip", "x-gzip"):
+        return Gunzip()
+    raise BadRequest(f"unsupported Content-Encoding {encoding!r}: use gzip or none")
+
+
+class FetchFraming:
+    """Checks that a fetch request is pkt-lines to its very end, and ends as clients end one."""
+
+    def __init__(self) -> None:
+        self._reader = PktLineReader()
+        self._last: Packet | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._reader.feed(data)
+        for packet in self._reader.packets():
+            self._last = packet
+
+    def finish(self) -> None:
+        if self._reader.pending():
+            raise PktLineError("the request body is truncated: it ends inside a pkt-line")
+        last = self._last
+        if last is None:
+            raise PktLineError("the request body is empty; expected pkt-lines")
+        if not (last.kind is Kind.FLUSH or last.payload == b"done\n"):
+            raise PktLineError("the request body is truncated: it does not end with a flush or 'done' packet")
+
+
+async def decoded_body(
+    request: Request, *, limit: int, idle_timeout: float, framing: FetchFraming | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The request body, decoded, in pieces; raises once it exceeds ``limit``, stalls or breaks ``framing``.
+
+    The last piece is held back until the body has ended well: git then never sees a
+    complete request that is about to be refused (a push would land despite the error).
+    """
+    decoder = decoder_for(request)
+    chunks = request.stream().__aiter__()
+    total = 0
+    held: bytes | None = None
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), idle_timeout)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise RequestTimeout(f"no request body data arrived for {idle_timeout:g} seconds") from None
+        except ClientDisconnect:
+            raise ClientGone("the client disconnected while sending its request") from None
+        for piece in decoder.feed(chunk):
+            total += len(piece)
+            if total > limit:
+                raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
+            if framing is not None:
+                framing.feed(piece)
+            if held is not None:
+                yield held
+            held = piece
+    decoder.finish()
+    if framing is not None:
+        framing.finish()
+    if held is not None:
+        yield held
+
+
+async def first_section(body: AsyncIterator[bytes], limit: int) -> tuple[bytes, list[Packet]]:
+    """Read up to the first flush packet: every byte read so far, and the packets before the flush."""
+    reader = PktLineReader()
+    raw = bytearray()
+    packets: list[Packet] = []
+    async for chunk in body:
+        raw += chunk
+        reader.feed(chunk)
+        for packet in reader.packets():
+            if packet.kind is Kind.FLUSH:
+                return bytes(raw), packets
+            packets.append(packet)
+        if len(raw) > limit:
+            raise PktLineError(f"the request sends more than {limit} bytes before its first flush packet")
+    if not raw:
+        raise PktLineError("the request body is empty; expected pkt-lines")
+    raise PktLineError("the request body is truncated: it ends before its first flush packet")
+
+
+async def read_small(prelude: bytes, body: AsyncGenerator[bytes, None], limit: int) -> tuple[bytes, bool]:
+    """``prelude`` and the rest of ``body`` if it all fits in ``limit`` bytes (then ``True``);
+    else what was read, and ``body`` goes on from there."""
+    data = bytearray(prelude)
+    async for chunk in body:
+        data += chunk
+        if len(data) > limit:
+            return bytes(data), False
+    return bytes(data), True
