@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import hashlib
@@ -10,7 +11,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -18,7 +20,8 @@ import pytest
 
 from bulwark.errors import BadRequest
 from bulwark.git import pktline
-from bulwark.http.gitbody import CHUNK, Gunzip
+from bulwark.git.pktline import PktLineError
+from bulwark.http.gitbody import CHUNK, INFLATE_FREE, FetchFraming, Gunzip, first_section
 
 from helpers import BULWARK, Server, git
 
@@ -647,15 +650,21 @@ def test_gzip_requests_are_decoded(server: Server, project: tuple[str, Path], ge
 
 
 def test_gzip_decoding_is_bounded() -> None:
-    bomb = gzip.compress(b"\0" * (50 * 1024 * 1024))
+    bomb = gzip.compress(b"0004" * (12 * 1024 * 1024))
     decoder = Gunzip()
     total = 0
-    for i in range(0, len(bomb), 1000):
-        for piece in decoder.feed(bomb[i : i + 1000]):
-            assert len(piece) <= CHUNK
-            total += len(piece)
+    with pytest.raises(BadRequest, match="inflates more than 100 times"):
+        for i in range(0, len(bomb), 1000):
+            for piece in decoder.feed(bomb[i : i + 1000]):
+                assert len(piece) <= CHUNK
+                total += len(piece)
+    assert total <= INFLATE_FREE + CHUNK  # refused early, not after inflating it all
+    # What git really sends compresses a few times at most, and is inflated whole.
+    haves = b"".join(pktline.encode(f"have {hashlib.sha1(str(i).encode()).hexdigest()}\n")
+                     for i in range(200_000)) + pktline.flush()
+    decoder = Gunzip()
+    assert b"".join(decoder.feed(gzip.compress(haves))) == haves
     decoder.finish()
-    assert total == 50 * 1024 * 1024
     decoder = Gunzip()
     list(decoder.feed(bomb[:100]))
     with pytest.raises(BadRequest, match="truncated"):
@@ -759,3 +768,31 @@ def test_maintenance_reaches_git_users_as_a_remote_line(
                          capture_output=True, text=True, env=server.env())
     assert off.returncode == 0, off.stderr
     assert git("push", "-q", url, "main", cwd=work, env=genv, check=False).returncode == 0
+
+
+def test_packets_are_counted_not_kept() -> None:
+    empty = b"0004" * 500_000 + b"0000"
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(0, len(empty), CHUNK):
+            yield empty[i : i + CHUNK]
+
+    with pytest.raises(PktLineError, match="more than 400000 pkt-lines"):
+        asyncio.run(first_section(body(), 16 * 1024**2, max_packets=400_000, keep=1))
+    prelude, kept = asyncio.run(first_section(body(), 16 * 1024**2, max_packets=600_000, keep=1))
+    assert kept == [pktline.Packet(pktline.Kind.DATA, b"")] and prelude.endswith(b"0000")
+    framing = FetchFraming(max_packets=1000)
+    framing.feed(b"0004" * 1000)
+    with pytest.raises(PktLineError, match="more than 1000 pkt-lines"):
+        framing.feed(b"0004")
+
+
+def test_a_gzip_bomb_of_empty_packets_is_refused_at_once(server: Server, project: tuple[str, Path]) -> None:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = b"".join([compressor.compress(b"0004" * 1024) for _ in range(4095)]
+                    + [compressor.compress(b"0000"), compressor.flush()])
+    answer = httpx.post(f"{server.url}/alice/proj.git/git-upload-pack", content=bomb, timeout=60, headers={
+        "Content-Type": "application/x-git-upload-pack-request", "Content-Encoding": "gzip"})
+    assert answer.status_code == 400
+    assert "inflates more than 100 times" in answer.text
+    assert httpx.get(f"{server.url}/status", timeout=10).status_code == 200

@@ -163,3 +163,16 @@ def test_special_packets_and_signed_pushes_are_rejected_in_commands() -> None:
         parse_receive_request([data(b"push-cert\0report-status\n")])
     with pytest.raises(PktLineError, match="UTF-8"):
         parse_receive_request([data(f"{Z} {A} refs/heads/".encode() + b"\xff")])
+
+
+def test_skim_steps_over_what_packets_would_hand_out() -> None:
+    data = pktline.encode("want 1\n") + b"0004" + pktline.flush() + pktline.encode("done\n") + b"00"
+    reader, skimmer = PktLineReader(), PktLineReader()
+    reader.feed(data)
+    skimmer.feed(data)
+    handed = list(reader.packets())
+    count, last = skimmer.skim()
+    assert count == len(handed) == 4 and last == handed[-1] == Packet(Kind.DATA, b"done\n")
+    assert skimmer.consumed == reader.consumed and skimmer.pending() == reader.pending() == 2
+    skimmer.feed(b"00")
+    assert skimmer.skim() == (1, pktline.FLUSH)

@@ -43,7 +43,7 @@ FLUSH = Packet(Kind.FLUSH)
 DELIM = Packet(Kind.DELIM)
 RESPONSE_END = Packet(Kind.RESPONSE_END)
 _SPECIAL = {0: FLUSH, 1: DELIM, 2: RESPONSE_END}
-_HEX = frozenset(b"0123456789abcdefABCDEF")
+_LENGTH = re.compile(rb"[0-9a-fA-F]{4}")
 
 
 def encode(payload: bytes | str) -> bytes:
@@ -60,7 +60,7 @@ def flush() -> bytes:
 
 def parse_length(header: bytes) -> int:
     """The length field of a pkt-line; ``PktLineError`` unless it is one git accepts."""
-    if len(header) != 4 or not all(c in _HEX for c in header):
+    if _LENGTH.fullmatch(header) is None:
         raise PktLineError(f"malformed pkt-line: bad length header {header[:4]!r}")
     length = int(header, 16)
     if length == 3:
@@ -103,6 +103,26 @@ class PktLineReader:
             self._pos += size
             self.consumed += size
             yield packet
+
+    def skim(self) -> tuple[int, Packet | None]:
+        """Step over every complete packet without making objects of them: how many there
+        were, and the last one (how a request ends is all a framing check needs)."""
+        buf, pos, end = self._buf, self._pos, len(self._buf)
+        count, last_at, last_length = 0, -1, 0
+        while end - pos >= 4:
+            length = parse_length(bytes(buf[pos : pos + 4]))
+            size = 4 if length in _SPECIAL else length
+            if end - pos < size:
+                break
+            count, last_at, last_length = count + 1, pos, length
+            pos += size
+        self.consumed += pos - self._pos
+        self._pos = pos
+        if last_at < 0:
+            return 0, None
+        if last_length in _SPECIAL:
+            return count, _SPECIAL[last_length]
+        return count, Packet(Kind.DATA, bytes(buf[last_at + 4 : last_at + last_length]))
 
     def pending(self) -> int:
         """Bytes fed but not yet handed out as packets."""

@@ -18,6 +18,13 @@ from bulwark.errors import BadRequest, BulwarkError, PayloadTooLarge
 from bulwark.git.pktline import Kind, Packet, PktLineError, PktLineReader
 
 CHUNK = 64 * 1024
+# A gzip body may inflate this many times its size, past the first INFLATE_FREE bytes: wants
+# and haves compress a few times at most, while a bomb of empty packets compresses a
+# thousandfold and would cost the node seconds of parsing per kilobyte sent.
+INFLATE_RATIO = 100
+INFLATE_FREE = 256 * 1024
+# Packets in a whole fetch request: a wide margin over the wants and haves of a mirror fetch.
+FETCH_PACKET_LIMIT = 1_000_000
 
 
 class RequestTimeout(BulwarkError):
@@ -54,8 +61,11 @@ class Gunzip:
 
     def __init__(self) -> None:
         self._z = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        self.received = 0
+        self.inflated = 0
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        fed = self.received + len(data)
         while True:
             if self._z.eof:
                 if data or self._z.unused_data:
@@ -65,9 +75,15 @@ class Gunzip:
                 out = self._z.decompress(data, CHUNK)
             except zlib.error as exc:
                 raise BadRequest(f"corrupt gzip request body: {exc}") from None
+            data = self._z.unconsumed_tail
+            self.received = fed - len(data)  # compressed bytes inflated so far
+            self.inflated += len(out)
+            if self.inflated > INFLATE_FREE and self.inflated > INFLATE_RATIO * self.received:
+                raise BadRequest(
+                    f"the gzip request body inflates more than {INFLATE_RATIO} times its size; refused"
+                )
             if out:
                 yield out
-            data = self._z.unconsumed_tail
             # A full CHUNK may leave output pending inside zlib: ask again, with no new input.
             if not data and len(out) < CHUNK:
                 return
@@ -89,14 +105,19 @@ def decoder_for(request: Request) -> Identity | Gunzip:
 class FetchFraming:
     """Checks that a fetch request is pkt-lines to its very end, and ends as clients end one."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_packets: int = FETCH_PACKET_LIMIT) -> None:
         self._reader = PktLineReader()
         self._last: Packet | None = None
+        self.max_packets = max_packets
+        self.packets = 0
 
     def feed(self, data: bytes) -> None:
         self._reader.feed(data)
-        for packet in self._reader.packets():
-            self._last = packet
+        count, last = self._reader.skim()
+        self.packets += count
+        self._last = last or self._last
+        if self.packets > self.max_packets:
+            raise PktLineError(f"the request sends more than {self.max_packets} pkt-lines")
 
     def finish(self) -> None:
         if self._reader.pending():
@@ -138,6 +159,8 @@ async def decoded_body(
             if held is not None:
                 yield held
             held = piece
+            # Inflating and checking a piece is CPU work: let other requests in between pieces.
+            await asyncio.sleep(0)
     decoder.finish()
     if framing is not None:
         framing.finish()
@@ -145,18 +168,27 @@ async def decoded_body(
         yield held
 
 
-async def first_section(body: AsyncIterator[bytes], limit: int) -> tuple[bytes, list[Packet]]:
-    """Read up to the first flush packet: every byte read so far, and the packets before the flush."""
+async def first_section(
+    body: AsyncIterator[bytes], limit: int, *, max_packets: int, keep: int | None = None
+) -> tuple[bytes, list[Packet]]:
+    """Read up to the first flush packet: every byte read so far, and the packets before the
+    flush (only the first ``keep`` of them, if given). More than ``limit`` bytes or
+    ``max_packets`` packets before the flush is refused."""
     reader = PktLineReader()
     raw = bytearray()
     packets: list[Packet] = []
+    count = 0
     async for chunk in body:
         raw += chunk
         reader.feed(chunk)
         for packet in reader.packets():
             if packet.kind is Kind.FLUSH:
                 return bytes(raw), packets
-            packets.append(packet)
+            count += 1
+            if count > max_packets:
+                raise PktLineError(f"the request sends more than {max_packets} pkt-lines before its first flush")
+            if keep is None or len(packets) < keep:
+                packets.append(packet)
         if len(raw) > limit:
             raise PktLineError(f"the request sends more than {limit} bytes before its first flush packet")
     if not raw:

@@ -57,6 +57,8 @@ UPLOAD_BODY_LIMIT = 256 * 1024**2
 # The first section (up to the first flush) is buffered and checked before git starts.
 # A mirror clone may want hundreds of thousands of refs; a push's commands are fewer.
 SECTION_LIMITS = {UPLOAD_PACK: 16 * 1024**2, RECEIVE_PACK: 1024**2}
+# ... and in packets, which cost far more to parse than their bytes suggest (an empty one is 4 bytes).
+SECTION_PACKETS = {UPLOAD_PACK: 400_000, RECEIVE_PACK: 20_000}
 # An ``ls-refs`` request up to this size may be answered from kept answers (git/adverts.py).
 LS_REFS_KEPT_LIMIT = 64 * 1024
 # A client gone mid-push: how long git may take to finish the ref updates it has started.
@@ -153,7 +155,11 @@ async def _rpc(request: Request, service: str) -> Response:
                          framing=framing)
     protocol = _git_protocol(request)
     try:
-        prelude, section = await gitbody.first_section(body, SECTION_LIMITS[service])
+        # Of a fetch's first section only its first packet matters here (is it ls-refs?).
+        prelude, section = await gitbody.first_section(
+            body, SECTION_LIMITS[service], max_packets=SECTION_PACKETS[service],
+            keep=1 if service == UPLOAD_PACK else None,
+        )
         # The ref updates of a push: replication will replicate and vote on exactly these.
         request_ = pktline.parse_receive_request(section) if service == RECEIVE_PACK else None
         commands = request_.commands if request_ is not None else ()
