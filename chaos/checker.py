@@ -192,11 +192,13 @@ def check(ops: Sequence[Op], final: FinalState, rules: Rules) -> Verdict:
 
 
 def allowed_losses(ops: Iterable[Op]) -> set[tuple[str, str, str]]:
-    """(repo, branch, commit) of the pushes a dead HA primary had not replicated (recorded at its death)."""
+    """(repo, branch, commit) of the pushes an HA primary acknowledged before it died that the promoted
+    replica did not have, less those the replica's position claimed it had (recorded at the promotion)."""
     out: set[tuple[str, str, str]] = set()
     for op in ops:
         if op.kind is Kind.FAULT:
-            out.update((r, b, c) for r, b, c in op.detail.get("unreplicated", ()))
+            claimed = {(r, b, c) for r, b, c in op.detail.get("claimed", ())}
+            out.update((r, b, c) for r, b, c in op.detail.get("unreplicated", ()) if (r, b, c) not in claimed)
     return out
 
 

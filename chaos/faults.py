@@ -56,8 +56,11 @@ class Planned:
 
 
 def plan_random(kinds: Sequence[FaultKind], targets: Mapping[FaultKind, Sequence[str]], rounds: int, seed: int,
-                hold: tuple[float, float] = (1.0, 6.0), delay: tuple[float, float] = (0.5, 3.0)) -> list[Planned]:
-    """``rounds`` faults drawn from ``kinds`` with a generator seeded by ``seed``."""
+                hold: tuple[float, float] = (1.0, 6.0), delay: tuple[float, float] = (0.5, 3.0),
+                machines: bool = False) -> list[Planned]:
+    """``rounds`` faults drawn from ``kinds`` with a generator seeded by ``seed``.
+
+    ``machines``: a kill takes the node's etcd member down with it half the time (a cluster)."""
     if not kinds:
         raise ValueError("no fault to plan")
     rng = random.Random(seed)
@@ -70,18 +73,18 @@ def plan_random(kinds: Sequence[FaultKind], targets: Mapping[FaultKind, Sequence
             target=rng.choice(list(targets[kind])),
             hold=round(rng.uniform(*hold), 1),
             delay=round(rng.uniform(*delay), 1),
-            with_etcd=kind is FaultKind.KILL and rng.random() < 0.5,
+            with_etcd=machines and kind is FaultKind.KILL and rng.random() < 0.5,
         ))
     return plan
 
 
 def plan_each(kinds: Sequence[FaultKind], targets: Mapping[FaultKind, Sequence[str]], repeats: int,
-              hold: float = 2.0, delay: float = 1.0) -> list[Planned]:
+              hold: float = 2.0, delay: float = 1.0, machines: bool = False) -> list[Planned]:
     """Every kind in turn, ``repeats`` times, the targets taken in order: the same plan every time."""
     plan: list[Planned] = []
     for r in range(repeats):
         for kind in kinds:
             names = list(targets[kind])
             plan.append(Planned(round=len(plan), kind=kind, target=names[r % len(names)], hold=hold, delay=delay,
-                                with_etcd=kind is FaultKind.KILL and r % 2 == 1))
+                                with_etcd=machines and kind is FaultKind.KILL and r % 2 == 1))
     return plan

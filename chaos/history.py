@@ -104,6 +104,7 @@ class Clock:
 
     def __init__(self) -> None:
         self._zero = time.monotonic()
+        self.wall_zero = time.time()  # to find an operation in the processes' logs (UTC times there)
 
     def now(self) -> float:
         return time.monotonic() - self._zero

@@ -116,14 +116,13 @@ def rounds(ops: Sequence[Op]) -> list[Round]:
     pushes = [op for op in ops if op.kind is Kind.PUSH and op.role in WRITES and op.phase != "final"]
     repos = sorted({op.repo for op in pushes})
     out = []
-    for i, fault in enumerate(faults):
-        until = faults[i + 1].start if i + 1 < len(faults) else float("inf")
+    for fault in faults:
         detail = fault.detail
         back, current = detail.get("back_at"), detail.get("current_at")
         kill_to_ack: dict[str, float | None] = {}
         if FaultKind(fault.fault) in KILLS:
             for repo in repos:
-                ends = [op.end for op in pushes if op.repo == repo and op.ok and fault.start <= op.start < until]
+                ends = [op.end for op in pushes if op.repo == repo and op.ok and op.start >= fault.start]
                 kill_to_ack[repo] = min(ends) - fault.start if ends else None
         longest = longest_acked = None
         if FaultKind(fault.fault) is FaultKind.PAUSE:
