@@ -217,11 +217,15 @@ def test_faults_that_fail_or_never_heal_are_violations() -> None:
 def test_ha_pushes_the_replica_had_not_taken_may_be_lost() -> None:
     b = seeded()
     b.push(A, ROOT, 1.0, 1.2)
-    b.fault(FaultKind.KILL_PRIMARY, 1.3, 5.0, disruptions=[1.3], back_at=4.0, unreplicated=[["r0", "w0", A]])
+    kill = b.fault(FaultKind.KILL_PRIMARY, 1.3, 5.0, disruptions=[1.3], back_at=4.0,
+                   unreplicated=[["r0", "w0", A]])
     b.read({"w0": ROOT}, 6.0, 6.1)
     b.push(B, ROOT, 6.2, 6.3)  # built on what the new primary has
     assert problems(b, final({"w0": B}), Mode.HA) == []
     assert problems(b, final({"w0": B}), Mode.CLUSTER) == [Problem.LOST, Problem.STALE_READ]
+    # One the replica's position said it held is no documented loss.
+    b.ops[kill.index] = dataclasses.replace(kill, detail={**kill.detail, "claimed": [["r0", "w0", A]]})
+    assert problems(b, final({"w0": B}), Mode.HA) == [Problem.LOST, Problem.STALE_READ]
 
 
 def test_failure_kinds_and_reasons() -> None:
