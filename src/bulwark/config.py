@@ -32,6 +32,11 @@ class Settings(BaseModel):
     max_push_bytes: int = Field(default=4 * 1024**3, gt=0)
     # Seconds a client may stay silent while sending a request body.
     body_idle_timeout: float = Field(default=120.0, gt=0)
+    # Git processes serving requests at once on this node, and for one client (its login, or
+    # its address if anonymous); a request waits up to git_slot_wait seconds for a free one.
+    max_git_processes: int = Field(default=64, gt=0)
+    max_git_per_client: int = Field(default=16, gt=0)
+    git_slot_wait: float = Field(default=10.0, ge=0)
     # Seconds between full checksum reconciliations of an HA replica's repositories.
     ha_reconcile_interval: float = Field(default=60.0, gt=0)
     # Memory for answers to fetches that find nothing new (ref advertisements), served

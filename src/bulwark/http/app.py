@@ -9,6 +9,7 @@ from starlette.routing import BaseRoute, Mount
 from bulwark.http import api, backup, internal, manage, metrics, pages, smart, status
 from bulwark.http.accesslog import AccessLog
 from bulwark.http.errors import HANDLERS
+from bulwark.http.gitslots import GitSlots, Limits
 from bulwark.monitoring.gather import NodeMonitor
 from bulwark.monitoring.metrics import Metrics, NodeCollector, RefCacheCollector
 from bulwark.node import Node
@@ -37,4 +38,8 @@ def create_app(node: Node) -> Starlette:
     app.state.node = node
     app.state.monitor = monitor
     app.state.metrics = app_metrics
+    settings = node.settings
+    app.state.git_slots = GitSlots(Limits(
+        total=settings.max_git_processes, per_client=settings.max_git_per_client, wait=settings.git_slot_wait,
+    ))
     return app

@@ -36,7 +36,7 @@ from bulwark.errors import (
     Unavailable,
 )
 from bulwark.git import pktline, report
-from bulwark.http import gitbody, internal, manage
+from bulwark.http import gitbody, gitslots, internal, manage
 from bulwark.http.auth import principal_of
 from bulwark.http.backup import RESTORE_HEADER
 from bulwark.models import Account, AccountType, Permission, Repository
@@ -104,10 +104,16 @@ async def info_refs(request: Request) -> Response:
     kept = _Kept(node, access, ("info/refs", protocol)) if service == UPLOAD_PACK else None
     if kept is not None and kept.answer is not None:
         return Response(prefix + kept.answer, media_type=media_type, headers=NO_CACHE)
-    proc = await node.git.spawn(
-        access.repo.storage_id, service, advertise=True, protocol=protocol, extra_config=_git_config(access, service)
-    )
-    session = GitSession(proc, request, access, service)
+    slot = await _slot(request)  # Busy: a 503 whose text git shows as "remote:" lines
+    try:
+        proc = await node.git.spawn(
+            access.repo.storage_id, service, advertise=True, protocol=protocol,
+            extra_config=_git_config(access, service),
+        )
+    except BaseException:
+        _release(slot)
+        raise
+    session = GitSession(proc, request, access, service, slot)
     async with _closed_on_error(session):
         session.no_input()
         first = await session.first_output()
@@ -173,6 +179,16 @@ async def _rpc(request: Request, service: str) -> Response:
         raise
     if oversized is not None:
         return await _refused(request, body, commands, capabilities, _too_large(limit))
+    try:
+        # Before the repository's lock: a push waiting for a slot holds up no other push.
+        slot = await _slot(request)
+    except gitslots.Busy as exc:
+        if commands:
+            return await _refused(request, body, commands, capabilities, exc.message)
+        return await _fetch_refused(request, body, exc.message)
+    except BaseException:
+        await body.aclose()
+        raise
     extra_config, extra_env = _git_config(access, service), dict[str, str]()
     push: Push | None = None
     if commands and node.cluster is not None:
@@ -180,8 +196,10 @@ async def _rpc(request: Request, service: str) -> Response:
             push = await node.cluster.coordinator.begin(access.repo.storage_id)
         except (Unavailable, NotFound) as exc:
             # No majority, a busy lock, a stale copy: refused in git's words, not with a bare 503.
+            _release(slot)
             return await _refused(request, body, commands, capabilities, exc.message)
         except BaseException:
+            _release(slot)
             await body.aclose()
             raise
         hook_config, extra_env = node.cluster.hook_setup(push.txn)
@@ -192,10 +210,11 @@ async def _rpc(request: Request, service: str) -> Response:
             extra_env=extra_env,
         )
     except BaseException:
+        _release(slot)
         if push is not None:
             await node.cluster.coordinator.cancel(push)  # type: ignore[union-attr]
         raise
-    session = GitSession(proc, request, access, service)
+    session = GitSession(proc, request, access, service, slot)
     if commands:
         session.on_success = _recorder(node, access, commands)
     if push is not None:
@@ -274,6 +293,45 @@ def _report(answer: bytes) -> Response:
     return Response(answer, media_type=f"application/x-git-{RECEIVE_PACK}-result", headers=NO_CACHE)
 
 
+async def _slot(request: Request) -> gitslots.Slot | None:
+    """A git process slot for this request (None: node-to-node traffic, which is not capped)."""
+    slots: gitslots.GitSlots | None = getattr(request.app.state, "git_slots", None)
+    path = request.url.path
+    node = _node(request)
+    internal = path.startswith(("/internal/cluster/", "/manage/v1/replication/")) or (
+        node.cluster is not None and node.cluster.forwarder.is_routed(request)
+    )
+    if slots is None or internal:
+        return None
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is not None and principal.account is not None:
+        client = f"account {principal.account.id}"
+    else:
+        client = f"address {request.client.host if request.client else 'unknown'}"
+    return await slots.acquire(client)
+
+
+def _release(slot: gitslots.Slot | None) -> None:
+    if slot is not None:
+        slot.release()
+
+
+def _fetch_error(message: str) -> Response:
+    """A fetch refused after its request was read: git prints "fatal: remote error: <message>"."""
+    return Response(pktline.encode(f"ERR {message}\n"), media_type=f"application/x-git-{UPLOAD_PACK}-result",
+                    headers=NO_CACHE)
+
+
+async def _fetch_refused(request: Request, body: AsyncGenerator[bytes, None], message: str) -> Response:
+    try:
+        async for _ in body:
+            pass
+    finally:
+        await body.aclose()
+    log.warning("fetch from %s refused: %s", request.url.path, message)
+    return _fetch_error(message)
+
+
 async def _ls_refs(request: Request, access: RepoAccess, protocol: str | None, whole: bytes) -> Response:
     """Protocol v2's ``ls-refs``, whose whole request is ``whole``: from the kept answers if
     the refs are unchanged since git last gave this answer."""
@@ -282,11 +340,19 @@ async def _ls_refs(request: Request, access: RepoAccess, protocol: str | None, w
     kept = _Kept(node, access, ("ls-refs", protocol, whole))
     if kept.answer is not None:
         return Response(kept.answer, media_type=media_type, headers=NO_CACHE)
-    proc = await node.git.spawn(
-        access.repo.storage_id, UPLOAD_PACK, advertise=False, protocol=protocol,
-        extra_config=_git_config(access, UPLOAD_PACK),
-    )
-    session = GitSession(proc, request, access, UPLOAD_PACK)
+    try:
+        slot = await _slot(request)
+    except gitslots.Busy as exc:
+        return _fetch_error(exc.message)
+    try:
+        proc = await node.git.spawn(
+            access.repo.storage_id, UPLOAD_PACK, advertise=False, protocol=protocol,
+            extra_config=_git_config(access, UPLOAD_PACK),
+        )
+    except BaseException:
+        _release(slot)
+        raise
+    session = GitSession(proc, request, access, UPLOAD_PACK, slot)
     async with _closed_on_error(session):
         session.send_input(whole, _no_more())
         first = await session.first_output()
@@ -496,8 +562,10 @@ class GitSession:
     is sent.
     """
 
-    def __init__(self, proc: asyncio.subprocess.Process, request: Request, access: RepoAccess, service: str) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, request: Request, access: RepoAccess, service: str,
+                 slot: gitslots.Slot | None = None) -> None:
         self.proc = proc
+        self.slot = slot  # released when the process has ended
         self.service = service
         self.on_success: Callable[[], Awaitable[None]] | None = None
         # A cluster push holds back git's answer until the replicas' votes are recorded,
@@ -703,6 +771,7 @@ class GitSession:
         await self._stop()
         self._refs_changed()
         self._observed.end(self.proc.returncode, cancelled=self.client_gone)  # metrics: git operations
+        _release(self.slot)
         if self._deadline is not None:
             self._deadline.cancel()
         await asyncio.wait({discard, self._stderr_task}, timeout=TERM_GRACE)

@@ -1,0 +1,114 @@
+"""The cap on git processes: a request waits for a slot, then is refused in git's words."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bulwark.git import pktline
+from bulwark.http.gitslots import Busy, GitSlots, Limits, admits
+from cluster_helpers import wait_for
+
+from helpers import Server, git
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_admission_counts_the_node_and_the_client() -> None:
+    limits = Limits(total=3, per_client=2, wait=0)
+    assert admits(0, 0, limits) and admits(2, 1, limits)
+    assert not admits(3, 0, limits)  # the node is full
+    assert not admits(1, 2, limits)  # this client has its share
+
+
+def test_a_waiting_request_gets_the_slot_released_and_a_late_one_is_refused() -> None:
+    async def scenario() -> list[str]:
+        slots = GitSlots(Limits(total=1, per_client=1, wait=0.5))
+        first = await slots.acquire("a")
+        waiting = asyncio.ensure_future(slots.acquire("b"))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        first.release()
+        first.release()  # twice is once
+        second = await waiting
+        assert slots.running == 1 and dict(slots.by_client) == {"b": 1}
+        messages = []
+        for client in ("b", "c"):
+            with pytest.raises(Busy) as refused:
+                await GitSlots.acquire(slots, client)
+            messages.append(refused.value.message)
+        second.release()
+        await asyncio.sleep(0)
+        assert slots.running == 0 and not slots.by_client and slots.refused == 2
+        return messages
+
+    mine, everyone = asyncio.run(scenario())
+    assert "you already have 1 git requests running" in mine
+    assert "the server is busy" in everyone
+
+
+@pytest.fixture
+def busy_server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(data_dir=tmp_path / "node", extra_env={
+        "BULWARK_MAX_GIT_PROCESSES": "1", "BULWARK_GIT_SLOT_WAIT": "0.5", "BULWARK_REF_CACHE_MB": "0",
+    }).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def hold_a_git_process(server: Server, path: str, oid: str) -> socket.socket:
+    """A fetch that sends its wants and then nothing more: its git process waits for the rest."""
+    sock = socket.create_connection((server.host, server.port))
+    wants = pktline.encode(f"want {oid} side-band-64k\n") + pktline.flush()
+    sock.sendall(
+        f"POST {path}/git-upload-pack HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/x-git-upload-pack-request\r\nContent-Length: 100000\r\n\r\n".encode() + wants
+    )
+    # The server passes a piece on once the next one arrives (the last is held until the body ends well).
+    time.sleep(0.3)
+    sock.sendall(pktline.encode(f"have {oid}\n"))
+    return sock
+
+
+def running_git(server: Server) -> float:
+    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"token {server.token}"}).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("bulwark_git_processes{"))
+
+
+def test_a_full_node_refuses_fetches_and_pushes_in_git_s_words(
+    busy_server: Server, genv: dict[str, str], tmp_path: Path
+) -> None:
+    token = busy_server.create_user("alice")
+    busy_server.create_repo(token, "proj")
+    url = busy_server.remote("alice", "proj", token=token)
+    work = tmp_path / "work"
+    git("init", "-q", "-b", "main", str(work), env=genv)
+    git("commit", "-q", "--allow-empty", "-m", "one", cwd=work, env=genv)
+    git("push", "-q", url, "main", cwd=work, env=genv)
+    oid = git("rev-parse", "HEAD", cwd=work, env=genv).stdout.strip()
+    held = hold_a_git_process(busy_server, "/alice/proj.git", oid)
+    wait_for(lambda: running_git(busy_server) == 1, timeout=10, what="the held fetch's git process")
+    try:
+        # info/refs then needs the only slot too (no kept answers here): a 503 git shows as "remote:".
+        cloned = git("clone", url, str(tmp_path / "clone"), env=genv, check=False)
+        assert cloned.returncode != 0
+        assert "remote: the server is busy" in cloned.stderr, cloned.stderr
+        git("commit", "-q", "--allow-empty", "-m", "two", cwd=work, env=genv)
+        pushed = git("push", url, "main", cwd=work, env=genv, check=False)
+        assert pushed.returncode != 0
+        assert "the server is busy" in pushed.stderr, pushed.stderr
+        assert "hung up" not in cloned.stderr + pushed.stderr
+    finally:
+        held.close()
+    # The held process ends with its connection, and its slot is free again.
+    wait_for(lambda: running_git(busy_server) == 0, timeout=30, what="the held git process to end")
+    pushed = git("push", "-q", url, "main", cwd=work, env=genv, check=False)
+    assert pushed.returncode == 0, pushed.stderr
