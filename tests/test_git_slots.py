@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from bulwark.git import pktline
+from bulwark.http.clients import real_address
 from bulwark.http.gitslots import Busy, GitSlots, Limits, admits
 from cluster_helpers import wait_for
 
@@ -112,3 +113,15 @@ def test_a_full_node_refuses_fetches_and_pushes_in_git_s_words(
     wait_for(lambda: running_git(busy_server) == 0, timeout=30, what="the held git process to end")
     pushed = git("push", "-q", url, "main", cwd=work, env=genv, check=False)
     assert pushed.returncode == 0, pushed.stderr
+
+
+def test_the_client_behind_a_trusted_balancer_is_the_forwarded_address() -> None:
+    trusted = ["10.0.0.0/24"]
+    assert real_address("10.0.0.9", "203.0.113.7", trusted) == "203.0.113.7"
+    # A client cannot pass itself off as another by sending its own header through the balancer.
+    assert real_address("10.0.0.9", "198.51.100.1, 203.0.113.7", trusted) == "203.0.113.7"
+    assert real_address("10.0.0.9", "203.0.113.7, 10.0.0.8", trusted) == "203.0.113.7"
+    # Nobody else is believed.
+    assert real_address("203.0.113.7", "198.51.100.1", trusted) == "203.0.113.7"
+    assert real_address("10.0.0.9", None, trusted) == "10.0.0.9"
+    assert real_address("10.0.0.9", "198.51.100.1", []) == "10.0.0.9"

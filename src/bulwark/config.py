@@ -7,6 +7,7 @@ and in the environment (``BULWARK_LISTEN``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -34,6 +35,9 @@ class Settings(BaseModel):
     body_idle_timeout: float = Field(default=120.0, gt=0)
     # Git processes serving requests at once on this node, and for one client (its login, or
     # its address if anonymous); a request waits up to git_slot_wait seconds for a free one.
+    # Addresses (or networks) of load balancers whose X-Forwarded-For names the real client, for
+    # the per-client limits; empty: the connection's own address is the client.
+    trusted_proxies: list[str] = Field(default_factory=list)
     max_git_processes: int = Field(default=64, gt=0)
     max_git_per_client: int = Field(default=16, gt=0)
     git_slot_wait: float = Field(default=10.0, ge=0)
@@ -64,11 +68,21 @@ class Settings(BaseModel):
     alert_load_warning: float = Field(default=1.0, gt=0)
     alert_load_critical: float = Field(default=2.0, gt=0, validate_default=True)
 
-    @field_validator("etcd", mode="before")
+    @field_validator("etcd", "trusted_proxies", mode="before")
     @classmethod
     def _endpoint_list(cls, value: Any) -> Any:
         if isinstance(value, str):  # BULWARK_ETCD=http://a:2379,http://b:2379
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (like 10.0.0.5 or 10.0.0.0/24)") from None
         return value
 
     @field_validator("alert_disk_critical", "alert_memory_critical", "alert_load_critical")

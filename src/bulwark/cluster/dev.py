@@ -554,6 +554,8 @@ def render_haproxy_config(bind: str, servers: Sequence[tuple[str, str]], *, stat
         "",
         "defaults",
         "    mode http",
+        "    # Names the client to the nodes (their trusted_proxies setting lists this balancer).",
+        "    option forwardfor",
         "    timeout connect 2s",
         "    # Inactivity limits, not totals: a large push may leave the server silent while it indexes.",
         "    timeout client 10m",
@@ -825,6 +827,7 @@ class DevCluster:
             "BULWARK_ADMIN_TOKEN": self.admin_token,
             "BULWARK_LEASE_TTL": str(self.lease_ttl),
             "BULWARK_LOG_FORMAT": "json",
+            "BULWARK_TRUSTED_PROXIES": "127.0.0.1",  # the HAProxy in front
             **self.extra_node_env,
         }
 

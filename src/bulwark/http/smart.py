@@ -36,7 +36,7 @@ from bulwark.errors import (
     Unavailable,
 )
 from bulwark.git import pktline, report
-from bulwark.http import gitbody, gitslots, internal, manage
+from bulwark.http import clients, gitbody, gitslots, internal, manage
 from bulwark.http.auth import principal_of
 from bulwark.http.backup import RESTORE_HEADER
 from bulwark.models import Account, AccountType, Permission, Repository
@@ -307,7 +307,7 @@ async def _slot(request: Request) -> gitslots.Slot | None:
     if principal is not None and principal.account is not None:
         client = f"account {principal.account.id}"
     else:
-        client = f"address {request.client.host if request.client else 'unknown'}"
+        client = f"address {clients.client_address(request, node.settings.trusted_proxies)}"
     return await slots.acquire(client)
 
 
