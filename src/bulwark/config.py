@@ -38,6 +38,11 @@ class Settings(BaseModel):
     # Addresses (or networks) of load balancers whose X-Forwarded-For names the real client, for
     # the per-client limits; empty: the connection's own address is the client.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # Seconds a client has to send a request's headers; connections a node holds in all and
+    # from one address (trusted proxies excepted).
+    header_timeout: float = Field(default=20.0, gt=0)
+    max_connections: int = Field(default=4096, gt=0)
+    max_connections_per_address: int = Field(default=256, gt=0)
     max_git_processes: int = Field(default=64, gt=0)
     max_git_per_client: int = Field(default=16, gt=0)
     git_slot_wait: float = Field(default=10.0, ge=0)

@@ -16,6 +16,7 @@ from bulwark.cluster.wiring import Loop, cluster_loops_for
 from bulwark.ha.loop import PrimaryDuties
 from bulwark.ha.wiring import ha_loop_for
 from bulwark.http.app import create_app
+from bulwark.http.server import Guard, connection_budget, guarded_protocol, raise_file_limit
 from bulwark.logs import configure_logging
 from bulwark.node import open_node
 
@@ -50,6 +51,12 @@ def serve(
         settings.listen,
         Path(settings.data_dir).resolve(),
     )
+    guard = Guard(
+        header_timeout=settings.header_timeout,
+        max_connections=connection_budget(raise_file_limit(), settings.max_connections),
+        max_per_address=settings.max_connections_per_address,
+        trusted=settings.trusted_proxies,
+    )
     config_ = uvicorn.Config(
         create_app(node),
         host=settings.host,
@@ -57,9 +64,10 @@ def serve(
         log_config=None,
         access_log=False,
         lifespan="off",
-        # The C parser: about a quarter more small requests per second than the pure-Python one.
-        # The standard asyncio loop: uvloop starts git processes more slowly.
-        http="httptools",
+        # The C parser (about a quarter more small requests per second than the pure-Python one),
+        # with a header timeout and connection limits. The standard asyncio loop: uvloop starts
+        # git processes more slowly.
+        http=guarded_protocol(guard),
         loop="asyncio",
         timeout_keep_alive=30,
         server_header=False,

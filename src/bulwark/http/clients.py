@@ -30,6 +30,10 @@ def _trusted(address: str, networks: Sequence[Network]) -> bool:
     return any(ip in network for network in networks)
 
 
+def is_trusted(address: str, trusted: Sequence[str]) -> bool:
+    return _trusted(address, _networks(tuple(trusted)))
+
+
 def real_address(peer: str, forwarded_for: str | None, trusted: Sequence[str]) -> str:
     """The client's address, given the connection's ``peer`` and its X-Forwarded-For."""
     networks = _networks(tuple(trusted))
