@@ -190,10 +190,11 @@ def test_create_repo_and_bad_input(srv: Server) -> None:
     assert r.status_code == 422 and error_fields(r) == ["private"]
     r = srv.api("POST", "/user/repos", token=token, json={"name": "v", "visibility": "internal"})
     assert r.status_code == 422
-    r = srv.api("POST", "/user/repos", token=token, content=b'{"name": ')
+    as_json = {"Content-Type": "application/json"}
+    r = srv.api("POST", "/user/repos", token=token, content=b'{"name": ', headers=as_json)
     assert r.status_code == 400 and r.json()["message"].startswith("Problems parsing JSON")
-    assert srv.api("POST", "/user/repos", token=token, content=b"[1, 2]").status_code == 400
-    assert srv.api("POST", "/user/repos", token=token, content=b"\xff\xfe").status_code == 400
+    assert srv.api("POST", "/user/repos", token=token, content=b"[1, 2]", headers=as_json).status_code == 400
+    assert srv.api("POST", "/user/repos", token=token, content=b"\xff\xfe", headers=as_json).status_code == 400
     assert srv.api("POST", "/user/repos", token="", json={"name": "anon"}).status_code == 401
     # Nothing of the failed attempts was stored.
     names = [repo["name"] for repo in srv.api("GET", "/user/repos", token=token).json()]

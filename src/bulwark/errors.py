@@ -100,3 +100,35 @@ class StaleEpoch(BulwarkError):
     """A node-to-node request carried an epoch other than the receiver's."""
 
     status_code = 409
+
+
+class ValidationFailed(InvalidInput):
+    """A field breaks a rule of its own (too long, not text): GitHub's "Validation Failed",
+    which names the resource, the field and the rule (``code``)."""
+
+    def __init__(self, message: str, *, resource: str, field: str, code: str = "custom") -> None:
+        super().__init__(message, field=field)
+        self.resource = resource
+        self.code = code
+
+
+class UnsupportedMediaType(BulwarkError):
+    """A request body in a format the endpoint does not take (a form where JSON is expected)."""
+
+    status_code = 415
+
+
+class TooManyAttempts(Forbidden):
+    """Sign-ins for this login or from this address failed too often: wait ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Busy(Unavailable):
+    """The node refuses this now rather than queue it (too much of the same work in progress)."""
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from bulwark.errors import BulwarkError, InvalidInput
+from bulwark.errors import BulwarkError, Busy, InvalidInput, TooManyAttempts, ValidationFailed
 
 log = logging.getLogger("bulwark.http")
 
@@ -20,13 +20,25 @@ def is_api(request: Request) -> bool:
     return request.url.path.startswith(("/api/", "/manage/"))
 
 
-def error_response(request: Request, status: int, message: str, *, field: str | None = None) -> Response:
+def error_response(
+    request: Request,
+    status: int,
+    message: str,
+    *,
+    field: str | None = None,
+    errors: list[dict[str, str]] | None = None,
+    retry_after: int | None = None,
+) -> Response:
     headers = {"WWW-Authenticate": REALM} if status == 401 else {}
-    if status == 503:
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    elif status == 503:
         headers["Retry-After"] = "30"
     if is_api(request):
         body: dict[str, object] = {"message": message, "documentation_url": DOCS_URL}
-        if field is not None:
+        if errors is not None:
+            body["errors"] = errors
+        elif field is not None:
             body["errors"] = [{"resource": "Request", "field": field, "code": "invalid", "message": message}]
         return JSONResponse(body, status_code=status, headers=headers)
     return PlainTextResponse(message + "\n", status_code=status, headers=headers)
@@ -36,8 +48,13 @@ async def on_bulwark_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BulwarkError)
     if exc.status_code >= 500 and exc.status_code != 503:
         log.error("server error on %s %s: %s", request.method, request.url.path, exc.message)
+    if isinstance(exc, ValidationFailed) and is_api(request):
+        # GitHub's shape: a fixed message, the details per field.
+        error = {"resource": exc.resource, "field": exc.field or "", "code": exc.code, "message": exc.message}
+        return error_response(request, exc.status_code, "Validation Failed", errors=[error])
     field = exc.field if isinstance(exc, InvalidInput) else None
-    return error_response(request, exc.status_code, exc.message, field=field)
+    retry_after = exc.retry_after if isinstance(exc, TooManyAttempts | Busy) else None
+    return error_response(request, exc.status_code, exc.message, field=field, retry_after=retry_after)
 
 
 async def on_http_exception(request: Request, exc: Exception) -> Response:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from bulwark.clock import Clock
-from bulwark.errors import AlreadyExists, Forbidden, InvalidInput, NotFound, Unauthenticated
+from bulwark.errors import AlreadyExists, Forbidden, InvalidInput, NotFound, Unauthenticated, ValidationFailed
 from bulwark.models import ALL_SCOPES, Account, AccountType, Membership, OrgRole, Scope, Token
-from bulwark.names import check_login
+from bulwark.names import MAX_PROFILE_NAME, MAX_TOKEN_NOTE, check_email, check_login, check_text
 from bulwark.security import (
     PasswordHasher,
     hash_token,
@@ -23,6 +23,29 @@ from bulwark.store import Store
 ADMIN_LOGIN = "admin"
 # Writing last-used on every request would turn every read into a write.
 _TOUCH_EVERY = timedelta(minutes=1)
+
+
+def _resource(type: AccountType) -> str:
+    return "Organization" if type is AccountType.ORGANIZATION else "User"
+
+
+def check_profile(type: AccountType, *, name: str, email: str) -> None:
+    """The free-text fields of an account: 422 naming the field that is too long or malformed."""
+    check_text(name, resource=_resource(type), field="name", limit=MAX_PROFILE_NAME)
+    check_email(email, resource=_resource(type))
+
+
+def utc_expiry(when: datetime | None) -> datetime | None:
+    """A token's expiry in UTC; naive times are taken as UTC. 422 when UTC cannot hold it
+    (a time zone pushes it past the last representable instant)."""
+    if when is None:
+        return None
+    try:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:
+        raise ValidationFailed(
+            "expires_at is out of range", resource="Token", field="expires_at", code="invalid"
+        ) from None
 
 
 def parse_scopes(values: Iterable[str]) -> frozenset[Scope]:
@@ -114,6 +137,7 @@ class AccountService:
         password: str | None = None,
     ) -> Account:
         check_login(login)
+        check_profile(AccountType.USER, name=name, email=email)
         if password is not None and len(password) < 8:
             raise InvalidInput("password must be at least 8 characters", field="password")
         password_hash = self.hasher.hash(password) if password else None
@@ -129,6 +153,7 @@ class AccountService:
     def update(self, account: Account, **changes: object) -> Account:
         if "login" in changes:
             check_login(str(changes["login"]))
+        check_profile(account.type, name=str(changes.get("name", "")), email=str(changes.get("email", "")))
         return self.store.save_account(dataclasses.replace(account, **changes))  # type: ignore[arg-type]
 
     def set_suspended(self, user: Account, suspended: bool) -> Account:
@@ -192,6 +217,8 @@ class AccountService:
         """Create a token; the secret is returned here and never again."""
         if user.is_org:
             raise InvalidInput("tokens belong to users, not organizations")
+        check_text(note, resource="Token", field="note", limit=MAX_TOKEN_NOTE)
+        expires_at = utc_expiry(expires_at)
         if expires_at is not None and expires_at <= self.clock.now():
             raise InvalidInput("expiry must be in the future", field="expires_at")
         secret = secret or new_token()
@@ -220,6 +247,7 @@ class AccountService:
 
     def create_org(self, login: str, *, owner: Account, name: str = "", email: str = "") -> Account:
         check_login(login)
+        check_profile(AccountType.ORGANIZATION, name=name, email=email)
         if owner.is_org:
             raise InvalidInput("an organization's owner must be a user", field="admin")
         return self.store.create_org(login, owner_id=owner.id, name=name, email=email)

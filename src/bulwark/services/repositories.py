@@ -10,9 +10,13 @@ from bulwark.clock import Clock
 from bulwark.errors import Forbidden, GitError, InvalidInput, NotFound
 from bulwark.git.runner import GitRunner
 from bulwark.models import ALL_SCOPES, Account, Collaborator, Permission, Repository, Scope, Visibility
-from bulwark.names import check_branch_name, check_repo_name
+from bulwark.names import MAX_REPO_DESCRIPTION, check_branch_name, check_repo_name, check_text
 from bulwark.services.permissions import Principal, repo_permission
 from bulwark.store import Store
+
+
+def _check_description(description: str) -> str:
+    return check_text(description, resource="Repository", field="description", limit=MAX_REPO_DESCRIPTION)
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class RepositoryService:
         default_branch: str = "main",
     ) -> Repository:
         check_repo_name(name)
+        _check_description(description)
         check_branch_name(default_branch)
         storage_id = uuid.uuid4().hex
         # The record first: it is where uniqueness is decided. Its data follows, and a
@@ -136,7 +141,7 @@ class RepositoryService:
         if name is not None and name != repo.name:
             changes["name"] = check_repo_name(name)
         if description is not None:
-            changes["description"] = description
+            changes["description"] = _check_description(description)
         if visibility is not None:
             changes["visibility"] = visibility
         if allow_force_push is not None:

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -14,8 +14,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bulwark.cluster.router import Access
-from bulwark.errors import NotFound, Unavailable
+from bulwark.errors import NotFound, Unavailable, UnsupportedMediaType
 from bulwark.http.api import admin, collaborators, git_data, orgs, repos, users
+from bulwark.http.api.common import body_is_not_json
 from bulwark.node import Node
 from bulwark.services.permissions import Principal
 
@@ -46,6 +47,24 @@ class OAuthScopesHeader:
             await send(message)
 
         await self.app(scope, receive, send_with_scopes)
+
+
+class RequireJSONBodies:
+    """415 for a request body that is not JSON, before credentials are checked or the body read.
+
+    See ``body_is_not_json``: this is what stops another site from using a browser's cached
+    credentials with a form post.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and body_is_not_json(scope["method"], Headers(scope=scope)):
+            raise UnsupportedMediaType(
+                "Unsupported 'Content-Type' header: send the body as JSON, with 'Content-Type: application/json'"
+            )
+        await self.app(scope, receive, send)
 
 
 def _github_not_found(endpoint: Endpoint) -> Endpoint:
@@ -107,4 +126,6 @@ _routes: list[BaseRoute] = [
     for route in module.routes
 ]
 
-routes: list[BaseRoute] = [Mount("", routes=_routes, middleware=[Middleware(OAuthScopesHeader)])]
+routes: list[BaseRoute] = [
+    Mount("", routes=_routes, middleware=[Middleware(OAuthScopesHeader), Middleware(RequireJSONBodies)])
+]

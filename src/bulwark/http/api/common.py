@@ -13,10 +13,11 @@ from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bulwark.errors import BadRequest, InvalidInput, PayloadTooLarge, Unauthenticated
+from bulwark.errors import BadRequest, InvalidInput, PayloadTooLarge, Unauthenticated, ValidationFailed
 from bulwark.http.auth import authenticate
 from bulwark.models import Account, Scope
 from bulwark.node import Node, Traffic
@@ -27,6 +28,10 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 MAX_JSON_BYTES = 1024 * 1024
+# Integers in a JSON body must fit in 64 bits: nothing Bulwark stores is larger, and parsing a
+# number of thousands of digits is slow (Python refuses beyond 4,300 digits).
+_INT_RANGE = range(-(2**63), 2**63)
+_MAX_INT_DIGITS = 20
 DEFAULT_PER_PAGE = 30
 MAX_PER_PAGE = 100
 # Beyond any real list; keeps offsets inside what the store and git accept.
@@ -96,8 +101,44 @@ async def find_repo(ctx: Ctx) -> RepoAccess:
     return await call(ctx.node.repos.find, ctx.principal, params["owner"], params["repo"])
 
 
+class _NumberOutOfRange(ValueError):
+    pass
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS or (value := int(text)) not in _INT_RANGE:
+        raise _NumberOutOfRange(text)
+    return value
+
+
+def _check_unicode(data: dict[str, Any]) -> None:
+    """422 naming the field when a string holds a lone surrogate (JSON's ``"\\ud800"``), which
+    no UTF-8 text can: the store, the change log and every response would choke on it."""
+    for key, value in data.items():
+        pending: list[Any] = [key, value]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    name = ascii(key)[1:-1]
+                    raise ValidationFailed(
+                        f"{name} is not valid Unicode text (it holds a lone surrogate)",
+                        resource="Request",
+                        field=name,
+                        code="invalid",
+                    ) from None
+            elif isinstance(item, dict):
+                pending.extend(item.keys())
+                pending.extend(item.values())
+            elif isinstance(item, list):
+                pending.extend(item)
+
+
 async def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object; 400 on malformed JSON, 413 when too large."""
+    """The request's JSON object; 400 on malformed JSON, 413 when too large, 422 for numbers
+    beyond 64 bits and strings that are not Unicode text."""
     size = 0
     chunks = []
     async for chunk in request.stream():
@@ -109,14 +150,43 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_int=_json_int)
+    except _NumberOutOfRange:
+        raise InvalidInput("a number in the body does not fit in 64 bits") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"Problems parsing JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("Problems parsing JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("Problems parsing JSON: expected an object")
+    _check_unicode(data)
     return data
+
+
+_BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def is_json_type(content_type: str) -> bool:
+    """``application/json`` or a ``+json`` type (GitHub's ``application/vnd.github+json``), any parameters."""
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def body_is_not_json(method: str, headers: Headers) -> bool:
+    """Whether a request carries, or says it carries, a body that is not JSON.
+
+    A page on another site can make a browser send a form or ``text/plain`` POST, or one with
+    no type at all, without asking first, and the browser adds the Basic credentials it has
+    cached for this node. It cannot send ``application/json`` without a CORS preflight, which
+    this node never answers: requiring the JSON type is what keeps such requests out.
+    """
+    if method.upper() in _BODILESS_METHODS:
+        return False
+    content_type = headers.get("content-type")
+    if content_type is not None:
+        return not is_json_type(content_type)
+    has_body = "transfer-encoding" in headers or headers.get("content-length", "0").strip() not in ("", "0")
+    return has_body
 
 
 def field(

@@ -6,7 +6,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bulwark.errors import InvalidInput
 from bulwark.http.api.common import call, context, field, json_body, page_params, paginated, write_context
 from bulwark.http.api.serializers import account_json
 from bulwark.models import AccountType, Scope
@@ -27,10 +26,7 @@ async def update_authenticated_user(request: Request) -> JSONResponse:
         changes["name"] = name.strip()
     email = field(data, "email", str)
     if email is not None:
-        email = email.strip()
-        if email and ("@" not in email or any(c.isspace() for c in email)):
-            raise InvalidInput(f"invalid email address {email!r}", field="email")
-        changes["email"] = email
+        changes["email"] = email.strip()
     user = await call(ctx.node.accounts.update, ctx.user, **changes) if changes else ctx.user
     return JSONResponse(account_json(ctx, user, full=True))
 
