@@ -192,3 +192,31 @@ def test_json_types_and_bodiless_requests_are_accepted(srv: Server) -> None:
     # Reads are never refused, whatever they say.
     r = httpx.get(f"{srv.url}/api/v3/users/{login}", headers={"Content-Type": "text/plain"})
     assert r.status_code == 200
+
+
+# -- self-links ------------------------------------------------------------------------------------------
+
+
+def test_links_ignore_a_forged_host_header(srv: Server) -> None:
+    """With public_url unset, the Host header went into every URL and Link header."""
+    login = unique("host")
+    token = srv.create_user(login)
+    srv.create_repo(token, "r")
+    for _ in range(2):
+        srv.create_user(unique("page"))
+    forged = {"Host": "evil.example", "X-Forwarded-Host": "evil.example"}
+    r = httpx.get(f"{srv.url}/api/v3/users?per_page=1&page=2", headers=forged)
+    assert r.status_code == 200
+    assert "evil" not in r.headers["link"] and f"<{srv.url}/api/v3/users?" in r.headers["link"]
+    r = httpx.get(f"{srv.url}/api/v3/repos/{login}/r", headers=forged)
+    assert "evil" not in r.text and r.json()["clone_url"] == f"{srv.url}/{login}/r.git"
+
+
+def test_links_use_public_url_when_set(tmp_path: Any) -> None:
+    server = Server(data_dir=tmp_path / "node", extra_env={"BULWARK_PUBLIC_URL": "https://git.example.com/"})
+    server.start()
+    try:
+        r = httpx.get(f"{server.url}/api/v3/users/admin", headers={"Host": "evil.example"})
+        assert r.json()["url"] == "https://git.example.com/api/v3/users/admin"
+    finally:
+        server.stop()

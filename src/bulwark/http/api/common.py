@@ -74,10 +74,10 @@ class Ctx:
 
 
 def base_url(request: Request) -> str:
+    """The node's URL for links: ``public_url``, else its listen address. Never the request's
+    ``Host`` header, which a client chooses, and a shared cache would serve its links to others."""
     node: Node = request.app.state.node
-    if node.settings.public_url:
-        return node.settings.public_url.rstrip("/")
-    return f"{request.url.scheme}://{request.url.netloc}"
+    return node.settings.base_url
 
 
 async def context(request: Request, traffic: Traffic = Traffic.READ) -> Ctx:
