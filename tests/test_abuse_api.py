@@ -6,15 +6,17 @@ Every test here failed on the code before the fix it covers, against a real `bul
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from helpers import Server
+from helpers import Server, bulwark
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -220,3 +222,29 @@ def test_links_use_public_url_when_set(tmp_path: Any) -> None:
         assert r.json()["url"] == "https://git.example.com/api/v3/users/admin"
     finally:
         server.stop()
+
+
+# -- privacy ----------------------------------------------------------------------------------------------
+
+
+def stored_hashes(srv: Server) -> tuple[dict[str, str], list[str]]:
+    """Password hashes by login, and every text of the change log, read from the node's database."""
+    with contextlib.closing(sqlite3.connect(f"file:{srv.data_dir / 'metadata.db'}?mode=ro", uri=True)) as conn:
+        current = dict(conn.execute("SELECT login, password_hash FROM accounts WHERE password_hash IS NOT NULL"))
+        log = [row[0] for row in conn.execute("SELECT row_json FROM changes WHERE row_json IS NOT NULL")]
+    return current, log
+
+
+def test_a_password_change_leaves_no_old_hash_in_the_change_log(srv: Server) -> None:
+    login = unique("pw")
+    env = srv.env()
+    assert bulwark("user", "create", login, "--password-stdin", env=env, input="first password\n").returncode == 0
+    first = stored_hashes(srv)[0][login]
+    assert bulwark("user", "passwd", login, env=env, input="second password\n").returncode == 0
+    current, log = stored_hashes(srv)
+    assert current[login] != first
+    assert not [text for text in log if first in text]
+    assert sum(current[login] in text for text in log) == 1  # what a replica still needs
+    me = f"{srv.url}/api/v3/user"
+    assert httpx.get(me, auth=(login, "second password")).status_code == 200
+    assert httpx.get(me, auth=(login, "first password")).status_code == 401

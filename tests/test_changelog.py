@@ -295,6 +295,59 @@ def test_a_replica_fed_in_batches_ends_equal_to_the_primary(primary: SQLiteStore
     assert replica.get_maintenance().enabled is False
 
 
+def password_hashes(store: SQLiteStore) -> dict[int, list[tuple[int, str]]]:
+    """Per account id, the (seq, hash) of every change in the log that still holds a password hash."""
+    found: dict[int, list[tuple[int, str]]] = {}
+    for change in store.changes_since(0, limit=10_000):
+        if change.table == "accounts" and change.row is not None and change.row.get("password_hash"):
+            found.setdefault(change.key["id"], []).append((change.seq, change.row["password_hash"]))
+    return found
+
+
+def newest_account_changes(store: SQLiteStore) -> dict[int, int]:
+    newest: dict[int, int] = {}
+    for change in store.changes_since(0, limit=10_000):
+        if change.table == "accounts":
+            newest[change.key["id"]] = change.seq
+    return newest
+
+
+def test_superseded_password_hashes_leave_the_log(primary: SQLiteStore, replica: SQLiteStore) -> None:
+    """A password change left every older hash of the account in the log, for anyone who reads it."""
+    ids = populate(primary)
+    for store in (primary, replica):
+        kept = password_hashes(store)
+        # Only the newest change of an account carries its hash: bob's new one, nobody's old one.
+        assert kept == {ids["bob"]: [(newest_account_changes(store)[ids["bob"]], "h-b2")]}, kept
+        if store is primary:
+            ship(primary, replica, sizes=(1, 2, 5))
+    assert state(replica) == state(primary)
+    assert replica.get_password_hash(ids["bob"]) == "h-b2"
+    assert replica.changes_since(0, limit=10_000) == primary.changes_since(0, limit=10_000)
+
+
+def test_a_replica_that_copied_a_hash_forgets_it_when_it_is_superseded(
+    primary: SQLiteStore, replica: SQLiteStore
+) -> None:
+    bob = primary.create_user("bob", password_hash="h-1")
+    ship(primary, replica)
+    assert password_hashes(replica) == {bob.id: [(1, "h-1")]}
+    primary.set_password_hash(bob.id, "h-2")
+    primary.save_account(dataclasses.replace(bob, name="Bob"))  # carries h-2 again; the copy before goes
+    ship(primary, replica)
+    for store in (primary, replica):
+        assert password_hashes(store) == {bob.id: [(3, "h-2")]}
+    renamed = replica.get_account("bob")
+    assert replica.get_password_hash(bob.id) == "h-2" and renamed is not None and renamed.name == "Bob"
+    # A replica that was behind applies the scrubbed changes and still ends with the newest hash.
+    late = SQLiteStore(pathlib.Path(str(replica._path) + ".late"))
+    try:
+        ship(primary, late, sizes=(1,))
+        assert late.get_password_hash(bob.id) == "h-2" and state(late) == state(primary)
+    finally:
+        late.close()
+
+
 def test_replica_keeps_following_as_the_primary_changes(primary: SQLiteStore, replica: SQLiteStore) -> None:
     ids = populate(primary)
     ship(primary, replica, sizes=(5,))

@@ -122,6 +122,26 @@ def test_only_new_migrations_run_on_an_existing_database(
         assert conn.execute("SELECT count(*) FROM extra").fetchone()[0] == 1
 
 
+def test_the_migration_that_forgets_superseded_password_hashes_cleans_an_existing_log(
+    db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(sqlite_store, "MIGRATIONS", MIGRATIONS[:2])  # the schema before the fix
+        old = SQLiteStore(db_path)
+        bob = old.create_user("bob", password_hash="old-hash")
+        old.set_password_hash(bob.id, "new-hash")
+        old.close()
+    with raw(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM changes WHERE row_json LIKE '%old-hash%'").fetchone()[0] == 1
+    store = SQLiteStore(db_path)
+    try:
+        rows = [c.row for c in store.changes_since(0) if c.row is not None]
+        assert [r.get("password_hash") for r in rows] == [None, "new-hash"]
+        assert store.get_password_hash(bob.id) == "new-hash"
+    finally:
+        store.close()
+
+
 def test_a_failing_migration_changes_nothing(db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     SQLiteStore(db_path).close()
     steps = [*MIGRATIONS, "CREATE TABLE extra (x INTEGER);", "CREATE TABLE broken (x INTEGER REFERENCES;"]

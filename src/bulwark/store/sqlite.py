@@ -202,6 +202,28 @@ MIGRATIONS: list[str] = [
         " created_at updated_at pushed_at",
     )
     + _capture_triggers("collaborators", "repo_id user_id", "repo_id user_id permission"),
+    # A password hash stays in the change log only in the newest change of its account: an older
+    # one is superseded (by a new password, or by any later change, which carries the hash again),
+    # and a replica that applies it without the column keeps its hash until the newer change
+    # arrives. The log of existing databases is cleaned once here.
+    """
+    CREATE INDEX changes_by_account ON changes (json_extract(key_json, '$.id')) WHERE tbl = 'accounts';
+
+    CREATE TRIGGER changes_forget_superseded_passwords AFTER INSERT ON changes
+    WHEN NEW.tbl = 'accounts' BEGIN
+        UPDATE changes SET row_json = json_remove(row_json, '$.password_hash')
+        WHERE tbl = 'accounts' AND json_extract(key_json, '$.id') = json_extract(NEW.key_json, '$.id')
+            AND seq < NEW.seq AND json_type(row_json, '$.password_hash') = 'text';
+    END;
+
+    UPDATE changes SET row_json = json_remove(row_json, '$.password_hash')
+    WHERE tbl = 'accounts' AND json_type(row_json, '$.password_hash') = 'text'
+        AND EXISTS (
+            SELECT 1 FROM changes AS later
+            WHERE later.tbl = 'accounts' AND later.seq > changes.seq
+                AND json_extract(later.key_json, '$.id') = json_extract(changes.key_json, '$.id')
+        );
+    """,
 ]
 
 _ACCOUNT_COLUMNS = "id, login, type, name, email, site_admin, suspended, created_at, updated_at"
