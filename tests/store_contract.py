@@ -200,6 +200,14 @@ class StoreContract:
         assert store.get_account("carol") is None
         assert store.get_account("CAROL2") == saved
 
+    def test_an_email_is_private_until_made_public(self, store: Store) -> None:
+        user = _user(store, "pat", email="pat@example.com")
+        assert user.email_public is False
+        shown = store.save_account(dataclasses.replace(user, email_public=True))
+        assert shown.email_public is True and store.get_account("pat") == shown
+        hidden = store.save_account(dataclasses.replace(shown, email_public=False))
+        assert store.get_account_by_id(user.id) == hidden and hidden.email_public is False
+
     def test_save_account_ignores_immutable_fields(self, store: Store) -> None:
         user = _user(store, "dave")
         earlier = datetime(2000, 1, 1, tzinfo=UTC)

@@ -248,3 +248,31 @@ def test_a_password_change_leaves_no_old_hash_in_the_change_log(srv: Server) -> 
     me = f"{srv.url}/api/v3/user"
     assert httpx.get(me, auth=(login, "second password")).status_code == 200
     assert httpx.get(me, auth=(login, "first password")).status_code == 401
+
+
+def test_others_see_neither_a_private_email_nor_a_suspension(srv: Server) -> None:
+    """Anonymous callers saw every user's email address and whether they were suspended."""
+    login = unique("private")
+    token = srv.create_user(login)  # with the email {login}@example.com, never made public
+    other = srv.create_user(unique("other"))
+    for caller in ("", other):
+        body = srv.api("GET", f"/users/{login}", token=caller).json()
+        assert body["login"] == login and body["email"] is None and "suspended_at" not in body, body
+    assert srv.api("GET", f"/users/{login}", token=token).json()["email"] == f"{login}@example.com"
+    assert srv.api("GET", f"/users/{login}").json()["email"] == f"{login}@example.com"  # a site admin
+    assert srv.api("GET", "/user/public_emails", token=token).json() == []
+    # The user shows it; everyone sees it.
+    r = srv.api("PATCH", "/user/email/visibility", token=token, json={"visibility": "public"})
+    assert r.status_code == 200 and r.json() == [
+        {"email": f"{login}@example.com", "primary": True, "verified": True, "visibility": "public"}
+    ]
+    assert srv.api("GET", f"/users/{login}", token="").json()["email"] == f"{login}@example.com"
+    assert srv.api("GET", "/user/public_emails", token=token).json()[0]["email"] == f"{login}@example.com"
+    r = srv.api("PATCH", "/user/email/visibility", token=token, json={"visibility": "secret"})
+    assert r.status_code == 422
+    srv.api("PATCH", "/user/email/visibility", token=token, json={"visibility": "private"})
+    assert srv.api("GET", f"/users/{login}", token="").json()["email"] is None
+    # A suspension is for site administrators to see.
+    assert srv.api("PUT", f"/users/{login}/suspended").status_code == 204
+    assert "suspended_at" not in srv.api("GET", f"/users/{login}", token="").json()
+    assert srv.api("GET", f"/users/{login}").json()["suspended_at"] is not None

@@ -203,3 +203,19 @@ def test_branches_commits_and_contents_after_a_real_push(srv: Server, alice: Git
     created.delete()
     assert "topic" not in [b.name for b in repo.get_branches()]
     repo.delete()
+
+
+def test_an_email_is_private_until_its_user_shows_it(srv: Server, bob: Github) -> None:
+    srv.create_user("carol")  # the admin API gives carol an email address nobody else sees
+    carol = client(srv, "carol")
+    anonymous = Github(base_url=f"{srv.url}/api/v3", retry=None)
+    admin = Github(base_url=f"{srv.url}/api/v3", auth=Auth.Token(srv.token), retry=None)
+    assert carol.get_user().email == "carol@example.com"
+    assert admin.get_user("carol").email == "carol@example.com"
+    assert bob.get_user("carol").email is None and anonymous.get_user("carol").email is None
+    [address] = carol.get_user().get_emails()
+    assert (address.email, address.primary, address.visibility) == ("carol@example.com", True, "private")
+    # GitHub's email in PATCH /user is the publicly visible one.
+    carol.get_user().edit(email="carol@wonderland.example")
+    assert anonymous.get_user("carol").email == "carol@wonderland.example"
+    assert carol.get_user().get_emails()[0].visibility == "public"

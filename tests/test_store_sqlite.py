@@ -127,17 +127,20 @@ def test_the_migration_that_forgets_superseded_password_hashes_cleans_an_existin
 ) -> None:
     with monkeypatch.context() as m:
         m.setattr(sqlite_store, "MIGRATIONS", MIGRATIONS[:2])  # the schema before the fix
-        old = SQLiteStore(db_path)
-        bob = old.create_user("bob", password_hash="old-hash")
-        old.set_password_hash(bob.id, "new-hash")
-        old.close()
-    with raw(db_path) as conn:
+        SQLiteStore(db_path).close()
+    with raw(db_path) as conn:  # what that schema's store wrote for a password change
+        conn.execute(
+            "INSERT INTO accounts (login, type, password_hash, created_at, updated_at)"
+            " VALUES ('bob', 'User', 'old-hash', '2030-01-01', '2030-01-01')"
+        )
+        conn.execute("UPDATE accounts SET password_hash = 'new-hash' WHERE login = 'bob'")
         assert conn.execute("SELECT count(*) FROM changes WHERE row_json LIKE '%old-hash%'").fetchone()[0] == 1
     store = SQLiteStore(db_path)
     try:
         rows = [c.row for c in store.changes_since(0) if c.row is not None]
         assert [r.get("password_hash") for r in rows] == [None, "new-hash"]
-        assert store.get_password_hash(bob.id) == "new-hash"
+        bob = store.get_account("bob")
+        assert bob is not None and store.get_password_hash(bob.id) == "new-hash"
     finally:
         store.close()
 

@@ -73,6 +73,8 @@ class Account:
     type: AccountType
     name: str = ""
     email: str = ""
+    # Whether everyone may see ``email``; otherwise only the account itself and site administrators.
+    email_public: bool = False
     site_admin: bool = False
     suspended: bool = False
     created_at: datetime | None = None

@@ -83,7 +83,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def save_account(self, account: Account) -> Account:
-        """Store login, name, email, site_admin and suspended of an existing account.
+        """Store login, name, email, email_public, site_admin and suspended of an existing account.
 
         A login change that clashes with another account raises ``AlreadyExists``.
         """

@@ -224,9 +224,22 @@ MIGRATIONS: list[str] = [
                 AND json_extract(later.key_json, '$.id') = json_extract(changes.key_json, '$.id')
         );
     """,
+    # Whether a user shows their email address to everyone (GitHub's public email); the
+    # accounts triggers name every column, so they are made again with the new one.
+    """
+    ALTER TABLE accounts ADD COLUMN email_public INTEGER NOT NULL DEFAULT 0;
+    DROP TRIGGER accounts_log_insert;
+    DROP TRIGGER accounts_log_update;
+    DROP TRIGGER accounts_log_delete;
+    """
+    + _capture_triggers(
+        "accounts",
+        "id",
+        "id login type name email site_admin suspended password_hash created_at updated_at email_public",
+    ),
 ]
 
-_ACCOUNT_COLUMNS = "id, login, type, name, email, site_admin, suspended, created_at, updated_at"
+_ACCOUNT_COLUMNS = "id, login, type, name, email, email_public, site_admin, suspended, created_at, updated_at"
 _TOKEN_COLUMNS = "id, user_id, note, token_hash, token_prefix, scopes, created_at, expires_at, last_used_at"
 _REPO_COLUMNS = (
     "id, owner_id, name, storage_id, visibility, description, default_branch,"
@@ -268,6 +281,7 @@ def _account(row: sqlite3.Row) -> Account:
         type=AccountType(row["type"]),
         name=row["name"],
         email=row["email"],
+        email_public=bool(row["email_public"]),
         site_admin=bool(row["site_admin"]),
         suspended=bool(row["suspended"]),
         created_at=_load_time(row["created_at"]),
@@ -680,12 +694,13 @@ class SQLiteStore(Store, ChangeLog):
         with self._write() as conn:
             try:
                 cursor = conn.execute(
-                    "UPDATE accounts SET login = ?, name = ?, email = ?, site_admin = ?,"
+                    "UPDATE accounts SET login = ?, name = ?, email = ?, email_public = ?, site_admin = ?,"
                     " suspended = ?, updated_at = ? WHERE id = ?",
                     (
                         account.login,
                         account.name,
                         account.email,
+                        int(account.email_public),
                         int(account.site_admin),
                         int(account.suspended),
                         self._now(),

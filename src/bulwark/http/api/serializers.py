@@ -19,6 +19,13 @@ def iso(when: datetime | None) -> str | None:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def sees_private_fields(ctx: Ctx, account: Account) -> bool:
+    """Whether the caller may see what GitHub shows only to the account itself and to site
+    administrators: an email address not made public, and whether the account is suspended."""
+    caller = ctx.principal
+    return caller.site_admin or (caller.account is not None and caller.account.id == account.id)
+
+
 def account_json(ctx: Ctx, account: Account, *, full: bool = False) -> dict[str, Any]:
     api = ctx.url("/api/v3")
     kind = "orgs" if account.is_org else "users"
@@ -34,14 +41,25 @@ def account_json(ctx: Ctx, account: Account, *, full: bool = False) -> dict[str,
         "avatar_url": "",
     }
     if full:
+        private = sees_private_fields(ctx, account)
         data.update(
             name=account.name or None,
-            email=account.email or None,
-            suspended_at=iso(account.updated_at) if account.suspended else None,
+            # An organization's email is its public contact address, as on GitHub.
+            email=account.email if account.email and (account.is_org or account.email_public or private) else None,
             created_at=iso(account.created_at),
             updated_at=iso(account.updated_at),
         )
+        if private:
+            data["suspended_at"] = iso(account.updated_at) if account.suspended else None
     return data
+
+
+def emails_json(account: Account, *, public_only: bool = False) -> list[dict[str, Any]]:
+    """GitHub's list of a user's email addresses: Bulwark keeps one, the primary."""
+    if not account.email or (public_only and not account.email_public):
+        return []
+    visibility = "public" if account.email_public else "private"
+    return [{"email": account.email, "primary": True, "verified": True, "visibility": visibility}]
 
 
 def org_json(ctx: Ctx, org: Account) -> dict[str, Any]:

@@ -6,8 +6,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bulwark.http.api.common import call, context, field, json_body, page_params, paginated, write_context
-from bulwark.http.api.serializers import account_json
+from bulwark.errors import InvalidInput
+from bulwark.http.api.common import (
+    call,
+    context,
+    field,
+    json_body,
+    page_params,
+    paginate_list,
+    paginated,
+    required,
+    write_context,
+)
+from bulwark.http.api.serializers import account_json, emails_json
 from bulwark.models import AccountType, Scope
 
 
@@ -26,9 +37,31 @@ async def update_authenticated_user(request: Request) -> JSONResponse:
         changes["name"] = name.strip()
     email = field(data, "email", str)
     if email is not None:
+        # GitHub's ``email`` here is "the publicly visible email address": setting it shows it.
         changes["email"] = email.strip()
+        changes["email_public"] = bool(changes["email"])
     user = await call(ctx.node.accounts.update, ctx.user, **changes) if changes else ctx.user
     return JSONResponse(account_json(ctx, user, full=True))
+
+
+async def list_emails(request: Request) -> JSONResponse:
+    ctx = await context(request)
+    return paginate_list(request, emails_json(ctx.user))
+
+
+async def list_public_emails(request: Request) -> JSONResponse:
+    ctx = await context(request)
+    return paginate_list(request, emails_json(ctx.user, public_only=True))
+
+
+async def set_email_visibility(request: Request) -> JSONResponse:
+    ctx = await write_context(request)
+    ctx.require_scope(Scope.USER)
+    visibility = required(await json_body(request), "visibility", str)
+    if visibility not in ("public", "private"):
+        raise InvalidInput("visibility must be 'public' or 'private'", field="visibility")
+    user = await call(ctx.node.accounts.update, ctx.user, email_public=visibility == "public")
+    return JSONResponse(emails_json(user))
 
 
 async def get_user(request: Request) -> JSONResponse:
@@ -50,6 +83,9 @@ async def list_users(request: Request) -> JSONResponse:
 routes = [
     Route("/user", get_authenticated_user, methods=["GET"]),
     Route("/user", update_authenticated_user, methods=["PATCH"]),
+    Route("/user/emails", list_emails, methods=["GET"]),
+    Route("/user/public_emails", list_public_emails, methods=["GET"]),
+    Route("/user/email/visibility", set_email_visibility, methods=["PATCH"]),
     Route("/users", list_users, methods=["GET"]),
     Route("/users/{username}", get_user, methods=["GET"]),
 ]
