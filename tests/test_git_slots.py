@@ -13,6 +13,7 @@ import pytest
 
 from bulwark.git import pktline
 from bulwark.http.clients import real_address
+from bulwark.http.gitbody import too_slow
 from bulwark.http.gitslots import Busy, GitSlots, Limits, admits
 from cluster_helpers import wait_for
 
@@ -125,3 +126,33 @@ def test_the_client_behind_a_trusted_balancer_is_the_forwarded_address() -> None
     assert real_address("203.0.113.7", "198.51.100.1", trusted) == "203.0.113.7"
     assert real_address("10.0.0.9", None, trusted) == "10.0.0.9"
     assert real_address("10.0.0.9", "198.51.100.1", []) == "10.0.0.9"
+
+
+def test_a_body_slower_than_the_minimum_rate_is_given_up(
+    busy_server: Server, genv: dict[str, str], tmp_path: Path
+) -> None:
+    assert not too_slow(10, 29.0) and too_slow(10, 31.0) and not too_slow(64 * 1024, 31.0)
+    token = busy_server.create_user("alice")
+    busy_server.create_repo(token, "proj")
+    work = tmp_path / "work"
+    git("init", "-q", "-b", "main", str(work), env=genv)
+    git("commit", "-q", "--allow-empty", "-m", "one", cwd=work, env=genv)
+    git("push", "-q", busy_server.remote("alice", "proj", token=token), "main", cwd=work, env=genv)
+    oid = git("rev-parse", "HEAD", cwd=work, env=genv).stdout.strip()
+    sock = hold_a_git_process(busy_server, "/alice/proj.git", oid)
+    wait_for(lambda: running_git(busy_server) == 1, timeout=10, what="the trickling fetch's git process")
+    try:
+        # One byte every two seconds (of a pkt-line that never ends) never trips the idle
+        # timeout, but falls far below the rate.
+        sock.sendall(b"0032have ")
+        for _ in range(40):
+            time.sleep(2)
+            if running_git(busy_server) == 0:
+                break
+            try:
+                sock.sendall(b"a")
+            except OSError:
+                break
+        assert running_git(busy_server) == 0, "the trickling request still holds its git process"
+    finally:
+        sock.close()

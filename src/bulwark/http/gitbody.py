@@ -25,6 +25,15 @@ INFLATE_RATIO = 100
 INFLATE_FREE = 256 * 1024
 # Packets in a whole fetch request: a wide margin over the wants and haves of a mirror fetch.
 FETCH_PACKET_LIMIT = 1_000_000
+# Past its first MIN_RATE_GRACE seconds a body must arrive at MIN_RATE bytes a second on
+# average: a client trickling a byte now and then would otherwise hold a git process (and
+# its memory) for as long as it pleased without ever tripping the idle timeout.
+MIN_RATE = 1024
+MIN_RATE_GRACE = 30.0
+
+
+def too_slow(received: int, elapsed: float, *, rate: int = MIN_RATE, grace: float = MIN_RATE_GRACE) -> bool:
+    return elapsed > grace and received < rate * elapsed
 
 
 class RequestTimeout(BulwarkError):
@@ -139,8 +148,9 @@ async def decoded_body(
     """
     decoder = decoder_for(request)
     chunks = request.stream().__aiter__()
-    total = 0
+    total = received = 0
     held: bytes | None = None
+    started = asyncio.get_running_loop().time()
     while True:
         try:
             chunk = await asyncio.wait_for(chunks.__anext__(), idle_timeout)
@@ -150,6 +160,9 @@ async def decoded_body(
             raise RequestTimeout(f"no request body data arrived for {idle_timeout:g} seconds") from None
         except ClientDisconnect:
             raise ClientGone("the client disconnected while sending its request") from None
+        received += len(chunk)
+        if too_slow(received, asyncio.get_running_loop().time() - started):
+            raise RequestTimeout(f"the request body arrives slower than {MIN_RATE} bytes a second; given up")
         for piece in decoder.feed(chunk):
             total += len(piece)
             if total > limit:
