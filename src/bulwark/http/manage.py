@@ -229,14 +229,15 @@ async def checksums(request: Request) -> JSONResponse:
 async def fence(request: Request) -> JSONResponse:
     """A replica being promoted tells this primary to stop taking writes."""
     node = _node(request)
+    # Authenticate before reading the body (without the epoch check: a higher epoch is exactly
+    # what fencing announces), so an anonymous caller gets no parser to work on.
+    record = await call(_replica_by_credential, request)
     body = await json_body(request)
     new_epoch = field(body, "epoch", int, required=True)
     by = field(body, "by", str, default="")
     assert new_epoch is not None
 
     def do() -> dict[str, Any]:
-        # Authenticate without the epoch check: a higher epoch is exactly what fencing announces.
-        record = _replica_by_credential(request)
         ha = ha_state.load(node.store)
         if new_epoch <= ha.epoch:
             raise StaleEpoch(f"epoch {new_epoch} is not above this node's {ha.epoch}")
