@@ -126,7 +126,7 @@ class TooManyAttempts(Forbidden):
         self.retry_after = retry_after
 
 
-class Busy(Unavailable):
+class Overloaded(Unavailable):
     """The node refuses this now rather than queue it (too much of the same work in progress)."""
 
     def __init__(self, message: str, *, retry_after: int = 1) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 
 from argon2 import PasswordHasher as _Argon2
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -18,8 +19,11 @@ TOKEN_PREFIX = "bwk_"
 
 
 class PasswordHasher:
+    # memory_cost is in KiB: each hash or check in progress holds 19 MiB.
     def __init__(self, *, time_cost: int = 2, memory_cost: int = 19456) -> None:
         self._argon2 = _Argon2(time_cost=time_cost, memory_cost=memory_cost)
+        self._dummy: str | None = None
+        self._dummy_lock = threading.Lock()
 
     def hash(self, password: str) -> str:
         return self._argon2.hash(password)
@@ -29,6 +33,22 @@ class PasswordHasher:
             return self._argon2.verify(stored_hash, password)
         except (VerificationError, InvalidHashError):
             return False
+
+    def dummy_hash(self) -> str:
+        """A hash of a random password, with this hasher's parameters, made once."""
+        with self._dummy_lock:
+            if self._dummy is None:
+                self._dummy = self.hash(secrets.token_urlsafe(16))
+            return self._dummy
+
+    def verify_or_dummy(self, stored_hash: str | None, password: str) -> bool:
+        """``verify``, or for an account with no password (or no account) a check against the
+        dummy hash that always fails: the answer takes as long either way, so timing does not
+        tell which logins exist."""
+        if stored_hash is None:
+            self.verify(self.dummy_hash(), password)
+            return False
+        return self.verify(stored_hash, password)
 
 
 def new_token() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 
@@ -10,6 +11,7 @@ from starlette.requests import Request
 
 from bulwark.errors import Forbidden, Unauthenticated
 from bulwark.node import Node
+from bulwark.security import looks_like_token
 from bulwark.services.permissions import ANONYMOUS, Principal
 
 
@@ -23,12 +25,28 @@ async def authenticate(request: Request) -> Principal:
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
-    if not request.headers.get("authorization"):
+    header = request.headers.get("authorization")
+    if not header:
         request.state.principal = ANONYMOUS
         return ANONYMOUS
-    # Password checks run argon2, which is slow on purpose, and tokens are looked up in the
-    # store: both off the event loop.
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "basic":
+        username, secret = _basic(value.strip())
+        if not looks_like_token(secret):
+            principal = await _password(request, username, secret)
+            request.state.principal = principal
+            return principal
+    # Tokens are looked up in the store: off the event loop.
     return await run_in_threadpool(principal_of, request)
+
+
+async def _password(request: Request, username: str, secret: str) -> Principal:
+    """A password sign-in. The argon2 check runs on the node's password threads and is awaited
+    here, so a request thread is held only for the two store reads, never while it hashes."""
+    accounts = _node(request).accounts
+    attempt = await run_in_threadpool(accounts.begin_password, username, client_address(request))
+    matched = await asyncio.wrap_future(accounts.passwords.submit(attempt.stored_hash, secret))
+    return accounts.finish_password(attempt, matched)
 
 
 def principal_of(request: Request) -> Principal:
@@ -36,7 +54,7 @@ def principal_of(request: Request) -> Principal:
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
-    node: Node = request.app.state.node
+    node = _node(request)
     header = request.headers.get("authorization")
     if not header:
         principal = ANONYMOUS
@@ -46,13 +64,23 @@ def principal_of(request: Request) -> Principal:
         value = value.strip()
         if scheme == "basic":
             username, secret = _basic(value)
-            principal = node.accounts.authenticate_basic(username, secret)
+            principal = node.accounts.authenticate_basic(username, secret, address=client_address(request))
         elif scheme in ("token", "bearer"):
             principal = node.accounts.authenticate_token(value)
         else:
             raise Unauthenticated(f"unsupported authorization scheme {scheme!r}")
     request.state.principal = principal
     return principal
+
+
+def client_address(request: Request) -> str:
+    """The peer's address, as the connection (or a proxy uvicorn trusts) gives it."""
+    return request.client.host if request.client else ""
+
+
+def _node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    return node
 
 
 def _basic(value: str) -> tuple[str, str]:

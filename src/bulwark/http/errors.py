@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from bulwark.errors import BulwarkError, Busy, InvalidInput, TooManyAttempts, ValidationFailed
+from bulwark.errors import BulwarkError, InvalidInput, Overloaded, TooManyAttempts, ValidationFailed
 
 log = logging.getLogger("bulwark.http")
 
@@ -53,7 +53,7 @@ async def on_bulwark_error(request: Request, exc: Exception) -> Response:
         error = {"resource": exc.resource, "field": exc.field or "", "code": exc.code, "message": exc.message}
         return error_response(request, exc.status_code, "Validation Failed", errors=[error])
     field = exc.field if isinstance(exc, InvalidInput) else None
-    retry_after = exc.retry_after if isinstance(exc, TooManyAttempts | Busy) else None
+    retry_after = exc.retry_after if isinstance(exc, TooManyAttempts | Overloaded) else None
     return error_response(request, exc.status_code, exc.message, field=field, retry_after=retry_after)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bulwark.clock import Clock
@@ -17,7 +18,9 @@ from bulwark.security import (
     new_token,
     token_display_prefix,
 )
+from bulwark.services.passwords import PasswordChecks
 from bulwark.services.permissions import Principal
+from bulwark.services.throttle import SignInThrottle
 from bulwark.store import Store
 
 ADMIN_LOGIN = "admin"
@@ -59,6 +62,16 @@ def parse_scopes(values: Iterable[str]) -> frozenset[Scope]:
     return frozenset(scopes)
 
 
+@dataclass(frozen=True)
+class PasswordAttempt:
+    """A password sign-in between its two halves: admitted by the throttle, hash not yet checked."""
+
+    login: str
+    address: str
+    user: Account | None  # None: no such user (the check runs against a dummy hash)
+    stored_hash: str | None
+
+
 class AccountService:
     def __init__(
         self,
@@ -67,12 +80,16 @@ class AccountService:
         clock: Clock,
         *,
         metadata_writable: Callable[[], bool] = lambda: True,
+        throttle: SignInThrottle | None = None,
+        passwords: PasswordChecks | None = None,
     ) -> None:
         self.store = store
         self.hasher = hasher
         self.clock = clock
         # A replica's metadata comes only from its primary: reads there must not write (last-used times).
         self.metadata_writable = metadata_writable
+        self.throttle = throttle or SignInThrottle()
+        self.passwords = passwords or PasswordChecks(hasher)
 
     # -- lookup ----------------------------------------------------------------------
 
@@ -113,14 +130,34 @@ class AccountService:
             self.store.touch_token(token.id, now)
         return Principal(account=user, scopes=token.scopes, token_id=token.id, expires_at=token.expires_at)
 
-    def authenticate_basic(self, username: str, secret: str) -> Principal:
-        """HTTP Basic: the secret is a token (any username) or the user's password."""
+    def authenticate_basic(self, username: str, secret: str, *, address: str = "") -> Principal:
+        """HTTP Basic: the secret is a token (any username) or the user's password.
+
+        ``address`` is the client's, for the throttle. This waits for the password check; the
+        API's async path runs the halves itself (``begin_password``, ``finish_password``).
+        """
         if looks_like_token(secret):
             return self.authenticate_token(secret)
+        attempt = self.begin_password(username, address)
+        return self.finish_password(attempt, self.passwords.verify(attempt.stored_hash, secret))
+
+    def begin_password(self, username: str, address: str) -> PasswordAttempt:
+        """Admit a password sign-in (``TooManyAttempts`` if throttled) and find what to check it against.
+
+        A login that does not exist, an organization and a user without a password are all
+        checked against a dummy hash, so they answer in the same time as a wrong password.
+        """
+        self.throttle.begin(username, address)
         user = self.store.get_account(username)
-        stored = self.store.get_password_hash(user.id) if user and not user.is_org else None
-        if user is None or stored is None or not self.hasher.verify(stored, secret):
+        stored = self.store.get_password_hash(user.id) if user is not None and not user.is_org else None
+        return PasswordAttempt(login=username, address=address, user=user, stored_hash=stored)
+
+    def finish_password(self, attempt: PasswordAttempt, matched: bool) -> Principal:
+        user = attempt.user
+        if not matched or user is None or attempt.stored_hash is None:
+            self.throttle.failed(attempt.login, attempt.address)
             raise Unauthenticated("bad credentials")
+        self.throttle.succeeded(attempt.login, attempt.address)
         if user.suspended:
             raise Forbidden(f"account {user.login!r} is suspended")
         return Principal.for_password(user)
