@@ -66,6 +66,8 @@ def test_every_text_field_has_githubs_length_limit(srv: Server) -> None:
         ("POST", "/user/repos", token, {"name": "d", "description": "x" * 351}, "description", "Repository"),
         ("PATCH", f"/repos/{login}/target", token, {"description": "x" * 351}, "description", "Repository"),
         ("PATCH", f"/repos/{login}/target", token, {"default_branch": "b" * 256}, "default_branch", "Repository"),
+        ("POST", f"/repos/{login}/target/git/refs", token, {"ref": "refs/heads/" + "b" * 250, "sha": "0" * 40},
+         "ref", "Reference"),
         ("PATCH", "/user", token, {"name": "n" * 256}, "name", "User"),
         ("PATCH", "/user", token, {"email": "e" * 250 + "@x.io"}, "email", "User"),
         ("PATCH", f"/orgs/{org}", token, {"name": "n" * 256}, "name", "Organization"),

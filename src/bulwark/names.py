@@ -25,6 +25,7 @@ MAX_EMAIL = 254  # the longest address SMTP can carry (RFC 5321)
 MAX_REPO_DESCRIPTION = 350
 MAX_TOKEN_NOTE = 100
 MAX_BRANCH_NAME = 255  # Bulwark's: the longest file name most file systems take
+MAX_REF_NAME = 255  # Bulwark's, for a fully qualified ref (refs/heads/...)
 # How much of a rejected value an error message repeats.
 _SHOWN = 40
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bulwark.errors import Conflict, GitError, InvalidInput, NotFound
+from bulwark.errors import Conflict, GitError, InvalidInput, NotFound, ValidationFailed
 from bulwark.git.runner import ZERO_OID, Ref
 from bulwark.http.api.common import (
     Ctx,
@@ -33,6 +33,7 @@ from bulwark.http.api.common import (
 from bulwark.http.api.serializers import branch_json, commit_json, content_json, ref_json, repo_api
 from bulwark.http.errors import DOCS_URL
 from bulwark.models import Permission
+from bulwark.names import MAX_REF_NAME
 from bulwark.services.repositories import RepoAccess
 
 MAX_CONTENT_BYTES = 1024 * 1024
@@ -109,6 +110,10 @@ def _qualified(name: str) -> str:
 def _full_ref(name: str) -> str:
     """A fully qualified ref name that git would accept; 422 otherwise."""
     full = _qualified(name)
+    if len(full) > MAX_REF_NAME:
+        raise ValidationFailed(
+            f"ref is too long (maximum is {MAX_REF_NAME} characters)", resource="Reference", field="ref"
+        )
     parts = full.split("/")
     bad = (
         len(parts) < 3
