@@ -101,7 +101,8 @@ def _summary(cluster: DevCluster) -> None:
         f"  admin token     {token}",
         "",
         "Create a repository and clone it through the load balancer:",
-        f"  curl -H 'Authorization: token {token}' -d '{{\"name\": \"demo\"}}' {lb}/api/v3/user/repos",
+        f"  curl -H 'Authorization: token {token}' -H 'Content-Type: application/json' \\\n"
+        f"       -d '{{\"name\": \"demo\"}}' {lb}/api/v3/user/repos",
         f"  git clone {lb.replace('://', '://' + creds, 1)}/admin/demo.git",
         "",
         "Watch the cluster:",

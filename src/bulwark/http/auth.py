@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from bulwark.errors import Forbidden, Unauthenticated
+from bulwark.http import clients
 from bulwark.node import Node
 from bulwark.security import looks_like_token
 from bulwark.services.permissions import ANONYMOUS, Principal
@@ -74,8 +75,9 @@ def principal_of(request: Request) -> Principal:
 
 
 def client_address(request: Request) -> str:
-    """The peer's address, as the connection (or a proxy uvicorn trusts) gives it."""
-    return request.client.host if request.client else ""
+    """The client's address: the connection's, or what a trusted proxy says it is."""
+    node = request.app.state.node
+    return clients.client_address(request, node.settings.trusted_proxies)
 
 
 def _node(request: Request) -> Node:
