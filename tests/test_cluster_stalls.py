@@ -9,6 +9,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bulwark.cluster.dev import DevCluster
@@ -57,6 +58,12 @@ def work(seeded: Seeded, tmp_path: Path, name: str) -> Path:
     return path
 
 
+def refused_pushes(seeded: Seeded, node: str) -> float:
+    text = httpx.get(f"{seeded.cluster.node_url(node)}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith('bulwark_git_refused_total{') and 'reason="replicas"' in line)
+
+
 def commit(path: Path, text: str) -> str:
     (path / "file").write_text(text)
     git("add", "file", cwd=path)
@@ -101,6 +108,8 @@ def test_without_a_majority_git_says_why(seeded: Seeded, tmp_path: Path) -> None
         assert again.returncode != 0
         assert "! [remote rejected] HEAD -> main (only 1 of the 3 replicas" in again.stderr, again.stderr
         assert "remote: only 1 of the 3 replicas" in again.stderr, again.stderr
+        # Both refusals are counted as refused, not as successful git operations.
+        assert refused_pushes(seeded, "node1") >= 2  # node1 led both: the others are paused
     wait_for(lambda: {"node2", "node3"} <= set(seeded.snapshot().alive) and fully_replicated(seeded), timeout=90,
              what="the cluster whole again")
     done = git("push", "origin", "HEAD:main", cwd=path, check=False, timeout=60)

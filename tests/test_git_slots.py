@@ -85,6 +85,12 @@ def running_git(server: Server) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("bulwark_git_processes{"))
 
 
+def refused(server: Server, reason: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"token {server.token}"}).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("bulwark_git_refused_total{") and f'reason="{reason}"' in line)
+
+
 def test_a_full_node_refuses_fetches_and_pushes_in_git_s_words(
     busy_server: Server, genv: dict[str, str], tmp_path: Path
 ) -> None:
@@ -108,6 +114,7 @@ def test_a_full_node_refuses_fetches_and_pushes_in_git_s_words(
         assert pushed.returncode != 0
         assert "the server is busy" in pushed.stderr, pushed.stderr
         assert "hung up" not in cloned.stderr + pushed.stderr
+        assert refused(busy_server, "busy") >= 2  # the clone's info/refs and the push's
     finally:
         held.close()
     # The held process ends with its connection, and its slot is free again.

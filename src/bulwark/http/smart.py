@@ -40,7 +40,7 @@ from bulwark.http import clients, gitbody, gitslots, internal, manage
 from bulwark.http.auth import principal_of
 from bulwark.http.backup import RESTORE_HEADER
 from bulwark.models import Account, AccountType, Permission, Repository
-from bulwark.monitoring.metrics import GitObservation
+from bulwark.monitoring.metrics import GitObservation, Refusal, count_refusal
 from bulwark.names import check_login, check_repo_name
 from bulwark.node import Node, Traffic
 from bulwark.services.access_cache import cache_key
@@ -104,7 +104,11 @@ async def info_refs(request: Request) -> Response:
     kept = _Kept(node, access, ("info/refs", protocol)) if service == UPLOAD_PACK else None
     if kept is not None and kept.answer is not None:
         return Response(prefix + kept.answer, media_type=media_type, headers=NO_CACHE)
-    slot = await _slot(request)  # Busy: a 503 whose text git shows as "remote:" lines
+    try:
+        slot = await _slot(request)
+    except gitslots.Busy:
+        count_refusal(request.app, service, Refusal.BUSY)
+        raise  # a 503 whose text git shows as "remote:" lines
     try:
         proc = await node.git.spawn(
             access.repo.storage_id, service, advertise=True, protocol=protocol,
@@ -178,13 +182,13 @@ async def _rpc(request: Request, service: str) -> Response:
         await body.aclose()
         raise
     if oversized is not None:
-        return await _refused(request, body, commands, capabilities, _too_large(limit))
+        return await _refused(request, body, commands, capabilities, _too_large(limit), Refusal.TOO_LARGE)
     try:
         # Before the repository's lock: a push waiting for a slot holds up no other push.
         slot = await _slot(request)
     except gitslots.Busy as exc:
         if commands:
-            return await _refused(request, body, commands, capabilities, exc.message)
+            return await _refused(request, body, commands, capabilities, exc.message, Refusal.BUSY)
         return await _fetch_refused(request, body, exc.message)
     except BaseException:
         await body.aclose()
@@ -197,7 +201,7 @@ async def _rpc(request: Request, service: str) -> Response:
         except (Unavailable, NotFound) as exc:
             # No majority, a busy lock, a stale copy: refused in git's words, not with a bare 503.
             _release(slot)
-            return await _refused(request, body, commands, capabilities, exc.message)
+            return await _refused(request, body, commands, capabilities, exc.message, Refusal.REPLICAS)
         except BaseException:
             _release(slot)
             await body.aclose()
@@ -229,6 +233,7 @@ async def _rpc(request: Request, service: str) -> Response:
                 if push is not None and push.refusal:
                     # git dies ("ref updates aborted by hook") when the replicas vote an update down.
                     await session.close()  # which finishes the push: its lock is released
+                    count_refusal(request.app, service, Refusal.REPLICAS)
                     return _report(report.refusal([c.ref for c in commands], push.refusal, capabilities))
                 raise BadRequest(f"git-{service} rejected the request: {session.last_error()}")
     except PayloadTooLarge:
@@ -237,13 +242,14 @@ async def _rpc(request: Request, service: str) -> Response:
         # git stopped at the end of its input and changed nothing; the client is still sending.
         if not await _discard_rest(request, REFUSAL_DRAIN_LIMIT, node.settings.body_idle_timeout):
             raise
+        count_refusal(request.app, service, Refusal.TOO_LARGE)
         return _report(report.refusal([c.ref for c in commands], _too_large(limit), capabilities))
     return GitResponse(session, first, f"application/x-git-{service}-result")
 
 
 async def _refused(
     request: Request, body: AsyncGenerator[bytes, None], commands: Sequence[pktline.RefUpdate],
-    capabilities: Sequence[str], reason: str,
+    capabilities: Sequence[str], reason: str, kind: Refusal,
 ) -> Response:
     """Refuse a push whose commands were read: every ref ``ng`` with ``reason``, after the rest of
     the body (git reads no answer before it has sent it all)."""
@@ -257,6 +263,7 @@ async def _refused(
     finally:
         await body.aclose()
     log.warning("push to %s refused: %s", request.url.path, reason)
+    count_refusal(request.app, RECEIVE_PACK, kind)
     return _report(report.refusal([c.ref for c in commands], reason, capabilities))
 
 
@@ -329,6 +336,7 @@ async def _fetch_refused(request: Request, body: AsyncGenerator[bytes, None], me
     finally:
         await body.aclose()
     log.warning("fetch from %s refused: %s", request.url.path, message)
+    count_refusal(request.app, UPLOAD_PACK, Refusal.BUSY)
     return _fetch_error(message)
 
 
@@ -343,6 +351,7 @@ async def _ls_refs(request: Request, access: RepoAccess, protocol: str | None, w
     try:
         slot = await _slot(request)
     except gitslots.Busy as exc:
+        count_refusal(request.app, UPLOAD_PACK, Refusal.BUSY)
         return _fetch_error(exc.message)
     try:
         proc = await node.git.spawn(
@@ -566,6 +575,7 @@ class GitSession:
                  slot: gitslots.Slot | None = None) -> None:
         self.proc = proc
         self.slot = slot  # released when the process has ended
+        self.not_acknowledged = False
         self.service = service
         self.on_success: Callable[[], Awaitable[None]] | None = None
         # A cluster push holds back git's answer until the replicas' votes are recorded,
@@ -574,6 +584,7 @@ class GitSession:
         self.on_close: Callable[[], Awaitable[None]] | None = None
         self.client_gone = False
         self._receive = request.receive
+        self.app = request.app  # whose metrics count what becomes of the request
         self._repo_path = str(_node(request).git.path(access.repo.storage_id))
         # A push changes refs: kept advertisements of the repository go stale when it starts and ends.
         self._adverts = _node(request).git.adverts if service == RECEIVE_PACK else None
@@ -770,7 +781,8 @@ class GitSession:
         discard = asyncio.create_task(self._discard_stdout())
         await self._stop()
         self._refs_changed()
-        self._observed.end(self.proc.returncode, cancelled=self.client_gone)  # metrics: git operations
+        # metrics: git operations (a cluster push not acknowledged failed, whatever git said)
+        self._observed.end(self.proc.returncode, cancelled=self.client_gone, failed=self.not_acknowledged)
         _release(self.slot)
         if self._deadline is not None:
             self._deadline.cancel()
@@ -895,6 +907,8 @@ def _lead_push(session: GitSession, node: Node, push: Push, capabilities: Sequen
             # A ref the replicas voted down: git says only "failed to update ref"; say why.
             return report.explain_refusal(output, push.refusal, capabilities) if push.refusal else output
         log.warning("push to %s not acknowledged: %s", push.storage_id, result.message)
+        session.not_acknowledged = True
+        count_refusal(session.app, RECEIVE_PACK, Refusal.NOT_ACKNOWLEDGED)
         return report.rewrite(output, f"push failed: {result.message}", capabilities, refused=push.refusal)
 
     async def on_close() -> None:

@@ -58,6 +58,15 @@ class GitResult(enum.StrEnum):
     CANCELLED = "cancelled"  # the client went away (or stalled) and git was stopped
 
 
+class Refusal(enum.StrEnum):
+    """Why a git request was refused in git's words rather than served."""
+
+    BUSY = "busy"  # no git process slot in time
+    TOO_LARGE = "too_large"  # over max_push_bytes
+    REPLICAS = "replicas"  # a cluster push without a majority, a busy lock, or voted down
+    NOT_ACKNOWLEDGED = "not_acknowledged"  # committed here but not recorded on a majority
+
+
 _GIT_PATH = re.compile(r"/[^/]+/[^/]+/(?:info/refs|git-upload-pack|git-receive-pack)")
 
 
@@ -100,12 +109,17 @@ class Metrics:
                                       ["service"], buckets=LATENCY_BUCKETS, registry=r)
         self.git_processes = Gauge("bulwark_git_processes", "Git processes serving requests right now.",
                                    ["service"], registry=r)
+        self.git_refused = Counter("bulwark_git_refused",
+                                   "Git requests refused with a reason git shows its user, by service and reason.",
+                                   ["service", "reason"], registry=r)
         # Every series exists from the start, so rates and alerts see zeros rather than nothing.
         for service in GIT_SERVICES:
             self.git_processes.labels(service)
             self.git_duration.labels(service)
             for result in GitResult:
                 self.git_operations.labels(service, result.value)
+            for reason in Refusal:
+                self.git_refused.labels(service, reason.value)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         for collector in collectors:
@@ -120,6 +134,13 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def count_refusal(app: Any, service: str, reason: Refusal) -> None:
+    """Count a refusal on ``app``'s metrics, if it has any."""
+    metrics: Metrics | None = getattr(getattr(app, "state", None), "metrics", None)
+    if metrics is not None:
+        metrics.git_refused.labels(service if service in GIT_SERVICES else "other", reason.value).inc()
 
 
 class GitObservation:
@@ -138,7 +159,8 @@ class GitObservation:
         """Observe on ``app``'s metrics, if it has any (``app.state.metrics``)."""
         return cls(getattr(getattr(app, "state", None), "metrics", None), service)
 
-    def end(self, returncode: int | None, *, cancelled: bool = False) -> None:
+    def end(self, returncode: int | None, *, cancelled: bool = False, failed: bool = False) -> None:
+        """``failed``: git succeeded but the request did not (a cluster push not acknowledged)."""
         if self._ended or self.metrics is None:
             return
         self._ended = True
@@ -146,7 +168,7 @@ class GitObservation:
             # Killed by a signal: only the server stops git, when its client left or stalled.
             result = GitResult.CANCELLED
         else:
-            result = GitResult.OK if returncode == 0 else GitResult.FAILED
+            result = GitResult.OK if returncode == 0 and not failed else GitResult.FAILED
         self.metrics.git_processes.labels(self.service).dec()
         self.metrics.git_operations.labels(self.service, result.value).inc()
         self.metrics.git_duration.labels(self.service).observe(time.monotonic() - self.started)
