@@ -154,6 +154,68 @@ def modes_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _happened(a: dict[str, Any]) -> str:
+    """What an attack's clients got back, and what it cost the node."""
+    got = a["attack"]
+    if "error" in got:
+        text = f"the attack failed: {got['error']}"
+    elif "outcomes" in got:
+        answers = sorted(got["outcomes"].items(), key=lambda item: -item[1])
+        text = f"{got['sent']:,} requests, " + ", ".join(f"{n:,} answered {what}" for what, n in answers)
+    else:
+        counts = [f"{n:,} {what}" for what, n in got.items() if what not in ("held_at_end", "peak_held")]
+        text = f"{got['peak_held']:,} connections held at most ({', '.join(counts)})"
+    text += (f"; the node's process used {a['node_cpu']:.2f} of a core; at most {a['git_processes_peak']} git "
+             f"processes at once and {a['git_pss_peak_mib']:.0f} MiB of their PSS")
+    return text + "".join(f"; a clone failed: {why}" for why in a["clone"]["errors"][:1])
+
+
+ABUSE_READING = (
+    "Each attack runs in a process of its own from {addresses} loopback addresses (one for the last row); another "
+    "process asks `/status` every 50 ms on a new connection, as a health check does, and it and the clones come "
+    "from 127.0.0.1, so a limit per address may refuse the attacker and not them. RSS growth: the node's own process, "
+    "its peak less its median in the second before the attack (git processes apart, above). Clone: an anonymous "
+    "`git clone --bare`, one after the other from 2 s into the attack to its end (which waits for the last one); "
+    "its median against that of the clones just before. Attackers, probe, clones and node share the machine's cores "
+    "with other work (load average {load:.2f} as the section began), so a ratio is the node's and the machine's.")
+
+
+def abuse_table(results: dict[str, Any]) -> list[str]:
+    """The node while each hostile client's attack runs (bench/abuse.py)."""
+    ab = results.get("abuse")
+    if not ab or "error" in ab:
+        return []
+    t = ab["targets"]
+    lines = [f"Hostile clients against a standalone node serving a {ab['repository_mib']:.0f} MiB public repository, "
+             f"each attack {ab['seconds_per_attack']:.0f} s. Targets: `/status` p99 ≤ {t['status_p99_s'] * 1000:.0f}"
+             f" ms, RSS growth ≤ {t['rss_mb']} MB, clone ≤ {t['clone_ratio']:.0f} times its time without attack.", "",
+             "| attack (its length) | `/status` p50 / p99 / max | RSS growth | clone during / without attack | "
+             "load average (1 min), before → after | missed |", "|---|---|---|---|---|---|"]
+    for a in ab["attacks"]:
+        st, clone = a["status"], a["clone"]
+        unanswered = f" ({st['failed']} unanswered)" if st["failed"] else ""
+        cloned = "none succeeded" if clone["during"] is None else (
+            f"{_value(clone['during'], 's')} / {_value(clone['baseline'], 's')} = **{clone['ratio']:.1f}x**")
+        if clone["failed"]:
+            cloned += f", {clone['failed']} of {clone['count']} failed"
+        lines.append(f"| {a['label']} ({a['seconds']:.0f} s) | {_value(st['p50'], 's')} / "
+                     f"**{_value(st['p99'], 's')}** / {_value(st['max'], 's')}{unanswered} | "
+                     f"+{a['rss']['growth_mib']:.1f} MiB | {cloned} | {a['load_before'][0]:.2f} → "
+                     f"{a['load_after'][0]:.2f} | {', '.join(k for k, ok in a['met'].items() if not ok) or '—'} |")
+    return [*lines, "", *[f"- {a['label']}: {_happened(a)}." for a in ab["attacks"]], "",
+            ABUSE_READING.format(addresses=len(ab["attacker_addresses"]), load=ab["load_at_start"][0]), ""]
+
+
+def abuse_markdown(report: dict[str, Any]) -> str:
+    abuse, m = report["results"].get("abuse", {}), report["machine"]
+    return "\n".join([f"# Bulwark under hostile clients, {report['profile']} run, {report['finished_at']}", "",
+                      f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']} "
+                      f"({m['os']}); Python {m['python']}, {m['git']}.", "", *abuse_table(report["results"]),
+                      *([f"- abuse failed: {abuse['error']}", ""] if "error" in abuse else []),
+                      f"Run: `{report['command']}` ({abuse.get('seconds', report['seconds']) / 60:.1f} minutes "
+                      "for this section).", ""])
+
+
 def machine_line(machine: dict[str, Any]) -> str:
     return (f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, Linux {machine['kernel']} "
             f"({machine['os']}); Python {machine['python']}, {machine['git']}, {machine['nginx']}, "
@@ -178,6 +240,7 @@ def markdown(report: dict[str, Any]) -> str:
         *fetch_bound(report["results"]),
         *modes_table(report["results"]),
         "",
+        *abuse_table(report["results"]),
         *[f"- {key} failed: {value['error']}" for key, value in report["results"].items()
           if isinstance(value, dict) and "error" in value],
         f"Run: `{report['command']}` ({report['seconds'] / 60:.1f} minutes).",
@@ -280,9 +343,48 @@ def plot_modes(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def plot_abuse(abuse: dict[str, Any], path: Path) -> bool:
+    attacks = abuse.get("attacks", [])
+    if not attacks:
+        return False
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    for a in attacks:
+        top.plot([t for t, _ in a["status"]["timeline"]], [s * 1000 for _, s in a["status"]["timeline"]],
+                 linewidth=0.8, label=a["label"])
+        bottom.plot([t for t, _ in a["rss"]["timeline"]], [m for _, m in a["rss"]["timeline"]], linewidth=0.8)
+    top.axhline(abuse["targets"]["status_p99_s"] * 1000, color="red", linestyle="--", linewidth=1)
+    top.set_yscale("log")
+    top.set_ylabel("/status, ms (red: p99 target)")
+    top.legend(fontsize=7, loc="upper right")
+    bottom.set_ylabel("node RSS growth, MiB")
+    bottom.set_xlabel("seconds into the attack")
+    top.set_title("Bulwark under hostile clients")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_abuse(report: dict[str, Any], out: Path) -> list[Path]:
+    """The hostile-client figures on their own: abuse.json, abuse.md and abuse.png."""
+    abuse = report["results"].get("abuse")
+    if not abuse:
+        return []
+    own = {**report, "sections": ["abuse"], "results": {"abuse": abuse}}
+    (out / "abuse.json").write_text(json.dumps(own, indent=1) + "\n")
+    (out / "abuse.md").write_text(abuse_markdown(own))
+    if "error" not in abuse and plot_abuse(abuse, out / "abuse.png"):
+        return [out / "abuse.json", out / "abuse.md", out / "abuse.png"]
+    (out / "abuse.png").unlink(missing_ok=True)  # an earlier run's plot would not match
+    return [out / "abuse.json", out / "abuse.md"]
+
+
 def write(report: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "latest.json", out / "latest.md"]
+    abuse = write_abuse(report, out)
+    if report["sections"] == ["abuse"]:
+        return abuse  # alone, it leaves the full run's latest.* as they are
+    written = [out / "latest.json", out / "latest.md", *abuse]
     (out / "latest.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "latest.md").write_text(markdown(report))
     results = report["results"]

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench            # the full run (about 150 MiB, 1,000 small repositories)
     .venv/bin/python -m bench --small    # a quick run (20 MiB, 50 small repositories)
+    .venv/bin/python -m bench --only abuse   # hostile clients alone: bench/results/abuse.{json,md,png}
 
 Everything listens on 127.0.0.1 and is started, and stopped, by this process.
 """
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ROOT, compare, modes, report
+from bench import ROOT, abuse, compare, modes, report
 from bench.common import client_env
 from bench.data import FULL, SMALL, TINY, Spec, build
 from bench.fixtures import copy_tree, seed
@@ -32,7 +33,7 @@ from bench.reference import ReferenceServer
 
 from helpers import Server, admin_token
 
-SECTIONS = ("compare", "backup", "ha", "cluster", "failover")
+SECTIONS = ("compare", "backup", "ha", "cluster", "failover", "abuse")
 REFERENCE_CHILDREN = 8
 
 
@@ -103,10 +104,18 @@ def standalone_sections(args: argparse.Namespace, spec: Spec, work: Path, clock:
     results["data_info"] = {"pack_mib": sources.pack_bytes() / 2**20, "large_tip": sources.large_tip()}
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The make command that repeats this run."""
+    flags = {"full": "", "small": "--small", "tiny": "--tiny"}[args.profile_name]
+    if args.sections != set(SECTIONS):
+        flags = f"{flags} --only {','.join(s for s in SECTIONS if s in args.sections)}".strip()
+    return "make bench" + (f' BENCH_ARGS="{flags}"' if " " in flags else f" BENCH_ARGS={flags}" if flags else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--small", action="store_true", help="a quick run on small data (about 3 minutes)")
+    parser.add_argument("--small", action="store_true", help="a quick run on small data (about 5 minutes)")
     parser.add_argument("--tiny", action="store_true",
                         help="a check of the benchmark itself on tiny data; its numbers mean nothing")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "bench" / "data",
@@ -148,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             (work / "failover").mkdir()
             _section(results, "failover", clock,
                      lambda: modes.measure_failover(1 if quick else 3, work / "failover"))
+        if "abuse" in args.sections:
+            clock.log("hostile clients against a standalone node")
+            _section(results, "abuse", clock,
+                     lambda: abuse.measure(work / "abuse", args.data_dir, args.profile_name, clock.log))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     data_info = results.pop("data_info", {})
@@ -155,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile": args.profile_name,
         "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds": time.monotonic() - clock.start,
-        "command": "make bench" + {"full": "", "small": " BENCH_ARGS=--small",
-                                   "tiny": " BENCH_ARGS=--tiny"}[args.profile_name],
+        "command": _command(args),
         "machine": describe(),
         "data": {"large_bytes": spec.large_bytes, "commits": spec.commits, "small_repos": spec.small_repos,
                  "seed": spec.seed, **data_info},
@@ -179,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in report.write(full_report, args.out):
         clock.log(f"wrote {os.path.relpath(path, Path.cwd())}")
     print()
-    print(report.markdown(full_report))
+    print(report.abuse_markdown(full_report) if args.sections == {"abuse"} else report.markdown(full_report))
     return 1 if any(isinstance(v, dict) and "error" in v for v in results.values()) else 0
 
 
