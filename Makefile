@@ -5,8 +5,9 @@ DATA   ?= ./bulwark-data
 LISTEN ?= 127.0.0.1:8080
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+CHAOS_ARGS ?=
 
-.PHONY: serve cluster test lint typecheck unit system-deps clean bench
+.PHONY: serve cluster test lint typecheck unit system-deps clean bench chaos
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +41,12 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 bench: $(VENV)/.bench-installed
 	@scripts/system-deps.sh git nginx fcgiwrap etcd-server haproxy rsync
 	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+
+## A seeded fault-injection campaign under git load, with the checker's verdict; writes chaos/results/.
+## CHAOS_ARGS="--rounds N --seed S --mode cluster|ha|standalone" (default: cluster, 50 rounds, seed 1).
+chaos: $(VENV)/.bench-installed
+	@scripts/system-deps.sh git etcd-server haproxy iproute2
+	$(VENV)/bin/python -m chaos $(CHAOS_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests

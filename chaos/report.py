@@ -39,7 +39,7 @@ def markdown(result: CampaignResult) -> str:
     status = "**passed**" if verdict.valid else f"**failed: {len(verdict.violations)} violations**"
     load = spec.load
     lines = [
-        f"# Chaos campaign: {spec.mode}, {len(result.plan)} rounds, seed {spec.seed} — {status}",
+        f"# Chaos campaign: {spec.mode}, {len(fig.rounds)} of {len(result.plan)} rounds, seed {spec.seed} — {status}",
         "",
         f"Command: `{spec.command()}` ({result.seconds / 60:.1f} minutes). Load: {load.writers} single writers, "
         f"{load.racers} racers on one branch, {load.readers} reader(s), on {load.repos} repositories, through "
@@ -48,6 +48,8 @@ def markdown(result: CampaignResult) -> str:
     ]
     if result.skipped:
         lines.append(f"Faults left out (they need root): {', '.join(result.skipped)}.")
+    if result.halted:
+        lines.append(f"**The rounds stopped early: {result.halted}** (the final checks ran all the same).")
     lines += ["", "## Verdict", "", "| invariant | violations |", "|---|---|"]
     lines += [f"| {name} | {count} |" for name, count in verdict.counts().items()]
     if verdict.violations:
@@ -106,6 +108,7 @@ def summary(result: CampaignResult) -> dict[str, Any]:
         "figures": result.figures.to_json(),
         "plan": [asdict(p) for p in result.plan],
         "skipped": result.skipped,
+        "halted": result.halted,
         "final": asdict(result.final),
         "load_errors": result.load_errors,
         "seconds": result.seconds,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from chaos import ROOT, report
 from chaos.campaign import CampaignSpec, run
-from chaos.faults import Mode
+from chaos.faults import MODE_FAULTS, FaultKind, Mode
 from chaos.load import LoadSpec
 
 
@@ -34,6 +34,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="seed of the plan and of the load's choices (default 1)")
     parser.add_argument("--each", type=int, default=0,
                         help="instead of random rounds: every fault of the mode in turn, this many times")
+    parser.add_argument("--faults", default="",
+                        help="comma-separated fault kinds to use, of the mode's: " +
+                             "; ".join(f"{m}: {','.join(k.value for k in MODE_FAULTS[m])}" for m in Mode))
     parser.add_argument("--repos", type=int, default=2)
     parser.add_argument("--writers", type=int, default=3, help="single writers, each on its own branch")
     parser.add_argument("--racers", type=int, default=2, help="writers racing on one branch")
@@ -45,15 +48,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 1 and not args.each:
         parser.error("--rounds must be at least 1")
+    try:
+        args.faults = tuple(FaultKind(k.strip()) for k in args.faults.split(",") if k.strip())
+    except ValueError as exc:
+        parser.error(str(exc))
+    foreign = [k for k in args.faults if k not in MODE_FAULTS[Mode(args.mode)]]
+    if foreign:
+        parser.error(f"not a fault of mode {args.mode}: {', '.join(foreign)}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     spec = CampaignSpec(mode=Mode(args.mode), rounds=args.rounds, seed=args.seed, each=args.each, nodes=args.nodes,
-                        load=LoadSpec(repos=args.repos, writers=args.writers, racers=args.racers,
+                        faults=args.faults, load=LoadSpec(repos=args.repos, writers=args.writers, racers=args.racers,
                                       readers=args.readers))
-    name = f"{spec.mode}-seed{spec.seed}" + (f"-each{spec.each}" if spec.each else "")
+    name = f"{spec.mode}-seed{spec.seed}" + (f"-each{spec.each}" if spec.each else "") + \
+        "".join(f"-{k}" for k in spec.faults)
     out = args.out.resolve() / name
     shutil.rmtree(out, ignore_errors=True)
     workdir = Path(tempfile.mkdtemp(prefix="bulwark-chaos-"))
