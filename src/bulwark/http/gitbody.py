@@ -22,7 +22,7 @@ CHUNK = 64 * 1024
 # and haves compress a few times at most, while a bomb of empty packets compresses a
 # thousandfold and would cost the node seconds of parsing per kilobyte sent.
 INFLATE_RATIO = 100
-INFLATE_FREE = 256 * 1024
+INFLATE_FREE = 64 * 1024
 # Packets in a whole fetch request: a wide margin over the wants and haves of a mirror fetch.
 FETCH_PACKET_LIMIT = 1_000_000
 # Past its first MIN_RATE_GRACE seconds a body must arrive at MIN_RATE bytes a second on
