@@ -11,8 +11,7 @@ Invariants (each violation names the history lines that show it):
   killed, stopped or cut off (nothing can answer then), or the mode documents an outage;
 - after the faults a mode promises it for, every branch is writable at once; fsck is clean.
 
-The commit graph comes from the history itself: every commit was made by a client of the
-campaign, which recorded its parents, so ancestry needs no repository.
+The commit graph comes from the history itself (chaos/graph.py).
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 
 from chaos.failures import Failure, classify
 from chaos.faults import FaultKind, Mode
+from chaos.graph import Graph
 from chaos.history import Kind, Op, Result, Role
 
 WRITES = (Role.SEED, Role.SINGLE, Role.RACE, Role.PROBE)
@@ -105,71 +105,6 @@ class FinalState:
     converged_after: float | None  # seconds from the end of the load until convergence; None: not within bound
     bound: float
     fsck: dict[str, str] = field(default_factory=dict)  # node -> what fsck reported, for each unclean node
-
-
-# -- the commit graph ------------------------------------------------------------------------
-
-
-class Graph:
-    """Every commit the clients made, with its parents."""
-
-    def __init__(self, ops: Iterable[Op]) -> None:
-        self.parents: dict[str, tuple[str, ...]] = {}
-        for op in ops:
-            if op.kind is Kind.PUSH and op.sha:
-                self.parents.setdefault(op.sha, op.parents)
-        self._depth: dict[str, int] = {}
-
-    def known(self, commit: str) -> bool:
-        return commit in self.parents
-
-    def depth(self, commit: str) -> int | None:
-        """The length of the longest path from ``commit`` to a root (None: not a commit of ours)."""
-        if commit not in self.parents:
-            return None
-        stack = [commit]
-        while stack:
-            c = stack[-1]
-            if c in self._depth:
-                stack.pop()
-                continue
-            todo = [p for p in self.parents.get(c, ()) if p in self.parents and p not in self._depth]
-            if todo:
-                stack.extend(todo)
-                continue
-            known = [self._depth[p] for p in self.parents.get(c, ()) if p in self.parents]
-            self._depth[c] = 1 + max(known, default=-1)
-            stack.pop()
-        return self._depth[commit]
-
-    def contains(self, tip: str, commit: str) -> bool:
-        """Whether ``commit`` is ``tip`` or one of its ancestors."""
-        if tip == commit:
-            return True
-        target = self.depth(commit)
-        if target is None or self.depth(tip) is None:
-            return False
-        stack, seen = [tip], set()
-        while stack:
-            c = stack.pop()
-            if c == commit:
-                return True
-            if c in seen:
-                continue
-            seen.add(c)
-            depth = self.depth(c)
-            if depth is not None and depth > target:  # nothing below the commit's own depth can be it
-                stack.extend(self.parents.get(c, ()))
-        return False
-
-    def ancestry(self, tip: str) -> set[str]:
-        out, stack = set(), [tip]
-        while stack:
-            c = stack.pop()
-            if c not in out:
-                out.add(c)
-                stack.extend(self.parents.get(c, ()))
-        return out
 
 
 # -- the checks ----------------------------------------------------------------------------------

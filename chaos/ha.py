@@ -23,8 +23,9 @@ from pathlib import Path
 import httpx
 
 from bulwark.store.sqlite import SQLiteStore
-from chaos.checker import WRITES, FinalState, Graph, RepoFinal
+from chaos.checker import WRITES, FinalState, RepoFinal
 from chaos.faults import FaultKind, Mode, Planned
+from chaos.graph import Graph
 from chaos.history import Clock, Kind
 from chaos.load import Git, parse_refs
 from chaos.system import Injected, System, run, signal_group, wait_until

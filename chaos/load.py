@@ -316,8 +316,14 @@ class Load:
         for t in threads:
             t.join()
 
-    def final_reads(self) -> dict[str, dict[str, str] | None]:
-        """Every repository's branches through the front door, once."""
+    def final_reads(self, attempts: int = 5) -> dict[str, dict[str, str] | None]:
+        """Every repository's branches through the front door: one clone each (retried a few times)."""
         reader = next(c for c in self._clients if c.name.startswith("read")) if self.spec.readers else self.writers[0]
-        return {repo: self.read(reader, repo, "clone", phase="final") for repo in self.repos}
-
+        out: dict[str, dict[str, str] | None] = {}
+        for repo in self.repos:
+            for _ in range(attempts):
+                out[repo] = self.read(reader, repo, "clone", phase="final")
+                if out[repo] is not None:
+                    break
+                threading.Event().wait(1.0)
+        return out

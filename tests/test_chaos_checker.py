@@ -10,9 +10,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chaos import checker, metrics
-from chaos.checker import RULES, FinalState, Graph, Problem, RepoFinal
+from chaos.checker import RULES, FinalState, Problem, RepoFinal
 from chaos.failures import Failure, classify, reason
 from chaos.faults import MODE_FAULTS, FaultKind, Mode, plan_each, plan_random
+from chaos.graph import Graph
 from chaos.history import History, Kind, Op, Result, Role
 from chaos.history import load as load_history
 
