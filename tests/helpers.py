@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -204,3 +205,31 @@ class FakeClock:
 
     def now(self) -> datetime:
         return self.current
+
+
+def server_record(data_dir: Path) -> dict[str, Any] | None:
+    """The record a running `bulwark serve` keeps in its data dir (server.json), if any."""
+    try:
+        return dict(json.loads((data_dir / "server.json").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def start_on_any_port(server: Server, timeout: float = 30) -> Server:
+    """Start ``server`` with ``--listen HOST:0`` and learn its port from the record it writes once bound."""
+    with open(server.log_path, "ab") as log:
+        server.proc = subprocess.Popen(
+            [*BULWARK, "serve", "--data-dir", str(server.data_dir), "--listen", f"{server.host}:0",
+             *server.extra_args],
+            env=server.env(), stdout=log, stderr=log, start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"bulwark serve exited with {server.proc.returncode}:\n{server.log()}")
+        record = server_record(server.data_dir)
+        if record is not None and record.get("pid") == server.proc.pid:
+            server.port = int(str(record["listen"]).rpartition(":")[2])
+            return server
+        time.sleep(0.1)
+    raise RuntimeError(f"bulwark serve recorded no address within {timeout}s:\n{server.log()}")

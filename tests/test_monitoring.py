@@ -95,7 +95,8 @@ def test_status_command_judges_the_node(server: Server) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(r.stdout)
     assert report["level"] == "OK" and report["role"] == "standalone" and report["exit_code"] == 0
-    assert [c["check"] for c in report["checks"]] == ["disk", "memory", "load", "role"]
+    assert [c["check"] for c in report["checks"]] == ["server", "disk", "memory", "load", "role"]
+    assert report["server"]["state"] == "answering" and report["server"]["url"] == server.url
     assert report["thresholds"]["disk_warning"] == 100
 
     # Default thresholds are the documented ones; a flag overrides one for one run.
@@ -109,7 +110,7 @@ def test_status_command_judges_the_node(server: Server) -> None:
     r = bulwark("status", "--json", *CALM[2:], "--disk-critical", "0.001",
                 env={**env, "BULWARK_ALERT_DISK_WARNING": "0.001"})
     assert r.returncode == 2 and json.loads(r.stdout)["thresholds"]["disk_warning"] == 0.001, r.stdout
-    assert json.loads(r.stdout)["checks"][0]["level"] == "CRITICAL"
+    assert json.loads(r.stdout)["checks"][1]["level"] == "CRITICAL"
     r = bulwark("status", "--disk-warning", "90", "--disk-critical", "80", env=env)
     assert r.returncode == 3 and "above the critical one" in r.stderr
     # The default output is a table.

@@ -54,10 +54,12 @@ def exported_names() -> set[str]:
                             etcd_health={"http://127.0.0.1:2379": True})
     primary_report = {"role": "ha-primary", "level": "OK",
                       "replicas": [{"node_id": "r", "url": "u", "level": "OK", "seconds_since_seen": 1.0,
-                                    "lag_changes": 0}]}
+                                    "lag_changes": 0, "reachable": True, "reach": "reachable"}]}
+    watched = {**REPLICA_REPORT, "primary": {"state": "up", "level": "OK", "detail": "answers",
+                                             "seconds_since_answer": 1.0}}
     for node in (
         facts(),
-        facts(NodeRole.HA_REPLICA, replication=ReplicationFacts.from_report(REPLICA_REPORT)),
+        facts(NodeRole.HA_REPLICA, replication=ReplicationFacts.from_report(watched)),
         facts(NodeRole.HA_PRIMARY, replication=ReplicationFacts.from_report(primary_report)),
         facts(NodeRole.CLUSTER_MEMBER, cluster=ClusterFacts("n1", True, True, report)),
     ):

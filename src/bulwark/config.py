@@ -48,6 +48,9 @@ class Settings(BaseModel):
     git_slot_wait: float = Field(default=10.0, ge=0)
     # Seconds between full checksum reconciliations of an HA replica's repositories.
     ha_reconcile_interval: float = Field(default=60.0, gt=0)
+    # Seconds an HA replica's primary may leave its /status unanswered before the replica reports it
+    # down (in 'repl status', bulwark_ha_primary_up and its alert); the replica asks five times as often.
+    ha_primary_timeout: float = Field(default=10.0, ge=1)
     # Memory for answers to fetches that find nothing new (ref advertisements), served
     # without starting git; 0 turns the cache off.
     ref_cache_mb: int = Field(default=64, ge=0)
@@ -103,7 +106,8 @@ class Settings(BaseModel):
     @classmethod
     def _listen_has_port(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        # Port 0: any free port; the server records the one it got in its data dir once bound.
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError("must be HOST:PORT, for example 127.0.0.1:8080")
         return value
 

@@ -28,6 +28,7 @@ from bulwark.ha.health import Thresholds
 from bulwark.ha.promote import promote as do_promote
 from bulwark.ha.report import replication_report
 from bulwark.ha.wiring import primary_client, replicator_for
+from bulwark.monitoring import running
 
 app = typer.Typer(
     help="High availability: make this node a replica of a primary, watch it, promote it.",
@@ -62,7 +63,7 @@ def setup(
                 f"this node holds {len(repos)} repositories of its own; setup replaces all its data with the "
                 "primary's. Run again with --yes to go ahead."
             )
-        url = advertise_url or node.settings.base_url
+        url = advertise_url or running.node_url(node.settings, running.read(node.settings.data_dir))
         replicator = replicator_for(node)
         started = time.monotonic()
         with Progress(
@@ -117,8 +118,9 @@ def status(
     config: ConfigOption = None,
 ) -> None:
     """Replication health per stream: OK, WARNING or CRITICAL, with Nagios exit codes (0, 1, 2)."""
-    limits = Thresholds(warning_lag, critical_lag, warning_pending, critical_pending)
     with opened_node(data_dir, config) as node:
+        limits = Thresholds(warning_lag, critical_lag, warning_pending, critical_pending,
+                            primary_timeout=node.settings.ha_primary_timeout)
         report = replication_report(node.store, node.changelog, now=node.clock.now(), limits=limits)
     if as_json:
         print(json.dumps(report, indent=2))
@@ -146,13 +148,20 @@ def _print_report(report: dict[str, Any], verbose: bool) -> None:
                 f"last error {report['last_error']}; faulty {report['repositories']['faulty_ids']}"
             )
     elif role == "ha-primary" and report["replicas"]:
-        table = Table("replica", "url", "status", "last seen (s ago)", "position", "behind (changes)")
+        table = Table("replica", "url", "status", "reachable", "last seen (s ago)", "position", "behind (changes)")
         for r in report["replicas"]:
             table.add_row(
-                r["node_id"], r["url"], r["level"], str(r["seconds_since_seen"]), str(r["position"]),
-                str(r["lag_changes"]),
+                r["node_id"], r["url"], r["level"], _reachable(r.get("reachable")), str(r["seconds_since_seen"]),
+                str(r["position"]), str(r["lag_changes"]),
             )
         console.print(table)
+        for r in report["replicas"]:
+            if r.get("reachable") is not True:
+                console.print(f"  replica {r['node_id']}: {r.get('reach')}", markup=False)
+
+
+def _reachable(value: bool | None) -> str:
+    return "unknown" if value is None else "yes" if value else "NO"
 
 
 @app.command("promote")

@@ -16,6 +16,7 @@ from bulwark.cluster.wiring import Loop, cluster_loops_for
 from bulwark.ha.loop import PrimaryDuties
 from bulwark.ha.wiring import ha_loop_for
 from bulwark.http.app import create_app
+from bulwark.http.listening import RecordingServer
 from bulwark.http.server import Guard, connection_budget, guarded_protocol, raise_file_limit
 from bulwark.logs import configure_logging
 from bulwark.node import open_node
@@ -83,7 +84,7 @@ def serve(
         loop = ha_loop_for(node)
     loop.start()
     try:
-        uvicorn.Server(config_).run()
+        RecordingServer(config_, node).run()
     finally:
         loop.stop()
         node.close()

@@ -1,8 +1,10 @@
 """``bulwark status``: this node's own checks, with Nagios exit codes (0 OK, 1 WARNING, 2 CRITICAL).
 
-Acts on the node's data dir and settings like every command, whether or not the node runs:
-standalone and HA nodes are read from their data dir, a cluster member from etcd (where its
-running process holds its lease) and its own ``/status``.
+It asks the running server first, at the address the server recorded in its data dir once bound:
+its ``/status`` and its own overview (``/status/node``). A server that does not answer is CRITICAL,
+and the sentence says whether it was stopped cleanly, is gone (killed or crashed), or runs without
+answering; the other checks are then read from the data dir. A cluster member's cluster state comes
+from etcd (where its running process holds its lease).
 """
 
 from __future__ import annotations
@@ -25,14 +27,22 @@ from bulwark.cli.common import (
     settings_for,
 )
 from bulwark.cluster.etcd import Etcd
-from bulwark.cluster.report import gather, probe
+from bulwark.cluster.report import gather
 from bulwark.config import Settings
 from bulwark.errors import BulwarkError
 from bulwark.ha.health import Level
 from bulwark.monitoring import system
-from bulwark.monitoring.checks import Check, Thresholds, evaluate, nagios_line, worst
-from bulwark.monitoring.facts import ClusterFacts, NodeFacts
+from bulwark.monitoring.checks import Check, Thresholds, check_server, evaluate, nagios_line, worst
+from bulwark.monitoring.facts import (
+    ClusterFacts,
+    NodeFacts,
+    ServerFacts,
+    ServerState,
+    facts_from_json,
+    not_serving,
+)
 from bulwark.monitoring.gather import node_facts
+from bulwark.monitoring.probe import ask_server
 from bulwark.node import NodeRole
 
 _STYLE = {Level.OK: "green", Level.WARNING: "yellow", Level.CRITICAL: "red", Level.UNKNOWN: "magenta"}
@@ -76,8 +86,9 @@ def status(
         raise fail(exc.message, int(Level.UNKNOWN)) from None  # a monitor must not read a usage error as WARNING
     if not settings.cluster_node and not settings.metadata_path.exists():
         raise fail(f"no Bulwark data in {settings.data_dir}: pass the node's --data-dir", int(Level.UNKNOWN))
-    facts = _cluster_facts(settings) if settings.cluster_node else _local_facts(data_dir, config)
-    checks = evaluate(facts, limits)
+    server = ask_server(settings.data_dir)
+    facts = _cluster_facts(settings, server) if settings.cluster_node else _local_facts(data_dir, config, server)
+    checks = (check_server(server), *evaluate(facts, limits))
     level = worst(c.level for c in checks)
     if nagios:
         print(nagios_line(facts.name, checks, limits))
@@ -88,6 +99,7 @@ def status(
             "role": facts.role.value,
             "level": level.name,
             "exit_code": int(level),
+            "server": server.to_json(),
             "checks": [c.to_json() for c in checks],
             "thresholds": limits.to_json(),
         }, indent=2))
@@ -96,12 +108,23 @@ def status(
     raise typer.Exit(int(level))
 
 
-def _local_facts(data_dir: Path | None, config: Path | None) -> NodeFacts:
+def _local_facts(data_dir: Path | None, config: Path | None, server: ServerFacts) -> NodeFacts:
+    """The running server's own facts; the data dir's when it cannot give them."""
+    sample = system.sample(Path(server.data_dir))
+    if server.node is not None and isinstance(server.node.get("facts"), dict):
+        try:
+            return facts_from_json(server.node["facts"], sample)
+        except ValueError:
+            pass  # judged from the data dir below; the server check already says what it answered
     with opened_node(data_dir, config) as node:
-        return node_facts(node)
+        facts = node_facts(node)
+    if server.state is not ServerState.ANSWERING:
+        return not_serving(facts, "its server is not running" if server.state is not ServerState.NOT_ANSWERING
+                           else "its server does not answer")
+    return facts
 
 
-def _cluster_facts(settings: Settings) -> NodeFacts:
+def _cluster_facts(settings: Settings, server: ServerFacts) -> NodeFacts:
     """A cluster member's facts from etcd and its own /status: this process holds no session itself."""
     name = settings.cluster_node or ""
     sample = system.sample(settings.data_dir)
@@ -121,9 +144,9 @@ def _cluster_facts(settings: Settings) -> NodeFacts:
     me = next((n for n in report.nodes if n.name == name), None)
     url = me.url if me is not None else settings.base_url
     alive = me is not None and me.alive
-    answer = probe(url)
-    serving = answer.http_status == 200
-    reason = answer.reason or ("serving" if serving else f"does not answer at {url}")
+    serving = server.http_status == 200
+    said = (server.status or {}).get("reason")
+    reason = str(said) if said else "serving" if serving else f"does not answer at {server.url or url}"
     maintenance = me.maintenance if me is not None else None
     cluster = ClusterFacts(name, alive, True, report)
     return NodeFacts(name, url, NodeRole.CLUSTER_MEMBER, serving, reason, maintenance, None, sample, cluster=cluster)

@@ -36,14 +36,23 @@ def register(primary_url: str, token: str, *, node_id: str, url: str, timeout: f
 
 
 def peer_status(url: str, timeout: float = 3) -> dict[str, Any]:
-    """A node's public ``/status`` (role and epoch), for fencing checks."""
+    """A node's public ``/status`` (role, epoch, node id), for fencing and liveness checks.
+
+    Any answer with a status body counts, 503 included (maintenance, a replica): the node is there.
+    The error says why there was none, without repeating the URL, which its callers name.
+    """
     try:
-        r = httpx.get(f"{url.rstrip('/')}/status", timeout=timeout)
+        r = httpx.get(f"{url.rstrip('/')}/status", timeout=timeout, follow_redirects=False)
+    except httpx.TimeoutException:
+        raise PeerUnreachable(f"no answer within {timeout:g}s") from None
+    except httpx.HTTPError as exc:
+        raise PeerUnreachable(f"{type(exc).__name__}: {exc}") from None
+    try:
         data = r.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise PeerUnreachable(f"cannot reach {url}: {exc}") from None
-    if not isinstance(data, dict):
-        raise PeerUnreachable(f"{url} answered something that is not a status")
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or "role" not in data:
+        raise PeerUnreachable(f"HTTP {r.status_code} without a Bulwark status: not a Bulwark node")
     return data
 
 

@@ -1,8 +1,10 @@
 """The HA loop of a running node: one thread, one cycle at a time.
 
-On a replica each cycle is a :class:`~bulwark.ha.replicator.Replicator` cycle.
+On a replica each cycle is a :class:`~bulwark.ha.replicator.Replicator` cycle, and a
+:class:`~bulwark.ha.watch.PrimaryWatch` beside it asks whether the primary is there.
 On a primary it checks that no peer knows a newer epoch (fencing itself if one
-does) and trims the change log past what every replica has applied.
+does), notes which replicas it could not reach to ask, and trims the change log
+past what every replica has applied.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timedelta
+from typing import Any
 
 from bulwark.clock import Clock
 from bulwark.errors import BulwarkError
 from bulwark.ha import state as ha_state
 from bulwark.ha.client import peer_status
-from bulwark.ha.health import FenceDecision, decide_fencing
+from bulwark.ha.health import FenceDecision, decide_fencing, observe
 from bulwark.ha.replicator import Replicator
-from bulwark.ha.state import HAState
+from bulwark.ha.state import HAState, PeerCheck
+from bulwark.ha.watch import Ask, PrimaryWatch
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog
 
@@ -28,31 +32,59 @@ KEEP_WITHOUT_REPLICAS = 10_000
 
 
 class PrimaryDuties:
-    def __init__(self, store: Store, changelog: ChangeLog, clock: Clock, *, check_every: float = 5.0) -> None:
+    def __init__(self, store: Store, changelog: ChangeLog, clock: Clock, *, check_every: float = 5.0,
+                 ask: Ask = peer_status) -> None:
         self.store = store
         self.changelog = changelog
         self.clock = clock
         self.check_every = timedelta(seconds=check_every)
+        self.ask = ask
         self._last_check: datetime | None = None
+        self._unreachable: set[str] = set()  # replicas this process has warned about
 
     def check_epochs(self, ha: HAState) -> str:
-        """Fence this node if any known peer is primary at a newer epoch."""
+        """Fence this node if any known peer is primary at a newer epoch; note who could not be asked."""
         epochs: dict[str, int] = {}
+        earlier = ha_state.load_replica_checks(self.store)
+        checks: dict[str, PeerCheck] = {}
         for replica in ha_state.load_replicas(self.store):
             if not replica.url:
                 continue
+            check = earlier.get(replica.node_id)
+            if check is None or check.url != replica.url:
+                check = PeerCheck(replica.url, since=self.clock.now())
+            answer: dict[str, Any] | str
             try:
-                status = peer_status(replica.url)
-            except BulwarkError:
+                answer = self.ask(replica.url, 3.0)
+            except BulwarkError as exc:
+                answer = exc.message
+            checks[replica.node_id] = observe(check, answer, self.clock.now())
+            if isinstance(answer, str):
+                self._note_unreachable(replica.node_id, replica.url, answer)
                 continue
-            epoch = status.get("epoch")
+            if replica.node_id in self._unreachable:
+                self._unreachable.discard(replica.node_id)
+                log.info("ha: replica %s answers again at %s", replica.node_id, replica.url)
+            epoch = answer.get("epoch")
             if isinstance(epoch, int):
                 epochs[replica.url] = epoch
+        ha_state.save_replica_checks(self.store, checks)
         decision, reason = decide_fencing(ha.epoch, epochs)
         if decision is FenceDecision.FENCE:
             ha_state.save(self.store, ha.with_(fenced=reason))
             return f"fenced this node: {reason}"
+        unreachable = sorted(n for n, c in checks.items() if c.error is not None)
+        if unreachable:
+            return f"still primary: {reason}, but could not ask replicas {', '.join(unreachable)}"
         return f"still primary: {reason}"
+
+    def _note_unreachable(self, node_id: str, url: str, error: str) -> None:
+        if node_id in self._unreachable:
+            return
+        self._unreachable.add(node_id)
+        # Without its answer this primary cannot tell whether that replica was promoted over it.
+        log.warning("ha: replica %s at %s does not answer, so this primary cannot check its epoch: %s",
+                    node_id, url, error)
 
     def trim(self) -> str:
         replicas = ha_state.load_replicas(self.store)
@@ -74,10 +106,12 @@ class PrimaryDuties:
 
 
 class HALoop:
-    def __init__(self, store: Store, replicator: Replicator, primary: PrimaryDuties) -> None:
+    def __init__(self, store: Store, replicator: Replicator, primary: PrimaryDuties,
+                 watch: PrimaryWatch | None = None) -> None:
         self.store = store
         self.replicator = replicator
         self.primary = primary
+        self.watch = watch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_sentence = ""
@@ -98,9 +132,13 @@ class HALoop:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="bulwark-ha", daemon=True)
         self._thread.start()
+        if self.watch is not None:
+            self.watch.start()
 
     def stop(self, timeout: float = 5) -> None:
         self._stop.set()
+        if self.watch is not None:
+            self.watch.stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from bulwark.ha import state as ha_state
-from bulwark.ha.health import Level, Thresholds, replica_health
+from bulwark.ha.health import Level, Thresholds, judge_primary, judge_reach, replica_health
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog
 
@@ -24,6 +24,8 @@ def replication_report(store: Store, changelog: ChangeLog, *, now: datetime, lim
     if ha.role == "ha-replica":
         progress = ha_state.load_progress(store)
         health = replica_health(progress, replicating=ha.replicating, now=now, limits=limits)
+        check = ha_state.load_primary_check(store)
+        primary = judge_primary(check, now, limits.primary_timeout)
         report.update(
             primary_url=ha.primary_url,
             primary_id=ha.primary_id,
@@ -35,9 +37,20 @@ def replication_report(store: Store, changelog: ChangeLog, *, now: datetime, lim
             last_contact=progress.last_contact.isoformat() if progress.last_contact else None,
             last_error=progress.last_error,
             streams=[
-                {"name": s.name, "level": s.level.name, "detail": s.detail}
-                for s in (health.metadata, health.repositories)
+                *({"name": s.name, "level": s.level.name, "detail": s.detail}
+                  for s in (health.metadata, health.repositories)),
+                {"name": "primary", "level": primary.level.name, "detail": primary.detail},
             ],
+            primary={
+                "state": primary.state.value,
+                "level": primary.level.name,
+                "detail": primary.detail,
+                "seconds_since_answer": _rounded(primary.silent_seconds),
+                "last_answer": _iso(check.answered_at if check else None),
+                "last_check": _iso(check.checked_at if check else None),
+                "last_error": check.error if check else None,
+                "timeout": limits.primary_timeout,
+            },
             repositories={
                 "total": progress.repos_total,
                 "in_sync": progress.repos_in_sync,
@@ -46,12 +59,14 @@ def replication_report(store: Store, changelog: ChangeLog, *, now: datetime, lim
                 "faulty_ids": progress.repos_faulty,
             },
         )
-        level = health.level
+        level = max(health.level, primary.level)
     elif ha.role == "ha-primary":
         last_seq = changelog.last_seq()
         replicas = []
         level = Level.CRITICAL if ha.fenced else Level.OK
+        checks = ha_state.load_replica_checks(store)
         for r in ha_state.load_replicas(store):
+            reachable, reach = judge_reach(checks.get(r.node_id), now)
             seen = datetime.fromisoformat(r.last_seen) if r.last_seen else None
             silence = (now - seen).total_seconds() if seen else math.inf
             if silence >= limits.critical_lag:
@@ -60,6 +75,9 @@ def replication_report(store: Store, changelog: ChangeLog, *, now: datetime, lim
                 r_level = Level.WARNING
             else:
                 r_level = Level.OK
+            if reachable is False:
+                # It may be alive and replicating, but the epoch check cannot see whether it was promoted.
+                r_level = max(r_level, Level.WARNING)
             level = max(level, r_level)
             replicas.append(
                 {
@@ -70,6 +88,8 @@ def replication_report(store: Store, changelog: ChangeLog, *, now: datetime, lim
                     "seconds_since_seen": None if math.isinf(silence) else round(silence, 3),
                     "position": r.position,
                     "lag_changes": max(0, last_seq - r.position),
+                    "reachable": reachable,
+                    "reach": reach,
                 }
             )
         report.update(last_seq=last_seq, replicas=replicas)
@@ -84,3 +104,11 @@ def replication_report(store: Store, changelog: ChangeLog, *, now: datetime, lim
     report["level"] = level.name
     report["exit_code"] = int(level)
     return report
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -17,6 +17,8 @@ _KEY = "ha.state"
 _NODE_ID = "node.id"
 _PROGRESS = "ha.progress"
 _REPLICAS = "ha.replicas"
+_PRIMARY_CHECK = "ha.primary_check"
+_REPLICA_CHECKS = "ha.replica_checks"
 
 
 def node_id(store: Store) -> str:
@@ -113,3 +115,54 @@ def load_replicas(store: Store) -> list[ReplicaRecord]:
 
 def save_replicas(store: Store, replicas: list[ReplicaRecord]) -> None:
     store.set_setting(_REPLICAS, json.dumps([asdict(r) for r in replicas]) if replicas else None)
+
+
+@dataclass(frozen=True)
+class PeerCheck:
+    """What this node last learned by asking a peer's ``/status``: a replica asks its primary,
+    a primary its replicas (its epoch check). Written by the running server, read by commands."""
+
+    url: str
+    since: datetime  # when the running server began asking this URL
+    checked_at: datetime | None = None  # the last ask, answered or not
+    answered_at: datetime | None = None  # the last answer (possibly before ``since``, by an earlier run)
+    failing_since: datetime | None = None  # the first unanswered ask after the last answer
+    error: str | None = None  # why the last ask got no answer; None when it got one
+    role: str | None = None  # as the last answer said
+    fenced: bool = False
+    epoch: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in _PEER_TIMES:
+            data[key] = data[key].isoformat() if data[key] else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PeerCheck:
+        data = dict(data)
+        for key in _PEER_TIMES:
+            data[key] = datetime.fromisoformat(data[key]) if data.get(key) else None
+        return cls(**data)
+
+
+_PEER_TIMES = ("since", "checked_at", "answered_at", "failing_since")
+
+
+def load_primary_check(store: Store) -> PeerCheck | None:
+    raw = store.get_setting(_PRIMARY_CHECK)
+    return PeerCheck.from_json(json.loads(raw)) if raw else None
+
+
+def save_primary_check(store: Store, check: PeerCheck | None) -> None:
+    store.set_setting(_PRIMARY_CHECK, json.dumps(check.to_json()) if check else None)
+
+
+def load_replica_checks(store: Store) -> dict[str, PeerCheck]:
+    """The primary's checks of its replicas, by replica node id."""
+    raw = store.get_setting(_REPLICA_CHECKS)
+    return {k: PeerCheck.from_json(v) for k, v in json.loads(raw).items()} if raw else {}
+
+
+def save_replica_checks(store: Store, checks: dict[str, PeerCheck]) -> None:
+    store.set_setting(_REPLICA_CHECKS, json.dumps({k: v.to_json() for k, v in checks.items()}) if checks else None)

@@ -8,6 +8,7 @@ from bulwark.ha.client import PrimaryClient
 from bulwark.ha.loop import HALoop, PrimaryDuties
 from bulwark.ha.replicator import Replicator
 from bulwark.ha.state import HAState
+from bulwark.ha.watch import PrimaryWatch
 from bulwark.node import Node
 
 
@@ -31,7 +32,8 @@ def replicator_for(node: Node, *, verify_objects: bool = True) -> Replicator:
 
 
 def ha_loop_for(node: Node) -> HALoop:
-    return HALoop(node.store, replicator_for(node), PrimaryDuties(node.store, node.changelog, node.clock))
+    watch = PrimaryWatch(node.store, node.clock, timeout=node.settings.ha_primary_timeout)
+    return HALoop(node.store, replicator_for(node), PrimaryDuties(node.store, node.changelog, node.clock), watch)
 
 
 def primary_client(node: Node) -> PrimaryClient | None:

@@ -3,7 +3,9 @@
 Replicas authenticate with the credential the primary issued at registration
 (``Authorization: Bearer``), name themselves (``X-Bulwark-Node``) and state their
 epoch (``X-Bulwark-Epoch``). These endpoints keep working in maintenance mode,
-so replication goes on while the primary is being serviced.
+so replication goes on while the primary is being serviced. The site
+administrators' GETs (reports, the replica list) answer on every node, replicas
+and fenced primaries included: reading changes nothing.
 """
 
 from __future__ import annotations
@@ -18,14 +20,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from bulwark.errors import Forbidden, InvalidInput, NotFound, StaleEpoch, Unauthenticated, Unavailable
+from bulwark.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PeerUnreachable,
+    StaleEpoch,
+    Unauthenticated,
+    Unavailable,
+)
 from bulwark.ha import state as ha_state
-from bulwark.ha.client import EPOCH_HEADER, NODE_HEADER
+from bulwark.ha.client import EPOCH_HEADER, NODE_HEADER, peer_status
 from bulwark.ha.health import Thresholds
 from bulwark.ha.report import replication_report
 from bulwark.ha.setup import FENCED_PREFIX
 from bulwark.ha.state import ReplicaRecord
 from bulwark.http.api.common import call, context, field, json_body
+from bulwark.http.auth import site_admin
 from bulwark.models import MaintenanceState
 from bulwark.node import Node, Traffic
 from bulwark.security import hash_token
@@ -33,6 +44,8 @@ from bulwark.security import hash_token
 CREDENTIAL_PREFIX = "bwr_"
 MAX_WAIT = 30.0
 MAX_LIMIT = 5000
+# Seconds a primary gives a registering replica to answer at the URL it advertises.
+CALL_BACK_TIMEOUT = 5.0
 # Replica records are read-modify-written as one setting; one writer at a time.
 _replicas_lock = threading.Lock()
 
@@ -46,6 +59,12 @@ async def _site_admin(request: Request) -> Node:
     ctx = await context(request, Traffic.ADMIN)
     ctx.require_site_admin()
     return ctx.node
+
+
+async def site_admin_reading(request: Request, what: str) -> Node:
+    """A site administrator reading state, on any node in any state (no serving check)."""
+    await site_admin(request, what)
+    return _node(request)
 
 
 def authenticated_replica(request: Request) -> ReplicaRecord:
@@ -109,6 +128,7 @@ async def register_replica(request: Request) -> JSONResponse:
             raise Unavailable(f"this node is fenced ({ha.fenced}); register with the current primary")
         if node_id == ha_state.node_id(node.store):
             raise InvalidInput("a node cannot replicate from itself")
+        call_back(url, node_id)
         if ha.role != "ha-primary":
             ha = ha.with_(role="ha-primary", epoch=max(1, ha.epoch))
             ha_state.save(node.store, ha)
@@ -127,8 +147,28 @@ async def register_replica(request: Request) -> JSONResponse:
     return JSONResponse(await call(do), status_code=201)
 
 
+def call_back(url: str, node_id: str) -> None:
+    """Refuse a replica this primary cannot reach at ``url``: its epoch check could never see it
+    promoted, and the status page could never ask it."""
+    try:
+        answer = peer_status(url, CALL_BACK_TIMEOUT)
+    except PeerUnreachable as exc:
+        raise InvalidInput(
+            f"this primary cannot reach the replica at its advertised URL {url} ({exc.message}); start the "
+            "replica with 'bulwark serve', or pass the URL this primary reaches it by with --advertise-url",
+            field="url",
+        ) from None
+    other = answer.get("node_id")
+    if isinstance(other, str) and other != node_id:
+        raise InvalidInput(
+            f"the advertised URL {url} is node {other}'s, not the replica's ({node_id}); pass the replica's own "
+            "URL with --advertise-url",
+            field="url",
+        )
+
+
 async def list_replicas(request: Request) -> JSONResponse:
-    node = await _site_admin(request)
+    node = await site_admin_reading(request, "replica lists")
     replicas = await call(ha_state.load_replicas, node.store)
     return JSONResponse(
         [{k: v for k, v in r.__dict__.items() if k != "credential_hash"} for r in replicas]
@@ -264,17 +304,20 @@ def _replica_by_credential(request: Request) -> ReplicaRecord:
     return record
 
 
+def _limits(node: Node) -> Thresholds:
+    return Thresholds(primary_timeout=node.settings.ha_primary_timeout)
+
+
 async def status(request: Request) -> JSONResponse:
-    node = await _site_admin(request)
-    limits = Thresholds()
-    report = await call(replication_report, node.store, node.changelog, now=node.clock.now(), limits=limits)
+    node = await site_admin_reading(request, "replication reports")
+    report = await call(replication_report, node.store, node.changelog, now=node.clock.now(), limits=_limits(node))
     return JSONResponse(report)
 
 
 async def replica_health(request: Request) -> JSONResponse:
     """For monitors: 200 while this replica is healthy (OK or WARNING), 503 otherwise."""
     node = _node(request)
-    report = await call(replication_report, node.store, node.changelog, now=node.clock.now(), limits=Thresholds())
+    report = await call(replication_report, node.store, node.changelog, now=node.clock.now(), limits=_limits(node))
     healthy = report["role"] == "ha-replica" and report["exit_code"] < 2
     body = {k: report.get(k) for k in ("role", "level", "lag_seconds", "lag_changes", "repositories")}
     return JSONResponse(body, status_code=200 if healthy else 503)
@@ -284,7 +327,7 @@ async def cluster_status(request: Request) -> JSONResponse:
     """What ``bulwark cluster status --json`` prints, from whichever node is asked."""
     from bulwark.cluster.report import gather
 
-    node = await _site_admin(request)
+    node = await site_admin_reading(request, "cluster reports")
     if node.cluster is None:
         raise NotFound("this node is not a cluster member")
     report = await call(gather, node.cluster.etcd)

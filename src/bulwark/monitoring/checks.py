@@ -14,7 +14,7 @@ from typing import Any
 from bulwark.config import Settings
 from bulwark.errors import InvalidInput
 from bulwark.ha.health import Level
-from bulwark.monitoring.facts import ClusterFacts, NodeFacts, ReplicationFacts
+from bulwark.monitoring.facts import ClusterFacts, NodeFacts, ReplicationFacts, ServerFacts, ServerState
 from bulwark.monitoring.system import SystemSample
 from bulwark.node import NodeRole
 
@@ -23,6 +23,7 @@ _SEVERITY = {Level.OK: 0, Level.UNKNOWN: 1, Level.WARNING: 2, Level.CRITICAL: 3}
 
 
 class CheckName(enum.StrEnum):
+    SERVER = "server"  # judged by `bulwark status` only: a running server needs no one to tell it it runs
     DISK = "disk"
     MEMORY = "memory"
     LOAD = "load"
@@ -120,6 +121,34 @@ def check_role(facts: NodeFacts) -> Check:
         # A replica takes no traffic on purpose; its replication check says how it is doing.
         return Check(CheckName.ROLE, Level.OK, f"{role}, {facts.reason}")
     return Check(CheckName.ROLE, Level.WARNING, f"{role}, not serving: {facts.reason}")
+
+
+def check_server(server: ServerFacts) -> Check:
+    """The node's server process, as ``bulwark status`` found it on this machine."""
+    url, pid = server.url or "?", server.pid
+    start = "'bulwark serve'"
+    if server.state is ServerState.ANSWERING:
+        if server.node is None:
+            return Check(CheckName.SERVER, Level.WARNING,
+                         f"answers /status at {url} (pid {pid}) but not /status/node ({server.node_error}): the "
+                         "other checks are read from the data dir")
+        return Check(CheckName.SERVER, Level.OK, f"answers at {url} (pid {pid}, started {server.started_at})")
+    if server.state is ServerState.NOT_ANSWERING:
+        where = f"process {pid} runs but"
+        if server.elsewhere:
+            where = f"the server started on {server.hostname} (pid {pid})"
+        return Check(CheckName.SERVER, Level.CRITICAL,
+                     f"{where} does not answer at {url} ({server.error}): hung, overloaded or still starting")
+    if server.state is ServerState.CRASHED:
+        return Check(CheckName.SERVER, Level.CRITICAL,
+                     f"not running: the server (pid {pid}, started {server.started_at}) is gone without "
+                     f"stopping cleanly: it was killed or crashed; see its log, then start it with {start}")
+    if server.state is ServerState.STOPPED:
+        return Check(CheckName.SERVER, Level.CRITICAL,
+                     f"not running: the server (pid {pid}) was stopped cleanly at {server.stopped_at}; start it "
+                     f"with {start}")
+    return Check(CheckName.SERVER, Level.CRITICAL,
+                 f"not running: no server has recorded itself in {server.data_dir}; start it with {start}")
 
 
 def check_replication(replication: ReplicationFacts) -> Check:

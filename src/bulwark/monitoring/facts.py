@@ -6,8 +6,9 @@ data dir and etcd); judged by :mod:`bulwark.monitoring.checks`; exported by the 
 
 from __future__ import annotations
 
+import enum
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bulwark.cluster.report import ClusterReport
@@ -25,6 +26,18 @@ class ReplicaLag:
     level: Level
     seconds_since_seen: float | None
     lag_changes: int
+    reachable: bool | None = None  # whether the primary's epoch check reached it (None: not checked lately)
+    reach: str = ""
+
+
+@dataclass(frozen=True)
+class PrimaryFacts:
+    """An HA replica's primary, as the replica's watch last found it."""
+
+    state: str  # a bulwark.ha.health.PrimaryState value
+    up: bool  # answered within the timeout
+    seconds_since_answer: float | None
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,7 @@ class ReplicationFacts:
     pending: int | None = None
     faulty: int | None = None
     replicas: tuple[ReplicaLag, ...] = ()
+    primary: PrimaryFacts | None = None  # on a replica
 
     @classmethod
     def from_report(cls, report: dict[str, Any]) -> ReplicationFacts | None:
@@ -47,8 +61,15 @@ class ReplicationFacts:
         level = Level[report["level"]]
         if report["role"] == "ha-replica":
             repos = report["repositories"]
-            worst = max(report["streams"], key=lambda s: Level[s["level"]])
+            # On a tie the primary's stream speaks: a primary that is gone explains the rest, and says what to do.
+            worst = max(report["streams"], key=lambda s: (Level[s["level"]], s["name"] == "primary"))
             lag = report.get("lag_seconds")
+            watch = report.get("primary")
+            primary = None
+            if isinstance(watch, dict):
+                up = watch["state"] in ("up", "not-primary", "late")
+                primary = PrimaryFacts(str(watch["state"]), up, watch.get("seconds_since_answer"),
+                                       str(watch["detail"]))
             return cls(
                 level=level,
                 summary=f"{worst['name']}: {worst['detail']}",
@@ -58,21 +79,48 @@ class ReplicationFacts:
                 lag_changes=int(report.get("lag_changes") or 0),
                 pending=int(repos["pending"]),
                 faulty=int(repos["faulty"]),
+                primary=primary,
             )
         if report["role"] == "ha-primary":
             replicas = tuple(
-                ReplicaLag(r["node_id"], r["url"], Level[r["level"]], r["seconds_since_seen"], int(r["lag_changes"]))
+                ReplicaLag(r["node_id"], r["url"], Level[r["level"]], r["seconds_since_seen"], int(r["lag_changes"]),
+                           r.get("reachable"), str(r.get("reach") or ""))
                 for r in report["replicas"]
             )
             late = [r for r in replicas if r.level is not Level.OK]
             if report.get("detail"):
                 summary = str(report["detail"])
             elif late:
-                summary = ", ".join(f"replica {r.node_id} last seen {_ago(r.seconds_since_seen)}" for r in late)
+                summary = ", ".join(_replica_problem(r) for r in late)
             else:
                 summary = f"{len(replicas)} replicas in contact"
             return cls(level=level, summary=summary, replicas=replicas)
         return None
+
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["level"] = self.level.name
+        data["lag_seconds"] = None if self.lag_seconds is None or math.isinf(self.lag_seconds) else self.lag_seconds
+        data["replicas"] = [{**r, "level": r["level"].name} for r in data["replicas"]]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReplicationFacts:
+        """The inverse of :meth:`to_json` (a lag of None is +Inf: never in contact)."""
+        values = dict(data)
+        values["level"] = Level[values["level"]]
+        lag = values.get("lag_seconds")
+        values["lag_seconds"] = math.inf if lag is None and values.get("replicating") is not None else lag
+        values["replicas"] = tuple(ReplicaLag(**{**r, "level": Level[r["level"]]}) for r in values["replicas"])
+        values["primary"] = PrimaryFacts(**values["primary"]) if values.get("primary") else None
+        return cls(**values)
+
+
+def _replica_problem(replica: ReplicaLag) -> str:
+    if replica.reachable is False:
+        return f"replica {replica.node_id}: the primary {replica.reach}"
+    return f"replica {replica.node_id} last seen {_ago(replica.seconds_since_seen)}"
 
 
 def _ago(seconds: float | None) -> str:
@@ -95,6 +143,37 @@ class ClusterFacts:
         return next((n.alive for n in self.report.nodes if n.name == name), None)
 
 
+class ServerState(enum.StrEnum):
+    """The node's server process, as ``bulwark status`` on its machine finds it."""
+
+    ANSWERING = "answering"  # it answers its /status at the address it recorded
+    NOT_ANSWERING = "not-answering"  # its process is there (or elsewhere), but it does not answer
+    CRASHED = "crashed"  # its record is left but its process is gone: killed or crashed
+    STOPPED = "stopped"  # it shut down cleanly
+    NOT_STARTED = "not-started"  # no server has recorded itself in this data dir
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    state: ServerState
+    data_dir: str
+    url: str | None = None
+    pid: int | None = None
+    hostname: str | None = None
+    elsewhere: bool = False  # recorded on another machine, whose processes this one cannot see
+    started_at: str | None = None
+    stopped_at: str | None = None
+    error: str | None = None  # why it did not answer
+    http_status: int | None = None  # of its /status
+    status: dict[str, Any] | None = None  # its /status body
+    node: dict[str, Any] | None = None  # its /status/node document
+    node_error: str | None = None  # why that could not be had
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state.value, "url": self.url, "pid": self.pid, "started_at": self.started_at,
+                "stopped_at": self.stopped_at, "error": self.error or self.node_error}
+
+
 @dataclass(frozen=True)
 class NodeFacts:
     name: str
@@ -107,3 +186,29 @@ class NodeFacts:
     system: SystemSample
     replication: ReplicationFacts | None = None
     cluster: ClusterFacts | None = None
+
+
+def facts_to_json(facts: NodeFacts) -> dict[str, Any]:
+    """A standalone or HA node's facts for ``bulwark status``, which samples the machine itself."""
+    return {
+        "name": facts.name, "url": facts.url, "role": facts.role.value, "serving": facts.serving,
+        "reason": facts.reason, "maintenance": facts.maintenance, "fenced": facts.fenced,
+        "replication": facts.replication.to_json() if facts.replication is not None else None,
+    }
+
+
+def facts_from_json(data: dict[str, Any], system: SystemSample) -> NodeFacts:
+    """The inverse of :func:`facts_to_json`, with this machine's ``system`` sample; ValueError if malformed."""
+    try:
+        repl = data.get("replication")
+        return NodeFacts(
+            name=str(data["name"]), url=str(data["url"]), role=NodeRole(data["role"]), serving=bool(data["serving"]),
+            reason=str(data["reason"]), maintenance=data.get("maintenance"), fenced=data.get("fenced"),
+            system=system, replication=ReplicationFacts.from_json(repl) if repl else None,
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a node's facts: {exc}") from None
+
+
+def not_serving(facts: NodeFacts, reason: str) -> NodeFacts:
+    return replace(facts, serving=False, reason=reason)

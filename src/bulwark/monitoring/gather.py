@@ -18,7 +18,7 @@ from bulwark.errors import BulwarkError
 from bulwark.ha import state as ha_state
 from bulwark.ha.health import Thresholds as LagThresholds
 from bulwark.ha.report import replication_report
-from bulwark.monitoring import system
+from bulwark.monitoring import running, system
 from bulwark.monitoring.checks import Thresholds
 from bulwark.monitoring.facts import ClusterFacts, NodeFacts, ReplicationFacts
 from bulwark.node import Node, NodeRole
@@ -115,9 +115,11 @@ def node_facts(node: Node, cluster_view: ClusterView | None = None) -> NodeFacts
     ha = node.ha()
     replication = None
     if node.role in (NodeRole.HA_PRIMARY, NodeRole.HA_REPLICA):
-        report = replication_report(node.store, node.changelog, now=node.clock.now(), limits=LagThresholds())
+        limits = LagThresholds(primary_timeout=node.settings.ha_primary_timeout)
+        report = replication_report(node.store, node.changelog, now=node.clock.now(), limits=limits)
         replication = ReplicationFacts.from_report(report)
-    return NodeFacts(ha_state.node_id(node.store), node.settings.base_url, node.role, serving, reason,
+    url = running.node_url(node.settings, running.read(node.settings.data_dir))
+    return NodeFacts(ha_state.node_id(node.store), url, node.role, serving, reason,
                      _maintenance(node), ha.fenced or None, sample, replication=replication)
 
 

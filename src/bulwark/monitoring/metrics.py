@@ -283,18 +283,30 @@ def _replication_metrics(facts: NodeFacts) -> Iterator[Metric]:
         yield _gauge("bulwark_ha_repositories_pending", "Repositories waiting to be fetched from the primary.",
                      repl.pending)
         yield _gauge("bulwark_ha_repositories_faulty", "Repositories that failed to replicate.", repl.faulty)
+        if repl.primary is not None:
+            yield _gauge("bulwark_ha_primary_up", "1 while this replica's primary answers its /status, 0 once it "
+                         "has not for ha_primary_timeout seconds (or nothing asks it).", float(repl.primary.up))
+            since = repl.primary.seconds_since_answer
+            yield _gauge("bulwark_ha_primary_seconds_since_answer",
+                         "Seconds since this replica's primary last answered its /status (+Inf: never).",
+                         float("inf") if since is None else since)
         return
     yield _gauge("bulwark_ha_replicas", "Replicas set up on this primary.", len(repl.replicas))
     seen = _gauge("bulwark_ha_replica_seconds_since_seen", "Seconds since each replica last asked for changes.",
                   labels=("replica",))
     behind = _gauge("bulwark_ha_replica_lag_changes", "Changes each replica had yet to read at its last contact.",
                     labels=("replica",))
+    reachable = _gauge("bulwark_ha_replica_reachable", "1 when this primary's epoch check reached each replica's "
+                       "/status, 0 when it could not (absent: not checked lately).", labels=("replica",))
     for replica in repl.replicas:
         since = replica.seconds_since_seen
         seen.add_metric([replica.node_id], float("inf") if since is None else since)
         behind.add_metric([replica.node_id], replica.lag_changes)
+        if replica.reachable is not None:
+            reachable.add_metric([replica.node_id], float(replica.reachable))
     yield seen
     yield behind
+    yield reachable
 
 
 def _cluster_metrics(facts: NodeFacts) -> Iterator[Metric]:

@@ -140,11 +140,15 @@ def primary_nodes(local: dict[str, Any], replication: ReplicationFacts,
         if entry.get("lag_changes") is None:
             entry["lag_changes"] = replica.lag_changes
         entry["last_seen_seconds"] = replica.seconds_since_seen
+        entry["reachable"] = replica.reachable
         if replica.level in _ALERTING:
             since = replica.seconds_since_seen
             seen = "never" if since is None else f"{since:.0f}s ago"
+            detail = f"the primary last heard from it {seen}"
+            if replica.reachable is False:
+                detail = f"the primary {replica.reach}; it last heard from it {seen}"
             entry["alerts"] = [*entry["alerts"], {"check": CheckName.REPLICATION.value, "level": replica.level.name,
-                                                  "detail": f"the primary last heard from it {seen}", "value": since}]
+                                                  "detail": detail, "value": since}]
             entry["level"] = _worse(entry["level"], replica.level)
         nodes.append(entry)
     return nodes

@@ -1,0 +1,66 @@
+"""A uvicorn server that records where it listens in the node's data dir (see monitoring/running.py).
+
+The record is written once the socket is bound, so it names the real port, and removed only by a clean
+shutdown: a crash or SIGKILL leaves it, and its dead process id tells the story.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from bulwark.monitoring import running
+from bulwark.monitoring.running import Liveness, ServerRecord
+from bulwark.node import Node
+
+log = logging.getLogger("bulwark")
+
+
+class RecordingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, node: Node) -> None:
+        super().__init__(config)
+        self.node = node
+        self.data_dir = Path(node.settings.data_dir)
+        self.record: ServerRecord | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started:
+            return
+        bound = [s.getsockname() for server in self.servers for s in (server.sockets or ())]
+        inet = [a for a in bound if isinstance(a, tuple)]
+        if not inet:
+            return  # a Unix socket: nothing another process could be told to dial
+        host, port = str(inet[0][0]), int(inet[0][1])
+        _note_previous(self.data_dir)
+        self.record = running.new_record(host, port)
+        if self.node.settings.port == 0:
+            # Without a public_url, links name the node by its listen address: the port it got, not 0.
+            self.node.settings = self.node.settings.model_copy(update={"listen": self.record.listen})
+        running.write(self.data_dir, self.record)
+        log.info("bulwark listening on %s (pid %d), recorded in %s", self.record.listen, self.record.pid,
+                 self.data_dir / running.RECORD)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn shuts down only after its main loop ended normally (a signal, or should_exit), and
+        # re-raises the signal afterwards, so this is the last moment a clean stop can be noted.
+        await super().shutdown(sockets)
+        if self.record is not None:
+            running.remove(self.data_dir, self.record)
+            self.record = None
+
+
+def _note_previous(data_dir: Path) -> None:
+    previous = running.read(data_dir)
+    if previous is None:
+        return
+    state = running.liveness(previous)
+    if state is Liveness.GONE:
+        log.warning("the previous server (pid %d, started %s) did not stop cleanly: it was killed or crashed",
+                    previous.pid, previous.started_at)
+    elif state is Liveness.RUNNING:
+        log.warning("process %d, which recorded itself as this data dir's server at %s, still runs: "
+                    "two servers on one data dir do not work together", previous.pid, previous.started_at)
