@@ -16,9 +16,11 @@ import httpx
 import pytest
 
 from backup_helpers import Alternator, backup, create, disk_bytes, listing, manifest, refs_of, seed, take
+from bulwark.backup.retention import Retention, decide_retention
 from bulwark.backup.snapshots import BackupDir
 from bulwark.backup.verify import verify
 from bulwark.cluster.dev import DevCluster
+from bulwark.errors import InvalidInput
 
 from ha_helpers import setup_replica, wait_for
 from helpers import Server, bulwark, free_port, git
@@ -366,3 +368,47 @@ def test_standalone_to_cluster_and_back(source: Server, genv: dict[str, str], tm
     }
     r = backup("restore", str(again), "current", "--data-dir", str(tmp_path / "standalone"), "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- which snapshots prune keeps -------------------------------------------------------------
+
+_A, _B, _C, _D, _E = (f"2025010{n}T000000Z" for n in range(1, 6))
+
+
+@pytest.mark.parametrize(
+    ("ids", "incomplete", "keep", "current", "verified", "doomed", "beyond"),
+    [
+        # nothing verified: the newest `keep` complete ones stay
+        ([_A, _B, _C], set(), 2, _C, None, [_A], False),
+        ([_A, _B, _C], set(), 5, _C, None, [], False),
+        # the newest verified one stays, however old, and is named as kept beyond --keep
+        ([_A, _B, _C, _D], set(), 1, _D, _A, [_B, _C], True),
+        ([_A, _B, _C, _D], set(), 2, _D, _C, [_A, _B], False),  # within --keep anyway
+        ([_A, _B, _C], set(), 1, _C, _C, [_A, _B], False),
+        # current stays even when it is not among the newest (a newer snapshot was made elsewhere)
+        ([_A, _B, _C], set(), 1, _A, None, [_B], False),
+        ([_A, _B, _C], set(), 1, _A, _A, [_B], False),  # current anyway: not "beyond"
+        # incomplete: older than the newest complete one goes, a newer one may still be written
+        ([_A, _B, _C, _D], {_B, _D}, 1, _C, None, [_A, _B], False),
+        ([_A, _B, _C, _D, _E], {_A, _E}, 2, _D, _B, [_A], True),
+        ([_A, _B], {_A, _B}, 1, None, None, [], False),  # no complete snapshot: nothing to measure by
+        ([], set(), 1, None, None, [], False),
+    ],
+)
+def test_decide_retention(
+    ids: list[str], incomplete: set[str], keep: int, current: str | None, verified: str | None,
+    doomed: list[str], beyond: bool,
+) -> None:
+    complete = set(ids) - incomplete
+    decided = decide_retention(ids, complete, keep, current, verified)
+    assert decided == Retention(doomed, verified, beyond)
+    # What it keeps never includes fewer than `keep` complete ones, current, or the verified one.
+    kept = [i for i in ids if i not in decided.doomed]
+    assert current is None or current in kept
+    assert verified is None or verified in kept
+    assert [i for i in ids if i in complete][-keep:] == [i for i in kept if i in complete][-keep:]
+
+
+def test_decide_retention_needs_one_kept() -> None:
+    with pytest.raises(InvalidInput, match="at least 1"):
+        decide_retention([_A], {_A}, 0, _A, None)

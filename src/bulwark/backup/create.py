@@ -6,13 +6,20 @@ that moment. Each repository starts as a hard-linked copy of the previous snapsh
 fetched, and the refs are then set to exactly the point's. So the snapshot is the
 point, whatever was pushed while it was being written, and an unchanged repository
 costs a directory of hard links.
+
+A linked copy is used only after its object files are checked against the previous
+manifest's record of them (sizes and git's trailing checksums, no git process): a copy
+whose files were deleted or damaged since is fetched afresh instead, and the snapshot
+says so, so damage in one snapshot never spreads to the next by hard links.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,11 +28,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from bulwark.backup import metadata
+from bulwark.backup import metadata, objects
 from bulwark.backup.client import InstanceClient
-from bulwark.backup.manifest import Manifest, RepoEntry
+from bulwark.backup.manifest import Manifest, NewerFormat, RepoEntry
 from bulwark.backup.repos import SnapshotGit, disk_use, head_ref, link_copy
-from bulwark.backup.snapshots import REPOSITORIES, BackupDir, Snapshot, write_file
+from bulwark.backup.snapshots import REPOSITORIES, BackupDir, LockWaiting, Snapshot, write_file
 from bulwark.clock import Clock, SystemClock
 from bulwark.errors import BulwarkError, GitError, InvalidInput
 from bulwark.git.runner import Ref, checksum_of, read_ref_files
@@ -131,6 +138,8 @@ class Summary:
     bytes_written: int
     size: int
     seconds: float
+    # Copies of the previous snapshot found damaged and fetched afresh: (owner/name, what was wrong).
+    repaired: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -138,6 +147,7 @@ class Summary:
             "mode": self.source_mode, "taken_at": self.taken_at, "repositories": self.repositories,
             "fetched": self.fetched, "bytes_written": self.bytes_written, "size": self.size,
             "seconds": round(self.seconds, 3),
+            "repaired": [{"repository": name, "problem": problem} for name, problem in self.repaired],
         }
 
 
@@ -149,22 +159,34 @@ def create_backup(
     clock: Clock | None = None,
     jobs: int = 4,
     full: bool = False,
+    wait: float = 0.0,
+    on_wait: LockWaiting | None = None,
 ) -> Summary:
     """Take one snapshot into ``backup_path`` (created on first use). ``full`` copies everything
     afresh instead of linking from the previous snapshot, whose shared files may be damaged."""
     clock = clock or SystemClock()
     # Nothing is written before the instance has answered: a wrong token or URL leaves no trace.
     BackupDir.check_creatable(backup_path)
-    started_at = clock.now()
     started = time.monotonic()
     point = parse_point(source.point())
     backup = BackupDir.open_or_init(backup_path)
-    with backup.locked():
-        previous = None if full else backup.latest_complete()
-        before = previous.manifest() if previous is not None else None
+    waited: list[str] = []
+
+    def waiting(message: str) -> None:
+        waited.append(message)
+        if on_wait is not None:
+            on_wait(message)
+
+    with backup.locked("create", wait=wait, on_wait=waiting):
+        if waited:
+            # The point is as old as the wait, and objects it names may be gone by now: ask again.
+            point = parse_point(source.point())
+        # Named under the lock, so snapshot ids sort in the order the snapshots were written.
+        started_at = clock.now()
+        base = Base.of(backup, None if full else backup.latest_complete(), point)
         snapshot = backup.new_snapshot(started_at)
         try:
-            manifest = _write(snapshot, point, source, previous, before, progress, jobs)
+            manifest = _write(snapshot, point, source, base, progress, jobs)
         except BulwarkError as exc:
             raise BackupFailed(f"{exc.message} (snapshot {snapshot.id} is left incomplete)") from None
         except (OSError, concurrent.futures.CancelledError) as exc:
@@ -177,18 +199,64 @@ def create_backup(
         taken_at=point.taken_at, repositories=len(manifest.repositories),
         fetched=sum(1 for r in manifest.repositories if r.fetched), bytes_written=manifest.bytes_written,
         size=manifest.size, seconds=time.monotonic() - started,
+        repaired=[(r.full_name, r.repaired) for r in manifest.repositories if r.repaired],
     )
 
 
+@dataclass(frozen=True)
+class Base:
+    """What a new snapshot builds on: the previous one and its manifest (both None for a full
+    copy), and why some of its copies must not be linked."""
+
+    snapshot: Snapshot | None
+    manifest: Manifest | None
+    damaged: dict[str, str]  # storage id -> why its copy is fetched afresh
+
+    @classmethod
+    def of(cls, backup: BackupDir, previous: Snapshot | None, point: Point) -> Base:
+        if previous is None:
+            return cls(None, None, {})
+        try:
+            manifest = previous.manifest()
+        except NewerFormat:
+            raise
+        except InvalidInput as exc:
+            # Nothing the manifest would have said about its copies can be trusted.
+            why = f"{exc.message}, so its copy there was not used"
+            held = {r.storage_id: why for r in point.repositories if previous.repo_path(r.storage_id).is_dir()}
+            return cls(None, None, held)
+        return cls(previous, manifest, known_damage(backup, previous))
+
+
+def known_damage(backup: BackupDir, previous: Snapshot) -> dict[str, str]:
+    """Copies of ``previous`` that a failed ``verify`` found damaged, there or in any snapshot
+    whose object files the copy shares (the same files, so the same damage): damage inside a
+    file, which the cheap check of a linked copy cannot see."""
+    found: dict[str, str] = {}
+    for checked in reversed(backup.snapshots()):
+        v = checked.verification()
+        if v is None or v.ok:
+            continue
+        for sid in v.damaged:
+            mine = previous.repo_path(sid)
+            if sid in found or not mine.is_dir():
+                continue
+            if checked.id == previous.id:
+                found[sid] = f"'bulwark backup verify' found it damaged ({v.at})"
+            elif objects.inodes(checked.repo_path(sid)) & objects.inodes(mine):
+                found[sid] = (f"'bulwark backup verify' found it damaged in snapshot {checked.id} ({v.at}), "
+                              "whose object files it shares")
+    return found
+
+
 def _write(
-    snapshot: Snapshot, point: Point, source: Source, previous: Snapshot | None, before: Manifest | None,
-    progress: ProgressFn, jobs: int,
+    snapshot: Snapshot, point: Point, source: Source, base: Base, progress: ProgressFn, jobs: int
 ) -> Manifest:
     data = json.dumps(point.metadata, indent=1).encode() + b"\n"
     write_file(snapshot.metadata_path, data)
     git = SnapshotGit(snapshot.path / REPOSITORIES)
-    prev_git = SnapshotGit(previous.path / REPOSITORIES) if previous is not None else None
-    prev_entries = {r.storage_id: r for r in before.repositories} if before is not None else {}
+    prev_git = SnapshotGit(base.snapshot.path / REPOSITORIES) if base.snapshot is not None else None
+    prev_entries = {r.storage_id: r for r in base.manifest.repositories} if base.manifest is not None else {}
     total = len(point.repositories)
     progress(Step(0, total, "", 0))
     done: list[RepoEntry] = []
@@ -196,7 +264,10 @@ def _write(
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
         futures = {
-            pool.submit(copy_repository, git, entry, source, prev_git, prev_entries.get(entry.storage_id)): entry
+            pool.submit(
+                copy_repository, git, entry, source, prev_git, prev_entries.get(entry.storage_id),
+                base.damaged.get(entry.storage_id),
+            ): entry
             for entry in point.repositories
         }
         for future in concurrent.futures.as_completed(futures):
@@ -221,22 +292,31 @@ def _write(
 
 
 def copy_repository(
-    git: SnapshotGit, entry: RepoEntry, source: Source, prev_git: SnapshotGit | None, prev: RepoEntry | None
+    git: SnapshotGit, entry: RepoEntry, source: Source, prev_git: SnapshotGit | None, prev: RepoEntry | None,
+    known_damage: str | None = None,
 ) -> RepoEntry:
-    """Make ``git``'s copy of one repository hold exactly the point's refs; the entry with its sizes."""
+    """Make ``git``'s copy of one repository hold exactly the point's refs; the entry with its sizes.
+    ``known_damage`` says why the previous snapshot's copy must not be linked."""
     sid = entry.storage_id
-    linked = prev_git is not None and prev is not None and prev_git.exists(sid)
-    if linked:
-        assert prev_git is not None and prev is not None
-        link_copy(prev_git.path(sid), git.path(sid))
-        if prev.refs == entry.refs and _unchanged_copy(git, entry):
-            # The copy is already the point's: no git process for most of an incremental snapshot.
-            use = disk_use(git.path(sid))
-            return RepoEntry(
-                storage_id=sid, owner=entry.owner, name=entry.name, head=entry.head, refs=entry.refs,
-                checksum=entry.checksum, bytes=use.new, size=use.size, fetched=False,
-            )
-    else:
+    repaired = known_damage
+    linked = False
+    if repaired is None and prev_git is not None and prev is not None:
+        if not prev_git.exists(sid):
+            repaired = "its copy in the previous snapshot is missing"
+        else:
+            link_copy(prev_git.path(sid), git.path(sid))
+            problems = linked_damage(git, prev)
+            if problems:
+                # Linking would carry the damage into this snapshot: fetch everything afresh instead.
+                # Removing the links leaves the previous snapshot's files as they are.
+                repaired = problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                shutil.rmtree(git.path(sid))
+            elif prev.refs == entry.refs and _unchanged_copy(git, entry):
+                # The copy is already the point's: no git process for most of an incremental snapshot.
+                return _entry(git, entry, fetched=False, repaired=None)
+            else:
+                linked = True
+    if not linked:
         git.init(sid)
     missing = git.missing(sid, entry.refs.values())
     if missing:
@@ -260,10 +340,35 @@ def copy_repository(
         raise BackupFailed("the copied refs differ from the point's")
     if not _checksum_matches(copied, entry):
         raise BackupFailed("the copied refs do not match the checksum the instance gave")
-    use = disk_use(git.path(sid))
+    return _entry(git, entry, fetched=bool(missing), repaired=repaired)
+
+
+def linked_damage(git: SnapshotGit, prev: RepoEntry) -> list[str]:
+    """What is wrong with a freshly linked copy's objects (empty: fit to build on). Checked
+    against the previous manifest's record without git; a manifest from before such records
+    leaves only git to tell whether every object the copy's refs need is there."""
+    found = objects.scan(git.path(prev.storage_id))
+    if prev.objects is not None:
+        return objects.damage(prev.objects, found)
+    problems = objects.inconsistencies(found)
+    if problems:
+        return problems
+    ok, output = git.check_connectivity(prev.storage_id)
+    if ok:
+        return []
+    # One line of git's report, the one naming a missing object or an error if there is one.
+    lines = [" ".join(line.split()) for line in output.splitlines() if line.strip()]
+    named = [line for line in lines if line.startswith(("missing ", "error: "))]
+    return [f"git fsck: {(named or lines or ['failed'])[0].removeprefix('error: ')}"]
+
+
+def _entry(git: SnapshotGit, entry: RepoEntry, *, fetched: bool, repaired: str | None) -> RepoEntry:
+    path = git.path(entry.storage_id)
+    use = disk_use(path)
     return RepoEntry(
-        storage_id=sid, owner=entry.owner, name=entry.name, head=entry.head, refs=entry.refs,
-        checksum=entry.checksum, bytes=use.new, size=use.size, fetched=bool(missing),
+        storage_id=entry.storage_id, owner=entry.owner, name=entry.name, head=entry.head, refs=entry.refs,
+        checksum=entry.checksum, bytes=use.new, size=use.size, fetched=fetched, objects=objects.scan(path),
+        repaired=repaired,
     )
 
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from bulwark.backup.objects import ObjectFiles
 from bulwark.errors import InvalidInput
 
 FORMAT = 1
@@ -35,6 +36,10 @@ class RepoEntry:
     bytes: int = 0  # newly written for this snapshot (not hard-linked from the previous one)
     size: int = 0  # everything the copy holds
     fetched: bool = False  # whether the snapshot needed objects from the instance for it
+    # The copy's object files as written; None in manifests of older Bulwarks (then unknown).
+    objects: ObjectFiles | None = None
+    # Why the previous snapshot's copy was not used (damaged), so this one was fetched afresh.
+    repaired: str | None = None
 
     @property
     def full_name(self) -> str:
@@ -45,6 +50,8 @@ class RepoEntry:
             "storage_id": self.storage_id, "owner": self.owner, "name": self.name, "head": self.head,
             "refs": dict(sorted(self.refs.items())), "checksum": self.checksum, "bytes": self.bytes,
             "size": self.size, "fetched": self.fetched,
+            **({"objects": self.objects.to_json()} if self.objects is not None else {}),
+            **({"repaired": self.repaired} if self.repaired else {}),
         }
 
     @classmethod
@@ -69,6 +76,8 @@ class RepoEntry:
             storage_id=storage_id, owner=str(data.get("owner", "")), name=str(data.get("name", "")), head=head,
             refs=dict(refs), checksum=checksum, bytes=int(data.get("bytes", 0)), size=int(data.get("size", 0)),
             fetched=bool(data.get("fetched", False)),
+            objects=ObjectFiles.from_json(data["objects"], storage_id) if data.get("objects") is not None else None,
+            repaired=str(data["repaired"]) if data.get("repaired") else None,
         )
 
 
@@ -84,6 +93,10 @@ class Manifest:
     metadata_bytes: int = 0
     repositories: list[RepoEntry] = field(default_factory=list)
     format: int = FORMAT
+
+    @property
+    def repaired(self) -> list[RepoEntry]:
+        return [r for r in self.repositories if r.repaired]
 
     @property
     def bytes_written(self) -> int:
@@ -109,6 +122,7 @@ class Manifest:
                 "refs": sum(len(r.refs) for r in self.repositories),
                 "bytes_written": self.bytes_written,
                 "size": self.size,
+                "repaired": len(self.repaired),
             },
         }
 

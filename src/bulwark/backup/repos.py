@@ -114,6 +114,13 @@ class SnapshotGit(GitRunner):
         self.in_repo(storage_id, ["repack", "-a", "-d", "-q"], timeout=3600)
         return True
 
+    def check_connectivity(self, storage_id: str) -> tuple[bool, str]:
+        """Whether every object the refs reach is there and every pack opens (no content check)."""
+        proc = self.in_repo(
+            storage_id, ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"], check=False, timeout=3600
+        )
+        return proc.returncode == 0, (proc.stdout + proc.stderr).decode(errors="replace").strip()
+
     def check_objects(self, storage_id: str) -> tuple[bool, str]:
         """Full connectivity and object check; dangling objects (earlier refs) are no failure."""
         proc = self.in_repo(

@@ -1,17 +1,20 @@
-"""The backup directory: its layout, its lock, its snapshots and their retention.
+"""The backup directory: its layout, its lock and its snapshots (``retention`` decides which stay).
 
 ::
 
     DIR/.bulwark-backup                 marks the directory as ours, with the layout's format
-    DIR/lock                            held (flock) by the one command writing here
+    DIR/lock                            held (flock) by the one backup command at work here
     DIR/current                         symlink to the latest complete snapshot
     DIR/snapshots/<id>/manifest.json    what the snapshot holds (written last)
     DIR/snapshots/<id>/metadata.json    the metadata document of the consistent point
     DIR/snapshots/<id>/repositories/<storage_id>.git
     DIR/snapshots/<id>/INCOMPLETE       present until the snapshot is finished
+    DIR/snapshots/<id>/verified.json    the last ``verify`` of the snapshot: when, and its verdict
 
 Snapshot ids are UTC timestamps, so they sort by age. Objects are shared between
 snapshots by hard links, so deleting a snapshot frees only what no other one uses.
+Every command but ``list`` holds the lock, so ``prune`` never deletes what a ``verify``
+or ``restore`` is reading, nor what a ``create`` links from.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +45,11 @@ MANIFEST = "manifest.json"
 METADATA = "metadata.json"
 REPOSITORIES = "repositories"
 INCOMPLETE = "INCOMPLETE"
+VERIFIED = "verified.json"
 DEFAULT_KEEP = 10
+
+# Told, once, that a command waits for the lock and for whom.
+LockWaiting = Callable[[str], None]
 
 _ID = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?$")
 
@@ -68,6 +76,30 @@ def sync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of the last ``verify`` of a snapshot."""
+
+    at: str  # ISO time, UTC
+    ok: bool
+    problems: int = 0
+    damaged: tuple[str, ...] = ()  # storage ids of repositories with a problem
+
+    def to_json(self) -> dict[str, Any]:
+        return {"verified_at": self.at, "ok": self.ok, "problems": self.problems, "damaged": list(self.damaged)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Verification | None:
+        """None for anything but a record ``to_json`` wrote (then the snapshot counts as never verified)."""
+        if not isinstance(data, dict):
+            return None
+        at, ok, problems, damaged = data.get("verified_at"), data.get("ok"), data.get("problems"), data.get("damaged")
+        if not (isinstance(at, str) and isinstance(ok, bool) and isinstance(problems, int)
+                and isinstance(damaged, list) and all(isinstance(d, str) and d.isalnum() for d in damaged)):
+            return None
+        return cls(at, ok, problems, tuple(damaged))
 
 
 @dataclass
@@ -111,6 +143,17 @@ class Snapshot:
     def manifest(self) -> Manifest:
         return Manifest.from_json(self.raw_manifest(), f"snapshot {self.id}")
 
+    def verification(self) -> Verification | None:
+        """The last verify's outcome; None if never verified (or its record is unreadable, which
+        counts the same: retention must not keep a snapshot for a record it cannot read)."""
+        try:
+            return Verification.from_json(json.loads((self.path / VERIFIED).read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def record_verification(self, verification: Verification) -> None:
+        write_file(self.path / VERIFIED, json.dumps(verification.to_json(), indent=1).encode() + b"\n")
+
     def metadata(self) -> dict[str, Any]:
         try:
             data = json.loads(self.metadata_path.read_bytes())
@@ -134,13 +177,33 @@ class SnapshotInfo:
     bytes_written: int | None = None
     size: int | None = None
     problem: str | None = None
+    repaired: int | None = None  # copies of the previous snapshot found damaged and fetched afresh
+    verification: Verification | None = None
 
     def to_json(self) -> dict[str, Any]:
+        v = self.verification
         return {
             "id": self.id, "state": self.state.value, "current": self.current, "taken_at": self.taken_at,
             "source": self.source, "repositories": self.repositories, "bytes_written": self.bytes_written,
-            "size": self.size, "problem": self.problem,
+            "size": self.size, "problem": self.problem, "repaired": self.repaired,
+            "verified_at": v.at if v is not None else None, "verified_ok": v.ok if v is not None else None,
         }
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+    return True
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as its file says: "pid 123, bulwark backup create"."""
+    pid, _, command = os.pread(fd, 256, 0).decode(errors="replace").strip().partition(" ")
+    return f"pid {pid or 'unknown'}" + (f", bulwark backup {command.strip()}" if command.strip() else "")
 
 
 def _id_key(snapshot_id: str) -> tuple[str, int]:
@@ -196,22 +259,30 @@ class BackupDir:
     # -- the lock ----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """One writer at a time; a second one fails at once, naming the holder."""
+    def locked(self, command: str, *, wait: float = 0.0, on_wait: LockWaiting | None = None) -> Iterator[None]:
+        """One command at a time: a second one waits up to ``wait`` seconds (saying so through
+        ``on_wait``), then fails naming the holder: its pid and command."""
         path = self.path / LOCK
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                raise Conflict(
-                    f"another backup command (pid {holder}) is using {self.path}; wait for it to finish"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            if not _try_lock(fd):
+                holder = _holder(fd)
+                if wait <= 0:
+                    raise Conflict(f"another backup command ({holder}) is using {self.path}; wait for it to "
+                                   "finish, or pass --wait SECONDS")
+                if on_wait is not None:
+                    on_wait(f"Waiting up to {wait:g}s for another backup command ({holder}) to finish with "
+                            f"{self.path}.")
+                deadline = time.monotonic() + wait
+                while not _try_lock(fd):
+                    if time.monotonic() >= deadline:
+                        raise Conflict(f"another backup command ({_holder(fd)}) held {self.path} for all of the "
+                                       f"{wait:g}s waited; try again later")
+                    time.sleep(0.1)
+            # Written whole, then cut to length: a reader never sees an empty holder.
+            mine = f"{os.getpid()} {command}\n".encode()
+            os.pwrite(fd, mine, 0)
+            os.ftruncate(fd, len(mine))
             try:
                 yield
             finally:
@@ -307,28 +378,11 @@ class BackupDir:
             infos.append(SnapshotInfo(
                 s.id, state, s.id == current, taken_at=m.taken_at, source=m.source_url,
                 repositories=len(m.repositories), bytes_written=m.bytes_written, size=m.size,
+                repaired=len(m.repaired), verification=s.verification(),
             ))
         return infos
 
-    # -- retention ---------------------------------------------------------------------
-
-    def doomed(self, keep: int) -> list[Snapshot]:
-        """What ``prune --keep`` deletes: complete snapshots beyond the newest ``keep``, and
-        incomplete ones older than the newest complete one; never ``current``'s target."""
-        if keep < 1:
-            raise InvalidInput("--keep must be at least 1: the newest complete snapshot is always kept")
-        snapshots = self.snapshots()
-        complete = [s for s in snapshots if s.complete]
-        newest = _id_key(complete[-1].id) if complete else None
-        kept = {s.id for s in complete[-keep:]}
-        current = self.current_id()
-        doomed = []
-        for s in snapshots:
-            if s.id == current or s.id in kept:
-                continue
-            if s.complete or (newest is not None and _id_key(s.id) < newest):
-                doomed.append(s)
-        return doomed
+    # -- deleting --------------------------------------------------------------------
 
     def delete(self, snapshot: Snapshot) -> None:
         # Marked incomplete, then renamed away first: a crash half-way never leaves a
@@ -338,15 +392,3 @@ class BackupDir:
         doomed = self.snapshots_dir / f".deleting-{snapshot.id}"
         os.replace(snapshot.path, doomed)
         shutil.rmtree(doomed)
-
-
-def prune(backup: BackupDir, keep: int) -> list[str]:
-    """Delete what retention does not keep; the ids deleted, oldest first."""
-    with backup.locked():
-        # Leftovers of a deletion that was interrupted.
-        for leftover in backup.snapshots_dir.glob(".deleting-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        doomed = backup.doomed(keep)
-        for snapshot in doomed:
-            backup.delete(snapshot)
-        return [s.id for s in doomed]

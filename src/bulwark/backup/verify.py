@@ -1,7 +1,8 @@
 """Checking a snapshot: is everything there, intact, and what the manifest says it is?
 
 Every problem is reported, not only the first, so one run tells what a damaged snapshot
-still holds.
+still holds. The outcome is recorded in the snapshot (``verified.json``): retention keeps
+the newest snapshot that verified, and the next backup fetches afresh what was damaged.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import json
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
-from bulwark.backup import metadata
+from bulwark.backup import metadata, objects
 from bulwark.backup.manifest import NewerFormat, RepoEntry
 from bulwark.backup.repos import SnapshotGit, head_ref
-from bulwark.backup.snapshots import REPOSITORIES, Snapshot
+from bulwark.backup.snapshots import REPOSITORIES, BackupDir, LockWaiting, Snapshot, Verification
+from bulwark.clock import Clock, SystemClock
 from bulwark.errors import BulwarkError, InvalidInput
 
 # Enough of git's report to name the damage without flooding the output.
@@ -28,6 +31,7 @@ SHOWN_LINES = 5
 class Problem:
     where: str  # "metadata.json", "manifest", or a repository
     what: str
+    storage_id: str | None = None  # the repository's, when the problem is in one
 
     def __str__(self) -> str:
         return f"{self.where}: {self.what}"
@@ -48,6 +52,25 @@ class VerifyReport:
             "snapshot": self.snapshot_id, "ok": self.ok, "repositories": self.repositories,
             "problems": [{"where": p.where, "what": p.what} for p in self.problems],
         }
+
+    def verification(self, at: str) -> Verification:
+        damaged = sorted({p.storage_id for p in self.problems if p.storage_id})
+        return Verification(at=at, ok=self.ok, problems=len(self.problems), damaged=tuple(damaged))
+
+
+def verify_and_record(
+    backup: BackupDir, name: str, *, wait: float = 0.0, on_wait: LockWaiting | None = None,
+    clock: Clock | None = None, jobs: int = 2, progress: Callable[[int, int], None] | None = None,
+) -> VerifyReport:
+    """Verify one snapshot under the directory's lock (no prune deletes it meanwhile) and record
+    the outcome in it, written whole or not at all."""
+    clock = clock or SystemClock()
+    with backup.locked("verify", wait=wait, on_wait=on_wait):
+        snapshot = backup.resolve(name)
+        report = verify(snapshot, jobs=jobs, progress=progress)
+        at = clock.now().astimezone(UTC).isoformat().replace("+00:00", "Z")
+        snapshot.record_verification(report.verification(at))
+    return report
 
 
 def verify(snapshot: Snapshot, *, jobs: int = 2, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
@@ -102,26 +125,31 @@ def _check_metadata(snapshot: Snapshot, sha256: str, entries: list[RepoEntry]) -
 
 def _check_repository(git: SnapshotGit, entry: RepoEntry) -> list[Problem]:
     where = f"{entry.full_name} (storage id {entry.storage_id})"
-    if not git.exists(entry.storage_id):
-        return [Problem(where, f"its copy is missing (repositories/{entry.storage_id}.git)")]
+    sid = entry.storage_id
+    if not git.exists(sid):
+        return [Problem(where, f"its copy is missing (repositories/{sid}.git)", sid)]
     problems = []
     try:
-        refs = {r.name: r.oid for r in git.refs(entry.storage_id)}
+        refs = {r.name: r.oid for r in git.refs(sid)}
         if refs != entry.refs:
-            problems.append(Problem(where, f"refs differ from the manifest: {_ref_difference(entry.refs, refs)}"))
-        if git.ref_checksum(entry.storage_id) != entry.checksum:
-            problems.append(Problem(where, "the ref checksum differs from the manifest's"))
-        if entry.head and git.current_head(entry.storage_id) != head_ref(entry.head):
-            problems.append(Problem(where, f"HEAD is not {head_ref(entry.head)}"))
-        ok, output = git.check_objects(entry.storage_id)
+            problems.append(Problem(where, f"refs differ from the manifest: {_ref_difference(entry.refs, refs)}", sid))
+        if git.ref_checksum(sid) != entry.checksum:
+            problems.append(Problem(where, "the ref checksum differs from the manifest's", sid))
+        if entry.head and git.current_head(sid) != head_ref(entry.head):
+            problems.append(Problem(where, f"HEAD is not {head_ref(entry.head)}", sid))
+        # The manifest's record of the object files names what fsck's report would only hint at.
+        found = objects.scan(git.path(sid))
+        damage = objects.damage(entry.objects, found) if entry.objects is not None else objects.inconsistencies(found)
+        problems += [Problem(where, what, sid) for what in damage]
+        ok, output = git.check_objects(sid)
     except (BulwarkError, OSError, subprocess.SubprocessError) as exc:
-        return [*problems, Problem(where, exc.message if isinstance(exc, BulwarkError) else str(exc))]
+        return [*problems, Problem(where, exc.message if isinstance(exc, BulwarkError) else str(exc), sid)]
     if not ok:
         lines = output.splitlines() or ["(git printed nothing)"]
         shown = "; ".join(lines[:SHOWN_LINES])
         if len(lines) > SHOWN_LINES:
             shown += f"; ... {len(lines) - SHOWN_LINES} more lines"
-        problems.append(Problem(where, f"git fsck failed: {shown}"))
+        problems.append(Problem(where, f"git fsck failed: {shown}", sid))
     return problems
 
 
