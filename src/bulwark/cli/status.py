@@ -69,8 +69,10 @@ def status(
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """This node's health: disk use of the data dir's filesystem, memory, 15-minute load, role, and
-    HA replication or cluster state. Exit code 0 OK, 1 WARNING, 2 CRITICAL.
+    """This node's health: whether its server answers (asked at the address it recorded in the data
+    dir), disk use of the data dir's filesystem, memory, 15-minute load, role, and HA replication
+    (its primary too) or cluster state. Exit code 0 OK, 1 WARNING, 2 CRITICAL (a server that does
+    not answer: stopped, killed or hung), 3 for a usage error.
 
     Thresholds default to the settings alert_disk_warning/critical (70/85 percent),
     alert_memory_warning/critical (50/70 percent) and alert_load_warning/critical (1 and 2 times the
