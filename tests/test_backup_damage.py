@@ -18,6 +18,8 @@ import pytest
 
 from backup_helpers import backup, create, listing, manifest, refs_of, seed, take
 from bulwark.backup import objects
+from bulwark.backup.client import InstanceClient
+from bulwark.backup.create import InstanceSource, Step, create_backup
 from bulwark.backup.snapshots import BackupDir
 from bulwark.backup.verify import verify
 from bulwark.errors import InvalidInput
@@ -261,6 +263,58 @@ def test_a_manifest_without_object_records_is_checked_with_git(
     kept = only_pack(copy_of(backups, second, ids["alice/r0"]))
     assert kept.stat().st_ino == only_pack(copy_of(backups, first, ids["alice/r0"])).stat().st_ino
     assert backup("verify", str(backups), "current").returncode == 0
+
+
+def test_a_create_interrupted_while_repairing_leaves_the_damage_and_the_next_one_repairs(
+    source: Server, genv: dict[str, str], tmp_path: Path
+) -> None:
+    seed(source, genv, tmp_path, repos=4, password=False)
+    backups = tmp_path / "backups"
+    first = take(source, backups)
+    ids = storage_ids(backups)
+    for name in ("alice/r0", "alice/r1", "alice/r2", "alice/r3"):
+        only_pack(copy_of(backups, first, ids[name])).unlink()
+    damaged = listing(backups / "snapshots" / first)
+
+    def interrupt(step: Step) -> None:
+        if step.done == 1:
+            raise KeyboardInterrupt  # Ctrl-C once the first repository is copied
+    with InstanceClient(source.url, source.token) as client, pytest.raises(KeyboardInterrupt):
+        create_backup(InstanceSource(client), backups, progress=interrupt, jobs=1)
+    cut = [s for s in BackupDir.open(backups).snapshots() if s.id != first]
+    assert len(cut) == 1 and not cut[0].complete and BackupDir.open(backups).current_id() == first
+    assert listing(backups / "snapshots" / first) == damaged
+
+    # The next one builds on the last complete snapshot, not the cut one, and repairs what it holds.
+    r = backup("create", "--from", source.url, "--to", str(backups), "--token", source.token, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(x["repository"] for x in json.loads(r.stdout)["repaired"]) == [f"alice/r{i}" for i in range(4)]
+    assert listing(backups / "snapshots" / first) == damaged
+    pruned = json.loads(backup("prune", str(backups), "--keep", "1", "--json").stdout)
+    assert pruned["deleted"] == [first, cut[0].id]
+    assert backup("verify", str(backups), "current").returncode == 0
+
+
+def test_a_damaged_previous_manifest_means_copying_everything_afresh(
+    source: Server, genv: dict[str, str], tmp_path: Path
+) -> None:
+    seed(source, genv, tmp_path, repos=1, password=False)
+    backups = tmp_path / "backups"
+    first = take(source, backups)
+    ids = storage_ids(backups)
+    path = backups / "snapshots" / first / "manifest.json"
+    path.write_text(path.read_text()[:100])
+    r = backup("create", "--from", source.url, "--to", str(backups), "--token", source.token)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Repaired 3 damaged copies" in r.stdout, r.stdout
+    assert f"the manifest of snapshot {first} cannot be read" in r.stdout, r.stdout
+    second = BackupDir.open(backups).current_id()
+    assert second is not None and second != first
+    for sid in ids.values():
+        assert not inodes(copy_of(backups, second, sid)) & inodes(copy_of(backups, first, sid))
+    assert backup("verify", str(backups), "current").returncode == 0
+    listed = backup("list", str(backups))
+    assert f"{first}: the manifest of snapshot {first} cannot be read" in listed.stdout, listed.stdout
 
 
 def test_prune_keeps_the_newest_verified_snapshot(source: Server, genv: dict[str, str], tmp_path: Path) -> None:
