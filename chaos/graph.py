@@ -6,7 +6,7 @@ ancestry needs no repository: not even one that lost the commit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from chaos.history import Kind, Op
 
@@ -14,8 +14,9 @@ from chaos.history import Kind, Op
 class Graph:
     """Every commit the clients made, with its parents."""
 
-    def __init__(self, ops: Iterable[Op]) -> None:
-        self.parents: dict[str, tuple[str, ...]] = {}
+    def __init__(self, ops: Iterable[Op], made: Mapping[str, tuple[str, ...]] | None = None) -> None:
+        """``made``: commits known before their push ended (during a campaign, pushes still in flight)."""
+        self.parents: dict[str, tuple[str, ...]] = dict(made or {})
         for op in ops:
             if op.kind is Kind.PUSH and op.sha:
                 self.parents.setdefault(op.sha, op.parents)

@@ -25,7 +25,6 @@ import httpx
 from bulwark.store.sqlite import SQLiteStore
 from chaos.checker import WRITES, FinalState, RepoFinal
 from chaos.faults import FaultKind, Mode, Planned
-from chaos.graph import Graph
 from chaos.history import Clock, Kind
 from chaos.load import Git, parse_refs
 from chaos.system import Injected, System, run, signal_group, wait_until
@@ -146,7 +145,7 @@ class HASystem(System):
         replica's position covered (the old primary had logged them at or below it)."""
         assert self.load is not None
         ops = self.load.history.ops
-        graph = Graph(ops)
+        graph = self.load.graph()
         store = SQLiteStore(self.servers[self.primary].data_dir / "metadata.db")
         try:
             position = store.replication_position()
@@ -183,7 +182,7 @@ class HASystem(System):
 
         def caught_up() -> bool:
             assert self.load is not None
-            graph = Graph(self.load.history.ops)
+            graph = self.load.graph()
             for repo, tips in wanted.items():
                 have = self.heads(self.replica, repo)
                 if any(b not in have or not graph.contains(have[b], tip) for b, tip in tips.items()):

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chaos.graph import Graph
 from chaos.history import History, Kind, Result, Role
 
 from helpers import git_env
@@ -140,7 +141,9 @@ class Client:
         spec = self.load.spec
         carries = spec.payload_every and self.count % spec.payload_every == 0
         payload = self.rng.randbytes(spec.payload_bytes) if carries else None
-        return self.store.commit(self.head or None, f"{self.name} {self.count}", payload)
+        sha = self.store.commit(self.head or None, f"{self.name} {self.count}", payload)
+        self.load.made[sha] = (self.head,) if self.head else ()
+        return sha
 
 
 @dataclass
@@ -151,6 +154,9 @@ class Load:
     workdir: Path
     seed: int = 0
     errors: list[str] = field(default_factory=list)  # exceptions in the load itself (not git's failures)
+    # Every commit made, with its parents, as soon as it is made: a push still in flight is not in the
+    # history yet, but its commit may already be on a node.
+    made: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _clients: list[Client] = field(default_factory=list)
 
@@ -181,6 +187,9 @@ class Load:
             if c.branch and c.branch not in out[c.repo]:
                 out[c.repo].append(c.branch)
         return out
+
+    def graph(self) -> Graph:
+        return Graph(self.history.ops, dict(self.made))
 
     # -- the seed, before any fault ---------------------------------------------------------
 

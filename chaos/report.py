@@ -141,9 +141,10 @@ def plot(result: CampaignResult, out: Path) -> list[Path]:
     row = {name: i for i, name in enumerate(clients)}
     fig, ax = plt.subplots(figsize=(12, 0.45 * len(clients) + 2))
     _shade_faults(ax, ops)
-    for op in ops:
+    for op in ops:  # each fault's round number under its band; the rounds table says what it was
         if op.kind is Kind.FAULT:
-            ax.text(op.start, len(clients) - 0.4, f"{op.fault}\n{op.target}", fontsize=6, va="top")
+            ax.text(op.start, -0.9, str(op.round), fontsize=6)
+    ax.set_ylim(-1.2, len(clients) - 0.5)
     for ok, color, marker in ((True, "#55a868", "|"), (False, "#c44e52", "x")):
         mine = [op for op in ops if op.process in row and op.ok is ok]
         if mine:
