@@ -275,3 +275,10 @@ def test_history_lines_round_trip(tmp_path: Path) -> None:
                    refs={"w0": A}, how="ls-remote")
     history.close()
     assert load_history(tmp_path / "h.jsonl") == history.ops
+
+
+def test_commits_of_pushes_still_in_flight_count_in_the_graph() -> None:
+    b = seeded()
+    b.push(A, ROOT, 1.0, 1.2)
+    graph = Graph(b.ops, made={B: (A,)})  # B's push has not ended yet
+    assert graph.contains(B, ROOT) and graph.contains(B, A) and not Graph(b.ops).contains(B, A)
