@@ -35,6 +35,7 @@ def sqlite(tmp_path: Path) -> Iterator[SQLiteStore]:
 
 def populate(store: Store) -> None:
     alice = store.create_user("alice", email="alice@example.com", password_hash="argon2-hash-of-alice")
+    alice = store.save_account(type(alice)(**{**alice.__dict__, "email_public": True}))  # she made it public
     bob = store.create_user("Bob", name="Bob B", site_admin=True)
     gone = store.create_user("gone")
     store.delete_account(gone.id)  # leaves a gap in the ids
@@ -53,8 +54,8 @@ def comparable(document: dict[str, Any]) -> Any:
     logins = {a["id"]: a["login"] for a in document["accounts"]}
     repos = {r["id"]: r["name"] for r in document["repositories"]}
     return {
-        "accounts": sorted((a["login"], a["type"], a["name"], a["email"], a["site_admin"], a["suspended"],
-                            a["password_hash"]) for a in document["accounts"]),
+        "accounts": sorted((a["login"], a["type"], a["name"], a["email"], a["email_public"], a["site_admin"],
+                            a["suspended"], a["password_hash"]) for a in document["accounts"]),
         "memberships": sorted((logins[m["org_id"]], logins[m["user_id"]], m["role"])
                               for m in document["memberships"]),
         "tokens": sorted((logins[t["user_id"]], t["token_hash"], t["token_prefix"], tuple(t["scopes"]), t["note"])

@@ -87,6 +87,7 @@ def _account(store: Store, a: Account) -> dict[str, Any]:
         "type": a.type.value,
         "name": a.name,
         "email": a.email,
+        "email_public": a.email_public,
         "site_admin": a.site_admin,
         "suspended": a.suspended,
         "created_at": _time(a.created_at),
@@ -146,7 +147,7 @@ def import_into(store: Store, document: dict[str, Any], *, skip_logins: Iterable
         )
         user = store.save_account(
             _replace(user, name=a.get("name", ""), email=a.get("email", ""), site_admin=bool(a.get("site_admin")),
-                     suspended=bool(a.get("suspended")))
+                     suspended=bool(a.get("suspended")), email_public=bool(a.get("email_public")))
         )
         if existing is not None:
             store.set_password_hash(user.id, a.get("password_hash"))
