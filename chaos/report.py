@@ -85,6 +85,11 @@ def markdown(result: CampaignResult) -> str:
     if latency:
         lines.append(f"| acknowledged push latency | median {latency['median'] * 1000:.0f} ms, p95 "
                      f"{latency['p95'] * 1000:.0f} ms, max {latency['max']:.2f} s |")
+    promotions = [op for op in result.ops if op.kind is Kind.FAULT and "unreplicated" in op.detail]
+    if promotions:
+        lost = sum(len(op.detail["unreplicated"]) for op in promotions)
+        lines.append(f"| acknowledged pushes a promoted replica did not have (asynchronous replication, documented) | "
+                     f"{lost} over {len(promotions)} promotions |")
     converged = result.final.converged_after
     lines.append(f"| load stopped → replicas converged | {_s(converged)} (bound {result.final.bound:.0f} s) |")
     lines += ["", "## Rounds", "",
