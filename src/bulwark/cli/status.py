@@ -10,6 +10,7 @@ from etcd (where its running process holds its lease).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -89,7 +90,10 @@ def status(
     if not settings.cluster_node and not settings.metadata_path.exists():
         raise fail(f"no Bulwark data in {settings.data_dir}: pass the node's --data-dir", int(Level.UNKNOWN))
     server = ask_server(settings.data_dir)
-    facts = _cluster_facts(settings, server) if settings.cluster_node else _local_facts(data_dir, config, server)
+    if settings.cluster_node:
+        facts = _cluster_facts(settings, server)
+    else:
+        facts, server = _local_facts(data_dir, config, server)
     checks = (check_server(server), *evaluate(facts, limits))
     level = worst(c.level for c in checks)
     if nagios:
@@ -110,20 +114,23 @@ def status(
     raise typer.Exit(int(level))
 
 
-def _local_facts(data_dir: Path | None, config: Path | None, server: ServerFacts) -> NodeFacts:
-    """The running server's own facts; the data dir's when it cannot give them."""
+def _local_facts(data_dir: Path | None, config: Path | None,
+                 server: ServerFacts) -> tuple[NodeFacts, ServerFacts]:
+    """The running server's own facts; the data dir's when it cannot give them (and the server,
+    noting facts it gave that could not be read)."""
     sample = system.sample(Path(server.data_dir))
-    if server.node is not None and isinstance(server.node.get("facts"), dict):
+    if server.node is not None:
         try:
-            return facts_from_json(server.node["facts"], sample)
-        except ValueError:
-            pass  # judged from the data dir below; the server check already says what it answered
+            return facts_from_json(server.node.get("facts") or {}, sample), server
+        except ValueError as exc:
+            server = replace(server, node=None, node_error=f"its facts cannot be read: {exc}")
     with opened_node(data_dir, config) as node:
         facts = node_facts(node)
-    if server.state is not ServerState.ANSWERING:
-        return not_serving(facts, "its server is not running" if server.state is not ServerState.NOT_ANSWERING
-                           else "its server does not answer")
-    return facts
+    if server.state is ServerState.NOT_ANSWERING:
+        facts = not_serving(facts, "its server does not answer")
+    elif server.state is not ServerState.ANSWERING:
+        facts = not_serving(facts, "its server is not running")
+    return facts, server
 
 
 def _cluster_facts(settings: Settings, server: ServerFacts) -> NodeFacts:

@@ -40,16 +40,24 @@ class RecordingServer(uvicorn.Server):
         if self.node.settings.port == 0:
             # Without a public_url, links name the node by its listen address: the port it got, not 0.
             self.node.settings = self.node.settings.model_copy(update={"listen": self.record.listen})
-        running.write(self.data_dir, self.record)
-        log.info("bulwark listening on %s (pid %d), recorded in %s", self.record.listen, self.record.pid,
-                 self.data_dir / running.RECORD)
+        try:
+            running.write(self.data_dir, self.record)
+        except OSError as exc:
+            # Serving matters more than being found; the log says why 'bulwark status' will not find it.
+            log.error("bulwark listening on %s, but cannot record it in %s (%s): 'bulwark status' will call this "
+                      "server not running", self.record.listen, self.data_dir, exc)
+            self.record = None
+        # Nothing logged when it works: uvicorn has just said where it runs, and its pid.
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # uvicorn shuts down only after its main loop ended normally (a signal, or should_exit), and
         # re-raises the signal afterwards, so this is the last moment a clean stop can be noted.
         await super().shutdown(sockets)
         if self.record is not None:
-            running.remove(self.data_dir, self.record)
+            try:
+                running.remove(self.data_dir, self.record)
+            except OSError as exc:
+                log.error("cannot remove this server's record from %s: %s", self.data_dir, exc)
             self.record = None
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bulwark.cluster.report import ClusterReport
-from bulwark.ha.health import Level
+from bulwark.ha.health import Level, PrimaryState
 from bulwark.monitoring.system import SystemSample
 from bulwark.node import NodeRole
 
@@ -34,10 +34,14 @@ class ReplicaLag:
 class PrimaryFacts:
     """An HA replica's primary, as the replica's watch last found it."""
 
-    state: str  # a bulwark.ha.health.PrimaryState value
-    up: bool  # answered within the timeout
+    state: PrimaryState
     seconds_since_answer: float | None
     detail: str
+
+    @property
+    def up(self) -> bool:
+        """It answered within the timeout (or has not had the whole timeout to)."""
+        return self.state in (PrimaryState.UP, PrimaryState.NOT_PRIMARY, PrimaryState.LATE)
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,7 @@ class ReplicationFacts:
             watch = report.get("primary")
             primary = None
             if isinstance(watch, dict):
-                up = watch["state"] in ("up", "not-primary", "late")
-                primary = PrimaryFacts(str(watch["state"]), up, watch.get("seconds_since_answer"),
+                primary = PrimaryFacts(PrimaryState(watch["state"]), watch.get("seconds_since_answer"),
                                        str(watch["detail"]))
             return cls(
                 level=level,
@@ -97,12 +100,13 @@ class ReplicationFacts:
             return cls(level=level, summary=summary, replicas=replicas)
         return None
 
-
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["level"] = self.level.name
         data["lag_seconds"] = None if self.lag_seconds is None or math.isinf(self.lag_seconds) else self.lag_seconds
         data["replicas"] = [{**r, "level": r["level"].name} for r in data["replicas"]]
+        if self.primary is not None:
+            data["primary"]["state"] = self.primary.state.value
         return data
 
     @classmethod
@@ -113,7 +117,8 @@ class ReplicationFacts:
         lag = values.get("lag_seconds")
         values["lag_seconds"] = math.inf if lag is None and values.get("replicating") is not None else lag
         values["replicas"] = tuple(ReplicaLag(**{**r, "level": Level[r["level"]]}) for r in values["replicas"])
-        values["primary"] = PrimaryFacts(**values["primary"]) if values.get("primary") else None
+        primary = values.get("primary")
+        values["primary"] = PrimaryFacts(**{**primary, "state": PrimaryState(primary["state"])}) if primary else None
         return cls(**values)
 
 
@@ -199,6 +204,8 @@ def facts_to_json(facts: NodeFacts) -> dict[str, Any]:
 
 def facts_from_json(data: dict[str, Any], system: SystemSample) -> NodeFacts:
     """The inverse of :func:`facts_to_json`, with this machine's ``system`` sample; ValueError if malformed."""
+    if not isinstance(data, dict):
+        raise ValueError("not a node's facts")
     try:
         repl = data.get("replication")
         return NodeFacts(
@@ -206,8 +213,8 @@ def facts_from_json(data: dict[str, Any], system: SystemSample) -> NodeFacts:
             reason=str(data["reason"]), maintenance=data.get("maintenance"), fenced=data.get("fenced"),
             system=system, replication=ReplicationFacts.from_json(repl) if repl else None,
         )
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"not a node's facts: {exc}") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a node's facts ({type(exc).__name__}: {exc})") from None
 
 
 def not_serving(facts: NodeFacts, reason: str) -> NodeFacts:
