@@ -264,8 +264,15 @@ def faults_of(ops: Iterable[Op]) -> list[Op]:
 
 
 def _in_flight(op: Op, faults: Sequence[Op]) -> bool:
-    """Whether a process was killed, stopped or cut off while ``op`` ran."""
-    return any(op.start <= t <= op.end for f in faults for t in f.detail.get("disruptions", ()))
+    """Whether a process was being killed, stopped or cut off while ``op`` ran.
+
+    A disruption is an instant or a [from, to] interval: from the signal until it took effect."""
+    for fault in faults:
+        for d in fault.detail.get("disruptions", ()):
+            begun, ended = (d, d) if isinstance(d, (int, float)) else d
+            if op.start <= ended and op.end >= begun:
+                return True
+    return False
 
 
 def _in_outage(op: Op, faults: Sequence[Op], rules: Rules) -> bool:

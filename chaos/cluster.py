@@ -86,42 +86,40 @@ class ClusterSystem(System):
 
     def _inject(self, planned: Planned, got: Injected) -> None:
         kind, name = planned.kind, planned.target
-        disruptions: list[float] = []
-        got.detail["disruptions"] = disruptions
         if kind is FaultKind.KILL:
-            disruptions.append(self.clock.now())
-            signal_group(self._pid(name), signal.SIGKILL)  # the node and the git processes it started
-            self.cluster.kill_node(name, with_etcd=planned.with_etcd)  # reaps it; its etcd member too
+            with self.disrupting(got):
+                signal_group(self._pid(name), signal.SIGKILL)  # the node and the git processes it started
+                self.cluster.kill_node(name, with_etcd=planned.with_etcd)  # reaps it; its etcd member too
             self.hold(planned)
             self.cluster.start_node(name)
             self.measure_heal(got, lambda: self.node_current(name), name)
         elif kind is FaultKind.PAUSE:
-            disruptions.append(self.clock.now())
-            signal_group(self._pid(name), signal.SIGSTOP)
+            with self.disrupting(got):
+                signal_group(self._pid(name), signal.SIGSTOP)
             try:
                 self.hold(planned)
             finally:
                 signal_group(self._pid(name), signal.SIGCONT)
             self.measure_heal(got, lambda: self.node_current(name), name)
         elif kind is FaultKind.PARTITION:
-            disruptions.append(self.clock.now())
-            self.cluster.cut(name)
+            with self.disrupting(got):
+                self.cluster.cut(name)
             try:
                 self.hold(planned)
             finally:
                 self.cluster.heal(name)
             self.measure_heal(got, lambda: self.node_current(name), name)
         elif kind is FaultKind.RESTART:
-            disruptions.append(self.clock.now())
-            self.cluster.stop_node(name)
+            with self.disrupting(got):
+                self.cluster.stop_node(name)
             self.hold(planned)
             self.cluster.start_node(name)
             self.measure_heal(got, lambda: self.node_current(name), name)
         elif kind is FaultKind.ETCD_RESTART:
             assert self.cluster.etcd is not None
             index = [m.name for m in self.cluster.etcd.members].index(name)
-            disruptions.append(self.clock.now())
-            self.cluster.etcd.kill(index)
+            with self.disrupting(got):
+                self.cluster.etcd.kill(index)
             self.hold(planned)
             self.cluster.etcd.start(index)
             self.measure_heal(got, self.all_current, name)

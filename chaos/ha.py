@@ -119,8 +119,8 @@ class HASystem(System):
         old, new = self.primary, self.replica
         got.detail["node"] = old
         killed = self.clock.now()
-        got.detail["disruptions"] = [killed]
-        self._kill(old)
+        with self.disrupting(got):
+            self._kill(old)
         events = old_events(self.servers[old].data_dir / "metadata.db")
         self.hold(planned)  # the administrator's reaction time
         promoted = repl(self.servers[new], "promote")

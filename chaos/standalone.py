@@ -56,10 +56,10 @@ class StandaloneSystem(System):
         if planned.kind is not FaultKind.KILL:
             raise ValueError(f"{planned.kind} is not a standalone fault")
         assert self.server.proc is not None
-        got.detail["disruptions"] = [self.clock.now()]
         # The node and every git process it started: a crash of the whole service.
-        signal_group(self.server.proc.pid, signal.SIGKILL)
-        self.server.proc.wait(10)
+        with self.disrupting(got):
+            signal_group(self.server.proc.pid, signal.SIGKILL)
+            self.server.proc.wait(10)
         self.hold(planned)
         self.server.start()
         got.detail["back_at"] = got.detail["current_at"] = self.clock.now()

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,16 @@ class System(abc.ABC):
                 got.detail["current_at"] = self.clock.now()
                 return
             time.sleep(0.2)
+
+    @contextlib.contextmanager
+    def disrupting(self, got: Injected) -> Iterator[None]:
+        """Around a kill, stop or cut: from just before the signal until it took effect (the process reaped),
+        the time in which a request may have reached the process and lost it."""
+        begun = self.clock.now()
+        try:
+            yield
+        finally:
+            got.detail.setdefault("disruptions", []).append([begun, self.clock.now()])
 
     def hold(self, planned: Planned) -> None:
         time.sleep(planned.hold)

@@ -282,3 +282,13 @@ def test_commits_of_pushes_still_in_flight_count_in_the_graph() -> None:
     b.push(A, ROOT, 1.0, 1.2)
     graph = Graph(b.ops, made={B: (A,)})  # B's push has not ended yet
     assert graph.contains(B, ROOT) and graph.contains(B, A) and not Graph(b.ops).contains(B, A)
+
+
+def test_a_disruption_lasts_until_its_signal_took_effect() -> None:
+    b = seeded()
+    b.fault(FaultKind.KILL, 2.0, 4.0, disruptions=[[2.0, 2.05]], back_at=3.0)
+    reset = "fatal: unable to access 'http://n/alice/r0.git/': Recv failure: Connection reset by peer"
+    b.push(A, ROOT, 2.01, 2.1, ok=False, error=reset)  # began while the node was being killed
+    late = b.push(B, ROOT, 2.1, 2.2, ok=False, error=reset)
+    verdict = checker.check(b.ops, final({}), RULES[Mode.CLUSTER])
+    assert [v.ops for v in verdict.violations] == [(late.index,)]
