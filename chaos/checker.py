@@ -346,5 +346,5 @@ def fault_problems(ops: Sequence[Op]) -> list[Violation]:
                                    "it came back", (fault.index,)))
         if fault.detail.get("fsck_ok") is False:
             found.append(Violation(Problem.FSCK, f"round {fault.round}: fsck after the restart: "
-                                   f"{fault.detail.get('fsck', '')[-300:]}", (fault.index,)))
+                                   f"{fault.detail.get('fsck', '')[-600:]}", (fault.index,)))
     return found

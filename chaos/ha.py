@@ -27,7 +27,7 @@ from chaos.checker import WRITES, FinalState, RepoFinal
 from chaos.faults import FaultKind, Mode, Planned
 from chaos.history import Clock, Kind
 from chaos.load import Git, parse_refs
-from chaos.system import Injected, System, run, signal_group, wait_until
+from chaos.system import Injected, System, fsck_report, run, signal_group, wait_until
 
 from ha_helpers import HAProxy, repl, setup_replica
 from helpers import BULWARK, Server
@@ -209,7 +209,7 @@ class HASystem(System):
         for name, server in self.servers.items():
             done = run([*BULWARK, "fsck"], env=server.env())
             if done.returncode != 0:
-                fsck[name] = (done.stdout + done.stderr).strip()[-600:]
+                fsck[name] = fsck_report(done.stdout + done.stderr)
         return FinalState(repos=repos, converged_after=converged_after, bound=bound, fsck=fsck)
 
 

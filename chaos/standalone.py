@@ -15,7 +15,7 @@ from bulwark.store.sqlite import SQLiteStore
 from chaos.checker import FinalState, RepoFinal
 from chaos.faults import FaultKind, Mode, Planned
 from chaos.history import Clock
-from chaos.system import Injected, System, run, signal_group
+from chaos.system import Injected, System, fsck_report, run, signal_group
 
 from helpers import BULWARK, Server
 
@@ -72,7 +72,7 @@ class StandaloneSystem(System):
     def fsck(self) -> str | None:
         """None when ``bulwark fsck`` is clean, else what it said."""
         done = run([*BULWARK, "fsck", "--data-dir", str(self.server.data_dir)], env=self.server.env())
-        return None if done.returncode == 0 else (done.stdout + done.stderr).strip()[-600:]
+        return None if done.returncode == 0 else fsck_report(done.stdout + done.stderr)
 
     def converged(self) -> bool:
         return True  # one copy of everything

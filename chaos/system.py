@@ -147,5 +147,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return False
 
 
+def fsck_report(text: str, limit: int = 3000) -> str:
+    """What ``bulwark fsck`` said, less its dangling objects (left by any aborted push, and no failure)."""
+    lines = [line for line in text.strip().splitlines() if "dangling " not in line]
+    return "\n".join(lines)[-limit:]
+
+
 def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
