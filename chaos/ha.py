@@ -207,9 +207,9 @@ class HASystem(System):
             repos[repo] = RepoFinal(tips=tips.get(repo, {}), replicas=replicas)
         fsck = {}
         for name, server in self.servers.items():
-            done = run([*BULWARK, "fsck"], env=server.env())
-            if done.returncode != 0:
-                fsck[name] = fsck_report(done.stdout + done.stderr)
+            found = fsck_report(run([*BULWARK, "fsck", "--json"], env=server.env()))
+            if found is not None:
+                fsck[name] = found
         return FinalState(repos=repos, converged_after=converged_after, bound=bound, fsck=fsck)
 
 

@@ -71,8 +71,8 @@ class StandaloneSystem(System):
 
     def fsck(self) -> str | None:
         """None when ``bulwark fsck`` is clean, else what it said."""
-        done = run([*BULWARK, "fsck", "--data-dir", str(self.server.data_dir)], env=self.server.env())
-        return None if done.returncode == 0 else fsck_report(done.stdout + done.stderr)
+        return fsck_report(run([*BULWARK, "fsck", "--json", "--data-dir", str(self.server.data_dir)],
+                               env=self.server.env()))
 
     def converged(self) -> bool:
         return True  # one copy of everything

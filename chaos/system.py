@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -147,10 +148,21 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return False
 
 
-def fsck_report(text: str, limit: int = 3000) -> str:
-    """What ``bulwark fsck`` said, less its dangling objects (left by any aborted push, and no failure)."""
-    lines = [line for line in text.strip().splitlines() if "dangling " not in line]
-    return "\n".join(lines)[-limit:]
+def fsck_report(done: subprocess.CompletedProcess[str], limit: int = 3000) -> str | None:
+    """None when ``bulwark fsck --json`` found nothing, else each failed repository with what git said,
+    less the dangling objects (any aborted push leaves some, and they are no failure)."""
+    if done.returncode == 0:
+        return None
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        return (done.stdout + done.stderr).strip()[-limit:] or f"fsck exited {done.returncode}"
+    parts = []
+    for repo in report.get("repositories", []):
+        if not repo.get("ok", True):
+            lines = [ln for ln in str(repo.get("output", "")).splitlines() if "dangling " not in ln]
+            parts.append(f"{repo.get('full_name')}: " + (" / ".join(lines) or "(only dangling objects)"))
+    return "; ".join(parts)[-limit:] or f"fsck exited {done.returncode}"
 
 
 def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
