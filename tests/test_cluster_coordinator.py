@@ -139,3 +139,49 @@ def test_a_straggler_gets_the_deadline_after_the_majority_not_after_the_start() 
     coordinator._pushes[push.txn] = push
     ok, message = asyncio.run(coordinator.on_hook("t1", "prepared", LINE))
     assert ok and "3 of 3" in message, (message, push.problems)
+
+
+class NoEtcd:
+    """Releasing the lock is all finish() asks of etcd on the paths tested here."""
+
+    def txn(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def prepared_leader(on_disk: dict[str, str]) -> tuple[Coordinator, Push, Peers]:
+    peers = Peers(hung=set())
+    urls = {n: f"http://{n}" for n in ("n1", "n2", "n3")}
+    coordinator = Coordinator("n1", urls["n1"], cast(Any, NoEtcd()), cast(Any, None), cast(Any, peers),
+                              lambda: {"n1", "n2", "n3"}, lambda: urls, liveness_every=0.02,
+                              local_refs=lambda storage_id: dict(on_disk))
+    push = Push("t1", "s1", "lock", Placement("s1", {"n1": 0, "n2": 0, "n3": 0}),
+                {"n2": urls["n2"], "n3": urls["n3"]}, good={"n2", "n3"})
+    coordinator._pushes[push.txn] = push
+    ok, _ = asyncio.run(coordinator.on_hook("t1", "prepared", LINE))
+    assert ok and push.round_active
+    return coordinator, push, peers
+
+
+def test_a_commit_the_hook_never_reported_is_sent_to_the_followers() -> None:
+    # git committed (the ref on disk is the new one) but its "committed" hook could not reach this
+    # node (it was shutting down): the followers must commit too, not let their prepared update expire.
+    coordinator, push, peers = prepared_leader({"refs/heads/main": "2" * 40})
+    asyncio.run(coordinator._resolve_round(push))
+    assert not push.round_active and push.rounds == 1
+    assert {("commit", "http://n2"), ("commit", "http://n3")} <= set(peers.calls)
+
+
+def test_an_abort_the_hook_never_reported_is_sent_to_the_followers() -> None:
+    coordinator, push, peers = prepared_leader({"refs/heads/main": "1" * 40})
+    outcome = asyncio.run(coordinator.finish(push))
+    assert outcome.acknowledged and outcome.message == "no ref changed"  # git's own report says it failed
+    assert {("abort", "http://n2"), ("abort", "http://n3")} <= set(peers.calls)
+    assert not any(verb == "commit" for verb, _ in peers.calls)
+
+
+def test_a_round_whose_outcome_cannot_be_told_is_not_acknowledged() -> None:
+    coordinator, push, peers = prepared_leader({"refs/heads/main": "3" * 40})
+    outcome = asyncio.run(coordinator.finish(push))
+    assert not outcome.acknowledged and "could not tell" in outcome.message
+    assert push.keep_intent  # the next holder of the lock compares the replicas
+    assert not any(verb in ("commit", "abort") for verb, _ in peers.calls)

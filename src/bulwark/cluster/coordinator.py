@@ -74,6 +74,7 @@ class Push:
     prepared: dict[str, str] = field(default_factory=dict)  # followers holding the current round
     round_id: str = ""
     round_active: bool = False
+    round_lines: list[RefLine] = field(default_factory=list)  # the updates of the current round
     released: bool = False
     lost: bool = False  # the lease lapsed mid-push: nothing more is sent, nothing is recorded
     keep_intent: bool = False  # an earlier push's intent could not be settled: leave it for the next holder
@@ -118,6 +119,7 @@ class Coordinator:
         straggler_deadline: float = 1.0,
         lease_margin: float = 0.5,
         alive_now: Callable[[], set[str]] | None = None,
+        local_refs: Callable[[str], dict[str, str]] | None = None,
     ) -> None:
         self.name = name
         self.url = url
@@ -139,6 +141,8 @@ class Coordinator:
         self.lease_margin = lease_margin
         # Who is alive, read from etcd now rather than from the cached view (blocking).
         self.alive_now = alive_now
+        # This node's refs on disk, by storage id (name -> oid), blocking.
+        self.local_refs = local_refs
         self._pushes: dict[str, Push] = {}
         self._background_tasks: set[asyncio.Future[None]] = set()
 
@@ -205,6 +209,7 @@ class Coordinator:
             # HEAD shows up when the branch it points at moves; the branch itself is what replicates.
             lines = [line for line in lines if line[2].startswith("refs/")]
             push.round_active = bool(lines)
+            push.round_lines = list(lines)
             if not lines:
                 return True, "nothing to replicate"
             if push.lost or not self._holds(push, self.lease_margin):
@@ -265,6 +270,29 @@ class Coordinator:
             f"only {votes} of {replicas} replicas could take this update; "
             f"a majority is needed ({'; '.join(push.problems) or 'no answer'})"
         )
+
+    async def _resolve_round(self, push: Push) -> None:
+        """Commit or abort the followers' prepared round as git did here, judged from the refs on disk
+        (left active, and so unacknowledged with its intent kept, when they match neither)."""
+        if self.local_refs is None:
+            return
+        local_refs = self.local_refs
+        try:
+            refs = await anyio.to_thread.run_sync(lambda: local_refs(push.storage_id))
+        except (BulwarkError, OSError) as exc:
+            log.error("push %s to %s: cannot read this node's refs to finish the round: %s", push.txn,
+                      push.storage_id, exc)
+            return
+        def now(ref: str) -> str:
+            return refs.get(ref, ZERO_OID)
+        if all(now(ref) == new for _old, new, ref in push.round_lines):
+            log.warning("push %s to %s: git committed but its hook did not say so; committing the followers",
+                        push.txn, push.storage_id)
+            await self._commit(push)
+            push.round_active = False
+        elif all(now(ref) == old for old, _new, ref in push.round_lines):
+            await self._abort(push)
+            push.round_active = False
 
     async def _commit(self, push: Push) -> None:
         push.rounds += 1  # git committed here whatever happens next
@@ -351,6 +379,13 @@ class Coordinator:
         """Record which replicas hold the push, release the lock, and say whether it is acknowledged."""
         self._pushes.pop(push.txn, None)
         try:
+            if push.round_active:
+                # git's "committed" or "aborted" never reached us (the hook could not call this node, as
+                # when it shuts down): what git did is on disk, and the followers must do the same.
+                await self._resolve_round(push)
+            if push.round_active:
+                push.keep_intent = True
+                return Outcome(False, "this node could not tell whether the push was applied; fetch and try again")
             if push.rounds == 0:
                 return Outcome(True, "no ref changed") if not push.lost else Outcome(False, LOST)
             if push.lost:

@@ -100,6 +100,9 @@ class ClusterRuntime:
     def holds_lease(self, lease: int, margin: float) -> bool:
         return self.membership.holds(lease, margin=margin)
 
+    def _local_refs(self, storage_id: str) -> dict[str, str]:
+        return {r.name: r.oid for r in GitRunner.refs(self.git, storage_id)}
+
     def checksum_of(self, node: str, storage_id: str) -> str | None:
         """A replica's ref checksum on disk: this node's own, or asked of its node."""
         if node == self.name:
@@ -153,7 +156,8 @@ class ClusterRuntime:
             self._coordinator = Coordinator(self.name, self.url, self.etcd, self.locks, self.apeers,
                                             self.alive, self.urls, pack_for=self.transactions.thin_pack,
                                             holds=self.holds_lease, checksum_of=self.checksum_of,
-                                            alive_now=lambda: set(self.snapshot(max_age=0).alive))
+                                            alive_now=lambda: set(self.snapshot(max_age=0).alive),
+                                            local_refs=self._local_refs)
         return self._coordinator
 
     @property
