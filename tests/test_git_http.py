@@ -796,3 +796,24 @@ def test_a_gzip_bomb_of_empty_packets_is_refused_at_once(server: Server, project
     assert answer.status_code == 400
     assert "inflates more than 100 times" in answer.text
     assert httpx.get(f"{server.url}/status", timeout=10).status_code == 200
+
+
+def test_a_push_that_reaches_a_node_taking_no_writes_is_refused_in_git_s_words(
+    server: Server, alice: str, project: tuple[str, Path], genv: dict[str, str]
+) -> None:
+    # git asked info/refs before the node stopped taking writes; its POST then meets the refusal.
+    _, work = project
+    old = rev(work, genv, "main")
+    new = commit(work, genv, "README.md", "after the advertisement\n")
+    on = subprocess.run([*BULWARK, "maintenance", "on", "--message", "moving to new disks",
+                         "--data-dir", str(server.data_dir)], capture_output=True, text=True, env=server.env())
+    assert on.returncode == 0, on.stderr
+    answer = httpx.post(f"{server.url}/alice/proj.git/git-receive-pack", auth=basic(alice), headers=RP_TYPE,
+                        content=receive_body(work, genv, old, new, "refs/heads/main"), timeout=30)
+    assert answer.status_code == 200
+    packets = pktline.parse_all(answer.content)
+    assert b"ng refs/heads/main moving to new disks\n" in [p.payload for p in packets], packets
+    fetch = httpx.post(f"{server.url}/alice/proj.git/git-upload-pack", auth=basic(alice), headers=UP_TYPE,
+                       content=pktline.encode(f"want {old}\n") + pktline.flush() + pktline.encode("done\n"),
+                       timeout=30)
+    assert fetch.status_code == 200 and fetch.content == pktline.encode("ERR moving to new disks\n")

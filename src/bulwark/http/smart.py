@@ -150,7 +150,11 @@ routes: list[BaseRoute] = [
 
 
 async def _rpc(request: Request, service: str) -> Response:
-    access = await _authorize(request, service)
+    try:
+        access = await _authorize(request, service)
+    except Unavailable as exc:
+        # Maintenance, a fenced or cut-off node, an HA replica: git shows no text of a POST's 503.
+        return await _unavailable(request, service, exc.message)
     node = _node(request)
     _check_content_type(request, service)
     forwarded = await _route_in_cluster(request, access, service)
@@ -318,6 +322,24 @@ async def _slot(request: Request) -> gitslots.Slot | None:
     return await slots.acquire(client)
 
 
+async def _unavailable(request: Request, service: str, message: str) -> Response:
+    """Refuse a fetch or push this node cannot serve now, once its request is read, in git's words."""
+    node = _node(request)
+    limit = node.settings.max_push_bytes if service == RECEIVE_PACK else UPLOAD_BODY_LIMIT
+    body = gitbody.decoded_body(request, limit=limit, idle_timeout=node.settings.body_idle_timeout)
+    try:
+        _, section = await gitbody.first_section(body, SECTION_LIMITS[service], max_packets=SECTION_PACKETS[service],
+                                                 keep=1 if service == UPLOAD_PACK else None)
+        request_ = pktline.parse_receive_request(section) if service == RECEIVE_PACK else None
+    except BaseException:
+        await body.aclose()
+        raise
+    if request_ is not None and request_.commands:
+        return await _refused(request, body, request_.commands, request_.capabilities, message, Refusal.UNAVAILABLE)
+    count_refusal(request.app, service, Refusal.UNAVAILABLE)
+    return await _fetch_refused(request, body, message, count=False)
+
+
 def _release(slot: gitslots.Slot | None) -> None:
     if slot is not None:
         slot.release()
@@ -329,14 +351,16 @@ def _fetch_error(message: str) -> Response:
                     headers=NO_CACHE)
 
 
-async def _fetch_refused(request: Request, body: AsyncGenerator[bytes, None], message: str) -> Response:
+async def _fetch_refused(request: Request, body: AsyncGenerator[bytes, None], message: str, *,
+                         count: bool = True) -> Response:
     try:
         async for _ in body:
             pass
     finally:
         await body.aclose()
     log.warning("fetch from %s refused: %s", request.url.path, message)
-    count_refusal(request.app, UPLOAD_PACK, Refusal.BUSY)
+    if count:
+        count_refusal(request.app, UPLOAD_PACK, Refusal.BUSY)
     return _fetch_error(message)
 
 

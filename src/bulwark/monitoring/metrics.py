@@ -65,6 +65,7 @@ class Refusal(enum.StrEnum):
     TOO_LARGE = "too_large"  # over max_push_bytes
     REPLICAS = "replicas"  # a cluster push without a majority, a busy lock, or voted down
     NOT_ACKNOWLEDGED = "not_acknowledged"  # committed here but not recorded on a majority
+    UNAVAILABLE = "unavailable"  # maintenance, an HA replica, a fenced or cut-off node
 
 
 _GIT_PATH = re.compile(r"/[^/]+/[^/]+/(?:info/refs|git-upload-pack|git-receive-pack)")
