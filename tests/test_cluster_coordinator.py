@@ -12,6 +12,7 @@ from typing import Any, cast
 import pytest
 
 from bulwark.cluster.coordinator import Coordinator, Push
+from bulwark.cluster.locks import RepoLocks
 from bulwark.cluster.state import Placement
 from bulwark.cluster.transactions import vote_of
 
@@ -151,8 +152,8 @@ class NoEtcd:
 def prepared_leader(on_disk: dict[str, str]) -> tuple[Coordinator, Push, Peers]:
     peers = Peers(hung=set())
     urls = {n: f"http://{n}" for n in ("n1", "n2", "n3")}
-    coordinator = Coordinator("n1", urls["n1"], cast(Any, NoEtcd()), cast(Any, None), cast(Any, peers),
-                              lambda: {"n1", "n2", "n3"}, lambda: urls, liveness_every=0.02,
+    coordinator = Coordinator("n1", urls["n1"], cast(Any, NoEtcd()), RepoLocks(cast(Any, NoEtcd()), lambda: 0, "n1"),
+                              cast(Any, peers), lambda: {"n1", "n2", "n3"}, lambda: urls, liveness_every=0.02,
                               local_refs=lambda storage_id: dict(on_disk))
     push = Push("t1", "s1", "lock", Placement("s1", {"n1": 0, "n2": 0, "n3": 0}),
                 {"n2": urls["n2"], "n3": urls["n3"]}, good={"n2", "n3"})

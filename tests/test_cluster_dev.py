@@ -112,9 +112,12 @@ def test_generated_haproxy_config_is_valid_with_the_health_checks(tmp_path: Path
                      "default-server inter 500ms fall 2 rise 2", "retry-on conn-failure", "retries 3",
                      "option redispatch", 'bind "127.0.0.1:9000"'):
         assert expected in lines
-    assert [line for line in lines if line.startswith("server ")] == [
+    # Every node twice: in the backend checked with /status, and in the fallback used when none passes.
+    assert [line for line in lines if line.startswith("server ")] == 2 * [
         f'server {name} "{address}" check' for name, address in servers
     ]
+    assert "use_backend bulwark_fallback if { nbsrv(bulwark_nodes) eq 0 }" in lines
+    assert "option httpchk GET /status/fallback" in lines
 
 
 def test_example_haproxy_config_is_the_generated_template() -> None:

@@ -244,3 +244,60 @@ def test_the_sweep_waits_while_too_few_replicas_answer(etcd: Etcd, lease: Lease)
 
     assert "wait for more replicas" in intents.sweep(etcd, locks, checksum_of)
     assert etcd.get(keys.intent(SID)) is not None and etcd.get(keys.lock(SID)) is None
+
+
+class CutMidCall(Etcd):
+    """etcd as seen from a node cut off mid-call: the next transaction times out, applied or not."""
+
+    def __init__(self, real: Etcd, *, applied: bool) -> None:
+        super().__init__(real.endpoints)
+        self.applied = applied
+        self.armed = False
+
+    def txn(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.armed:
+            return super().txn(*args, **kwargs)
+        self.armed = False
+        if self.applied:
+            super().txn(*args, **kwargs)
+        raise Unavailable("etcd is unreachable: timed out")
+
+
+def test_a_lock_taken_by_a_transaction_that_seemed_to_fail_is_released(etcd: Etcd, lease: Lease) -> None:
+    """The partition finding: a push's lock transaction timed out but was applied; the lease lived on,
+    and with it the lock, so every later push and repair of the repository was refused for good."""
+    cut = CutMidCall(etcd, applied=True)
+    cut.armed = True
+    coordinator = Coordinator("n1", URLS["n1"], cut, RepoLocks(cut, lease.current, "n1"), cast(Any, Followers()),
+                              lambda: {"n1", "n2", "n3"}, lambda: URLS, liveness_every=0.05, holds=lease.holds,
+                              checksum_of=lambda node, sid: "same", lock_wait=0.2)
+    with pytest.raises(Unavailable):
+        asyncio.run(coordinator.begin(SID))
+    orphan = etcd.get(keys.lock(SID))
+    assert orphan is not None and orphan.text.startswith("n1/")  # applied, though the push was refused
+
+    held_by_other_work = coordinator.locks.try_acquire("another-repo")
+    elsewhere = RepoLocks(etcd, Lease(etcd).current, "n2")
+    theirs = elsewhere.try_acquire("third-repo")
+    assert coordinator.locks.drop_orphans() == 1
+    assert etcd.get(keys.lock(SID)) is None
+    # What work on this node holds, and other nodes' locks, stay.
+    assert etcd.get(keys.lock("another-repo")).text == held_by_other_work  # type: ignore[union-attr]
+    assert etcd.get(keys.lock("third-repo")).text == theirs  # type: ignore[union-attr]
+    # The next push takes the lock, settles the intent the lost transaction wrote, and is acknowledged.
+    _, ok, outcome = asyncio.run(push_once(leader(etcd, lease, Followers(), {"n1": "a", "n2": "a", "n3": "a"})))
+    assert ok and outcome.acknowledged, outcome
+    assert etcd.get(keys.intent(SID)) is None
+
+
+def test_a_release_that_did_not_get_through_leaves_no_lock_behind(etcd: Etcd, lease: Lease) -> None:
+    cut = CutMidCall(etcd, applied=False)
+    locks = RepoLocks(cut, lease.current, "n1")
+    token = locks.try_acquire(SID)
+    assert token is not None
+    cut.armed = True
+    with pytest.raises(Unavailable):
+        locks.release(SID, token)
+    assert etcd.get(keys.lock(SID)) is not None  # the lease lives on, and so would the lock
+    assert locks.drop_orphans() == 1
+    assert etcd.get(keys.lock(SID)) is None

@@ -133,6 +133,37 @@ def test_a_prepared_update_is_aborted_when_its_leader_dies(pair: tuple[Transacti
     assert git(follower.git.path(SID), "rev-parse", "refs/heads/main") == new
 
 
+def test_a_prepared_update_is_aborted_when_its_leaders_lock_goes(pair: tuple[Transactions, Transactions, str]) -> None:
+    """A leader killed and started again within its lease's TTL is alive under the same name; the
+    push died with the old process, and its lock with the old lease: the follower lets go then."""
+    leader, follower_tx, first = pair
+    lock = {SID: "n1/current"}
+    follower = Transactions(follower_tx.git, leader_alive=lambda url: True, check_every=0.05,
+                            lock_holds=lambda sid, token: lock.get(sid) == token)
+    new = new_commit(leader.git.path(SID), first, b"leader restarted\n")
+    pack = run(leader.thin_pack(SID, [new]))
+    line = [(first, new, "refs/heads/main")]
+
+    async def scenario() -> None:
+        await follower.prepare(SID, "t1", line, "http://127.0.0.1:9/nowhere", {}, pack=pack, leader="http://leader",
+                               token="n1/current")
+        await asyncio.sleep(0.2)
+        assert follower.held() == 1  # the lock is still the leader's: the update stays prepared
+        del lock[SID]  # the old lease expired and took the lock with it
+        for _ in range(600):
+            if follower.held() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert follower.held() == 0
+        lock[SID] = "n1/again"
+        await follower.prepare(SID, "t2", line, "http://127.0.0.1:9/nowhere", {}, pack=pack, leader="http://leader",
+                               token="n1/again")
+        await follower.commit("t2", "n1/again")
+
+    run(scenario())
+    assert git(follower.git.path(SID), "rev-parse", "refs/heads/main") == new
+
+
 def test_a_stale_leader_can_neither_prepare_nor_commit(pair: tuple[Transactions, Transactions, str]) -> None:
     """The fencing check: a replica changes refs only for the token that is the repository's lock now."""
     leader, follower_tx, first = pair

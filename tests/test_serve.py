@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -70,3 +71,26 @@ def test_bad_admin_token_in_environment(tmp_path: Path) -> None:
     env = {**os.environ, "BULWARK_ADMIN_TOKEN": "short"}
     r = bulwark("serve", "--data-dir", str(tmp_path / "d"), "--listen", f"127.0.0.1:{free_port()}", env=env)
     assert r.returncode != 0 and "BULWARK_ADMIN_TOKEN" in r.stderr
+
+
+def test_sigterm_drains_then_stops_cleanly(tmp_path: Path) -> None:
+    """Asked to stop, a node first tells the load balancer (``/status`` 503) while it still serves,
+    then finishes and exits 0, having removed its record (so `bulwark status` says it was stopped)."""
+    server = Server(tmp_path / "d", extra_env={"BULWARK_SHUTDOWN_DRAIN": "3"}).start()
+    assert server.proc is not None
+    assert httpx.get(f"{server.url}/status").status_code == 200
+    server.proc.send_signal(signal.SIGTERM)
+    seen = []
+    while server.proc.poll() is None:
+        try:
+            status = httpx.get(f"{server.url}/status", timeout=2)
+            api = server.api("GET", "/user")
+        except httpx.HTTPError:
+            break  # the drain is over: the listener is closed
+        seen.append((status.status_code, status.json()["reason"], api.status_code))
+        time.sleep(0.2)
+    assert server.proc.wait(15) == 0
+    assert seen, "the server stopped without draining"
+    assert all(s == 503 and reason.startswith("shutting down") and a == 200 for s, reason, a in seen), seen
+    assert not (server.data_dir / "server.json").exists()
+    assert "draining for 3s" in server.log_path.read_text()

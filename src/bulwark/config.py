@@ -41,6 +41,9 @@ class Settings(BaseModel):
     # Seconds a client has to send a request's headers; connections a node holds in all and
     # from one address (trusted proxies excepted).
     header_timeout: float = Field(default=20.0, gt=0)
+    # Seconds a node asked to stop (SIGTERM) goes on serving with /status answering 503, so the
+    # load balancer takes it out before it closes connections; None: 2 in cluster mode, else 0.
+    shutdown_drain: float | None = Field(default=None, ge=0, le=300)
     max_connections: int = Field(default=4096, gt=0)
     max_connections_per_address: int = Field(default=256, gt=0)
     max_git_processes: int = Field(default=64, gt=0)

@@ -68,6 +68,8 @@ class Node:
         # The SQLite store keeps the change log HA replication streams from.
         self.changelog = cast(ChangeLog, self.store)
         self._ha: tuple[float, HAState] | None = None
+        # Set when the server was asked to stop: /status answers 503 while it drains (http/listening.py).
+        self.stopping = False
 
     def ha(self) -> HAState:
         """This node's HA state, re-read at most every half second (CLI commands change it)."""
@@ -111,14 +113,20 @@ class Node:
         if ha.role == NodeRole.HA_REPLICA:
             raise ReadOnlyNode(f"this node is a read-only replica; send writes to the primary at {ha.primary_url}")
 
-    def healthy(self) -> tuple[bool, str]:
-        """Whether a load balancer should send traffic here, and why."""
+    def healthy(self, *, strict: bool = True) -> tuple[bool, str]:
+        """Whether a load balancer should send traffic here, and why.
+
+        ``strict=False`` is the balancer's last resort, asked only when no node passes the strict
+        check: it overlooks a lease renewal that is late but not yet lost. While etcd elects a
+        leader every node's renewal is late at once, and then they should serve rather than none."""
+        if self.stopping:
+            return False, "shutting down: finishing the requests under way"
         if self.cluster is not None:
             # Before anything that needs etcd: a node without its session must answer at once.
             fenced = self.cluster.fenced_reason()
             if fenced:
                 return False, f"fenced: this node {fenced}"
-            if self.cluster.membership.in_doubt():
+            if strict and self.cluster.membership.in_doubt():
                 # A renewal is overdue: answer now rather than wait on an etcd that may be cut off.
                 return False, "session in doubt: this node has not renewed its etcd lease on time"
         maintenance = self.store.get_maintenance()

@@ -450,14 +450,19 @@ class Coordinator:
 
     def _release(self, push: Push) -> None:
         """Release the lock, and clear the intent unless something is left to settle."""
-        if push.released:
-            return
-        ops = [Op.delete(keys.lock(push.storage_id))]
-        if not push.keep_intent:
-            ops.append(Op.delete(keys.intent(push.storage_id)))
-        with contextlib.suppress(Unavailable):  # the lease drops the lock anyway
-            self.etcd.txn([Compare.value_is(keys.lock(push.storage_id), push.lock_token)], ops)
-        push.released = True
+        try:
+            if push.released:
+                return
+            ops = [Op.delete(keys.lock(push.storage_id))]
+            if not push.keep_intent:
+                ops.append(Op.delete(keys.intent(push.storage_id)))
+            # If etcd cannot be reached the lease drops the lock, or, if the lease outlives the cut,
+            # RepoLocks.drop_orphans does: the token is forgotten either way.
+            with contextlib.suppress(Unavailable):
+                self.etcd.txn([Compare.value_is(keys.lock(push.storage_id), push.lock_token)], ops)
+            push.released = True
+        finally:
+            self.locks.forget(push.lock_token)
 
     def _background(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)

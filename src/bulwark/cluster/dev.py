@@ -419,6 +419,9 @@ class EtcdMember:
             # Fast elections, so tests and people trying failover wait a second rather than ten.
             "--heartbeat-interval", "100",
             "--election-timeout", "1000",
+            # A member that was cut off asks before it calls an election, so its return does not depose
+            # a working leader (the default from etcd 3.5 on).
+            "--pre-vote",
             "--logger", "zap",
             "--log-outputs", "stderr",
         ])
@@ -569,6 +572,9 @@ def render_haproxy_config(bind: str, servers: Sequence[tuple[str, str]], *, stat
         "",
         "frontend bulwark",
         f'    bind "{bind}"',
+        "    # While etcd elects a leader every node's lease renewal is late at once and every /status",
+        "    # fails; then the nodes that have not lost their session serve rather than none.",
+        "    use_backend bulwark_fallback if { nbsrv(bulwark_nodes) eq 0 }",
         "    default_backend bulwark_nodes",
         "",
         "backend bulwark_nodes",
@@ -580,6 +586,18 @@ def render_haproxy_config(bind: str, servers: Sequence[tuple[str, str]], *, stat
         "    # Check twice a second; two failures take a node out, two successes bring it back.",
         "    timeout check 1s",
         "    default-server inter 500ms fall 2 rise 2",
+    ]
+    lines += [f'    server {name} "{address}" check' for name, address in servers]
+    lines += [
+        "",
+        "backend bulwark_fallback",
+        "    # The same nodes, used only when none passes /status: /status/fallback overlooks a late",
+        "    # renewal, not a lost session, maintenance or a drain.",
+        "    balance roundrobin",
+        "    option httpchk GET /status/fallback",
+        "    http-check expect status 200",
+        "    timeout check 1s",
+        "    default-server inter 500ms fall 2 rise 1",
     ]
     lines += [f'    server {name} "{address}" check' for name, address in servers]
     if stats_bind is not None:

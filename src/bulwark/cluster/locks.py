@@ -4,11 +4,20 @@ A push, a repair and a checksum verification of one repository must not interlea
 whichever nodes run them. The lock is a key created only if absent, attached to the
 holder's lease: if the holder dies, etcd drops the lock within the lease's TTL, so a
 crashed node never leaves a repository locked.
+
+A live holder can orphan a lock, though: a transaction that timed out (etcd cut off, or
+electing a leader) may still be applied afterwards, and a release may not get through. The
+lease lives on, and with it the lock. So each node keeps the tokens it is using; a lock
+under its name and lease that is not among them is an orphan, and :meth:`RepoLocks.drop_orphans`
+deletes it. A token is noted before the transaction that might take the lock is sent, so a
+lock is never seen before its token is known.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +26,8 @@ from dataclasses import dataclass
 from bulwark.cluster import keys
 from bulwark.cluster.etcd import KV, Compare, Etcd, Op
 from bulwark.errors import Unavailable
+
+log = logging.getLogger("bulwark.cluster")
 
 
 class RepositoryBusy(Unavailable):
@@ -39,13 +50,33 @@ class RepoLocks:
         self.lease = lease  # the holder's current lease id (it changes when a lost session is re-made)
         self.holder = holder
         self.poll = poll
+        self._mine: set[str] = set()  # tokens in use in this process (taken, or being taken)
+        self._mine_lock = threading.Lock()
+
+    def _new_token(self) -> str:
+        token = f"{self.holder}/{uuid.uuid4().hex[:12]}"
+        with self._mine_lock:
+            self._mine.add(token)
+        return token
+
+    def forget(self, token: str) -> None:
+        """The token is done with (released, or never taken): a lock still holding it is an orphan."""
+        with self._mine_lock:
+            self._mine.discard(token)
 
     def try_acquire(self, storage_id: str) -> str | None:
         """Take the lock if it is free; the token to release it with, or None."""
-        token = f"{self.holder}/{uuid.uuid4().hex[:12]}"
+        token = self._new_token()
         key = keys.lock(storage_id)
-        result = self.etcd.txn([Compare.absent(key)], [Op.put(key, token, self.lease())])
-        return token if result.succeeded else None
+        try:
+            result = self.etcd.txn([Compare.absent(key)], [Op.put(key, token, self.lease())])
+        except BaseException:
+            self.forget(token)  # it may have been applied anyway: drop_orphans finds it then
+            raise
+        if not result.succeeded:
+            self.forget(token)
+            return None
+        return token
 
     def acquire(self, storage_id: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -71,17 +102,22 @@ class RepoLocks:
         deadline = time.monotonic() + timeout
         key, intent_key = keys.lock(storage_id), keys.intent(storage_id)
         while True:
-            token = f"{self.holder}/{uuid.uuid4().hex[:12]}"
             lease = self.lease()
-            result = self.etcd.txn(
-                [Compare.absent(key), Compare.absent(unless)],
-                [Op.get(intent_key), Op.put(key, token, lease), Op.put(intent_key, f"{token} {intent}"),
-                 Op.get(keys.placement(storage_id))],
-                [Op.get(unless), Op.get(key)],
-            )
+            token = self._new_token()
+            try:
+                result = self.etcd.txn(
+                    [Compare.absent(key), Compare.absent(unless)],
+                    [Op.get(intent_key), Op.put(key, token, lease), Op.put(intent_key, f"{token} {intent}"),
+                     Op.get(keys.placement(storage_id))],
+                    [Op.get(unless), Op.get(key)],
+                )
+            except BaseException:
+                self.forget(token)
+                raise
             if result.succeeded:
                 left, found = result.reads
                 return Held(token, lease, found[0] if found else None, left[0].text if left else None)
+            self.forget(token)
             if time.monotonic() >= deadline:
                 blocker, holder = result.reads
                 if blocker:
@@ -98,7 +134,29 @@ class RepoLocks:
 
     def release(self, storage_id: str, token: str) -> None:
         key = keys.lock(storage_id)
-        self.etcd.txn([Compare.value_is(key, token)], [Op.delete(key)])
+        try:
+            self.etcd.txn([Compare.value_is(key, token)], [Op.delete(key)])
+        finally:
+            self.forget(token)
+
+    def drop_orphans(self) -> int:
+        """Delete the locks under this node's name and current lease that no work here holds."""
+        lease = self.lease()
+        with self._mine_lock:
+            mine = set(self._mine)
+        dropped = 0
+        for kv in self.etcd.get_prefix(keys.LOCKS):
+            if kv.lease != lease or not kv.text.startswith(f"{self.holder}/") or kv.text in mine:
+                continue
+            with self._mine_lock:
+                if kv.text in self._mine:
+                    continue  # taken just now: the token was noted before its transaction
+            if self.etcd.txn([Compare.value_is(kv.key, kv.text)], [Op.delete(kv.key)]).succeeded:
+                log.warning("cluster: released the lock of %s that no work on this node held (%s): a transaction "
+                            "that seemed to fail was applied, or a release did not get through",
+                            keys.tail(kv.key, keys.LOCKS), kv.text)
+                dropped += 1
+        return dropped
 
     @contextlib.contextmanager
     def held(self, storage_id: str, timeout: float = 30.0) -> Iterator[str]:

@@ -23,11 +23,16 @@ log = logging.getLogger("bulwark.cluster")
 
 
 class Membership:
-    def __init__(self, etcd: Etcd, name: str, beat: Callable[[], NodeBeat], *, ttl: int = 3) -> None:
+    def __init__(self, etcd: Etcd, name: str, beat: Callable[[], NodeBeat], *, ttl: int = 3,
+                 take_over: Callable[[NodeBeat], bool] | None = None) -> None:
         self.etcd = etcd
         self.name = name
         self.beat = beat
         self.ttl = ttl
+        # Whether the session published under this node's name belongs to a process of this node
+        # that surely no longer runs (ClusterRuntime: same URL, and nothing listens on its port).
+        self.take_over = take_over
+        self._first = True
         self._lease = 0
         self._last_ok = 0.0  # monotonic time of the last successful renewal
         # Until when the lease surely holds: measured from when the renewal was *sent*, since
@@ -108,10 +113,25 @@ class Membership:
                 self.etcd.put(keys.alive(self.name), self.beat().to_json(), lease=self._lease)
             return
         # No lease, or it expired while we could not reach etcd: start a new session.
+        if self._first:
+            self._end_previous()
         lease = self.etcd.grant(self.ttl)
         self.etcd.put(keys.alive(self.name), self.beat().to_json(), lease=lease)
         if self._lease:
             log.warning("cluster: etcd session re-established with a new lease")
         self._lease = lease
+        self._first = False
         self._last_ok = time.monotonic()
         self._valid_until = sent + self.ttl
+
+    def _end_previous(self) -> None:
+        """Revoke the session a killed process of this node left behind.
+
+        It would live on until its TTL ran out, and with it the repository locks its pushes held
+        (so every push to those repositories, and every follower holding their prepared ref
+        updates, would wait), and the reconciler's seat if it had it."""
+        kv = self.etcd.get(keys.alive(self.name))
+        if kv is None or not kv.lease or self.take_over is None or not self.take_over(NodeBeat.from_kv(kv)):
+            return
+        self.etcd.revoke(kv.lease)
+        log.warning("cluster: revoked the etcd session an earlier process of this node left (lease %x)", kv.lease)

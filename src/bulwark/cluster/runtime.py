@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import threading
 import time
 
@@ -53,7 +54,7 @@ class ClusterRuntime:
         self.data_dir = settings.data_dir
         self.git = git
         self.started_at = time.time()
-        self.membership = Membership(etcd, name, self._beat, ttl=settings.lease_ttl)
+        self.membership = Membership(etcd, name, self._beat, ttl=settings.lease_ttl, take_over=self._was_mine)
         self.locks = RepoLocks(etcd, self.membership.lease, holder=name)
         self.peers = PeerClient(secret, name)
         self.transactions = Transactions(git, leader_alive=self.node_alive_at, lock_holds=self.locks.holds)
@@ -176,6 +177,12 @@ class ClusterRuntime:
             used = total = 0
         return NodeBeat(self.name, self.url, self.started_at, disk_used=used, disk_total=total)
 
+    def _was_mine(self, beat: NodeBeat) -> bool:
+        """Whether a session under this node's name is an earlier process's, dead now: it gave this
+        node's URL, started before this process, and nothing listens on this node's port."""
+        return beat.url == self.url and beat.started_at < self.started_at and port_is_free(self.settings.host,
+                                                                                           self.settings.port)
+
     def start(self) -> None:
         try:
             self.membership.join()
@@ -209,3 +216,15 @@ class ClusterRuntime:
 
     def set_maintenance(self, message: str | None) -> None:
         state.set_flag(self.etcd, keys.maintenance(self.name), message)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether no process listens on ``host:port`` (a bind that would succeed, then let go)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True

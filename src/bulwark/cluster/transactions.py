@@ -141,7 +141,7 @@ class Transactions:
         if txn in self._early_aborts:
             await self.abort(txn)
             raise Conflict(f"transaction {txn} was aborted by its leader while it was being prepared")
-        if leader is not None and self.leader_alive is not None:
+        if (leader is not None and self.leader_alive is not None) or (token is not None and self.lock_holds):
             self._background(self._watch_leader(txn, leader))
         return vote_of(lines)
 
@@ -198,20 +198,32 @@ class Transactions:
         self._background_tasks.add(task)
         task.add_done_callback(self._background_tasks.discard)
 
-    async def _watch_leader(self, txn: str, leader: str) -> None:
-        assert self.leader_alive is not None
+    async def _watch_leader(self, txn: str, leader: str | None) -> None:
+        """Abort a prepared update once its leader is gone: its node lost its etcd session, or its
+        lock token is no longer the repository's lock. The second covers a leader killed and started
+        again within the lease's TTL: its node is alive under the same name, but the push died with
+        the old process and its lock with the old lease."""
         while True:
             await asyncio.sleep(self.check_every)
-            if txn not in self._prepared:
+            prepared = self._prepared.get(txn)
+            if prepared is None:
                 return
             try:
-                alive = await anyio.to_thread.run_sync(self.leader_alive, leader)
+                gone = await anyio.to_thread.run_sync(self._leader_gone, prepared, leader)
             except BulwarkError:
                 continue  # etcd unreachable: cannot tell, and the expiry still bounds the wait
-            if not alive:
-                log.warning("aborting transaction %s: its leader %s lost its cluster session", txn, leader)
+            if gone:
+                log.warning("aborting transaction %s: %s", txn, gone)
                 await self.abort(txn)
                 return
+
+    def _leader_gone(self, prepared: _Prepared, leader: str | None) -> str | None:
+        if leader is not None and self.leader_alive is not None and not self.leader_alive(leader):
+            return f"its leader {leader} lost its cluster session"
+        if prepared.token is not None and self.lock_holds is not None \
+                and not self.lock_holds(prepared.storage_id, prepared.token):
+            return "its leader no longer holds the repository lock"
+        return None
 
     async def thin_pack(self, storage_id: str, wanted: Sequence[str]) -> bytes | None:
         """The objects a replica with this node's current refs lacks for ``wanted``, as a thin pack;

@@ -21,7 +21,8 @@ class Loop(Protocol):
 
 
 class IntentSweeper:
-    """On the elected reconciler's node, every cycle: settle pushes whose leader died mid-way."""
+    """Every cycle: on every node, release the locks it orphaned (cluster/locks.py); on the elected
+    reconciler's node, settle pushes whose leader died mid-way."""
 
     def __init__(self, node: Node, interval: float) -> None:
         self.node = node
@@ -33,7 +34,10 @@ class IntentSweeper:
     def run_once(self) -> str:
         rt = self.node.cluster
         assert rt is not None
-        if rt.fenced_reason() or rt.snapshot().reconciler != rt.name:
+        if rt.fenced_reason():
+            return "not the reconciler"
+        rt.locks.drop_orphans()
+        if rt.snapshot().reconciler != rt.name:
             return "not the reconciler"
         return intents.sweep(rt.etcd, rt.locks, rt.checksum_of)
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -17,6 +19,10 @@ from bulwark.monitoring.running import Liveness, ServerRecord
 from bulwark.node import Node
 
 log = logging.getLogger("bulwark")
+
+# How long a cluster node drains by default: HAProxy's template checks every 0.5 s and takes a
+# node out after 2 failures, so 2 s leaves a check to spare.
+CLUSTER_DRAIN = 2.0
 
 
 class RecordingServer(uvicorn.Server):
@@ -48,6 +54,34 @@ class RecordingServer(uvicorn.Server):
                       "server not running", self.record.listen, self.data_dir, exc)
             self.record = None
         # Nothing logged when it works: uvicorn has just said where it runs, and its pid.
+
+    @property
+    def drain(self) -> float:
+        chosen = self.node.settings.shutdown_drain
+        if chosen is not None:
+            return chosen
+        return CLUSTER_DRAIN if self.node.cluster is not None else 0.0
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """SIGTERM or SIGINT: first drain (``/status`` answers 503 while every request is still served),
+        then stop as uvicorn does: no new connections, the requests under way finish. A second signal
+        stops at once. The signal is not raised again afterwards, so ``bulwark serve`` cleans up (a
+        cluster node ends its etcd session, and the others see it gone at once) and exits 0."""
+        if self.node.stopping or self.should_exit or self.drain <= 0:
+            self.node.stopping = True
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
+            return
+        self.node.stopping = True
+        log.info("bulwark stopping: draining for %gs (/status answers 503), then finishing the requests under way",
+                 self.drain)
+        timer = threading.Timer(self.drain, self._drained)
+        timer.daemon = True
+        timer.start()
+
+    def _drained(self) -> None:
+        self.should_exit = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # uvicorn shuts down only after its main loop ended normally (a signal, or should_exit), and

@@ -28,7 +28,8 @@ async def status(request: Request) -> JSONResponse:
     a former primary reads them from its peers to learn that it was superseded, and a primary checks
     that the replica registering with it answers at the URL it gave."""
     node: Node = request.app.state.node
-    ok, reason = await run_in_threadpool(node.healthy)
+    # /status/fallback: the check of the balancer's last-resort backend (see Node.healthy).
+    ok, reason = await run_in_threadpool(lambda: node.healthy(strict=request.url.path != "/status/fallback"))
     body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "role": node.role.value}
     if node.cluster is not None:
         body.update(epoch=0, fenced=node.cluster.fenced_reason() is not None)
@@ -71,6 +72,7 @@ def _from_this_machine(request: Request, node: Node) -> bool:
 
 routes = [
     Route("/status", status, methods=["GET", "HEAD"]),
+    Route("/status/fallback", status, methods=["GET", "HEAD"]),
     Route("/status/node", own_node, methods=["GET"]),
     Route("/status/replication", manage.replica_health, methods=["GET", "HEAD"]),
 ]
