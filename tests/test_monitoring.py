@@ -61,6 +61,24 @@ def test_metrics_count_git_and_http_without_naming_repositories(server: Server, 
     assert m.value("bulwark_check_level", check="role") == 1
 
 
+def test_metrics_count_what_the_limits_turned_away(server: Server) -> None:
+    """Wrong passwords, throttled sign-ins and refused or timed-out connections, on a real server."""
+    server.create_user("carol")
+    for _ in range(8):  # 5 free failures, then the throttle answers 429 unchecked
+        httpx.get(f"{server.url}/api/v3/user", auth=("carol", "wrong password"))
+    import socket
+
+    with socket.create_connection((server.host, server.port)) as idle:
+        idle.sendall(b"GET /status HTTP/1.1\r\n")  # headers never finished
+        m = scrape(server.url)
+        assert m.value("bulwark_connections_open") is not None and m.value("bulwark_connections_open") >= 2
+    m = scrape(server.url)
+    assert m.value("bulwark_sign_in_failures_total") >= 5  # type: ignore[operator]
+    assert m.value("bulwark_sign_in_throttled_total") >= 1  # type: ignore[operator]
+    assert m.value("bulwark_connections_refused_total") == 0
+    assert m.value("bulwark_connections_header_timeouts_total") == 0
+
+
 def test_metrics_need_a_site_admin_token_unless_local(server: Server) -> None:
     alice = server.create_user("alice")
     proxied = {"X-Forwarded-For": "203.0.113.9"}  # came through a proxy: not local any more

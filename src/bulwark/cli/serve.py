@@ -59,7 +59,7 @@ def serve(
         trusted=settings.trusted_proxies,
     )
     config_ = uvicorn.Config(
-        create_app(node),
+        create_app(node, guard),
         host=settings.host,
         port=settings.port,
         log_config=None,

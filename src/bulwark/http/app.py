@@ -10,15 +10,18 @@ from bulwark.http import api, backup, internal, manage, metrics, pages, smart, s
 from bulwark.http.accesslog import AccessLog
 from bulwark.http.errors import HANDLERS
 from bulwark.http.gitslots import GitSlots, Limits
+from bulwark.http.server import Guard, stats
 from bulwark.monitoring.gather import NodeMonitor
-from bulwark.monitoring.metrics import Metrics, NodeCollector, RefCacheCollector
+from bulwark.monitoring.metrics import LimitsCollector, Metrics, NodeCollector, RefCacheCollector
 from bulwark.node import Node
 
 
-def create_app(node: Node) -> Starlette:
+def create_app(node: Node, guard: Guard | None = None) -> Starlette:
+    """``guard``: the connection limits of the server that runs the app, for its metrics."""
     # Monitoring: this app's own metrics registry, fed by the access log and the git sessions.
     monitor = NodeMonitor(node)
-    app_metrics = Metrics([NodeCollector(monitor), RefCacheCollector(node.git.adverts)])
+    limits = LimitsCollector(node.accounts.throttle.counts, (lambda: stats(guard)) if guard is not None else None)
+    app_metrics = Metrics([NodeCollector(monitor), RefCacheCollector(node.git.adverts), limits])
     routes: list[BaseRoute] = [
         *status.routes,
         *metrics.routes,

@@ -11,7 +11,7 @@ import enum
 import logging
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -211,6 +211,33 @@ class RefCacheCollector:
                                   "(first time, refs changed, or nothing kept).", value=stats.misses)
         yield _gauge("bulwark_ref_cache_entries", "Ref advertisements kept in memory.", stats.entries)
         yield _gauge("bulwark_ref_cache_bytes", "Bytes of ref advertisements kept in memory.", stats.bytes)
+
+
+class LimitsCollector:
+    """What the limits on hostile clients turned away: sign-ins the throttle refused (and the wrong
+    passwords it counted), and connections the server's guard refused or timed out (http/server.py).
+    Both are read through callables so this module needs neither the accounts nor the server."""
+
+    def __init__(self, sign_ins: Callable[[], Mapping[str, int]],
+                 connections: Callable[[], Mapping[str, int]] | None = None) -> None:
+        self.sign_ins = sign_ins
+        self.connections = connections
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.sign_ins()
+        yield CounterMetricFamily("bulwark_sign_in_failures", "Sign-ins with a wrong password (HTTP Basic and "
+                                  "pages), counted by the throttle.", value=counts.get("failed", 0))
+        yield CounterMetricFamily("bulwark_sign_in_throttled", "Sign-ins refused unchecked because their login "
+                                  "or address failed too often lately.", value=counts.get("refused", 0))
+        if self.connections is None:
+            return
+        conns = self.connections()
+        yield _gauge("bulwark_connections_open", "Client connections open on this node.", conns.get("open", 0))
+        yield CounterMetricFamily("bulwark_connections_refused", "Connections closed at once: the node's or "
+                                  "one address's connection limit was reached.", value=conns.get("refused", 0))
+        yield CounterMetricFamily("bulwark_connections_header_timeouts", "Connections closed with 408: the "
+                                  "request's headers did not arrive within header_timeout.",
+                                  value=conns.get("timed_out", 0))
 
 
 def _gauge(name: str, doc: str, value: float | None = None, labels: Iterable[str] = ()) -> GaugeMetricFamily:
