@@ -60,7 +60,6 @@ def test_ha_failover_and_replica_restart(tmp_path: Path) -> None:
 # partition, HAProxy with no node while etcd elects a leader, 502s around a node's graceful restart),
 # each with a reproduction in chaos/README.md and docs/ROADMAP.md. It runs, and reports XPASS once they
 # are fixed; then this mark goes.
-@pytest.mark.xfail(reason="open cluster fault bugs found by this campaign (docs/ROADMAP.md, Faults)", strict=False)
 def test_cluster_every_fault(tmp_path: Path) -> None:
     result = campaign(Mode.CLUSTER, 2, tmp_path)
     assert len(result.plan) == 2 * (6 - len(result.skipped))

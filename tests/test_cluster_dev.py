@@ -109,7 +109,7 @@ def test_generated_haproxy_config_is_valid_with_the_health_checks(tmp_path: Path
 
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     for expected in ("option httpchk GET /status", "http-check expect status 200", "balance roundrobin",
-                     "default-server inter 500ms fall 2 rise 2", "retry-on conn-failure", "retries 3",
+                     "default-server inter 500ms fall 2 rise 2", "retry-on conn-failure empty-response", "retries 3",
                      "option redispatch", 'bind "127.0.0.1:9000"'):
         assert expected in lines
     # Every node twice: in the backend checked with /status, and in the fallback used when none passes.
@@ -118,6 +118,8 @@ def test_generated_haproxy_config_is_valid_with_the_health_checks(tmp_path: Path
     ]
     assert "use_backend bulwark_fallback if { nbsrv(bulwark_nodes) eq 0 }" in lines
     assert "option httpchk GET /status/fallback" in lines
+    # Reads are retried on another node after an empty answer; pushes and API writes never are.
+    assert lines.count("http-request disable-l7-retry if !METH_GET !{ path_end /git-upload-pack }") == 2
 
 
 def test_example_haproxy_config_is_the_generated_template() -> None:
