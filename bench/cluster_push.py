@@ -2,14 +2,18 @@
 
 Each round pushes one small commit to a standalone node, to a cluster node that holds a
 replica (it leads the push), and through the cluster's load balancer; the three are
-alternated so that the machine's load affects them alike. Prints medians, spreads and the
-ratios cluster / standalone.
+alternated so that the machine's load affects them alike. Then one follower's node is hung
+(SIGSTOP, as a frozen machine) and as many pushes go to the leading node: with a majority
+answering, a push should not wait for the hung replica. Prints medians, spreads, the longest
+push while the follower hangs and the ratios cluster / standalone.
 
 Run: .venv/bin/python bench/cluster_push.py [ROUNDS]   (starts its own processes on loopback)
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -29,6 +33,7 @@ from helpers import Server
 STANDALONE = "standalone"
 CLUSTER_NODE = "cluster node"
 CLUSTER_LB = "cluster via HAProxy"
+CLUSTER_HUNG = "cluster node, a follower hung"
 
 
 def timed_push(work: Path, url: str) -> float:
@@ -63,6 +68,15 @@ def measure(rounds: int, root: Path) -> dict[str, list[float]]:
                 if url != s_url:
                     git("pull", "-q", "--rebase", url, "main", cwd=work)
                 times[name].append(timed_push(work, url))
+        work, url = works[CLUSTER_NODE]
+        git("pull", "-q", "--rebase", url, "main", cwd=work)
+        process = cluster.node("node3").process
+        assert process is not None
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            times[CLUSTER_HUNG] = [timed_push(work, url) for _ in range(rounds)]
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
         return times
     finally:
         cluster.stop()
@@ -75,8 +89,10 @@ def main(rounds: int) -> None:
     for name, values in times.items():
         s = Summary.of(values)
         print(f"{name:<28} median {s.median * 1000:6.1f} ms  (IQR {s.q1 * 1000:.1f}-{s.q3 * 1000:.1f})")
+    print(f"longest push while a follower hangs: {max(times[CLUSTER_HUNG]) * 1000:.0f} ms "
+          f"(the first: {times[CLUSTER_HUNG][0] * 1000:.0f} ms)")
     base = statistics.median(times[STANDALONE])
-    for name in (CLUSTER_NODE, CLUSTER_LB):
+    for name in (CLUSTER_NODE, CLUSTER_LB, CLUSTER_HUNG):
         print(f"ratio {name} / standalone: {statistics.median(times[name]) / base:.2f}")
 
 

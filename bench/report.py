@@ -130,6 +130,11 @@ def modes_table(results: dict[str, Any]) -> list[str]:
             lines.append(f"| push latency, 3-node {name} / standalone ({cp['rounds']} rounds) | "
                          f"**{c['ratio']:.2f}** ({c['summary']['median'] * 1000:.0f} ms vs {base * 1000:.0f} ms; "
                          f"per-round IQR {c['ratio_rounds']['q1']:.2f}-{c['ratio_rounds']['q3']:.2f}) |")
+        hung = cp.get("cluster node, a follower hung")
+        if hung:
+            lines.append(f"| push to a cluster node while a follower's node hangs (SIGSTOP), longest of "
+                         f"{cp['rounds']} | {hung['summary']['max'] * 1000:.0f} ms (median "
+                         f"{hung['summary']['median'] * 1000:.0f} ms; the first {hung['raw'][0] * 1000:.0f} ms) |")
     fo = results.get("failover")
     if fo and "error" not in fo:
         rounds = fo["rounds"]

@@ -63,12 +63,17 @@ def test_setup_calls_the_replica_back_and_a_replica_answers_admin_gets(tmp_path:
         primary.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="GET /manage/v1/maintenance (http/backup.py) still checks for a writable node")
 def test_the_maintenance_get_answers_on_a_replica(tmp_path: Path) -> None:
     with ha_pair(tmp_path) as (_primary, replica):
         wait_for(lambda: httpx.get(f"{replica.url}/status").json()["role"] == "ha-replica", what="a replica")
-        r = httpx.get(f"{replica.url}/manage/v1/maintenance", headers={"Authorization": f"token {replica.token}"})
+        headers = {"Authorization": f"token {replica.token}"}
+        r = httpx.get(f"{replica.url}/manage/v1/maintenance", headers=headers)
         assert r.status_code == 200, r.text
+        assert r.json()["enabled"] is False
+        # Turning it on is a write, and a replica refuses writes.
+        r = httpx.post(f"{replica.url}/manage/v1/maintenance", headers=headers, json={"message": "x"})
+        assert r.status_code == 503, r.text
+        assert "read-only replica" in r.json()["message"], r.text
 
 
 def test_a_replica_sees_its_primary_die_and_a_primary_its_replica_vanish(tmp_path: Path) -> None:

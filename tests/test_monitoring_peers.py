@@ -30,12 +30,10 @@ from bulwark.monitoring.checks import Thresholds as Limits
 from bulwark.monitoring.facts import ReplicationFacts, ServerFacts, ServerState, facts_from_json, facts_to_json
 from bulwark.monitoring.metrics import node_metrics
 from bulwark.monitoring.probe import Answer, server_state
-from bulwark.monitoring.rules import RULES, rule_file
 from bulwark.monitoring.running import Liveness
 from bulwark.node import NodeRole
 from bulwark.store.sqlite import SQLiteStore
-from monitoring_helpers import REPLICA_REPORT, ensure_tool, facts, machine
-from test_monitoring_rules import METRIC_NAME, exported_names
+from monitoring_helpers import REPLICA_REPORT, facts, machine
 
 from helpers import FakeClock
 
@@ -299,56 +297,3 @@ def test_peer_metrics() -> None:
     by_label = {(s.name, tuple(s.labels.values())): s.value for f in node_metrics(primary, ()) for s in f.samples}
     assert by_label[("bulwark_ha_replica_reachable", ("r1",))] == 0
     assert ("bulwark_ha_replica_reachable", ("r2",)) not in by_label  # unknown is no series, not a 0
-
-
-PRIMARY_DOWN_ANNOTATIONS = {
-    "summary": "Replica replica:8080 has lost its primary",
-    "description": RULES[0]["annotations"]["description"],
-}
-REPLICA_UNREACHABLE_ANNOTATIONS = {
-    "summary": "Primary primary:8080 cannot reach replica r1",
-    "description": RULES[1]["annotations"]["description"],
-}
-
-RULE_TESTS: dict[str, Any] = {
-    "rule_files": ["peer-rules.yml"],
-    "evaluation_interval": "15s",
-    "tests": [
-        {   # The primary answers for a minute, then the replica reports it down: the alert fires at once.
-            "interval": "15s",
-            "input_series": [{"series": 'bulwark_ha_primary_up{job="bulwark", instance="replica:8080"}',
-                              "values": "1x3 0x3"}],
-            "alert_rule_test": [
-                {"eval_time": "30s", "alertname": "BulwarkPrimaryDown", "exp_alerts": []},
-                {"eval_time": "60s", "alertname": "BulwarkPrimaryDown", "exp_alerts": [{
-                    "exp_labels": {"severity": "critical", "job": "bulwark", "instance": "replica:8080"},
-                    "exp_annotations": PRIMARY_DOWN_ANNOTATIONS}]},
-            ],
-        },
-        {   # A replica unreachable for 30 s is a blip; for a minute, a warning.
-            "interval": "15s",
-            "input_series": [{"series": 'bulwark_ha_replica_reachable{job="bulwark", instance="primary:8080", '
-                                        'replica="r1"}',
-                              "values": "1 0 0 1 0x6"}],
-            "alert_rule_test": [
-                {"eval_time": "45s", "alertname": "BulwarkReplicaUnreachable", "exp_alerts": []},
-                {"eval_time": "105s", "alertname": "BulwarkReplicaUnreachable", "exp_alerts": []},
-                {"eval_time": "120s", "alertname": "BulwarkReplicaUnreachable", "exp_alerts": [{
-                    "exp_labels": {"severity": "warning", "job": "bulwark", "instance": "primary:8080",
-                                   "replica": "r1"},
-                    "exp_annotations": REPLICA_UNREACHABLE_ANNOTATIONS}]},
-            ],
-        },
-    ],
-}
-
-def test_peer_alert_rules_are_valid_fire_as_expected_and_use_exported_metrics(tmp_path: Path) -> None:
-    promtool = ensure_tool("promtool", "prometheus")
-    (tmp_path / "peer-rules.yml").write_text(json.dumps(rule_file(), indent=2))
-    (tmp_path / "peer-rules.test.yml").write_text(json.dumps(RULE_TESTS, indent=2))
-    for args in (["check", "rules", "peer-rules.yml"], ["test", "rules", "peer-rules.test.yml"]):
-        result = subprocess.run([promtool, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stdout + result.stderr
-    used = {name for rule in RULES for name in METRIC_NAME.findall(rule["expr"])}
-    assert used == {"bulwark_ha_primary_up", "bulwark_ha_replica_reachable"}
-    assert used <= exported_names()

@@ -58,7 +58,9 @@ async def maintenance_off(request: Request) -> Response:
 
 
 async def maintenance_get(request: Request) -> Response:
-    node = await _site_admin(request)
+    # Reading the state works on any node (an HA replica, a node in maintenance), like the backup point.
+    await site_admin(request, "maintenance settings")
+    node: Node = request.app.state.node
     state = await call(node.store.get_maintenance)
     return JSONResponse({"enabled": state.enabled, "message": state.message,
                          "since": state.since.isoformat() if state.since else None})
