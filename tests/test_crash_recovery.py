@@ -155,3 +155,61 @@ def test_kill_9_during_pushes_leaves_every_branch_writable(
         push_every_branch(server, work, genv, url, f"round-{round_}")
         fsck_clean(server)
     server.stop()
+
+
+def test_fsck_on_a_node_taking_pushes_reports_no_leftovers_of_live_pushes(
+    setup: tuple[Server, Path, str], genv: dict[str, str], tmp_path: Path
+) -> None:
+    """A push waiting its turn (here at a held backup barrier) holds its ref's lock for as long
+    as it waits; fsck must not call it a dead git's, however old it is."""
+    server, _work, url = setup
+    repo = repo_dir(server)
+    clone = tmp_path / "waiting"
+    git("clone", "-q", "-b", "b1", url, str(clone), env=genv)
+    commit(clone, genv, "waiting", size=200_000)
+    with barrier.held(server.data_dir):
+        push = subprocess.Popen(["git", "push", "-q", "origin", "HEAD:refs/heads/b1"], cwd=clone, env=genv,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lock = repo / "refs" / "heads" / "b1.lock"
+        deadline = time.monotonic() + 60
+        while not lock.exists():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.02)
+        old = time.time() - 60  # as if it had waited a minute
+        os.utime(lock, (old, old))
+        fsck_clean(server)
+    assert push.wait(60) == 0
+    fsck_clean(server)
+    server.stop()
+
+
+def test_fsck_while_pushes_land_does_not_report_them_as_damage(
+    setup: tuple[Server, Path, str], genv: dict[str, str], tmp_path: Path
+) -> None:
+    """git fsck lists objects before it reads refs, so a push landing in between looks like a
+    missing commit; bulwark fsck checks such a repository again."""
+    server, _work, url = setup
+    clone = tmp_path / "busy"
+    git("clone", "-q", "-b", "b2", url, str(clone), env=genv)
+    for n in range(4):  # objects enough that each check takes a while: a wider window
+        commit(clone, genv, f"bulk-{n}", size=4_000_000)
+    git("push", "-q", "origin", "HEAD:refs/heads/b2", cwd=clone, env=genv)
+    stop = threading.Event()
+    pushed = []
+
+    def writer() -> None:
+        while not stop.is_set():
+            commit(clone, genv, f"busy-{len(pushed)}", size=20_000)
+            out = git("push", "-q", "origin", "HEAD:refs/heads/b2", cwd=clone, env=genv, check=False)
+            pushed.append(out.returncode)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(10):
+            fsck_clean(server)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert pushed and all(code == 0 for code in pushed), pushed
+    server.stop()

@@ -211,3 +211,24 @@ def test_the_runner_stops_an_overrunning_git_with_sigterm_first(tmp_path: Path) 
     while not (repo / "stopped").exists():
         assert time.monotonic() < deadline, "git's child never saw a SIGTERM"
         time.sleep(0.05)
+
+
+def test_a_failing_fsck_is_checked_again_from_the_new_tips_only_when_the_refs_moved() -> None:
+    from bulwark.git.runner import FsckResult, steady_fsck
+
+    raced = FsckResult("r", False, "missing commit 7240933")
+    tips = iter([("a1",), ("a1", "b2")])  # a push landed during the check
+    again: list[tuple[str, ...]] = []
+
+    def check_from(heads: tuple[str, ...]) -> FsckResult:
+        again.append(heads)
+        return FsckResult("r", True, "")
+
+    assert steady_fsck(lambda: raced, lambda: next(tips), check_from).ok
+    assert again == [("a1", "b2")]
+
+    damaged = FsckResult("r", False, "missing blob 1234")
+    assert steady_fsck(lambda: damaged, lambda: ("a1",), check_from) is damaged  # refs still: the damage is real
+    assert len(again) == 1
+    ok = FsckResult("r", True, "")
+    assert steady_fsck(lambda: ok, lambda: next(iter([("x",), ("y",)])), check_from) is ok

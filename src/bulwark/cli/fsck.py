@@ -50,6 +50,8 @@ def _check(node: Node, found: RepoAccess, *, clear: bool) -> FsckResult:
     if config_error:
         notes.append(f"the config does not parse: {config_error}")
     left = leftovers.stale(leftovers.listing(path), now=time.time(), grace=leftovers.GRACE)
+    if left and leftovers.owned(path.resolve(), leftovers.live_cwds()):
+        left = []  # a git at work in it owns them (a push waiting its turn); not a dead one's
     if left:
         notes.append(
             f"left by a git process that died: {', '.join(e.path for e, _ in left)} "

@@ -17,7 +17,7 @@ import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -72,6 +72,28 @@ class FsckResult:
     storage_id: str
     ok: bool
     output: str
+
+
+# More tips than fit on one command line are not checked again from a list (see steady_fsck).
+FSCK_MAX_HEADS = 10_000
+
+
+def steady_fsck(check: Callable[[], FsckResult], heads: Callable[[], tuple[str, ...] | None],
+                check_from: Callable[[tuple[str, ...]], FsckResult]) -> FsckResult:
+    """``check()``; if it failed while the refs (``heads()``, their tips) moved, the verdict is
+    ``check_from(tips)``: tips named before git lists the objects, so a push that lands during
+    that check cannot look like a missing commit (git fsck lists objects, then reads refs)."""
+    before = heads()
+    result = check()
+    if result.ok:
+        return result
+    after = heads()
+    if after is None or after == before:
+        return result
+    if len(after) > FSCK_MAX_HEADS:
+        note = "(the refs changed while git fsck ran: pushes were coming in; run it again later)"
+        return FsckResult(result.storage_id, False, f"{result.output}\n{note}".strip())
+    return check_from(after)
 
 
 _LOG_FORMAT = "%H%x00%T%x00%P%x00%an%x00%ae%x00%aI%x00%cn%x00%ce%x00%cI%x00%B%x1e"
@@ -337,11 +359,26 @@ class GitRunner:
             self.refs_changed(storage_id)
 
     def fsck(self, storage_id: str) -> FsckResult:
+        """``git fsck --strict``, on a repository that may be taking pushes meanwhile.
+
+        git fsck lists the objects before it reads the refs, so a push that lands in between
+        looks like a missing commit: a failure while the refs moved is checked again.
+        """
         if not self.path(storage_id).is_dir():
             return FsckResult(storage_id, False, "repository directory is missing")
-        proc = self._in(storage_id, ["fsck", "--no-progress", "--strict"], check=False, timeout=3600)
-        output = (proc.stdout + proc.stderr).decode(errors="replace").strip()
-        return FsckResult(storage_id, proc.returncode == 0, output)
+
+        def check(*tips: str) -> FsckResult:
+            args = ["fsck", "--no-progress", "--strict", *tips]
+            proc = self._in(storage_id, args, check=False, timeout=3600)
+            output = (proc.stdout + proc.stderr).decode(errors="replace").strip()
+            return FsckResult(storage_id, proc.returncode == 0, output)
+
+        def heads() -> tuple[str, ...] | None:
+            with contextlib.suppress(GitError, NotFound):
+                return tuple(sorted({ref.oid for ref in self.refs(storage_id)}))
+            return None
+
+        return steady_fsck(check, heads, lambda tips: check(*tips))
 
     def disk_usage(self, storage_id: str) -> int:
         total = 0
