@@ -6,8 +6,9 @@ LISTEN ?= 127.0.0.1:8080
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 CHAOS_ARGS ?=
+FUZZ_EXAMPLES ?= 5000
 
-.PHONY: serve cluster test lint typecheck unit system-deps clean bench chaos
+.PHONY: serve cluster test lint typecheck unit system-deps clean bench chaos fuzz
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +48,12 @@ bench: $(VENV)/.bench-installed
 chaos: $(VENV)/.bench-installed
 	@scripts/system-deps.sh git etcd-server haproxy iproute2
 	$(VENV)/bin/python -m chaos $(CHAOS_ARGS)
+
+## Longer property-based fuzzing of the git and API routes of a real node (the suite runs 150
+## examples of each); FUZZ_EXAMPLES=N sets how many.
+fuzz: $(VENV)/.installed
+	@scripts/system-deps.sh git
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_fuzz_git.py tests/test_fuzz_api.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests

@@ -33,11 +33,13 @@ class Settings(BaseModel):
     max_push_bytes: int = Field(default=4 * 1024**3, gt=0)
     # Seconds a client may stay silent while sending a request body.
     body_idle_timeout: float = Field(default=120.0, gt=0)
-    # Git processes serving requests at once on this node, and for one client (its login, or
-    # its address if anonymous); a request waits up to git_slot_wait seconds for a free one.
     # Addresses (or networks) of load balancers whose X-Forwarded-For names the real client, for
     # the per-client limits; empty: the connection's own address is the client.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # API and page requests one client address may make: api_burst at once, refilled at api_rate
+    # a second (0: no limit). Git, health checks, metrics and node-to-node calls are not counted.
+    api_rate: float = Field(default=100.0, ge=0)
+    api_burst: int = Field(default=1000, gt=0)
     # Seconds a client has to send a request's headers; connections a node holds in all and
     # from one address (trusted proxies excepted).
     header_timeout: float = Field(default=20.0, gt=0)
@@ -46,6 +48,8 @@ class Settings(BaseModel):
     shutdown_drain: float | None = Field(default=None, ge=0, le=300)
     max_connections: int = Field(default=4096, gt=0)
     max_connections_per_address: int = Field(default=256, gt=0)
+    # Git processes serving requests at once on this node, and for one client (its login, or
+    # its address if anonymous); a request waits up to git_slot_wait seconds for a free one.
     max_git_processes: int = Field(default=64, gt=0)
     max_git_per_client: int = Field(default=16, gt=0)
     git_slot_wait: float = Field(default=10.0, ge=0)

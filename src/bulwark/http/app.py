@@ -10,6 +10,7 @@ from bulwark.http import api, backup, internal, manage, metrics, pages, smart, s
 from bulwark.http.accesslog import AccessLog
 from bulwark.http.errors import HANDLERS
 from bulwark.http.gitslots import GitSlots, Limits
+from bulwark.http.ratelimit import RateLimit, RateLimiter
 from bulwark.http.server import Guard, stats
 from bulwark.monitoring.gather import NodeMonitor
 from bulwark.monitoring.metrics import LimitsCollector, Metrics, NodeCollector, RefCacheCollector
@@ -20,7 +21,10 @@ def create_app(node: Node, guard: Guard | None = None) -> Starlette:
     """``guard``: the connection limits of the server that runs the app, for its metrics."""
     # Monitoring: this app's own metrics registry, fed by the access log and the git sessions.
     monitor = NodeMonitor(node)
-    limits = LimitsCollector(node.accounts.throttle.counts, (lambda: stats(guard)) if guard is not None else None)
+    settings = node.settings
+    limiter = RateLimiter(settings.api_rate, settings.api_burst) if settings.api_rate > 0 else None
+    limits = LimitsCollector(node.accounts.throttle.counts, (lambda: stats(guard)) if guard is not None else None,
+                             limiter.counts if limiter is not None else None)
     app_metrics = Metrics([NodeCollector(monitor), RefCacheCollector(node.git.adverts), limits])
     routes: list[BaseRoute] = [
         *status.routes,
@@ -36,12 +40,14 @@ def create_app(node: Node, guard: Guard | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         exception_handlers=HANDLERS,
-        middleware=[Middleware(AccessLog, enabled=node.settings.access_log, metrics=app_metrics)],
+        middleware=[
+            Middleware(AccessLog, enabled=settings.access_log, metrics=app_metrics),
+            Middleware(RateLimit, limiter=limiter, trusted_proxies=settings.trusted_proxies),
+        ],
     )
     app.state.node = node
     app.state.monitor = monitor
     app.state.metrics = app_metrics
-    settings = node.settings
     app.state.git_slots = GitSlots(Limits(
         total=settings.max_git_processes, per_client=settings.max_git_per_client, wait=settings.git_slot_wait,
     ))

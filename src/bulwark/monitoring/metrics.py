@@ -214,16 +214,23 @@ class RefCacheCollector:
 
 
 class LimitsCollector:
-    """What the limits on hostile clients turned away: sign-ins the throttle refused (and the wrong
-    passwords it counted), and connections the server's guard refused or timed out (http/server.py).
-    Both are read through callables so this module needs neither the accounts nor the server."""
+    """What the limits on hostile clients turned away: requests over the rate limit, sign-ins the
+    throttle refused (and the wrong passwords it counted), and connections the server's guard refused
+    or timed out (http/server.py). All are read through callables, so this module needs neither the
+    accounts nor the server."""
 
     def __init__(self, sign_ins: Callable[[], Mapping[str, int]],
-                 connections: Callable[[], Mapping[str, int]] | None = None) -> None:
+                 connections: Callable[[], Mapping[str, int]] | None = None,
+                 requests: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.sign_ins = sign_ins
         self.connections = connections
+        self.requests = requests
 
     def collect(self) -> Iterator[Metric]:
+        if self.requests is not None:
+            yield CounterMetricFamily("bulwark_requests_rate_limited", "API and page requests answered 429: their "
+                                      "address went past api_rate (and api_burst).",
+                                      value=self.requests().get("refused", 0))
         counts = self.sign_ins()
         yield CounterMetricFamily("bulwark_sign_in_failures", "Sign-ins with a wrong password (HTTP Basic and "
                                   "pages), counted by the throttle.", value=counts.get("failed", 0))
