@@ -6,8 +6,9 @@ fenced, and a push sent straight to it must be refused), and is made the new pri
 with ``bulwark repl setup --yes``. The two nodes swap roles at every such round.
 
 Replication is asynchronous, so pushes acknowledged just before the primary died may be
-missing after the promotion (the README says so). Right after the promotion the nemesis
-records which acknowledged pushes the promoted node does not have, and which of those the old
+missing after the promotion (the README says so). The nemesis reads the replica's branches
+just before it promotes it (after that, a writer's next push brings back, as ancestors, commits
+the promoted node lacked), records which acknowledged pushes it did not have, and which of those the old
 primary's change log had recorded at or below the position the replica had reached (those the
 replica claimed to hold: their loss is not the documented one).
 """
@@ -123,13 +124,16 @@ class HASystem(System):
             self._kill(old)
         events = old_events(self.servers[old].data_dir / "metadata.db")
         self.hold(planned)  # the administrator's reaction time
+        # What the replica holds as it is promoted: read now, since once promoted it takes the
+        # writers' next pushes, which carry any commit it lacked as an ancestor.
+        had = {repo: self.heads(new, repo) for repo in self.repo_names}
         promoted = repl(self.servers[new], "promote")
         got.detail["promote"] = (promoted.stdout + promoted.stderr).strip()[-600:]
         if promoted.returncode != 0:
             raise RuntimeError(f"repl promote failed: {got.detail['promote']}")
         got.detail["back_at"] = self.clock.now()
         self.primary, self.replica = new, old
-        self._note_unreplicated(got, killed, events)
+        self._note_unreplicated(got, killed, events, had)
         # The old primary, started again as it was, must come back fenced and refuse writes.
         self.servers[old].start()
         got.detail["old_primary_status"] = httpx.get(f"{self.servers[old].url}/status", timeout=5).status_code
@@ -140,9 +144,11 @@ class HASystem(System):
         got.detail["setup"] = setup.stdout.strip()[-300:]
         self.measure_heal(got, self.catching_up(), old)
 
-    def _note_unreplicated(self, got: Injected, killed: float, events: list[tuple[int, str, str, str]]) -> None:
-        """The acknowledged pushes begun before the kill that the promoted node lacks, and which of them the
-        replica's position covered (the old primary had logged them at or below it)."""
+    def _note_unreplicated(self, got: Injected, killed: float, events: list[tuple[int, str, str, str]],
+                           have: dict[str, dict[str, str]]) -> None:
+        """The acknowledged pushes begun before the kill that the promoted node lacked (``have``: its
+        branches as it was promoted), and which of them the replica's position covered (the old
+        primary had logged them at or below it)."""
         assert self.load is not None
         ops = self.load.history.ops
         graph = self.load.graph()
@@ -152,7 +158,6 @@ class HASystem(System):
             ids = {r.storage_id: r.name for r in store.list_repos()}
         finally:
             store.close()
-        have = {repo: self.heads(self.primary, repo) for repo in self.repo_names}
         logged = {(ids.get(sid, sid), ref.removeprefix("refs/heads/"), new): seq for seq, sid, ref, new in events}
         unreplicated, claimed = [], []
         for op in ops:

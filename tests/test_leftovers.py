@@ -4,6 +4,7 @@ from a real repository with real git afterwards."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -162,6 +163,18 @@ def test_nothing_is_cleared_while_a_live_process_works_inside(tmp_path: Path) ->
         worker.kill()
         worker.wait()
     assert [p for p, _ in leftovers.clear(repo, label="r", just_started=True).removed] == PLANTED
+
+
+def test_a_listed_leftover_that_its_git_took_away_is_not_present(tmp_path: Path) -> None:
+    repo = bare(tmp_path / "r.git")
+    plant(repo, age=60)
+    listed = {entry.path: entry for entry in leftovers.listing(repo)}
+    assert all(leftovers.present(repo, entry) for entry in listed.values())
+    quarantine = next(p for p in listed if p.startswith("objects/tmp_objdir-"))
+    shutil.rmtree(repo / quarantine)  # the push that owned it ended after the listing
+    assert not leftovers.present(repo, listed[quarantine])
+    (repo / "packed-refs.lock").unlink()
+    assert not leftovers.present(repo, listed["packed-refs.lock"])
 
 
 def test_a_config_that_does_not_parse_is_reported(tmp_path: Path) -> None:

@@ -52,6 +52,8 @@ def _check(node: Node, found: RepoAccess, *, clear: bool) -> FsckResult:
     left = leftovers.stale(leftovers.listing(path), now=time.time(), grace=leftovers.GRACE)
     if left and leftovers.owned(path.resolve(), leftovers.live_cwds()):
         left = []  # a git at work in it owns them (a push waiting its turn); not a dead one's
+    # A push that ended between the listing and the look at the processes took its files along.
+    left = [(entry, kind) for entry, kind in left if leftovers.present(path, entry)]
     if left:
         notes.append(
             f"left by a git process that died: {', '.join(e.path for e, _ in left)} "

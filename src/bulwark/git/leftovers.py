@@ -213,14 +213,20 @@ def clear_all(
                                 git=git if check else None, just_started=just_started, cwds=cwds)
 
 
+def present(repo: Path, entry: Entry) -> bool:
+    """Whether ``entry`` is still there as listed: a git that ended meanwhile took its files with
+    it, and a new file of that name is someone else's."""
+    try:
+        st = (repo / entry.path).lstat()
+    except FileNotFoundError:
+        return False
+    return not entry.inode or st.st_ino == entry.inode
+
+
 def _remove(repo: Path, entry: Entry) -> bool:
     """Remove ``entry`` if it is still the one listed (a new file of that name is someone's)."""
     path = repo / entry.path
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return False
-    if entry.inode and st.st_ino != entry.inode:
+    if not present(repo, entry):
         return False
     try:
         if entry.is_dir:
