@@ -24,6 +24,7 @@ from bulwark.cli.common import (
 from bulwark.ha import setup as ha_setup
 from bulwark.ha import state as ha_state
 from bulwark.ha.client import BASE
+from bulwark.ha.gate import ReplicationGate
 from bulwark.ha.health import Thresholds
 from bulwark.ha.promote import promote as do_promote
 from bulwark.ha.report import replication_report
@@ -173,7 +174,11 @@ def promote(data_dir: DataDirOption = None, config: ConfigOption = None) -> None
         if client is not None:
             client.timeout = 5.0  # a dead primary must not hold up the promotion
         try:
-            report = do_promote(node.store, node.changelog, replicator_for(node, verify_objects=False), client=client)
+            report = do_promote(
+                node.store, node.changelog, replicator_for(node, verify_objects=False), client=client,
+                gate=ReplicationGate(node.settings.data_dir),
+                waiting=lambda: err_console.print("Waiting for the node's replication to stop (a fetch under way)..."),
+            )
         finally:
             if client is not None:
                 client.close()

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +32,8 @@ log = logging.getLogger("bulwark.git")
 ZERO_OID = "0" * 40
 # How long a git process asked to stop (SIGTERM) has to remove its lock files before SIGKILL.
 TERM_GRACE = 5.0
+# How often a git that may be stopped early asks whether to go on (GitRunner.run's stop).
+STOP_POLL = 0.5
 
 
 @dataclass(frozen=True)
@@ -179,9 +182,14 @@ class GitRunner:
         timeout: float = 300,
         secret_config: Mapping[str, str] | None = None,
         extra_env: Mapping[str, str] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run git; ``secret_config`` is passed through the environment, never on the
-        command line, so credentials do not show in the process list."""
+        command line, so credentials do not show in the process list.
+
+        ``stop`` is asked twice a second while git runs; when it says yes, git is stopped
+        (SIGTERM, so it removes its lock files) and :class:`GitError` says so.
+        """
         env = self.env
         if secret_config or extra_env:
             env = {**env, **config_env(secret_config or {}), **(extra_env or {})}
@@ -199,7 +207,7 @@ class GitRunner:
             env=env,
         ) as popen:
             try:
-                stdout, stderr = popen.communicate(input, timeout=timeout)
+                stdout, stderr = _communicate(popen, input, timeout, stop)
             except BaseException:
                 _stop(popen)
                 raise
@@ -421,6 +429,24 @@ def read_ref_files(repo: Path) -> tuple[str, dict[str, str]] | None:
     if not all(_OID.fullmatch(oid) for oid in refs.values()):
         return None
     return head[5:].strip(), refs
+
+
+def _communicate(popen: subprocess.Popen[bytes], input: bytes | None, timeout: float,
+                 stop: Callable[[], bool] | None) -> tuple[bytes, bytes]:
+    if stop is None:
+        return popen.communicate(input, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            # communicate() may be called again after a timeout; only the first call sends input.
+            return popen.communicate(input, timeout=max(0.0, min(STOP_POLL, left)))
+        except subprocess.TimeoutExpired:
+            if left <= STOP_POLL:
+                raise
+            if stop():
+                raise GitError("git was stopped: the work it was doing is no longer wanted") from None
+        input = None
 
 
 def _stop(popen: subprocess.Popen[bytes]) -> None:

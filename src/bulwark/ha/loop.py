@@ -9,6 +9,7 @@ past what every replica has applied.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from bulwark.clock import Clock
 from bulwark.errors import BulwarkError
 from bulwark.ha import state as ha_state
 from bulwark.ha.client import peer_status
+from bulwark.ha.gate import ReplicationGate
 from bulwark.ha.health import FenceDecision, decide_fencing, observe
 from bulwark.ha.replicator import Replicator
 from bulwark.ha.state import HAState, PeerCheck
@@ -107,9 +109,10 @@ class PrimaryDuties:
 
 class HALoop:
     def __init__(self, store: Store, replicator: Replicator, primary: PrimaryDuties,
-                 watch: PrimaryWatch | None = None) -> None:
+                 watch: PrimaryWatch | None = None, gate: ReplicationGate | None = None) -> None:
         self.store = store
         self.replicator = replicator
+        self.gate = gate
         self.primary = primary
         self.watch = watch
         self._stop = threading.Event()
@@ -122,7 +125,10 @@ class HALoop:
         if ha.role == "ha-replica" and not ha.replicating:
             return "replication is stopped", 1.0
         if ha.role == "ha-replica" and not ha.fenced:
-            sentence = self.replicator.run_once()
+            with self.gate.cycle() if self.gate is not None else contextlib.nullcontext(True) as ours:
+                if not ours:
+                    return "replication waits: another process (a promotion) holds this data directory's gate", 1.0
+                sentence = self.replicator.run_once()
             # The replicator paces itself with a long poll; pause only after a failure.
             return sentence, 1.0 if self.replicator.failing else 0.0
         if ha.fenced:

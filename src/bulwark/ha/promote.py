@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from bulwark.errors import BulwarkError, InvalidInput
 from bulwark.ha import state as ha_state
 from bulwark.ha.client import PrimaryClient
+from bulwark.ha.gate import ReplicationGate
 from bulwark.ha.replicator import Replicator
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog
@@ -29,21 +32,36 @@ def promote(
     replicator: Replicator,
     *,
     client: PrimaryClient | None,
+    gate: ReplicationGate | None = None,
+    gate_timeout: float = 60.0,
+    waiting: Callable[[], None] | None = None,
 ) -> PromoteReport:
     """Fence the old primary if reachable, take what it still has, raise the epoch, take writes.
 
     ``client`` talks to the old primary (None if this node has no usable credential).
     Every step that needs the old primary is best-effort: when it is gone the
     promotion still completes, and the report says what may be missing.
+    ``gate``: held from the moment replication is stopped to the end, so no cycle of the
+    serving node's replicator still runs when this node starts taking writes.
     """
     ha = ha_state.load(store)
     if ha.role != "ha-replica":
         raise InvalidInput(f"this node is {ha.role}, not a replica: nothing to promote")
-    steps: list[str] = []
-    new_epoch = ha.epoch + 1
-    # 1. Stop the running replicator from pulling while we work.
+    # 1. Stop the running replicator from pulling while we work, and wait for a cycle under way.
     ha_state.save(store, ha.with_(replicating=False))
-    steps.append("stopped replication")
+    held = gate.exclusive(gate_timeout, waiting=waiting) if gate is not None else contextlib.nullcontext()
+    try:
+        with held:
+            return _promote(store, changelog, replicator, ha, client)
+    except BaseException:
+        ha_state.save(store, ha_state.load(store).with_(replicating=ha.replicating))  # as it was
+        raise
+
+
+def _promote(store: Store, changelog: ChangeLog, replicator: Replicator, ha: ha_state.HAState,
+             client: PrimaryClient | None) -> PromoteReport:
+    steps: list[str] = ["stopped replication"]
+    new_epoch = ha.epoch + 1
 
     # 2. Fence the old primary first, so nothing new lands there while we take the rest.
     fenced, fence_detail = False, "no credential for the old primary"

@@ -69,7 +69,9 @@ class Replicator:
         batch: int = 500,
         reconcile_every: float = 60.0,
         verify_objects: bool = True,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
+        """``stop``, asked while a fetch runs: whether to give it up (replication was stopped)."""
         self.store = store
         self.changelog = log_
         self.git = git
@@ -79,6 +81,7 @@ class Replicator:
         self.batch = batch
         self.reconcile_every = timedelta(seconds=reconcile_every)
         self.verify_objects = verify_objects
+        self.stop = stop
         self.sync = RepoSync()
         self._client: PrimaryClient | None = None
         self._client_key: tuple[str | None, str | None, int] | None = None
@@ -248,6 +251,7 @@ class Replicator:
             ],
             timeout=3600,
             secret_config=client.git_config(),
+            stop=self.stop,
         )
 
     def _maybe_reconcile(self, client: PrimaryClient) -> str | None:

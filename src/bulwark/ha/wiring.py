@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bulwark.errors import InvalidInput
 from bulwark.ha import state as ha_state
 from bulwark.ha.client import PrimaryClient
+from bulwark.ha.gate import ReplicationGate
 from bulwark.ha.loop import HALoop, PrimaryDuties
 from bulwark.ha.replicator import Replicator
 from bulwark.ha.state import HAState
@@ -18,7 +21,7 @@ def client_for(ha: HAState, node_id: str) -> PrimaryClient:
     return PrimaryClient(ha.primary_url, ha.credential, node_id=node_id, epoch=ha.epoch)
 
 
-def replicator_for(node: Node, *, verify_objects: bool = True) -> Replicator:
+def replicator_for(node: Node, *, verify_objects: bool = True, stop: Callable[[], bool] | None = None) -> Replicator:
     s = node.settings
     return Replicator(
         node.store,
@@ -28,12 +31,21 @@ def replicator_for(node: Node, *, verify_objects: bool = True) -> Replicator:
         client_for=client_for,
         reconcile_every=s.ha_reconcile_interval,
         verify_objects=verify_objects,
+        stop=stop,
     )
 
 
 def ha_loop_for(node: Node) -> HALoop:
     watch = PrimaryWatch(node.store, node.clock, timeout=node.settings.ha_primary_timeout)
-    return HALoop(node.store, replicator_for(node), PrimaryDuties(node.store, node.changelog, node.clock), watch)
+
+    def stopped() -> bool:
+        """A promotion lowered the flag while a fetch ran: give the fetch up so the promotion goes on."""
+        ha = ha_state.load(node.store)
+        return ha.role != "ha-replica" or not ha.replicating or bool(ha.fenced)
+
+    return HALoop(node.store, replicator_for(node, stop=stopped),
+                  PrimaryDuties(node.store, node.changelog, node.clock), watch,
+                  gate=ReplicationGate(node.settings.data_dir))
 
 
 def primary_client(node: Node) -> PrimaryClient | None:
