@@ -110,8 +110,14 @@ class PrimaryClient:
         return f"{self.url}{BASE}/git/{storage_id}.git"
 
     def git_config(self) -> dict[str, str]:
-        """Settings for `git fetch` against :meth:`git_url`."""
-        return {"http.extraHeader": f"Authorization: Bearer {self.credential}"}
+        """Settings for `git fetch` against :meth:`git_url`.
+
+        A primary whose machine hung mid-fetch sends nothing more, and TCP may wait many minutes
+        to say so; git gives up after 30 s below 1 byte/s instead (a live upload-pack sends
+        keep-alives every few seconds while it prepares a pack), and the next cycle tries again.
+        """
+        return {"http.extraHeader": f"Authorization: Bearer {self.credential}",
+                "http.lowSpeedLimit": "1", "http.lowSpeedTime": "30"}
 
 
 def _json(r: httpx.Response, url: str) -> dict[str, Any]:
