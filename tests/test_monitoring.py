@@ -157,6 +157,15 @@ def test_status_page_logins_and_overview(server: Server, tmp_path: Path) -> None
     assert r.status_code == 303 and r.headers["location"] == "/manage/status"
     cookie = r.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/manage" in cookie
+    session = r.cookies["bulwark_admin"]
+    assert server.token not in cookie and session.startswith("s1.")  # signed, not the token itself
+    # The session opens the status page only: it is no credential for the API or git.
+    assert httpx.get(f"{server.url}/api/v3/user", headers={"Authorization": f"token {session}"}).status_code == 401
+    assert httpx.get(f"{server.url}/api/v3/user", cookies={"bulwark_admin": session}).status_code == 401
+    forged = session[:-4] + ("0000" if not session.endswith("0000") else "1111")
+    r = httpx.get(f"{server.url}/manage/v1/monitoring/overview", cookies={"bulwark_admin": forged})
+    assert r.status_code == 401 and "log in again" in r.json()["message"]
+    r = httpx.post(f"{page}/login", data={"token": server.token})
     with httpx.Client(base_url=server.url, cookies=r.cookies) as browser:
         r = browser.get("/manage/status")
         assert r.status_code == 200 and 'src="/manage/status/status.js"' in r.text
@@ -173,6 +182,18 @@ def test_status_page_logins_and_overview(server: Server, tmp_path: Path) -> None
     r = httpx.get(login_url(server.url, server.token))
     assert r.status_code == 303 and r.headers["location"] == "/manage/status" and "bulwark_admin=" in r.headers[
         "set-cookie"]
+
+    # Revoking the token ends its sessions at once.
+    ops = server.create_user("ops", site_admin=True, scopes=("site_admin",))
+    r = httpx.post(f"{page}/login", data={"token": ops})
+    assert r.status_code == 303
+    with httpx.Client(base_url=server.url, cookies=r.cookies) as browser:
+        assert browser.get("/manage/v1/monitoring/overview").status_code == 200
+        assert server.api("DELETE", "/admin/users/ops/authorizations").status_code == 204
+        r = browser.get("/manage/v1/monitoring/overview")
+        assert r.status_code == 401 and "log in again" in r.json()["message"]
+        r = browser.get("/manage/status")
+        assert r.status_code == 401 and "log in again" in r.text
 
     doc = overview(server.url, server.token)
     assert doc["mode"] == "standalone" and len(doc["nodes"]) == 1

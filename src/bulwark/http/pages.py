@@ -1,10 +1,11 @@
 """The status page (``/manage/status``) and the overview it polls, for site administrators.
 
 Logging in: a request with an ``Authorization`` header is judged by it as anywhere else. A browser
-logs in once, through the form or by opening ``/manage/status?token=TOKEN``; the token then lives in
-a cookie (``HttpOnly``, ``SameSite=Strict``, path ``/manage``, ``Secure`` over HTTPS) and the URL is
-cleaned by a redirect. Every node serves the page, and a token is valid on every node of a
-deployment, so the node asked passes the caller's credential on when it asks its peers.
+logs in once, through the form or by opening ``/manage/status?token=TOKEN``, and gets a session
+cookie (``HttpOnly``, ``SameSite=Strict``, path ``/manage``, ``Secure`` over HTTPS) that is signed,
+not the token (services/sessions.py); the URL is cleaned by a redirect. Every node serves the page,
+and a token or a session is valid on every node of a deployment, so the node asked passes the
+caller's credential on when it asks its peers.
 """
 
 from __future__ import annotations
@@ -39,20 +40,21 @@ SECURITY_HEADERS = {
 }
 
 
-async def site_admin_credential(request: Request) -> str:
-    """The ``Authorization`` value of the site administrator making this request (header or cookie)."""
+async def site_admin_credential(request: Request) -> dict[str, str]:
+    """The headers that carry the credential of the site administrator making this request
+    (an ``Authorization`` header, or the session cookie), to be passed on to peers."""
     node: Node = request.app.state.node
     header = request.headers.get("authorization")
     if header:
         principal = await authenticate(request)
-        credential = header
+        credential = {"Authorization": header}
     else:
-        token = request.cookies.get(COOKIE)
-        if not token:
+        session = request.cookies.get(COOKIE)
+        if not session:
             raise Unauthenticated("log in with a site administrator's token")
-        principal = await run_in_threadpool(node.accounts.authenticate_token, token)
+        principal = await run_in_threadpool(node.accounts.authenticate_session, session)
         request.state.principal = principal  # for the access log, as authenticate() does
-        credential = f"token {token}"
+        credential = {"Cookie": f"{COOKIE}={session}"}
     if not principal.site_admin:
         raise Forbidden("the status page is for site administrators (a token with the site_admin scope)")
     return credential
@@ -62,28 +64,29 @@ def _html(body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
 
 
-def _logged_in(request: Request, token: str) -> Response:
+def _logged_in(request: Request, session: str) -> Response:
     response = RedirectResponse(PAGE_PATH, status_code=303, headers=SECURITY_HEADERS)
-    response.set_cookie(COOKIE, token, max_age=COOKIE_MAX_AGE, path="/manage", httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+    response.set_cookie(COOKIE, session, max_age=COOKIE_MAX_AGE, path="/manage", httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https")
     return response
 
 
-async def _check_token(request: Request, token: str) -> str | None:
-    """Why ``token`` may not open the page, or None when it may."""
+async def _log_in(request: Request, token: str) -> Response:
+    """The login form again with why ``token`` may not open the page, or the session and a redirect."""
     node: Node = request.app.state.node
     try:
-        principal = await run_in_threadpool(node.accounts.authenticate_token, token.strip())
+        principal, session = await run_in_threadpool(node.accounts.start_session, token.strip())
     except (Unauthenticated, Forbidden) as exc:
-        return exc.message
-    return None if principal.site_admin else "this token is not a site administrator's (site_admin scope)"
+        return _html(page.login_html(exc.message), 401)
+    if not principal.site_admin:
+        return _html(page.login_html("this token is not a site administrator's (site_admin scope)"), 401)
+    return _logged_in(request, session)
 
 
 async def status_page(request: Request) -> Response:
     token = request.query_params.get("token")
     if token is not None:
-        problem = await _check_token(request, token)
-        return _html(page.login_html(problem), 401) if problem else _logged_in(request, token.strip())
+        return await _log_in(request, token)
     try:
         await site_admin_credential(request)
     except (Unauthenticated, Forbidden) as exc:
@@ -101,8 +104,7 @@ async def login(request: Request) -> Response:
     token = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0].strip()
     if not token:
         return _html(page.login_html("enter a token"), 401)
-    problem = await _check_token(request, token)
-    return _html(page.login_html(problem), 401) if problem else _logged_in(request, token)
+    return await _log_in(request, token)
 
 
 async def logout(request: Request) -> Response:

@@ -226,11 +226,12 @@ def _finite(value: float | None) -> float | None:
 # -- gathering (I/O) -----------------------------------------------------------------------------
 
 
-def http_fetcher(client: httpx.AsyncClient, credential: str | None) -> FetchPeer:
-    """Ask a peer for its overview with the caller's credential (valid on every node of a deployment)."""
+def http_fetcher(client: httpx.AsyncClient, credential: Mapping[str, str]) -> FetchPeer:
+    """Ask a peer for its overview with the caller's credential headers (valid on every node of a
+    deployment: a token, or a status-page session)."""
 
     async def fetch(url: str, scope: Scope) -> PeerAnswer:
-        headers = {"Authorization": credential} if credential else {}
+        headers = dict(credential)
         try:
             response = await client.get(f"{url.rstrip('/')}{OVERVIEW_PATH}", params={"scope": scope.value},
                                         headers=headers)

@@ -18,6 +18,7 @@ from bulwark.security import (
     new_token,
     token_display_prefix,
 )
+from bulwark.services import sessions
 from bulwark.services.passwords import PasswordChecks
 from bulwark.services.permissions import Principal
 from bulwark.services.throttle import SignInThrottle
@@ -128,6 +129,32 @@ class AccountService:
         stale = token.last_used_at is None or now - token.last_used_at >= _TOUCH_EVERY
         if stale and self.metadata_writable():
             self.store.touch_token(token.id, now)
+        return Principal(account=user, scopes=token.scopes, token_id=token.id, expires_at=token.expires_at)
+
+    def start_session(self, secret: str) -> tuple[Principal, str]:
+        """Check a token and return a status-page session cookie for it (services/sessions.py)."""
+        principal = self.authenticate_token(secret)
+        token = self.store.get_token_by_hash(hash_token(secret))
+        if token is None:  # deleted in between
+            raise Unauthenticated("bad credentials")
+        return principal, sessions.issue(token, self.clock.now())
+
+    def authenticate_session(self, value: str) -> Principal:
+        """The principal of a status-page session cookie; its token must still be there."""
+        claim = sessions.parse(value)
+        token = None
+        if claim is not None:
+            token = next((t for t in self.store.list_tokens(claim.user_id) if t.id == claim.token_id), None)
+        now = self.clock.now()
+        if claim is None or token is None or not sessions.valid(claim, token, now):
+            raise Unauthenticated("the session has ended: log in again")
+        if token.expires_at is not None and token.expires_at <= now:
+            raise Unauthenticated("token expired")
+        user = self.store.get_account_by_id(token.user_id)
+        if user is None:
+            raise Unauthenticated("the session has ended: log in again")
+        if user.suspended:
+            raise Forbidden(f"account {user.login!r} is suspended")
         return Principal(account=user, scopes=token.scopes, token_id=token.id, expires_at=token.expires_at)
 
     def authenticate_basic(self, username: str, secret: str, *, address: str = "") -> Principal:
