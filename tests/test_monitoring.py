@@ -174,6 +174,9 @@ def test_status_page_logins_and_overview(server: Server, tmp_path: Path) -> None
         assert browser.get("/manage/status/status.js").headers["content-type"].startswith("text/javascript")
         r = browser.post("/manage/status/logout")
         assert r.status_code == 303 and 'bulwark_admin=""' in r.headers["set-cookie"]
+    # A copy of the cookie taken before the log-out no longer opens anything.
+    r = httpx.get(f"{server.url}/manage/v1/monitoring/overview", cookies={"bulwark_admin": session})
+    assert r.status_code == 401 and "log in again" in r.json()["message"]
     r = httpx.get(f"{server.url}/manage/v1/monitoring/overview")
     assert r.status_code == 401 and "www-authenticate" not in r.headers
     r = httpx.get(f"{server.url}/manage/v1/monitoring/overview", headers={"Authorization": f"token {alice}"})

@@ -32,10 +32,11 @@ def test_a_session_ends_no_later_than_its_token() -> None:
 
 def test_a_session_does_not_survive_tampering_or_another_token() -> None:
     value = sessions.issue(TOKEN, NOW)
-    version, user, token_id, expires, mac = value.split(".")
-    later = f"{version}.{user}.{token_id}.{int(expires) + 86400}.{mac}"
-    other_user = f"{version}.4.{token_id}.{expires}.{mac}"
-    for forged in (later, other_user):
+    version, user, token_id, issued, expires, mac = value.split(".")
+    later = f"{version}.{user}.{token_id}.{issued}.{int(expires) + 86400}.{mac}"
+    other_user = f"{version}.4.{token_id}.{issued}.{expires}.{mac}"
+    reissued_later = f"{version}.{user}.{token_id}.{int(issued) + 60_000}.{expires}.{mac}"
+    for forged in (later, other_user, reissued_later):
         claim = sessions.parse(forged)
         assert claim is not None and not sessions.valid(claim, TOKEN, NOW)
     claim = sessions.parse(value)
@@ -46,7 +47,17 @@ def test_a_session_does_not_survive_tampering_or_another_token() -> None:
     assert not sessions.valid(claim, reissued, NOW)
 
 
+def test_a_log_out_ends_the_sessions_issued_before_it_and_not_later_ones() -> None:
+    before = sessions.parse(sessions.issue(TOKEN, NOW))
+    after = sessions.parse(sessions.issue(TOKEN, NOW + timedelta(seconds=5)))
+    assert before is not None and after is not None
+    logged_out = sessions.millis(NOW + timedelta(seconds=1))
+    assert not sessions.valid(before, TOKEN, NOW + timedelta(seconds=10), ended_before=logged_out)
+    assert sessions.valid(after, TOKEN, NOW + timedelta(seconds=10), ended_before=logged_out)
+
+
 def test_what_is_not_a_session_is_refused_before_any_lookup() -> None:
-    for junk in ("", "bwk_" + "1" * 40, "s1.3.7.99", "s1.3.7.99." + "0" * 63, "s2.3.7.99." + "0" * 64,
-                 "s1.-3.7.99." + "0" * 64, "s1.3.7." + "9" * 40 + "." + "0" * 64, "s1.٣.7.99." + "0" * 64):
+    for junk in ("", "bwk_" + "1" * 40, "s1.3.7.1.99", "s1.3.7.1.99." + "0" * 63, "s2.3.7.1.99." + "0" * 64,
+                 "s1.-3.7.1.99." + "0" * 64, "s1.3.7.1." + "9" * 40 + "." + "0" * 64,
+                 "s1.٣.7.1.99." + "0" * 64, "s1.3.7.1.99." + "G" * 64, "s1.3.7.99." + "0" * 64):
         assert sessions.parse(junk) is None, junk

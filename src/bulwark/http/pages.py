@@ -108,6 +108,10 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    node: Node = request.app.state.node
+    session = request.cookies.get(COOKIE)
+    if session:
+        await run_in_threadpool(node.accounts.end_session, session)
     response = RedirectResponse(PAGE_PATH, status_code=303, headers=SECURITY_HEADERS)
     response.delete_cookie(COOKIE, path="/manage", httponly=True, samesite="strict")
     return response

@@ -146,7 +146,9 @@ class AccountService:
         if claim is not None:
             token = next((t for t in self.store.list_tokens(claim.user_id) if t.id == claim.token_id), None)
         now = self.clock.now()
-        if claim is None or token is None or not sessions.valid(claim, token, now):
+        ended = self.store.get_setting(sessions.ended_key(claim.token_id)) if token is not None and claim else None
+        ended_before = int(ended) if ended and ended.isdigit() else None
+        if claim is None or token is None or not sessions.valid(claim, token, now, ended_before=ended_before):
             raise Unauthenticated("the session has ended: log in again")
         if token.expires_at is not None and token.expires_at <= now:
             raise Unauthenticated("token expired")
@@ -156,6 +158,18 @@ class AccountService:
         if user.suspended:
             raise Forbidden(f"account {user.login!r} is suspended")
         return Principal(account=user, scopes=token.scopes, token_id=token.id, expires_at=token.expires_at)
+
+    def end_session(self, value: str) -> bool:
+        """Log out: end every session of the cookie's token issued until now; False when this node
+        cannot write (an HA replica) or the cookie is no live session."""
+        try:
+            principal = self.authenticate_session(value)
+        except (Unauthenticated, Forbidden):
+            return False
+        if principal.token_id is None or not self.metadata_writable():
+            return False
+        self.store.set_setting(sessions.ended_key(principal.token_id), str(sessions.millis(self.clock.now())))
+        return True
 
     def authenticate_basic(self, username: str, secret: str, *, address: str = "") -> Principal:
         """HTTP Basic: the secret is a token (any username) or the user's password.
