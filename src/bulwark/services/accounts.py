@@ -115,49 +115,50 @@ class AccountService:
     # -- authentication ----------------------------------------------------------------
 
     def authenticate_token(self, secret: str) -> Principal:
+        return self._authenticate_token(secret)[0]
+
+    def _authenticate_token(self, secret: str) -> tuple[Principal, Token]:
         token = self.store.get_token_by_hash(hash_token(secret)) if looks_like_token(secret) else None
         if token is None:
             raise Unauthenticated("bad credentials")
         now = self.clock.now()
+        principal = self._holder(token, now, gone="bad credentials")
+        stale = token.last_used_at is None or now - token.last_used_at >= _TOUCH_EVERY
+        if stale and self.metadata_writable():
+            self.store.touch_token(token.id, now)
+        return principal, token
+
+    def _holder(self, token: Token, now: datetime, *, gone: str) -> Principal:
+        """The principal of a live token: not expired, its user there and not suspended."""
         if token.expires_at is not None and token.expires_at <= now:
             raise Unauthenticated("token expired")
         user = self.store.get_account_by_id(token.user_id)
         if user is None:
-            raise Unauthenticated("bad credentials")
+            raise Unauthenticated(gone)
         if user.suspended:
             raise Forbidden(f"account {user.login!r} is suspended")
-        stale = token.last_used_at is None or now - token.last_used_at >= _TOUCH_EVERY
-        if stale and self.metadata_writable():
-            self.store.touch_token(token.id, now)
         return Principal(account=user, scopes=token.scopes, token_id=token.id, expires_at=token.expires_at)
 
     def start_session(self, secret: str) -> tuple[Principal, str]:
         """Check a token and return a status-page session cookie for it (services/sessions.py)."""
-        principal = self.authenticate_token(secret)
-        token = self.store.get_token_by_hash(hash_token(secret))
-        if token is None:  # deleted in between
-            raise Unauthenticated("bad credentials")
+        principal, token = self._authenticate_token(secret)
         return principal, sessions.issue(token, self.clock.now())
 
     def authenticate_session(self, value: str) -> Principal:
         """The principal of a status-page session cookie; its token must still be there."""
+        ended = "the session has ended: log in again"
         claim = sessions.parse(value)
-        token = None
-        if claim is not None:
-            token = next((t for t in self.store.list_tokens(claim.user_id) if t.id == claim.token_id), None)
+        if claim is None:
+            raise Unauthenticated(ended)
+        token = next((t for t in self.store.list_tokens(claim.user_id) if t.id == claim.token_id), None)
+        if token is None:
+            raise Unauthenticated(ended)
+        logged_out = self.store.get_setting(sessions.ended_key(token.id))
         now = self.clock.now()
-        ended = self.store.get_setting(sessions.ended_key(claim.token_id)) if token is not None and claim else None
-        ended_before = int(ended) if ended and ended.isdigit() else None
-        if claim is None or token is None or not sessions.valid(claim, token, now, ended_before=ended_before):
-            raise Unauthenticated("the session has ended: log in again")
-        if token.expires_at is not None and token.expires_at <= now:
-            raise Unauthenticated("token expired")
-        user = self.store.get_account_by_id(token.user_id)
-        if user is None:
-            raise Unauthenticated("the session has ended: log in again")
-        if user.suspended:
-            raise Forbidden(f"account {user.login!r} is suspended")
-        return Principal(account=user, scopes=token.scopes, token_id=token.id, expires_at=token.expires_at)
+        ended_before = int(logged_out) if logged_out and logged_out.isdigit() else None
+        if not sessions.valid(claim, token, now, ended_before=ended_before):
+            raise Unauthenticated(ended)
+        return self._holder(token, now, gone=ended)
 
     def end_session(self, value: str) -> bool:
         """Log out: end every session of the cookie's token issued until now; False when this node
