@@ -114,6 +114,38 @@ def test_concurrent_pushes_through_two_nodes_lose_no_update(seeded: Seeded, tmp_
         assert seeded.disk(node).resolve(sid, "main") == winner_head
 
 
+def test_a_fetch_of_a_tip_one_copy_lacks_is_served_by_a_copy_that_has_it(seeded: Seeded, tmp_path: Path) -> None:
+    """A client may see a tip in one replica's answer and ask another for it before the push reaches it
+    (or after it failed there, before that replica is marked behind): git there says "not our ref"."""
+    cluster = seeded.cluster
+    auth = {"Authorization": f"token {seeded.user_token}"}
+    r = httpx.post(f"{cluster.lb_url}/api/v3/user/repos", json={"name": "lagging"},
+                   headers=auth, timeout=30)
+    assert r.status_code == 201, r.text
+    sid = storage_ids(seeded)["lagging"]
+    behind, *ahead = sorted(seeded.snapshot().placements[sid].up_to_date())
+    # The same commit written straight into two copies' disks: etcd still counts the third up to date.
+    fixed = {"GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z"}
+    commits = set()
+    for node in ahead:
+        git_dir = str(seeded.disk(node).path(sid))
+        tree = git("--git-dir", git_dir, "mktree", env=fixed).stdout.strip()
+        commit = git("--git-dir", git_dir, "commit-tree", tree, "-m", "only on two copies", env=fixed).stdout.strip()
+        git("--git-dir", git_dir, "update-ref", "refs/heads/ahead", commit)
+        commits.add(commit)
+    (commit,) = commits
+    assert seeded.disk(behind).missing_objects(sid, [commit]) == [commit]
+    work = tmp_path / "fetcher"
+    git("init", "-q", "--bare", str(work))
+    fetched = git("fetch", seeded.url("lagging", cluster.node_url(behind)), commit, cwd=work, check=False)
+    assert fetched.returncode == 0, fetched.stderr
+    assert git("cat-file", "-t", commit, cwd=work).stdout.strip() == "commit"
+    assert "which this node's copy lacks: sent to" in (cluster.base_dir / f"{behind}.log").read_text()
+    r = httpx.delete(f"{cluster.lb_url}/api/v3/repos/alice/lagging",
+                     headers={"Authorization": f"token {cluster.admin_token}"}, timeout=30)
+    assert r.status_code == 204, r.text
+
+
 def test_permission_changes_reach_the_very_next_request_on_every_node(seeded: Seeded, tmp_path: Path) -> None:
     """Nodes keep their authorization decisions; a change made through any node must still count at once."""
     cluster = seeded.cluster

@@ -176,3 +176,18 @@ def test_skim_steps_over_what_packets_would_hand_out() -> None:
     assert skimmer.consumed == reader.consumed and skimmer.pending() == reader.pending() == 2
     skimmer.feed(b"00")
     assert skimmer.skim() == (1, pktline.FLUSH)
+
+
+def test_wanted_reads_the_wants_of_v0_and_v2_fetches_up_to_the_first_flush() -> None:
+    v0 = (pktline.encode(f"want {A} multi_ack_detailed side-band-64k\n") + pktline.encode(f"want {B}\n")
+          + pktline.flush() + pktline.encode(f"have {Z}\n") + pktline.encode("done\n"))
+    assert pktline.wanted(v0, limit=10) == [A, B]
+    v2 = (pktline.encode("command=fetch\n") + pktline.encode("agent=git/2\n") + b"0001"
+          + pktline.encode(f"want {B}\n") + pktline.encode("want-ref refs/heads/main\n")
+          + pktline.encode(f"have {A}\n") + pktline.encode("done\n") + pktline.flush())
+    assert pktline.wanted(v2, limit=10) == [B]
+    assert pktline.wanted(v0, limit=1) == [A]
+    # Cut inside a packet, or not pkt-lines at all: what could be read, and no error (git will say).
+    assert pktline.wanted(v0[:90], limit=10) == [A]
+    assert pktline.wanted(b"zzzz" + v0, limit=10) == []
+    assert pktline.wanted(pktline.encode("want not-an-id\n"), limit=10) == []

@@ -58,3 +58,18 @@ def test_what_is_not_plain_is_left_to_git(repo: Path, genv: dict[str, str]) -> N
     (repo / "HEAD").write_text(oid + "\n")
     assert read_ref_files(repo) is None  # a detached HEAD
     assert read_ref_files(repo.parent / "missing.git") is None
+
+
+def test_missing_objects_names_what_the_copy_lacks(repo: Path, genv: dict[str, str]) -> None:
+    from bulwark.git.runner import GitRunner
+
+    runner = GitRunner(repo.parent / "root")
+    runner.path("ab12").parent.mkdir(parents=True)
+    repo.rename(runner.path("ab12"))
+    repo = runner.path("ab12")
+    tips = list(by_git(repo, genv)[1].values())
+    inner = git("--git-dir", str(repo), "rev-parse", "main~2", env=genv).stdout.strip()
+    absent = "0123456789abcdef0123456789abcdef01234567"
+    assert runner.missing_objects("ab12", []) == []
+    assert runner.missing_objects("ab12", tips) == []  # known from the ref files alone
+    assert runner.missing_objects("ab12", [*tips, inner, absent, absent]) == [absent]

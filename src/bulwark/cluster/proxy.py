@@ -37,8 +37,13 @@ class Forwarder:
         """Whether another node of this cluster sent this request here to be served locally."""
         return request.headers.get(ROUTED_HEADER) == f"{self.secret}"
 
-    async def forward(self, request: Request, base_url: str) -> StreamingResponse:
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP]
+    async def forward(
+        self, request: Request, base_url: str, body: AsyncIterator[bytes] | None = None
+    ) -> StreamingResponse:
+        """``request`` answered by the node at ``base_url``; ``body``, if given, is sent in place of
+        the client's (decoded already, so without its Content-Encoding)."""
+        drop = _DROP | {"content-encoding"} if body is not None else _DROP
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in drop]
         headers.append((ROUTED_HEADER, self.secret))
         # The id this node logged (the client's, or the one made here), so the target logs the same.
         request_id = request.scope.get("state", {}).get("request_id")
@@ -46,7 +51,8 @@ class Forwarder:
             headers = [(k, v) for k, v in headers if k.lower() != REQUEST_ID_HEADER]
             headers.append((REQUEST_ID_HEADER, request_id))
         url = base_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        body = _body(request) if request.method not in ("GET", "HEAD") else None
+        if body is None and request.method not in ("GET", "HEAD"):
+            body = _body(request)
         outgoing = self._client.build_request(request.method, url, headers=headers, content=body)
         try:
             response = await self._client.send(outgoing, stream=True)

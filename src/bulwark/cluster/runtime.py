@@ -12,6 +12,7 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Collection
 
 from bulwark.cluster import hooks, keys, router, state
 from bulwark.cluster.client import AsyncPeers, PeerClient, git_auth_config
@@ -120,20 +121,21 @@ class ClusterRuntime:
     def fenced_reason(self) -> str | None:
         return self.membership.fenced_reason()
 
-    def route(self, storage_id: str, access: router.Access) -> router.Route | None:
+    def route(self, storage_id: str, access: router.Access, avoid: Collection[str] = ()) -> router.Route | None:
         placement = self.placement(storage_id)
         if placement is None:
             return None
         snap = self.snapshot()
         choice = router.choose(
-            placement, access, me=self.name, alive=set(snap.alive), urls=self.urls(), draining=set(snap.maintenance)
+            placement, access, me=self.name, alive=set(snap.alive), urls=self.urls(), draining=set(snap.maintenance),
+            avoid=avoid,
         )
         if choice is not None and choice.local and not self.git.exists(storage_id):
             # etcd says we hold it, the disk says no: stop claiming it and send the request elsewhere.
             log.warning("cluster: the replica of %s is missing on this node's disk; marking it for repair", storage_id)
             self.mark_outdated(storage_id)
             choice = router.choose(placement, access, me=self.name, alive=set(snap.alive), urls=self.urls(),
-                                   draining=set(snap.maintenance), avoid={self.name})
+                                   draining=set(snap.maintenance), avoid={self.name, *avoid})
         return choice
 
     def git_source_config(self) -> dict[str, str]:

@@ -142,6 +142,31 @@ def parse_all(data: bytes) -> list[Packet]:
     return packets
 
 
+# -- fetch requests -------------------------------------------------------------------
+
+
+def wanted(data: bytes, *, limit: int) -> list[str]:
+    """The object ids a fetch request's first section wants (protocol v0 or v2), at most
+    ``limit`` of them; ``data`` may go on past the section and end inside a packet."""
+    reader = PktLineReader()
+    reader.feed(data)
+    wants: list[str] = []
+    try:
+        for packet in reader.packets():
+            if packet.kind is Kind.FLUSH or len(wants) >= limit:
+                break
+            if packet.kind is Kind.DATA and packet.payload.startswith(b"want "):
+                oid = packet.payload[5:].split(b" ", 1)[0].split(b"\0", 1)[0].strip()
+                if _WANT.fullmatch(oid):
+                    wants.append(oid.decode())
+    except PktLineError:
+        pass  # git itself will say what is wrong with the request
+    return wants
+
+
+_WANT = re.compile(rb"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
 # -- receive-pack requests ------------------------------------------------------------
 
 _OID = re.compile(rb"[0-9a-f]{40}")

@@ -274,6 +274,20 @@ class GitRunner:
             refs.append(Ref(name=name, oid=oid, type=type_))
         return refs
 
+    def missing_objects(self, storage_id: str, oids: Sequence[str]) -> list[str]:
+        """Which of ``oids`` this copy does not have: the tips of its refs are known from their
+        files, and only the rest are asked of git (a fetch wants tips nearly always)."""
+        read = read_ref_files(self.path(storage_id)) if oids else None
+        tips = set(read[1].values()) if read is not None else set()
+        unknown = [oid for oid in dict.fromkeys(oids) if oid not in tips]
+        if not unknown:
+            return []
+        proc = self._in(storage_id, ["cat-file", "--batch-check=%(objectname)"],
+                        input="".join(f"{oid}\n" for oid in unknown).encode(), check=False)
+        if proc.returncode != 0:
+            return []  # not a question git could answer here; the fetch itself will say
+        return [line.split(" ", 1)[0] for line in proc.stdout.decode().splitlines() if line.endswith(" missing")]
+
     def ref_checksum(self, storage_id: str) -> str:
         return checksum_of(self.refs(storage_id))
 

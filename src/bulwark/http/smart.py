@@ -73,6 +73,10 @@ STDERR_TAIL = 8192
 # A push refused part-way through its body is read to the end (up to this much more), so that
 # git gets to read the refusal and show it, instead of a broken connection.
 REFUSAL_DRAIN_LIMIT = 64 * 1024**2
+# In a cluster, a fetch's wants are looked up in this node's copy (at most this many of them),
+# and a copy that another node chose may take this long to receive a push still committing.
+WANTS_CHECKED = 10_000
+CATCH_UP_WAIT = 1.0
 
 NO_CACHE = {
     "Expires": "Fri, 01 Jan 1980 00:00:00 GMT",
@@ -182,6 +186,10 @@ async def _rpc(request: Request, service: str) -> Response:
             prelude, whole = await gitbody.read_small(prelude, body, LS_REFS_KEPT_LIMIT)
             if whole:
                 return await _ls_refs(request, access, protocol, prelude)
+        if service == UPLOAD_PACK and node.cluster is not None:
+            elsewhere = await _fetch_elsewhere(request, access, prelude, body)
+            if elsewhere is not None:
+                return elsewhere
     except BaseException:
         await body.aclose()
         raise
@@ -913,6 +921,46 @@ async def _route_in_cluster(request: Request, access: RepoAccess, service: str) 
     if route.local:
         return None
     return await rt.forwarder.forward(request, route.url)
+
+
+async def _fetch_elsewhere(
+    request: Request, access: RepoAccess, prelude: bytes, body: AsyncGenerator[bytes, None]
+) -> Response | None:
+    """A fetch that wants objects this node's copy lacks, answered by another up-to-date copy.
+
+    The client's advertisement may have come from a replica a push reached first, or this
+    copy may have failed a push and not be marked behind yet; git here would answer "not
+    our ref". A fetch another node sent here is given a moment for a commit under way."""
+    node = _node(request)
+    rt = node.cluster
+    if rt is None or request.url.path.startswith("/internal/cluster/"):
+        return None
+    storage_id = access.repo.storage_id
+    missing = await run_in_threadpool(
+        node.git.missing_objects, storage_id, pktline.wanted(prelude, limit=WANTS_CHECKED)
+    )
+    if not missing:
+        return None
+    if rt.forwarder.is_routed(request):
+        deadline = asyncio.get_running_loop().time() + CATCH_UP_WAIT
+        while missing and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            missing = await run_in_threadpool(node.git.missing_objects, storage_id, missing)
+        return None
+    route = await run_in_threadpool(rt.route, storage_id, Access.READ, {rt.name})
+    if route is None:
+        return None
+    log.info("fetch of %s wants %s, which this node's copy lacks: sent to %s", access.full_name, missing[0], route.node)
+    return await rt.forwarder.forward(request, route.url, body=_replay(prelude, body))
+
+
+async def _replay(prelude: bytes, body: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    try:
+        yield prelude
+        async for chunk in body:
+            yield chunk
+    finally:
+        await body.aclose()
 
 
 def _lead_push(session: GitSession, node: Node, push: Push, capabilities: Sequence[str]) -> None:
