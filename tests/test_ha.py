@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import pytest
 from bulwark.store.sqlite import SQLiteStore
 
 from ha_helpers import HAProxy, Pusher, ha_pair, refs_of, repl, repl_status, setup_replica, wait_for
-from helpers import Server, bulwark, git
+from helpers import BULWARK, Server, bulwark, git
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -143,6 +145,37 @@ def test_kill_primary_promote_replica_through_haproxy(pair: tuple[Server, Server
         assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     finally:
         lb.stop()
+
+
+def test_a_promotion_killed_part_way_is_finished_by_the_running_node(pair: tuple[Server, Server],
+                                                                     genv: dict[str, str], tmp_path: Path) -> None:
+    """`repl promote` lowers the replication flag first; killed after that, it would leave a pair
+    that takes no writes anywhere until someone ran it again."""
+    primary, replica = pair
+    token = primary.create_user("alice")
+    primary.create_repo(token, "app")
+    pusher = Pusher.clone(primary.remote("alice", "app", token=token), tmp_path / "w", genv)
+    assert pusher.push_new_branch()
+    wait_for(lambda: repl_status(replica)["repositories"]["in_sync"] == 1, what="replica in sync")
+    assert primary.proc is not None
+    os.kill(primary.proc.pid, signal.SIGSTOP)  # hung: the promotion waits on it, and is killed meanwhile
+    try:
+        promoting = subprocess.Popen([*BULWARK, "repl", "promote"], env=replica.env(),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: repl_status(replica)["promoting"] == promoting.pid, timeout=30, what="promotion begun")
+        finally:
+            promoting.kill()
+            promoting.wait(10)
+        wait_for(lambda: repl_status(replica)["role"] == "ha-primary", timeout=60, what="promotion finished")
+        status = repl_status(replica)
+        assert status["epoch"] == 2 and status["promoting"] is None, status
+        assert "finished an interrupted promotion" in replica.log_path.read_text()
+        assert pusher.push_new_branch(replica.remote("alice", "app", token=token))
+    finally:
+        os.kill(primary.proc.pid, signal.SIGCONT)
+    # The old primary, running again, learns of the newer epoch and refuses writes.
+    wait_for(lambda: httpx.get(f"{primary.url}/status").status_code == 503, timeout=30, what="old primary fenced")
 
 
 def test_old_primary_comes_back_fenced_then_rejoins_as_replica(pair: tuple[Server, Server],

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from bulwark.errors import GitError, Unavailable
 from bulwark.git.runner import GitRunner
 from bulwark.ha import state as ha_state
 from bulwark.ha.gate import ReplicationGate
-from bulwark.ha.loop import HALoop, PrimaryDuties
+from bulwark.ha.loop import HALoop, PrimaryDuties, process_alive
 from bulwark.ha.promote import promote
 from bulwark.ha.replicator import Replicator
 from bulwark.store.changes import ChangeLog
@@ -129,3 +130,46 @@ def test_a_git_that_may_be_stopped_is_stopped_when_asked(tmp_path: Path) -> None
     assert asked.is_set()
     done = git.run(["-c", "alias.hello=!echo hello", "hello"], stop=lambda: False)
     assert done.stdout == b"hello\n"
+
+
+class Resumer:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        return "finished"
+
+
+def test_a_promotion_whose_process_died_is_finished_by_the_loop(store: SQLiteStore, tmp_path: Path) -> None:
+    ha_state.save(store, ha_state.load(store).with_(replicating=False, promoting=4242))
+    resume, alive = Resumer(), {4242: True}
+    loop = HALoop(store, cast(Replicator, None), PrimaryDuties(store, cast(ChangeLog, store), SystemClock()),
+                  gate=ReplicationGate(tmp_path), resume=resume, alive=lambda pid: alive.get(pid, False))
+    assert loop.run_once()[0] == "a promotion is under way (process 4242)" and resume.calls == 0
+    alive[4242] = False
+    assert loop.run_once()[0] == "finished" and resume.calls == 1
+
+
+def test_a_promotion_records_its_process_until_it_ends(store: SQLiteStore, tmp_path: Path) -> None:
+    seen: list[int | None] = []
+    report = promote(store, cast(ChangeLog, store), cast(Replicator, None), client=None,
+                     gate=ReplicationGate(tmp_path), pid=77, waiting=None)
+    assert report.epoch == 4 and ha_state.load(store).promoting is None
+    ha_state.save(store, ha_state.HAState(role="ha-replica", epoch=3, replicating=True))
+    with ReplicationGate(tmp_path).cycle() as ours:
+        assert ours
+        with pytest.raises(Unavailable):
+            promote(store, cast(ChangeLog, store), cast(Replicator, None), client=None,
+                    gate=ReplicationGate(tmp_path), gate_timeout=0.3,
+                    waiting=lambda: seen.append(ha_state.load(store).promoting))
+    assert seen == [os.getpid()]  # recorded while it waited
+    state = ha_state.load(store)
+    assert state.promoting is None and state.replicating is True and state.role == "ha-replica"
+
+
+def test_process_alive() -> None:
+    assert process_alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not process_alive(child.pid)

@@ -24,11 +24,9 @@ from bulwark.cli.common import (
 from bulwark.ha import setup as ha_setup
 from bulwark.ha import state as ha_state
 from bulwark.ha.client import BASE
-from bulwark.ha.gate import ReplicationGate
 from bulwark.ha.health import Thresholds
-from bulwark.ha.promote import promote as do_promote
 from bulwark.ha.report import replication_report
-from bulwark.ha.wiring import primary_client, replicator_for
+from bulwark.ha.wiring import promote_node, replicator_for
 from bulwark.monitoring import running
 
 app = typer.Typer(
@@ -135,6 +133,9 @@ def _print_report(report: dict[str, Any], verbose: bool) -> None:
     console.print(f"{report['level']}: node {report['node_id']} is {role} at epoch {report['epoch']}")
     if report.get("fenced"):
         console.print(f"  fenced: {report['fenced']}")
+    if report.get("promoting"):
+        console.print(f"  a promotion is under way (process {report['promoting']}); if that process is gone, "
+                      "the running node finishes it")
     if report.get("detail"):
         console.print(f"  {report['detail']}")
     if role == "ha-replica":
@@ -170,18 +171,9 @@ def promote(data_dir: DataDirOption = None, config: ConfigOption = None) -> None
     """Make this replica the primary: fence the old primary if reachable, raise the epoch, take writes."""
     started = time.monotonic()
     with opened_node(data_dir, config) as node:
-        client = primary_client(node)
-        if client is not None:
-            client.timeout = 5.0  # a dead primary must not hold up the promotion
-        try:
-            report = do_promote(
-                node.store, node.changelog, replicator_for(node, verify_objects=False), client=client,
-                gate=ReplicationGate(node.settings.data_dir),
-                waiting=lambda: err_console.print("Waiting for the node's replication to stop (a fetch under way)..."),
-            )
-        finally:
-            if client is not None:
-                client.close()
+        report = promote_node(
+            node, waiting=lambda: err_console.print("Waiting for the node's replication to stop (a fetch under way)...")
+        )
     for step in report.steps:
         console.print(f"- {step}")
     if report.caught_up:

@@ -56,6 +56,11 @@ def peer_status(url: str, timeout: float = 3) -> dict[str, Any]:
     return data
 
 
+# A batch of changes is a small read on a live primary: one that says nothing for this long past
+# the long poll is taken as hung, so a promotion never waits long for the cycle asking it.
+CHANGES_TIMEOUT = 10.0
+
+
 class PrimaryClient:
     def __init__(self, primary_url: str, credential: str, *, node_id: str, epoch: int, timeout: float = 30) -> None:
         self.url = primary_url.rstrip("/")
@@ -76,17 +81,18 @@ class PrimaryClient:
     def close(self) -> None:
         self._http.close()
 
-    def _get(self, path: str, **params: Any) -> dict[str, Any]:
+    def _get(self, path: str, *, timeout: float | None = None, **params: Any) -> dict[str, Any]:
         try:
             # A long poll may legitimately stay silent for `wait` seconds.
-            r = self._http.get(path, params=params, timeout=self.timeout + float(params.get("wait", 0)))
+            seconds = (self.timeout if timeout is None else timeout) + float(params.get("wait", 0))
+            r = self._http.get(path, params=params, timeout=seconds)
         except httpx.HTTPError as exc:
             raise PeerUnreachable(f"cannot reach the primary at {self.url}: {exc}") from None
         return _json(r, self.url)
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            r = self._http.post(path, json=body)
+            r = self._http.post(path, json=body, timeout=self.timeout)
         except httpx.HTTPError as exc:
             raise PeerUnreachable(f"cannot reach the primary at {self.url}: {exc}") from None
         return _json(r, self.url)
@@ -97,7 +103,7 @@ class PrimaryClient:
 
     def changes(self, after: int, *, limit: int = 500, wait: float = 0) -> tuple[int, list[Change]]:
         """(the primary's newest seq, the changes after ``after``)."""
-        data = self._get("/changes", after=after, limit=limit, wait=wait)
+        data = self._get("/changes", timeout=min(self.timeout, CHANGES_TIMEOUT), after=after, limit=limit, wait=wait)
         return int(data["last_seq"]), [Change.from_json(c) for c in data["changes"]]
 
     def checksums(self) -> dict[str, str]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -107,10 +109,26 @@ class PrimaryDuties:
         return f"{self.check_epochs(ha)}; {self.trim()}"
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
 class HALoop:
+    """``resume`` finishes a promotion whose process died part-way (it had lowered the
+    replication flag, perhaps fenced the old primary: left so, the pair would take no writes)."""
+
     def __init__(self, store: Store, replicator: Replicator, primary: PrimaryDuties,
-                 watch: PrimaryWatch | None = None, gate: ReplicationGate | None = None) -> None:
+                 watch: PrimaryWatch | None = None, gate: ReplicationGate | None = None,
+                 resume: Callable[[], str] | None = None, alive: Callable[[int], bool] = process_alive) -> None:
         self.store = store
+        self.resume = resume
+        self.alive = alive
         self.replicator = replicator
         self.gate = gate
         self.primary = primary
@@ -122,6 +140,12 @@ class HALoop:
     def run_once(self) -> tuple[str, float]:
         """One cycle: (what happened, seconds to pause before the next)."""
         ha = ha_state.load(self.store)
+        if ha.role == "ha-replica" and ha.promoting is not None:
+            if self.resume is None or self.alive(ha.promoting):
+                return f"a promotion is under way (process {ha.promoting})", 1.0
+            log.warning("ha: the promotion begun by process %s did not finish (the process is gone); finishing it",
+                        ha.promoting)
+            return self.resume(), 1.0
         if ha.role == "ha-replica" and not ha.replicating:
             return "replication is stopped", 1.0
         if ha.role == "ha-replica" and not ha.fenced:

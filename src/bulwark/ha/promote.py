@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -35,6 +36,7 @@ def promote(
     gate: ReplicationGate | None = None,
     gate_timeout: float = 60.0,
     waiting: Callable[[], None] | None = None,
+    pid: int | None = None,
 ) -> PromoteReport:
     """Fence the old primary if reachable, take what it still has, raise the epoch, take writes.
 
@@ -43,18 +45,25 @@ def promote(
     promotion still completes, and the report says what may be missing.
     ``gate``: held from the moment replication is stopped to the end, so no cycle of the
     serving node's replicator still runs when this node starts taking writes.
+    ``pid``: recorded as the promoting process (this one by default). Should it die before the
+    end, the serving node's HA loop sees that process gone and finishes the promotion.
     """
     ha = ha_state.load(store)
     if ha.role != "ha-replica":
         raise InvalidInput(f"this node is {ha.role}, not a replica: nothing to promote")
     # 1. Stop the running replicator from pulling while we work, and wait for a cycle under way.
-    ha_state.save(store, ha.with_(replicating=False))
+    ha_state.save(store, ha.with_(replicating=False, promoting=os.getpid() if pid is None else pid))
     held = gate.exclusive(gate_timeout, waiting=waiting) if gate is not None else contextlib.nullcontext()
     try:
         with held:
-            return _promote(store, changelog, replicator, ha, client)
+            now = ha_state.load(store)
+            if now.role != "ha-replica":
+                raise InvalidInput(f"this node became {now.role} meanwhile: another process finished the promotion")
+            return _promote(store, changelog, replicator, ha.with_(promoting=None), client)
     except BaseException:
-        ha_state.save(store, ha_state.load(store).with_(replicating=ha.replicating))  # as it was
+        now = ha_state.load(store)
+        if now.role == "ha-replica":
+            ha_state.save(store, now.with_(replicating=ha.replicating, promoting=None))  # as it was
         raise
 
 

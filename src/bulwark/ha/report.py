@@ -20,6 +20,7 @@ def replication_report(store: Store, changelog: ChangeLog, *, now: datetime, lim
         "role": ha.role,
         "epoch": ha.epoch,
         "fenced": ha.fenced,
+        "promoting": ha.promoting,
     }
     if ha.role == "ha-replica":
         progress = ha_state.load_progress(store)

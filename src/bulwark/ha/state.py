@@ -41,6 +41,7 @@ class HAState:
     credential: str | None = None  # on a replica: its secret for the primary's endpoints
     replicating: bool = False  # on a replica: `repl start` / `repl stop`
     fenced: str | None = None  # why this node refuses writes (a newer epoch exists), or None
+    promoting: int | None = None  # on a replica: the process id of a `repl promote` under way
 
     def with_(self, **changes: Any) -> HAState:
         return replace(self, **changes)

@@ -9,6 +9,7 @@ from bulwark.ha import state as ha_state
 from bulwark.ha.client import PrimaryClient
 from bulwark.ha.gate import ReplicationGate
 from bulwark.ha.loop import HALoop, PrimaryDuties
+from bulwark.ha.promote import PromoteReport, promote
 from bulwark.ha.replicator import Replicator
 from bulwark.ha.state import HAState
 from bulwark.ha.watch import PrimaryWatch
@@ -43,9 +44,26 @@ def ha_loop_for(node: Node) -> HALoop:
         ha = ha_state.load(node.store)
         return ha.role != "ha-replica" or not ha.replicating or bool(ha.fenced)
 
+    def resume() -> str:
+        report = promote_node(node)
+        return f"finished an interrupted promotion: {'; '.join(report.steps)}"
+
     return HALoop(node.store, replicator_for(node, stop=stopped),
                   PrimaryDuties(node.store, node.changelog, node.clock), watch,
-                  gate=ReplicationGate(node.settings.data_dir))
+                  gate=ReplicationGate(node.settings.data_dir), resume=resume)
+
+
+def promote_node(node: Node, waiting: Callable[[], None] | None = None) -> PromoteReport:
+    """Promote this replica, as `repl promote` does and as the HA loop does to finish one left undone."""
+    client = primary_client(node)
+    if client is not None:
+        client.timeout = 5.0  # a dead primary must not hold up the promotion
+    try:
+        return promote(node.store, node.changelog, replicator_for(node, verify_objects=False), client=client,
+                       gate=ReplicationGate(node.settings.data_dir), waiting=waiting)
+    finally:
+        if client is not None:
+            client.close()
 
 
 def primary_client(node: Node) -> PrimaryClient | None:
