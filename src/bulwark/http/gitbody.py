@@ -9,6 +9,7 @@ holds more than one piece and the first section (up to its first flush packet).
 from __future__ import annotations
 
 import asyncio
+import collections
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
@@ -25,15 +26,43 @@ INFLATE_RATIO = 100
 INFLATE_FREE = 64 * 1024
 # Packets in a whole fetch request: a wide margin over the wants and haves of a mirror fetch.
 FETCH_PACKET_LIMIT = 1_000_000
-# Past its first MIN_RATE_GRACE seconds a body must arrive at MIN_RATE bytes a second on
-# average: a client trickling a byte now and then would otherwise hold a git process (and
-# its memory) for as long as it pleased without ever tripping the idle timeout.
+# Past a grace, every RATE_WINDOW seconds of a body must bring MIN_RATE bytes a second: a client
+# trickling a byte now and then (or sending a burst, then next to nothing) would otherwise hold a
+# git process, and its memory, for as long as it pleased without ever tripping the idle timeout.
+# A push's grace is long (the client's pack-objects may think before it writes); a fetch's body
+# of wants and haves is made in memory and sent at once.
 MIN_RATE = 1024
-MIN_RATE_GRACE = 30.0
+RATE_WINDOW = 10.0
+PUSH_RATE_GRACE = 30.0
+FETCH_RATE_GRACE = 5.0
+# How often a waiting body is looked at, so that one which stopped altogether is given up too.
+RATE_TICK = 1.0
 
 
-def too_slow(received: int, elapsed: float, *, rate: int = MIN_RATE, grace: float = MIN_RATE_GRACE) -> bool:
-    return elapsed > grace and received < rate * elapsed
+def _too_slow_text() -> str:
+    return f"the request body arrives slower than {MIN_RATE} bytes a second over {RATE_WINDOW:g} s; given up"
+
+
+class RateFloor:
+    """Whether a body has fallen below ``rate`` bytes a second over the last ``window`` seconds,
+    counted from ``grace`` seconds after it began."""
+
+    def __init__(self, *, grace: float, rate: int = MIN_RATE, window: float = RATE_WINDOW) -> None:
+        self.grace, self.rate, self.window = grace, rate, window
+        self._marks: collections.deque[tuple[float, int]] = collections.deque([(0.0, 0)])
+
+    def too_slow(self, received: int, elapsed: float) -> bool:
+        """``received`` bytes in all, ``elapsed`` seconds since the body began."""
+        marks = self._marks
+        marks.append((elapsed, received))
+        # Keep one mark at or before the window's start, to measure the window from.
+        while len(marks) > 1 and marks[1][0] <= elapsed - self.window:
+            marks.popleft()
+        if elapsed < self.grace:
+            return False
+        since, base = marks[0]
+        span = elapsed - since
+        return span >= self.window and received - base < self.rate * span
 
 
 class RequestTimeout(BulwarkError):
@@ -139,7 +168,8 @@ class FetchFraming:
 
 
 async def decoded_body(
-    request: Request, *, limit: int, idle_timeout: float, framing: FetchFraming | None = None
+    request: Request, *, limit: int, idle_timeout: float, framing: FetchFraming | None = None,
+    rate_grace: float = PUSH_RATE_GRACE,
 ) -> AsyncGenerator[bytes, None]:
     """The request body, decoded, in pieces; raises once it exceeds ``limit``, stalls or breaks ``framing``.
 
@@ -150,30 +180,51 @@ async def decoded_body(
     chunks = request.stream().__aiter__()
     total = received = 0
     held: bytes | None = None
-    started = asyncio.get_running_loop().time()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(chunks.__anext__(), idle_timeout)
-        except StopAsyncIteration:
-            break
-        except TimeoutError:
-            raise RequestTimeout(f"no request body data arrived for {idle_timeout:g} seconds") from None
-        except ClientDisconnect:
-            raise ClientGone("the client disconnected while sending its request") from None
-        received += len(chunk)
-        if too_slow(received, asyncio.get_running_loop().time() - started):
-            raise RequestTimeout(f"the request body arrives slower than {MIN_RATE} bytes a second; given up")
-        for piece in decoder.feed(chunk):
-            total += len(piece)
-            if total > limit:
-                raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
-            if framing is not None:
-                framing.feed(piece)
-            if held is not None:
-                yield held
-            held = piece
-            # Inflating and checking a piece is CPU work: let other requests in between pieces.
-            await asyncio.sleep(0)
+    floor = RateFloor(grace=rate_grace)
+    # The clocks run only while waiting for the client: time git takes to read what it was
+    # given (a slow disk under a push) is not the client's.
+    waited = idle = 0.0
+    loop = asyncio.get_running_loop()
+    next_chunk: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            if next_chunk is None:
+                next_chunk = asyncio.ensure_future(chunks.__anext__())
+            began = loop.time()
+            done, _ = await asyncio.wait({next_chunk}, timeout=RATE_TICK)
+            waited += loop.time() - began
+            idle += loop.time() - began
+            if not done:
+                if idle >= idle_timeout:
+                    raise RequestTimeout(f"no request body data arrived for {idle_timeout:g} seconds")
+                if floor.too_slow(received, waited):
+                    raise RequestTimeout(_too_slow_text())
+                continue
+            arrived, next_chunk = next_chunk, None
+            try:
+                chunk = arrived.result()
+            except StopAsyncIteration:
+                break
+            except ClientDisconnect:
+                raise ClientGone("the client disconnected while sending its request") from None
+            idle = 0.0
+            received += len(chunk)
+            if floor.too_slow(received, waited):
+                raise RequestTimeout(_too_slow_text())
+            for piece in decoder.feed(chunk):
+                total += len(piece)
+                if total > limit:
+                    raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
+                if framing is not None:
+                    framing.feed(piece)
+                if held is not None:
+                    yield held
+                held = piece
+                # Inflating and checking a piece is CPU work: let other requests in between pieces.
+                await asyncio.sleep(0)
+    finally:
+        if next_chunk is not None:
+            next_chunk.cancel()
     decoder.finish()
     if framing is not None:
         framing.finish()

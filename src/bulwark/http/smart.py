@@ -169,8 +169,9 @@ async def _rpc(request: Request, service: str) -> Response:
     if oversized is None:
         gitbody.check_declared_length(request, limit)
     framing = gitbody.FetchFraming() if service == UPLOAD_PACK else None
+    grace = gitbody.FETCH_RATE_GRACE if service == UPLOAD_PACK else gitbody.PUSH_RATE_GRACE
     body = gitbody.decoded_body(request, limit=oversized or limit, idle_timeout=node.settings.body_idle_timeout,
-                         framing=framing)
+                                framing=framing, rate_grace=grace)
     protocol = _git_protocol(request)
     try:
         # Of a fetch's first section only its first packet matters here (is it ls-refs?).
