@@ -574,6 +574,14 @@ class StoreContract:
         assert store.get_repo(owner.id, "MYREPO") == repo
         assert store.get_repo(owner.id + 1000, "myrepo") is None
 
+    def test_get_repo_by_storage_id(self, store: Store) -> None:
+        owner = _user(store, "sid")
+        repo = store.create_repo(owner.id, "disk", storage_id="abc123")
+        assert store.get_repo_by_storage_id("abc123") == repo
+        assert store.get_repo_by_storage_id("abc124") is None
+        store.delete_repo(repo.id)
+        assert store.get_repo_by_storage_id("abc123") is None
+
     def test_repo_names_are_unique_per_owner_case_insensitively(self, store: Store) -> None:
         a = _user(store, "ann")
         b = _user(store, "ben")

@@ -240,7 +240,7 @@ class Replicator:
 
     def fetch(self, client: PrimaryClient, storage_id: str) -> None:
         """Make the local copy's refs and objects equal the primary's (only what differs moves)."""
-        repo = next((r for r in self.store.list_repos() if r.storage_id == storage_id), None)
+        repo = self.store.get_repo_by_storage_id(storage_id)
         if not self.git.exists(storage_id):
             self.git.init_bare(storage_id, repo.default_branch if repo else "main")
         self.git.run(

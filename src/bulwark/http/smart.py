@@ -527,7 +527,7 @@ def _authorize_replica(request: Request, service: str) -> RepoAccess:
     if service != UPLOAD_PACK:
         raise NotFound("replicas only fetch")
     storage_id = request.path_params["storage_id"].removesuffix(".git")
-    repo = next((r for r in node.store.list_repos() if r.storage_id == storage_id), None)
+    repo = node.store.get_repo_by_storage_id(storage_id) if storage_id.isalnum() else None
     owner = node.store.get_account_by_id(repo.owner_id) if repo else None
     if repo is None or owner is None or not node.git.exists(storage_id):
         raise NotFound(f"no repository with storage id {storage_id!r} on this node")

@@ -170,6 +170,10 @@ class Store(abc.ABC):
     def get_repo_by_id(self, repo_id: int) -> Repository | None: ...
 
     @abc.abstractmethod
+    def get_repo_by_storage_id(self, storage_id: str) -> Repository | None:
+        """By the name of its data on disk (how replicas and nodes fetch it)."""
+
+    @abc.abstractmethod
     def list_repos(
         self, owner_id: int | None = None, *, limit: int | None = None, offset: int = 0
     ) -> list[Repository]:

@@ -937,6 +937,11 @@ class EtcdStore(Store):
         kv = self._get(self._keys.repo(repo_id))
         return None if kv is None else _decode(kv, _load_repo)
 
+    def get_repo_by_storage_id(self, storage_id: str) -> Repository | None:
+        index = self._get(self._keys.storage_id(storage_id))
+        repo = None if index is None else self.get_repo_by_id(_index_id(index))
+        return repo if repo is not None and repo.storage_id == storage_id else None
+
     def list_repos(self, owner_id: int | None = None, *, limit: int | None = None, offset: int = 0) -> list[Repository]:
         _check_page(limit, offset)
         repos = [_decode(kv, _load_repo) for kv in self._range(self._keys.repos)]

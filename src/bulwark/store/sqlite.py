@@ -907,6 +907,10 @@ class SQLiteStore(Store, ChangeLog):
         row = self._row(f"SELECT {_REPO_COLUMNS} FROM repositories WHERE id = ?", (repo_id,))
         return None if row is None else _repo(row)
 
+    def get_repo_by_storage_id(self, storage_id: str) -> Repository | None:
+        row = self._row(f"SELECT {_REPO_COLUMNS} FROM repositories WHERE storage_id = ?", (storage_id,))
+        return None if row is None else _repo(row)
+
     def list_repos(self, owner_id: int | None = None, *, limit: int | None = None, offset: int = 0) -> list[Repository]:
         page = _page(limit, offset)
         if owner_id is None:
