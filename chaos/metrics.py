@@ -41,6 +41,9 @@ class Round:
     kill_to_ack: dict[str, float | None]  # kills: repo -> seconds until a push begun after the kill was acknowledged
     longest_push: float | None  # pauses: the longest push that overlapped the pause (acknowledged or not)
     longest_acked_push: float | None
+    # pauses: of the pushes acknowledged while the node was still hung (so not entering through it),
+    # the longest time from the hang (or the push's start, if later) to the acknowledgement
+    longest_while_hung: float | None
     error: str
 
     @property
@@ -124,12 +127,14 @@ def rounds(ops: Sequence[Op]) -> list[Round]:
             for repo in repos:
                 ends = [op.end for op in pushes if op.repo == repo and op.ok and op.start >= fault.start]
                 kill_to_ack[repo] = min(ends) - fault.start if ends else None
-        longest = longest_acked = None
+        longest = longest_acked = while_hung = None
         if FaultKind(fault.fault) is FaultKind.PAUSE:
             resumed = back if back is not None else fault.end
             overlapping = [op for op in pushes if op.start <= resumed and op.end >= fault.start]
             longest = max((op.duration for op in overlapping), default=None)
             longest_acked = max((op.duration for op in overlapping if op.ok), default=None)
+            while_hung = max((op.end - max(op.start, fault.start) for op in overlapping if op.ok and op.end < resumed),
+                             default=None)
         out.append(Round(
             round=fault.round,
             fault=fault.fault,
@@ -140,6 +145,7 @@ def rounds(ops: Sequence[Op]) -> list[Round]:
             kill_to_ack=kill_to_ack,
             longest_push=longest,
             longest_acked_push=longest_acked,
+            longest_while_hung=while_hung,
             error=fault.error,
         ))
     return out

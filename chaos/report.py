@@ -76,6 +76,8 @@ def markdown(result: CampaignResult) -> str:
     if pauses:
         lines.append(f"| longest push while a node hangs (acknowledged) | "
                      f"{_spread([r.longest_acked_push for r in pauses])} |")
+        lines.append(f"| hang → acknowledgement, pushes acknowledged while the node was still hung | "
+                     f"{_spread([r.longest_while_hung for r in pauses])} |")
     by_kind: dict[str, list[float | None]] = defaultdict(list)
     for r in fig.rounds:
         by_kind[r.fault].append(r.heal)
