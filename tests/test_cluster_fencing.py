@@ -13,9 +13,10 @@ from typing import Any, cast
 import pytest
 
 from bulwark.cluster import intents, keys, state
+from bulwark.cluster.client import refuses_connections
 from bulwark.cluster.coordinator import Coordinator, Push
 from bulwark.cluster.etcd import Etcd
-from bulwark.cluster.locks import RepoLocks
+from bulwark.cluster.locks import RepoLocks, RepositoryBusy
 from bulwark.cluster.state import BUILDING, Placement
 from bulwark.cluster.transactions import vote_of
 from bulwark.errors import Unavailable
@@ -301,3 +302,40 @@ def test_a_release_that_did_not_get_through_leaves_no_lock_behind(etcd: Etcd, le
     assert etcd.get(keys.lock(SID)) is not None  # the lease lives on, and so would the lock
     assert locks.drop_orphans() == 1
     assert etcd.get(keys.lock(SID)) is None
+
+
+def test_a_lock_whose_holder_process_is_gone_is_taken_at_once(etcd: Etcd, lease: Lease) -> None:
+    """A node killed while it held a lock would keep it until its lease expired (3 s by default,
+    30 s here); a node that finds the holder refusing connections ends that lease instead."""
+    dead = RepoLocks(etcd, lease.current, "n1")
+    assert dead.try_acquire(SID) is not None
+    asked: list[str] = []
+
+    def gone(node: str) -> bool:
+        asked.append(node)
+        return node == "n1"
+
+    waiting = RepoLocks(etcd, Lease(etcd).current, "n2", gone=gone)
+    held = waiting.acquire_for_push(SID, 0.5, unless=keys.BACKUP_BARRIER, intent="t")
+    assert held.token.startswith("n2/") and asked == ["n1"]
+    assert etcd.get(keys.lock(SID)) is not None and etcd.get(keys.lock(SID)).text == held.token  # type: ignore[union-attr]
+    waiting.release(SID, held.token)
+    # A repair's lock the same way; and a holder that is merely slow is waited for, asked once.
+    slow = RepoLocks(etcd, Lease(etcd).current, "n3")
+    assert slow.try_acquire(SID) is not None
+    with pytest.raises(RepositoryBusy, match="on n3"):
+        waiting.acquire(SID, 0.3)
+    assert asked == ["n1", "n3"]
+
+
+def test_refuses_connections_only_when_the_host_says_so() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        assert refuses_connections(f"http://127.0.0.1:{port}")  # bound, not listening: refused
+        s.listen(0)
+        assert not refuses_connections(f"http://127.0.0.1:{port}")  # answered (and now fills the backlog)
+        # A full backlog drops the handshake, as a hung or cut-off host does: not known to be down.
+        assert not refuses_connections(f"http://127.0.0.1:{port}", timeout=0.2)

@@ -9,8 +9,10 @@ uses from the event loop while git waits on a hook.
 from __future__ import annotations
 
 import base64
+import socket
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -22,6 +24,20 @@ INTERNAL = "/internal/cluster"
 
 def auth_headers(secret: str, node: str) -> dict[str, str]:
     return {SECRET_HEADER: f"Bearer {secret}", "x-bulwark-node": node}
+
+
+def refuses_connections(node_url: str, timeout: float = 0.5) -> bool:
+    """Whether the node at ``node_url`` certainly does not run: its host answers, and refuses the
+    connection. A host that does not answer (a partition, a hung machine) is not known to be down."""
+    parts = urlsplit(node_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
 
 
 def git_url(node_url: str, storage_id: str) -> str:

@@ -11,6 +11,10 @@ lease lives on, and with it the lock. So each node keeps the tokens it is using;
 under its name and lease that is not among them is an orphan, and :meth:`RepoLocks.drop_orphans`
 deletes it. A token is noted before the transaction that might take the lock is sent, so a
 lock is never seen before its token is known.
+
+A holder whose process is gone (its node refuses connections: killed, crashed) would still keep
+the lock for up to the lease's TTL. A node waiting for such a lock ends that lease at once: what
+the dead process held is released, and its pushes are settled by the next holder as usual.
 """
 
 from __future__ import annotations
@@ -45,8 +49,10 @@ class Held:
 
 
 class RepoLocks:
-    def __init__(self, etcd: Etcd, lease: Callable[[], int], holder: str, *, poll: float = 0.025) -> None:
+    def __init__(self, etcd: Etcd, lease: Callable[[], int], holder: str, *, poll: float = 0.025,
+                 gone: Callable[[str], bool] | None = None) -> None:
         self.etcd = etcd
+        self.gone = gone  # whether the named node's process is certainly not running
         self.lease = lease  # the holder's current lease id (it changes when a lost session is re-made)
         self.holder = holder
         self.poll = poll
@@ -80,15 +86,31 @@ class RepoLocks:
 
     def acquire(self, storage_id: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
+        probed: set[int] = set()
         while True:
             token = self.try_acquire(storage_id)
             if token is not None:
                 return token
+            kv = self.etcd.get(keys.lock(storage_id))
+            if kv is not None and self._ended_dead_holder(storage_id, kv, probed):
+                continue
             if time.monotonic() >= deadline:
-                kv = self.etcd.get(keys.lock(storage_id))
                 who = kv.text.split("/")[0] if kv else "another node"
                 raise RepositoryBusy(f"another write to this repository (on {who}) is still in progress; try again")
             time.sleep(self.poll)
+
+    def _ended_dead_holder(self, storage_id: str, lock: KV, probed: set[int]) -> bool:
+        """If ``lock`` belongs to another node whose process is gone, end its lease; once per lease."""
+        who = lock.text.split("/")[0]
+        if self.gone is None or who == self.holder or not lock.lease or lock.lease in probed:
+            return False
+        probed.add(lock.lease)
+        if not self.gone(who):
+            return False
+        log.warning("cluster: %s holds the lock of %s, but it refuses connections (its process is gone); "
+                    "ending its etcd session rather than waiting for its lease to expire", who, storage_id)
+        self.etcd.revoke(lock.lease)
+        return True
 
     def acquire_for_push(self, storage_id: str, timeout: float, *, unless: str, intent: str) -> Held:
         """Take the lock only while the key ``unless`` is absent; in the same transaction read the
@@ -101,6 +123,7 @@ class RepoLocks:
         """
         deadline = time.monotonic() + timeout
         key, intent_key = keys.lock(storage_id), keys.intent(storage_id)
+        probed: set[int] = set()
         while True:
             lease = self.lease()
             token = self._new_token()
@@ -118,8 +141,10 @@ class RepoLocks:
                 left, found = result.reads
                 return Held(token, lease, found[0] if found else None, left[0].text if left else None)
             self.forget(token)
+            blocker, holder = result.reads
+            if not blocker and holder and self._ended_dead_holder(storage_id, holder[0], probed):
+                continue
             if time.monotonic() >= deadline:
-                blocker, holder = result.reads
                 if blocker:
                     raise RepositoryBusy("a backup is reading this cluster's refs; try again")
                 who = holder[0].text.split("/")[0] if holder else "another node"

@@ -15,7 +15,7 @@ import time
 from collections.abc import Collection
 
 from bulwark.cluster import hooks, keys, router, state
-from bulwark.cluster.client import AsyncPeers, PeerClient, git_auth_config
+from bulwark.cluster.client import AsyncPeers, PeerClient, git_auth_config, refuses_connections
 from bulwark.cluster.config import ClusterConfig
 from bulwark.cluster.coordinator import Coordinator
 from bulwark.cluster.etcd import Etcd
@@ -56,7 +56,7 @@ class ClusterRuntime:
         self.git = git
         self.started_at = time.time()
         self.membership = Membership(etcd, name, self._beat, ttl=settings.lease_ttl, take_over=self._was_mine)
-        self.locks = RepoLocks(etcd, self.membership.lease, holder=name)
+        self.locks = RepoLocks(etcd, self.membership.lease, holder=name, gone=self._process_gone)
         self.peers = PeerClient(secret, name)
         self.transactions = Transactions(git, leader_alive=self.node_alive_at, lock_holds=self.locks.holds)
         self._config = config
@@ -98,6 +98,10 @@ class ClusterRuntime:
         """Whether the node reached at ``url`` holds its etcd session."""
         alive = self.alive()
         return any(name in alive for name, node_url in self.urls().items() if node_url == url)
+
+    def _process_gone(self, node: str) -> bool:
+        url = self.urls().get(node)
+        return url is not None and refuses_connections(url)
 
     def holds_lease(self, lease: int, margin: float) -> bool:
         return self.membership.holds(lease, margin=margin)
