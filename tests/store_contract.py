@@ -582,6 +582,13 @@ class StoreContract:
         store.delete_repo(repo.id)
         assert store.get_repo_by_storage_id("abc123") is None
 
+    def test_get_repos_in_the_order_asked_leaving_out_missing_ones(self, store: Store) -> None:
+        owner = _user(store, "many")
+        repos = [store.create_repo(owner.id, f"r{i}", storage_id=f"many{i}") for i in range(5)]
+        ids = [repos[3].id, repos[0].id, 999_999, repos[4].id]
+        assert store.get_repos(ids) == [repos[3], repos[0], repos[4]]
+        assert store.get_repos([]) == []
+
     def test_repo_names_are_unique_per_owner_case_insensitively(self, store: Store) -> None:
         a = _user(store, "ann")
         b = _user(store, "ben")

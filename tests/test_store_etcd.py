@@ -304,3 +304,30 @@ def test_invalid_input_writes_nothing(etcd: Etcd, prefix: str, store: EtcdStore)
     with pytest.raises(InvalidInput):
         store.touch_token(1, datetime(2030, 1, 1))
     assert [(kv.key, kv.mod_revision) for kv in etcd.get_prefix(prefix)] == before
+
+
+def test_memberships_and_collaborations_from_before_the_user_side_index_are_found(
+    etcd: Etcd, prefix: str, store: EtcdStore
+) -> None:
+    """Data written before the index (by an older version) has no user-side keys: the first list
+    writes them; a key left pointing at nothing is skipped."""
+    user = store.create_user("ivy")
+    org = store.create_org("guild", owner_id=store.create_user("boss").id)
+    store.set_membership(org.id, user.id, OrgRole.MEMBER)
+    repo = store.create_repo(org.id, "tools", storage_id="tools")
+    store.set_collaborator(repo.id, user.id, Permission.PUSH)
+    etcd.delete(f"{prefix}member-of/", prefix=True)
+    etcd.delete(f"{prefix}collaborates/", prefix=True)
+    etcd.delete(f"{prefix}indexes")
+    older = EtcdStore(etcd, prefix=prefix)
+    try:
+        assert [m.org_id for m in older.list_memberships_of(user.id)] == [org.id]
+        assert [c.repo_id for c in older.list_collaborations_of(user.id)] == [repo.id]
+        assert etcd.get(f"{prefix}indexes") is not None
+        # The records are the truth: an index key without its record is no membership.
+        etcd.delete(f"{prefix}memberships/{org.id:012d}/{user.id:012d}")
+        assert older.list_memberships_of(user.id) == []
+        assert older.remove_collaborator(repo.id, user.id) and older.list_collaborations_of(user.id) == []
+        assert etcd.get_prefix(f"{prefix}collaborates/") == []
+    finally:
+        older.close()

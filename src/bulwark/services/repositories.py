@@ -105,10 +105,8 @@ class RepositoryService:
     def accessible_by(self, user: Account) -> list[Repository]:
         """Repositories ``user`` owns, collaborates on, or reaches through an organization."""
         seen: dict[int, Repository] = {r.id: r for r in self.store.list_repos(user.id)}
-        for collab in self.store.list_collaborations_of(user.id):
-            repo = self.store.get_repo_by_id(collab.repo_id)
-            if repo is not None:
-                seen[repo.id] = repo
+        for repo in self.store.get_repos([c.repo_id for c in self.store.list_collaborations_of(user.id)]):
+            seen[repo.id] = repo
         for membership in self.store.list_memberships_of(user.id):
             for repo in self.store.list_repos(membership.org_id):
                 seen[repo.id] = repo

@@ -24,7 +24,7 @@ backend must pass. The contract:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from bulwark.models import (
@@ -168,6 +168,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_repo_by_id(self, repo_id: int) -> Repository | None: ...
+
+    @abc.abstractmethod
+    def get_repos(self, repo_ids: Sequence[int]) -> list[Repository]:
+        """Those of ``repo_ids`` that exist, in the order asked (a missing one is left out)."""
 
     @abc.abstractmethod
     def get_repo_by_storage_id(self, storage_id: str) -> Repository | None:

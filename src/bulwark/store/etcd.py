@@ -19,6 +19,9 @@ order; index values are plain decimal ids::
     repo-names/<owner id>/<folded name>   -> repository id
     storage-ids/<storage id>              -> repository id
     collaborators/<repo id>/<user id>     the permission, as its number
+    member-of/<user id>/<org id>          (empty) a membership, found from the user's side
+    collaborates/<user id>/<repo id>      (empty) a collaboration, found from the user's side
+    indexes                               which of the indexes above existing data has
     settings/<key>                        the value, as given
     maintenance                           the maintenance state as JSON
     seq/<kind>                            the last id handed out (kinds: accounts, tokens, repos)
@@ -57,11 +60,12 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import logging
 import random
 import string
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -85,11 +89,15 @@ from bulwark.store.base import Store
 from bulwark.store.times import dump_optional_time as _dump_optional_time
 from bulwark.store.times import dump_time as _dump_time
 
+log = logging.getLogger("bulwark.store")
+
 DEFAULT_PREFIX = "/bulwark/store/"
 
 # The most comparisons or requests this store puts in one transaction; match it to
 # etcd's --max-txn-ops.
 MAX_TXN_OPS = 4096
+# The version of the user-side indexes (``indexes`` key): written once their keys exist for all data.
+INDEXES = "1"
 
 # How many times a write starts over after colliding with concurrent writers.
 MAX_ATTEMPTS = 64
@@ -133,6 +141,9 @@ class _Keys:
         self.repo_names = prefix + "repo-names/"
         self.storage_ids = prefix + "storage-ids/"
         self.collaborators = prefix + "collaborators/"
+        self.member_of = prefix + "member-of/"
+        self.collaborates = prefix + "collaborates/"
+        self.indexes = prefix + "indexes"
         self.settings = prefix + "settings/"
         self.maintenance = prefix + "maintenance"
         self.seq = prefix + "seq/"
@@ -162,10 +173,25 @@ class _Keys:
         return self.repos + _pad(repo_id)
 
     def repo_name(self, owner_id: int, name: str) -> str:
-        return f"{self.repo_names}{_pad(owner_id)}/{_fold(name)}"
+        return self.repos_named_by(owner_id) + _fold(name)
+
+    def repos_named_by(self, owner_id: int) -> str:
+        return f"{self.repo_names}{_pad(owner_id)}/"
 
     def storage_id(self, storage_id: str) -> str:
         return self.storage_ids + storage_id
+
+    def memberships_of(self, user_id: int) -> str:
+        return f"{self.member_of}{_pad(user_id)}/"
+
+    def membership_index(self, org_id: int, user_id: int) -> str:
+        return self.memberships_of(user_id) + _pad(org_id)
+
+    def collaborations_of(self, user_id: int) -> str:
+        return f"{self.collaborates}{_pad(user_id)}/"
+
+    def collaboration_index(self, repo_id: int, user_id: int) -> str:
+        return self.collaborations_of(user_id) + _pad(repo_id)
 
     def collaborators_of(self, repo_id: int) -> str:
         return f"{self.collaborators}{_pad(repo_id)}/"
@@ -388,6 +414,7 @@ class EtcdStore(Store):
         self._max_txn_ops = max_txn_ops
         self._closed = False
         self._logs = threading.local()
+        self._indexed = False
 
     def close(self) -> None:
         self._closed = True
@@ -445,6 +472,17 @@ class EtcdStore(Store):
         found = [kvs[0] if kvs else None for kvs in self._client().txn([], [Op.get(key) for key in keys]).reads]
         for key, kv in zip(keys, found, strict=True):
             self._note(key, kv)
+        return found
+
+    def _read_many(self, keys: list[str]) -> list[KV | None]:
+        """Like :meth:`_read` for any number of keys, in transactions of at most the etcd limit
+        (so not all at one revision)."""
+        self._unloggable()
+        step = self._max_txn_ops
+        found: list[KV | None] = []
+        for start in range(0, len(keys), step):
+            reads = self._client().txn([], [Op.get(key) for key in keys[start : start + step]]).reads
+            found += [kvs[0] if kvs else None for kvs in reads]
         return found
 
     def _range(self, prefix: str) -> list[KV]:
@@ -545,6 +583,7 @@ class EtcdStore(Store):
             if owner_id is not None:
                 ops += [
                     Op.put(keys.membership(account_id, owner_id), OrgRole.OWNER.value),
+                    Op.put(keys.membership_index(account_id, owner_id), ""),
                     self._touch_dependents(owner_id),
                 ]
             self._commit(compares, ops, f"creating account {login!r}")
@@ -650,6 +689,9 @@ class EtcdStore(Store):
                 Op.delete(dependents_key),
                 # Members of the account, if it is an organization.
                 Op.delete(keys.members_of(account_id), prefix=True),
+                # The user-side indexes of its memberships and collaborations, if it is a user.
+                Op.delete(keys.memberships_of(account_id), prefix=True),
+                Op.delete(keys.collaborations_of(account_id), prefix=True),
             ]
             for kv in tokens:
                 token = _decode(kv, _load_token)
@@ -661,13 +703,18 @@ class EtcdStore(Store):
             # Memberships and collaborations of the account, if it is a user.
             ops += [Op.delete(kv.key) for kv in memberships if _pair(kv, keys.memberships)[1] == account_id]
             ops += [Op.delete(kv.key) for kv in collaborations if _pair(kv, keys.collaborators)[1] == account_id]
+            # The members' side of an organization's memberships.
+            ops += [Op.delete(keys.membership_index(org, user))
+                    for org, user in (_pair(kv, keys.memberships) for kv in memberships) if org == account_id]
             repos = []
             for kv in repo_kvs:
                 repo = _decode(kv, _load_repo)
                 if repo.owner_id == account_id:
                     # Unchanged, so its index keys are the ones removed here.
                     compares.append(Compare.unchanged(kv.key, kv.mod_revision))
-                    ops += self._repo_removal(repo)
+                    collaborators = [user for repo_id, user in (_pair(c, keys.collaborators) for c in collaborations)
+                                     if repo_id == repo.id]
+                    ops += self._repo_removal(repo, collaborators)
                     repos.append(repo)
             self._commit(compares, ops, f"deleting account {account_id}")
             return repos
@@ -826,6 +873,7 @@ class EtcdStore(Store):
                 [Compare.present(org_key), Compare.present(user_key)],
                 [
                     Op.put(self._keys.membership(org_id, user_id), role.value),
+                    Op.put(self._keys.membership_index(org_id, user_id), ""),
                     self._touch_dependents(org_id),
                     self._touch_dependents(user_id),
                 ],
@@ -837,7 +885,11 @@ class EtcdStore(Store):
 
     def remove_membership(self, org_id: int, user_id: int) -> bool:
         self._unloggable()
-        return self._client().delete(self._keys.membership(org_id, user_id)) > 0
+        key = self._keys.membership(org_id, user_id)
+        result = self._client().txn(
+            [], [Op.get(key), Op.delete(key), Op.delete(self._keys.membership_index(org_id, user_id))]
+        )
+        return bool(result.reads[0])
 
     def get_membership(self, org_id: int, user_id: int) -> Membership | None:
         kv = self._get(self._keys.membership(org_id, user_id))
@@ -849,12 +901,16 @@ class EtcdStore(Store):
         return [m for m in members if wanted is None or m.role is wanted]
 
     def list_memberships_of(self, user_id: int) -> list[Membership]:
-        memberships = [self._load_membership(kv) for kv in self._range(self._keys.memberships)]
-        return [m for m in memberships if m.user_id == user_id]
+        # From the user's side of the index, then the records, which are the truth (an index key
+        # left behind by a removal that raced another write points at nothing and is skipped).
+        self._ensure_indexes()
+        orgs = [_pair(kv, self._keys.member_of)[1] for kv in self._range(self._keys.memberships_of(user_id))]
+        found = self._read_many([self._keys.membership(org, user_id) for org in orgs])
+        return [self._load_membership(kv) for kv in found if kv is not None]
 
     # -- repositories ------------------------------------------------------------------
 
-    def _repo_removal(self, repo: Repository) -> list[Op]:
+    def _repo_removal(self, repo: Repository, collaborators: list[int]) -> list[Op]:
         """The requests that remove ``repo`` with its index keys and collaborators."""
         keys = self._keys
         return [
@@ -862,6 +918,7 @@ class EtcdStore(Store):
             Op.delete(keys.repo_name(repo.owner_id, repo.name)),
             Op.delete(keys.storage_id(repo.storage_id)),
             Op.delete(keys.collaborators_of(repo.id), prefix=True),
+            *(Op.delete(keys.collaboration_index(repo.id, user)) for user in collaborators),
         ]
 
     def create_repo(
@@ -937,6 +994,10 @@ class EtcdStore(Store):
         kv = self._get(self._keys.repo(repo_id))
         return None if kv is None else _decode(kv, _load_repo)
 
+    def get_repos(self, repo_ids: Sequence[int]) -> list[Repository]:
+        found = self._read_many([self._keys.repo(repo_id) for repo_id in repo_ids])
+        return [_decode(kv, _load_repo) for kv in found if kv is not None]
+
     def get_repo_by_storage_id(self, storage_id: str) -> Repository | None:
         index = self._get(self._keys.storage_id(storage_id))
         repo = None if index is None else self.get_repo_by_id(_index_id(index))
@@ -944,8 +1005,14 @@ class EtcdStore(Store):
 
     def list_repos(self, owner_id: int | None = None, *, limit: int | None = None, offset: int = 0) -> list[Repository]:
         _check_page(limit, offset)
-        repos = [_decode(kv, _load_repo) for kv in self._range(self._keys.repos)]
-        return _page([r for r in repos if owner_id is None or r.owner_id == owner_id], limit, offset)
+        if owner_id is None:
+            return _page([_decode(kv, _load_repo) for kv in self._range(self._keys.repos)], limit, offset)
+        # One owner's: the ids from its name index, then only the page's records (not every repository).
+        ids = sorted(_index_id(kv) for kv in self._range(self._keys.repos_named_by(owner_id)))
+        found = self._read_many([self._keys.repo(repo_id) for repo_id in _page(ids, limit, offset)])
+        repos = [_decode(kv, _load_repo) for kv in found if kv is not None]
+        # A repository renamed away or transferred between the two reads is not this owner's any more.
+        return [r for r in repos if r.owner_id == owner_id]
 
     def save_repo(self, repo: Repository) -> Repository:
         keys = self._keys
@@ -997,9 +1064,11 @@ class EtcdStore(Store):
             if kv is None:
                 return False
             repo = _decode(kv, _load_repo)
+            collaborators = [_pair(c, self._keys.collaborators)[1]
+                             for c in self._range(self._keys.collaborators_of(repo_id))]
             self._commit(
                 [Compare.unchanged(repo_key, kv.mod_revision)],
-                self._repo_removal(repo),
+                self._repo_removal(repo, collaborators),
                 f"deleting repository {repo_id}",
             )
             return True
@@ -1032,6 +1101,7 @@ class EtcdStore(Store):
                 [Compare.present(repo_key), Compare.present(user_key)],
                 [
                     Op.put(self._keys.collaborator(repo_id, user_id), str(int(permission))),
+                    Op.put(self._keys.collaboration_index(repo_id, user_id), ""),
                     self._touch_dependents(user_id),
                 ],
                 f"setting collaborator {user_id} of repository {repo_id}",
@@ -1042,7 +1112,11 @@ class EtcdStore(Store):
 
     def remove_collaborator(self, repo_id: int, user_id: int) -> bool:
         self._unloggable()
-        return self._client().delete(self._keys.collaborator(repo_id, user_id)) > 0
+        key = self._keys.collaborator(repo_id, user_id)
+        result = self._client().txn(
+            [], [Op.get(key), Op.delete(key), Op.delete(self._keys.collaboration_index(repo_id, user_id))]
+        )
+        return bool(result.reads[0])
 
     def get_collaborator(self, repo_id: int, user_id: int) -> Collaborator | None:
         kv = self._get(self._keys.collaborator(repo_id, user_id))
@@ -1052,8 +1126,29 @@ class EtcdStore(Store):
         return [self._load_collaborator(kv) for kv in self._range(self._keys.collaborators_of(repo_id))]
 
     def list_collaborations_of(self, user_id: int) -> list[Collaborator]:
-        collaborators = [self._load_collaborator(kv) for kv in self._range(self._keys.collaborators)]
-        return [c for c in collaborators if c.user_id == user_id]
+        self._ensure_indexes()
+        repos = [_pair(kv, self._keys.collaborates)[1] for kv in self._range(self._keys.collaborations_of(user_id))]
+        found = self._read_many([self._keys.collaborator(repo, user_id) for repo in repos])
+        return [self._load_collaborator(kv) for kv in found if kv is not None]
+
+    # -- indexes over data written before them ---------------------------------------
+
+    def _ensure_indexes(self) -> None:
+        """Write the user-side index keys of memberships and collaborations that data from before
+        them lacks, once per store (idempotent: every node may do it, at the same time too)."""
+        if self._indexed:
+            return
+        keys = self._keys
+        if self._client().get(keys.indexes) is None:
+            ops = [Op.put(keys.membership_index(*_pair(kv, keys.memberships)), "")
+                   for kv in self._client().get_prefix(keys.memberships)]
+            ops += [Op.put(keys.collaboration_index(*_pair(kv, keys.collaborators)), "")
+                    for kv in self._client().get_prefix(keys.collaborators)]
+            for start in range(0, len(ops), self._max_txn_ops):
+                self._client().txn([], ops[start : start + self._max_txn_ops])
+            self._client().put(keys.indexes, INDEXES)
+            log.info("etcd store: indexed %d memberships and collaborations from the user's side", len(ops))
+        self._indexed = True
 
     # -- node settings -----------------------------------------------------------------
 

@@ -907,6 +907,16 @@ class SQLiteStore(Store, ChangeLog):
         row = self._row(f"SELECT {_REPO_COLUMNS} FROM repositories WHERE id = ?", (repo_id,))
         return None if row is None else _repo(row)
 
+    def get_repos(self, repo_ids: Sequence[int]) -> list[Repository]:
+        found: dict[int, Repository] = {}
+        unique = list(dict.fromkeys(repo_ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            rows = self._rows(f"SELECT {_REPO_COLUMNS} FROM repositories WHERE id IN ({','.join('?' * len(chunk))})",
+                              tuple(chunk))
+            found.update((repo.id, repo) for repo in map(_repo, rows))
+        return [found[i] for i in repo_ids if i in found]
+
     def get_repo_by_storage_id(self, storage_id: str) -> Repository | None:
         row = self._row(f"SELECT {_REPO_COLUMNS} FROM repositories WHERE storage_id = ?", (storage_id,))
         return None if row is None else _repo(row)
