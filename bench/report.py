@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench import scale
+
 MEMORY_FLAT_MIB = 5.0  # "flat": the peak during a clone or a push at most this much above idle
 PHASE_LABEL = {"clone": "the clones", "push": "the pushes"}
 
@@ -246,6 +248,7 @@ def markdown(report: dict[str, Any]) -> str:
         *modes_table(report["results"]),
         "",
         *abuse_table(report["results"]),
+        *(["## Scale", "", *scale.markdown(report["results"]["scale"])] if "scale" in report["results"] else []),
         *[f"- {key} failed: {value['error']}" for key, value in report["results"].items()
           if isinstance(value, dict) and "error" in value],
         f"Run: `{report['command']}` ({report['seconds'] / 60:.1f} minutes).",
@@ -384,11 +387,31 @@ def write_abuse(report: dict[str, Any], out: Path) -> list[Path]:
     return [out / "abuse.json", out / "abuse.md"]
 
 
+def scale_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Scale — {report['finished_at']}", "", machine_line(report["machine"]), "",
+             f"Command: `{report['command']}`", "", *scale.markdown(report["results"]["scale"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_scale(report: dict[str, Any], out: Path) -> list[Path]:
+    """The scale curves on their own: scale.json, scale.md and scale.png."""
+    figures = report["results"].get("scale")
+    if not figures:
+        return []
+    own = {**report, "sections": ["scale"], "results": {"scale": figures}}
+    (out / "scale.json").write_text(json.dumps(own, indent=1) + "\n")
+    (out / "scale.md").write_text(scale_markdown(own))
+    if scale.plot(figures, out / "scale.png"):
+        return [out / "scale.json", out / "scale.md", out / "scale.png"]
+    (out / "scale.png").unlink(missing_ok=True)
+    return [out / "scale.json", out / "scale.md"]
+
+
 def write(report: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    abuse = write_abuse(report, out)
-    if report["sections"] == ["abuse"]:
-        return abuse  # alone, it leaves the full run's latest.* as they are
+    abuse = write_abuse(report, out) + write_scale(report, out)
+    if report["sections"] in (["abuse"], ["scale"]):
+        return abuse  # alone, they leave the full run's latest.* as they are
     written = [out / "latest.json", out / "latest.md", *abuse]
     (out / "latest.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "latest.md").write_text(markdown(report))

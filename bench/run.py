@@ -3,6 +3,7 @@
     .venv/bin/python -m bench            # the full run (about 150 MiB, 1,000 small repositories)
     .venv/bin/python -m bench --small    # a quick run (20 MiB, 50 small repositories)
     .venv/bin/python -m bench --only abuse   # hostile clients alone: bench/results/abuse.{json,md,png}
+    .venv/bin/python -m bench --only scale --scale 100000   # lists and look-ups against size: scale.*
 
 Everything listens on 127.0.0.1 and is started, and stopped, by this process.
 """
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ROOT, abuse, compare, modes, report
+from bench import ROOT, abuse, compare, modes, report, scale
 from bench.common import client_env
 from bench.data import FULL, SMALL, TINY, Spec, build
 from bench.fixtures import copy_tree, seed
@@ -33,7 +34,7 @@ from bench.reference import ReferenceServer
 
 from helpers import Server, admin_token
 
-SECTIONS = ("compare", "backup", "ha", "cluster", "failover", "abuse")
+SECTIONS = ("compare", "backup", "ha", "cluster", "failover", "abuse", "scale")
 REFERENCE_CHILDREN = 8
 
 
@@ -107,6 +108,8 @@ def standalone_sections(args: argparse.Namespace, spec: Spec, work: Path, clock:
 def _command(args: argparse.Namespace) -> str:
     """The make command that repeats this run."""
     flags = {"full": "", "small": "--small", "tiny": "--tiny"}[args.profile_name]
+    if "scale" in args.sections and args.scale != 10_000:
+        flags = f"{flags} --scale {args.scale}".strip()
     if args.sections != set(SECTIONS):
         flags = f"{flags} --only {','.join(s for s in SECTIONS if s in args.sections)}".strip()
     return "make bench" + (f' BENCH_ARGS="{flags}"' if " " in flags else f" BENCH_ARGS={flags}" if flags else "")
@@ -124,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where results go (default: bench/results)")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}")
+    parser.add_argument("--scale", type=int, default=10_000, metavar="N",
+                        help="the scale section grows to this many repositories (1,000, 10,000, 100,000 up to N; "
+                             "default 10,000)")
     parser.add_argument("--profile", action="store_true",
                         help="record py-spy profiles of Bulwark during the comparisons into OUT/profiles "
                              "(the numbers are then perturbed: latest.* is not written)")
@@ -161,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             clock.log("hostile clients against a standalone node")
             _section(results, "abuse", clock,
                      lambda: abuse.measure(work / "abuse", args.data_dir, args.profile_name, clock.log))
+        if "scale" in args.sections:
+            clock.log("scale: lists and look-ups against the number of repositories")
+            _section(results, "scale", clock, lambda: scale.measure(work / "scale", args.scale, clock.log))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     data_info = results.pop("data_info", {})
@@ -191,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in report.write(full_report, args.out):
         clock.log(f"wrote {os.path.relpath(path, Path.cwd())}")
     print()
-    print(report.abuse_markdown(full_report) if args.sections == {"abuse"} else report.markdown(full_report))
+    alone = {"abuse": report.abuse_markdown, "scale": report.scale_markdown}
+    only = next(iter(args.sections)) if len(args.sections) == 1 else ""
+    print(alone[only](full_report) if only in alone else report.markdown(full_report))
     return 1 if any(isinstance(v, dict) and "error" in v for v in results.values()) else 0
 
 
