@@ -44,13 +44,15 @@ class ClusterGit(GitRunner):
         rt = self._rt()
         snap = rt.snapshot(max_age=0)
         rf = snap.config.effective_rf()
-        nodes = placing.choose_nodes(snap, rf)
+        # The snapshot has no placements: the counts to balance by come apart, kept for a while.
+        nodes = placing.choose_nodes(snap, rf, extra=rt.replica_counts())
         if not nodes:
             raise Unavailable("no live storage node can take a new repository")
         # Generation 0 for every replica; one that cannot be created now is set to BUILDING below.
         # The lock keeps the checksum verifier away from copies that are still being made.
         with rt.locks.held(storage_id):
             placed = state.create_placement(rt.etcd, Placement(storage_id, {n: 0 for n in nodes}))
+            rt.note_placed(nodes)
             self._create_copies(rt, placed, default_branch)
         return self.path(storage_id)
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Collection
 
 from bulwark.cluster import hooks, keys, router, state
+from bulwark.cluster import placement as placing
 from bulwark.cluster.client import AsyncPeers, PeerClient, git_auth_config, refuses_connections
 from bulwark.cluster.config import ClusterConfig
 from bulwark.cluster.coordinator import Coordinator
@@ -29,6 +30,9 @@ from bulwark.errors import InvalidInput, Unavailable
 from bulwark.git.runner import GitRunner, checksum_of
 
 log = logging.getLogger("bulwark.cluster")
+
+# How old the replica counts used to place a new repository may be.
+COUNTS_MAX_AGE = 30.0
 
 
 class ClusterRuntime:
@@ -62,6 +66,7 @@ class ClusterRuntime:
         self._config = config
         self._snapshot: tuple[float, ClusterSnapshot] | None = None
         self._snapshot_lock = threading.Lock()
+        self._counts: tuple[float, dict[str, int]] | None = None
         # Made on first use: they belong to the event loop that serves requests.
         self._apeers: AsyncPeers | None = None
         self._coordinator: Coordinator | None = None
@@ -79,10 +84,32 @@ class ClusterRuntime:
             cached = self._snapshot
         if cached is not None and now - cached[0] < max_age:
             return cached[1]
-        snap = state.snapshot(self.etcd)
+        snap = state.snapshot(self.etcd, placements=False)
         with self._snapshot_lock:
             self._snapshot = (time.monotonic(), snap)
         return snap
+
+    def full_snapshot(self) -> ClusterSnapshot:
+        """The cluster state with every placement: for views of all repositories, never per request."""
+        return state.snapshot(self.etcd)
+
+    def replica_counts(self) -> dict[str, int]:
+        """Replicas per node for placing new ones: from a read of every placement at most every
+        COUNTS_MAX_AGE seconds, plus the ones this node placed since (the balance is approximate)."""
+        now = time.monotonic()
+        with self._snapshot_lock:
+            cached = self._counts
+        if cached is None or now - cached[0] >= COUNTS_MAX_AGE:
+            cached = (now, placing.replica_counts(self.full_snapshot()))
+            with self._snapshot_lock:
+                self._counts = cached
+        return dict(cached[1])
+
+    def note_placed(self, nodes: Collection[str]) -> None:
+        with self._snapshot_lock:
+            if self._counts is not None:
+                for node in nodes:
+                    self._counts[1][node] = self._counts[1].get(node, 0) + 1
 
     def placement(self, storage_id: str) -> Placement | None:
         """Read fresh on every request: routing must never trust a stale generation."""
@@ -206,7 +233,7 @@ class ClusterRuntime:
         A node that comes back with a wiped or replaced disk must not serve reads from
         copies it no longer has; the reconciler rebuilds them.
         """
-        missing = [p.storage_id for p in self.snapshot(max_age=0).placements.values()
+        missing = [p.storage_id for p in self.full_snapshot().placements.values()
                    if p.replicas.get(self.name, state.BUILDING) > state.BUILDING and not self.git.exists(p.storage_id)]
         for storage_id in missing:
             self.mark_outdated(storage_id)

@@ -138,20 +138,21 @@ def read_secret(etcd: Etcd) -> str | None:
     return kv.text if kv else None
 
 
-def snapshot(etcd: Etcd) -> ClusterSnapshot:
-    """Read the whole cluster state in one transaction (so it is one consistent revision)."""
-    result = etcd.txn(
-        [],
-        [
-            Op.get(keys.CONFIG),
-            Op.get(keys.ALIVE, prefix=True),
-            Op.get(keys.MAINTENANCE, prefix=True),
-            Op.get(keys.EVACUATING, prefix=True),
-            Op.get(keys.PLACEMENT, prefix=True),
-            Op.get(keys.RECONCILER),
-        ],
-    )
-    config_kv, alive_kvs, maint_kvs, evac_kvs, placement_kvs, reconciler_kv = result.reads
+def snapshot(etcd: Etcd, *, placements: bool = True) -> ClusterSnapshot:
+    """Read the whole cluster state in one transaction (so it is one consistent revision).
+
+    ``placements=False`` leaves out every repository's placement: what a node needs on its hot
+    paths (who is alive, where nodes are) stays small however many repositories there are."""
+    reads = [
+        Op.get(keys.CONFIG),
+        Op.get(keys.ALIVE, prefix=True),
+        Op.get(keys.MAINTENANCE, prefix=True),
+        Op.get(keys.EVACUATING, prefix=True),
+        Op.get(keys.RECONCILER),
+    ]
+    result = etcd.txn([], reads + ([Op.get(keys.PLACEMENT, prefix=True)] if placements else []))
+    config_kv, alive_kvs, maint_kvs, evac_kvs, reconciler_kv = result.reads[:5]
+    placement_kvs = result.reads[5] if placements else []
     if not config_kv:
         raise Unavailable("this etcd holds no cluster configuration; run 'bulwark cluster init' first")
     return ClusterSnapshot(

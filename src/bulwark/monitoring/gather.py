@@ -56,7 +56,7 @@ class ClusterView:
         rt = self.runtime
         session = rt.membership.connected()
         try:
-            snapshot = rt.snapshot(max_age=0)  # this view is the cache
+            snapshot = rt.full_snapshot()  # this view is the cache
         except BulwarkError as exc:
             return ClusterFacts(rt.name, session, etcd_reachable=False, report=None, error=exc.message)
         report = cluster_report(snapshot, etcd_health=self._etcd_health(list(snapshot.config.etcd)))
