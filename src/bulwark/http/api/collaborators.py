@@ -28,7 +28,7 @@ async def list_collaborators(request: Request) -> JSONResponse:
     access = await find_repo(ctx)
     ctx.node.repos.require(access, Permission.PUSH)
     people = await call(ctx.node.repos.people, access.repo, access.owner)
-    return paginate_list(request, [collaborator_json(ctx, user, perm) for user, perm in people])
+    return paginate_list(request, people, render=lambda person: collaborator_json(ctx, *person))
 
 
 async def check_collaborator(request: Request) -> Response:

@@ -143,7 +143,7 @@ async def list_refs(request: Request) -> JSONResponse:
     refs = await _all_refs(ctx, access)
     if not refs:
         raise EmptyRepository()
-    return paginate_list(request, [ref_json(ctx, access.full_name, r) for r in refs])
+    return paginate_list(request, refs, render=lambda r: ref_json(ctx, access.full_name, r))
 
 
 async def _matching(ctx: Ctx, access: RepoAccess, ref: str) -> list[Ref]:
@@ -162,14 +162,14 @@ async def get_refs(request: Request) -> JSONResponse:
         return JSONResponse(ref_json(ctx, access.full_name, exact))
     if not matches:
         raise NotFound("Not Found")
-    return paginate_list(request, [ref_json(ctx, access.full_name, r) for r in matches])
+    return paginate_list(request, matches, render=lambda r: ref_json(ctx, access.full_name, r))
 
 
 async def get_matching_refs(request: Request) -> JSONResponse:
     ctx = await context(request)
     access = await find_repo(ctx)
     matches = await _matching(ctx, access, request.path_params["ref"])
-    return paginate_list(request, [ref_json(ctx, access.full_name, r) for r in matches])
+    return paginate_list(request, matches, render=lambda r: ref_json(ctx, access.full_name, r))
 
 
 async def get_ref(request: Request) -> JSONResponse:

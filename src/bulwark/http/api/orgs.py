@@ -101,7 +101,7 @@ async def list_members(request: Request) -> JSONResponse:
         return paginate_list(request, [])
     role = None if role_filter == "all" else OrgRole(role_filter)
     members = await call(ctx.node.accounts.members, org, role)
-    return paginate_list(request, [account_json(ctx, user) for user, _ in members])
+    return paginate_list(request, members, render=lambda member: account_json(ctx, member[0]))
 
 
 async def _visible_membership(ctx: Ctx, org: Account, login: str) -> tuple[Account, OrgRole]:

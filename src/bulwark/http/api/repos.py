@@ -116,7 +116,7 @@ def _listed(request: Request, ctx: Ctx, accesses: list[RepoAccess], default_sort
     if direction not in ("asc", "desc"):
         raise InvalidInput("direction must be asc or desc", field="direction")
     accesses = sorted(accesses, key=_SORT_KEYS[sort], reverse=direction == "desc")
-    return paginate_list(request, [_view(ctx, a) for a in accesses])
+    return paginate_list(request, accesses, render=lambda a: _view(ctx, a))
 
 
 def _affiliations(request: Request) -> set[str]:
