@@ -10,6 +10,7 @@ replica. Everything else (the git data path) is routed by the HTTP layer.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,17 +60,23 @@ class ClusterGit(GitRunner):
     def _create_copies(self, rt: ClusterRuntime, placed: Placement, default_branch: str) -> None:
         storage_id = placed.storage_id
         urls = rt.urls()
-        failed = []
-        for node in placed.replicas:
+
+        def create(node: str) -> str | None:
+            """The node, if its copy could not be made."""
             try:
                 if node == rt.name:
-                    if not super().exists(storage_id):
-                        super().init_bare(storage_id, default_branch)
+                    if not GitRunner.exists(self, storage_id):
+                        GitRunner.init_bare(self, storage_id, default_branch)
                 else:
                     rt.peers.init(urls.get(node, ""), storage_id, default_branch)
             except BulwarkError as exc:
                 log.warning("could not create replica of %s on %s: %s", storage_id, node, exc)
-                failed.append(node)
+                return node
+            return None
+
+        # All copies at once: a create waits for the slowest node, not for the sum of them.
+        with ThreadPoolExecutor(max_workers=len(placed.replicas) or 1) as pool:
+            failed = [node for node in pool.map(create, placed.replicas) if node is not None]
         if failed:
             state.update_placement(
                 rt.etcd, storage_id,
