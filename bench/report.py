@@ -373,18 +373,19 @@ def plot_abuse(abuse: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def write_abuse(report: dict[str, Any], out: Path) -> list[Path]:
-    """The hostile-client figures on their own: abuse.json, abuse.md and abuse.png."""
-    abuse = report["results"].get("abuse")
-    if not abuse:
+def _write_alone(report: dict[str, Any], out: Path, key: str, render: Callable[[dict[str, Any]], str],
+                 draw: Callable[[dict[str, Any], Path], bool]) -> list[Path]:
+    """One section's figures on their own: KEY.json, KEY.md and KEY.png."""
+    figures = report["results"].get(key)
+    if not figures:
         return []
-    own = {**report, "sections": ["abuse"], "results": {"abuse": abuse}}
-    (out / "abuse.json").write_text(json.dumps(own, indent=1) + "\n")
-    (out / "abuse.md").write_text(abuse_markdown(own))
-    if "error" not in abuse and plot_abuse(abuse, out / "abuse.png"):
-        return [out / "abuse.json", out / "abuse.md", out / "abuse.png"]
-    (out / "abuse.png").unlink(missing_ok=True)  # an earlier run's plot would not match
-    return [out / "abuse.json", out / "abuse.md"]
+    own = {**report, "sections": [key], "results": {key: figures}}
+    (out / f"{key}.json").write_text(json.dumps(own, indent=1) + "\n")
+    (out / f"{key}.md").write_text(render(own))
+    if "error" not in figures and draw(figures, out / f"{key}.png"):
+        return [out / f"{key}.json", out / f"{key}.md", out / f"{key}.png"]
+    (out / f"{key}.png").unlink(missing_ok=True)  # an earlier run's plot would not match
+    return [out / f"{key}.json", out / f"{key}.md"]
 
 
 def scale_markdown(report: dict[str, Any]) -> str:
@@ -393,23 +394,10 @@ def scale_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_scale(report: dict[str, Any], out: Path) -> list[Path]:
-    """The scale curves on their own: scale.json, scale.md and scale.png."""
-    figures = report["results"].get("scale")
-    if not figures:
-        return []
-    own = {**report, "sections": ["scale"], "results": {"scale": figures}}
-    (out / "scale.json").write_text(json.dumps(own, indent=1) + "\n")
-    (out / "scale.md").write_text(scale_markdown(own))
-    if scale.plot(figures, out / "scale.png"):
-        return [out / "scale.json", out / "scale.md", out / "scale.png"]
-    (out / "scale.png").unlink(missing_ok=True)
-    return [out / "scale.json", out / "scale.md"]
-
-
 def write(report: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    abuse = write_abuse(report, out) + write_scale(report, out)
+    abuse = (_write_alone(report, out, "abuse", abuse_markdown, plot_abuse)
+             + _write_alone(report, out, "scale", scale_markdown, scale.plot))
     if report["sections"] in (["abuse"], ["scale"]):
         return abuse  # alone, they leave the full run's latest.* as they are
     written = [out / "latest.json", out / "latest.md", *abuse]

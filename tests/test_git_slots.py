@@ -145,6 +145,11 @@ def test_the_rate_floor_counts_the_last_window_not_the_average() -> None:
     assert floor.too_slow(100_002, 12.0)
     steady = RateFloor(grace=5.0, rate=1024, window=10.0)
     assert not any(steady.too_slow(2048 * t, float(t)) for t in range(1, 120))
+    # A million tiny pieces in 10 s: judged the same, and the floor keeps a few marks, not a million.
+    tiny = RateFloor(grace=5.0, rate=1024, window=10.0)
+    assert not any(tiny.too_slow(i, i * 1e-5) for i in range(1_000_000))
+    assert len(tiny._marks) <= 2 * 10.0 / 0.5 + 2
+    assert tiny.too_slow(1_000_000, 100.0)  # then next to nothing for 90 s
 
 
 def test_a_fetch_that_stops_sending_is_given_up_long_before_the_idle_timeout(

@@ -85,6 +85,17 @@ def test_everything_reaches_the_replica_which_refuses_writes(pair: tuple[Server,
     assert httpx.get(f"{primary.url}/status").status_code == 200
 
 
+def one_repository_in_sync(primary: Server, replica: Server, genv: dict[str, str],
+                           tmp_path: Path) -> tuple[str, Pusher]:
+    """alice/app with one pushed branch, replicated: alice's token and her working copy."""
+    token = primary.create_user("alice")
+    primary.create_repo(token, "app")
+    pusher = Pusher.clone(primary.remote("alice", "app", token=token), tmp_path / "w", genv)
+    assert pusher.push_new_branch()
+    wait_for(lambda: repl_status(replica)["repositories"]["in_sync"] == 1, what="replica in sync")
+    return token, pusher
+
+
 def test_kill_primary_promote_replica_through_haproxy(pair: tuple[Server, Server], genv: dict[str, str],
                                                       tmp_path: Path) -> None:
     primary, replica = pair
@@ -152,11 +163,7 @@ def test_a_promotion_killed_part_way_is_finished_by_the_running_node(pair: tuple
     """`repl promote` lowers the replication flag first; killed after that, it would leave a pair
     that takes no writes anywhere until someone ran it again."""
     primary, replica = pair
-    token = primary.create_user("alice")
-    primary.create_repo(token, "app")
-    pusher = Pusher.clone(primary.remote("alice", "app", token=token), tmp_path / "w", genv)
-    assert pusher.push_new_branch()
-    wait_for(lambda: repl_status(replica)["repositories"]["in_sync"] == 1, what="replica in sync")
+    token, pusher = one_repository_in_sync(primary, replica, genv, tmp_path)
     assert primary.proc is not None
     os.kill(primary.proc.pid, signal.SIGSTOP)  # hung: the promotion waits on it, and is killed meanwhile
     try:
@@ -181,11 +188,7 @@ def test_a_promotion_killed_part_way_is_finished_by_the_running_node(pair: tuple
 def test_old_primary_comes_back_fenced_then_rejoins_as_replica(pair: tuple[Server, Server],
                                                                 genv: dict[str, str], tmp_path: Path) -> None:
     primary, replica = pair
-    token = primary.create_user("alice")
-    primary.create_repo(token, "app")
-    pusher = Pusher.clone(primary.remote("alice", "app", token=token), tmp_path / "w", genv)
-    assert pusher.push_new_branch()
-    wait_for(lambda: repl_status(replica)["repositories"]["in_sync"] == 1, what="replica in sync")
+    token, pusher = one_repository_in_sync(primary, replica, genv, tmp_path)
     primary.kill()
     assert repl(replica, "promote").returncode == 0
     assert pusher.push_new_branch(replica.remote("alice", "app", token=token))

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -18,9 +19,10 @@ from bulwark.errors import GitError, Unavailable
 from bulwark.git.runner import GitRunner
 from bulwark.ha import state as ha_state
 from bulwark.ha.gate import ReplicationGate
-from bulwark.ha.loop import HALoop, PrimaryDuties, process_alive
+from bulwark.ha.loop import HALoop, PrimaryDuties
 from bulwark.ha.promote import promote
 from bulwark.ha.replicator import Replicator
+from bulwark.monitoring.running import pid_exists
 from bulwark.store.changes import ChangeLog
 from bulwark.store.sqlite import SQLiteStore
 
@@ -168,8 +170,14 @@ def test_a_promotion_records_its_process_until_it_ends(store: SQLiteStore, tmp_p
     assert state.promoting is None and state.replicating is True and state.role == "ha-replica"
 
 
-def test_process_alive() -> None:
-    assert process_alive(os.getpid())
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
+def test_a_killed_promotion_not_yet_reaped_counts_as_gone() -> None:
+    """The loop's test of the promoting process: a killed CLI whose parent has not collected it
+    yet is a zombie, and must not hold the promotion up for ever."""
+    assert pid_exists(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child.kill()
+    deadline = time.monotonic() + 10
+    while pid_exists(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_exists(child.pid)
     child.wait()
-    assert not process_alive(child.pid)

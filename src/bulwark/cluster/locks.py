@@ -33,6 +33,8 @@ from bulwark.errors import Unavailable
 
 log = logging.getLogger("bulwark.cluster")
 
+HOLDER_LOOK_EVERY = 0.5  # seconds between looks at a busy lock's holder while waiting for it
+
 
 class RepositoryBusy(Unavailable):
     """Another write to the repository held its lock for longer than we could wait."""
@@ -87,14 +89,19 @@ class RepoLocks:
     def acquire(self, storage_id: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         probed: set[int] = set()
+        look_at = 0.0  # when to read who holds the lock next (not on every poll)
         while True:
             token = self.try_acquire(storage_id)
             if token is not None:
                 return token
-            kv = self.etcd.get(keys.lock(storage_id))
-            if kv is not None and self._ended_dead_holder(storage_id, kv, probed):
-                continue
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= look_at:
+                look_at = now + HOLDER_LOOK_EVERY
+                kv = self.etcd.get(keys.lock(storage_id))
+                if kv is not None and self._ended_dead_holder(storage_id, kv, probed):
+                    continue
+            if now >= deadline:
+                kv = self.etcd.get(keys.lock(storage_id))
                 who = kv.text.split("/")[0] if kv else "another node"
                 raise RepositoryBusy(f"another write to this repository (on {who}) is still in progress; try again")
             time.sleep(self.poll)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -26,6 +25,7 @@ from bulwark.ha.health import FenceDecision, decide_fencing, observe
 from bulwark.ha.replicator import Replicator
 from bulwark.ha.state import HAState, PeerCheck
 from bulwark.ha.watch import Ask, PrimaryWatch
+from bulwark.monitoring.running import pid_exists
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog
 
@@ -109,23 +109,13 @@ class PrimaryDuties:
         return f"{self.check_epochs(ha)}; {self.trim()}"
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True
-
-
 class HALoop:
     """``resume`` finishes a promotion whose process died part-way (it had lowered the
     replication flag, perhaps fenced the old primary: left so, the pair would take no writes)."""
 
     def __init__(self, store: Store, replicator: Replicator, primary: PrimaryDuties,
                  watch: PrimaryWatch | None = None, gate: ReplicationGate | None = None,
-                 resume: Callable[[], str] | None = None, alive: Callable[[int], bool] = process_alive) -> None:
+                 resume: Callable[[], str] | None = None, alive: Callable[[int], bool] = pid_exists) -> None:
         self.store = store
         self.resume = resume
         self.alive = alive

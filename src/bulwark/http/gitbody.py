@@ -35,6 +35,7 @@ MIN_RATE = 1024
 RATE_WINDOW = 10.0
 PUSH_RATE_GRACE = 30.0
 FETCH_RATE_GRACE = 5.0
+MARK_SPACING = 0.5
 # How often a waiting body is looked at, so that one which stopped altogether is given up too.
 RATE_TICK = 1.0
 
@@ -54,7 +55,9 @@ class RateFloor:
     def too_slow(self, received: int, elapsed: float) -> bool:
         """``received`` bytes in all, ``elapsed`` seconds since the body began."""
         marks = self._marks
-        marks.append((elapsed, received))
+        # Marks half a second apart at most: a client sending a million tiny pieces adds no more.
+        if elapsed - marks[-1][0] >= MARK_SPACING:
+            marks.append((elapsed, received))
         # Keep one mark at or before the window's start, to measure the window from.
         while len(marks) > 1 and marks[1][0] <= elapsed - self.window:
             marks.popleft()

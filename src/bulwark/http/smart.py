@@ -937,8 +937,9 @@ async def _fetch_elsewhere(
     if rt is None or request.url.path.startswith("/internal/cluster/"):
         return None
     storage_id = access.repo.storage_id
+    # Parsing the wants is CPU work (up to SECTION_PACKETS packets): in the worker thread too.
     missing = await run_in_threadpool(
-        node.git.missing_objects, storage_id, pktline.wanted(prelude, limit=WANTS_CHECKED)
+        lambda: node.git.missing_objects(storage_id, pktline.wanted(prelude, limit=WANTS_CHECKED))
     )
     if not missing:
         return None

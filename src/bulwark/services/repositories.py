@@ -14,10 +14,6 @@ from bulwark.names import MAX_REPO_DESCRIPTION, check_branch_name, check_repo_na
 from bulwark.services.permissions import Principal, repo_permission
 from bulwark.store import Store
 
-# Up to this many repositories, their permissions are looked up one by one (two reads each);
-# past it, the caller's memberships and collaborations are read once for all of them.
-FEW_REPOS = 8
-
 
 def _check_description(description: str) -> str:
     return check_text(description, resource="Repository", field="description", limit=MAX_REPO_DESCRIPTION)
@@ -79,11 +75,8 @@ class RepositoryService:
         per repository costs a round trip each on etcd: seconds for a page of a large list).
         """
         user = principal.account
-        few = len(repos) <= FEW_REPOS
-        memberships = {} if user is None or few else {m.org_id: m for m in self.store.list_memberships_of(user.id)}
-        collaborations = {} if user is None or few else {
-            c.repo_id: c for c in self.store.list_collaborations_of(user.id)
-        }
+        memberships = {} if user is None else {m.org_id: m for m in self.store.list_memberships_of(user.id)}
+        collaborations = {} if user is None else {c.repo_id: c for c in self.store.list_collaborations_of(user.id)}
         result = []
         owners: dict[int, Account | None] = {}
         for repo in repos:
@@ -92,12 +85,9 @@ class RepositoryService:
             owner = owners[repo.owner_id]
             if owner is None:
                 continue
-            if few:
-                perm = self.permission(principal, repo, owner)
-            else:
-                perm = repo_permission(principal, repo, owner=owner,
-                                       membership=memberships.get(owner.id) if owner.is_org else None,
-                                       collaborator=collaborations.get(repo.id))
+            perm = repo_permission(principal, repo, owner=owner,
+                                   membership=memberships.get(owner.id) if owner.is_org else None,
+                                   collaborator=collaborations.get(repo.id))
             if perm >= Permission.PULL:
                 result.append(RepoAccess(repo, owner, perm))
         return result
