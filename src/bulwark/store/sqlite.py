@@ -18,6 +18,7 @@ import json
 import pathlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
@@ -407,6 +408,22 @@ def _split_script(script: str) -> list[str]:
 # -- the store ---------------------------------------------------------------------
 
 
+def _switch_to_wal(conn: sqlite3.Connection) -> str:
+    """Turn on WAL, waiting out other connections doing the same.
+
+    Changing the journal mode of a fresh file answers "database is locked" at once,
+    without the busy handler, while another connection holds the file to change it.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SQLiteStore(Store, ChangeLog):
     """Bulwark metadata in one SQLite database file, with its change log."""
 
@@ -449,7 +466,7 @@ class SQLiteStore(Store, ChangeLog):
             # Rows removed by REPLACE conflict resolution fire delete triggers only
             # with this on, and the change log must see them.
             conn.execute("PRAGMA recursive_triggers = ON")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _switch_to_wal(conn)
             if str(mode).lower() != "wal":
                 raise StoreError(f"metadata database {self._path} cannot use WAL journal mode (got {mode})")
         except sqlite3.Error as exc:
