@@ -453,6 +453,18 @@ class StoreContract:
     def test_touch_of_a_deleted_token_is_ignored(self, store: Store) -> None:
         store.touch_token(424242, datetime(2030, 1, 1, tzinfo=UTC))
 
+    def test_a_log_out_is_kept_with_the_token_and_never_moves_back(self, store: Store) -> None:
+        user = _user(store, "lou")
+        token = store.create_token(user.id, token_hash="lo", token_prefix="p", scopes=())
+        assert token.sessions_ended_at is None
+        when = datetime(2030, 2, 3, 4, 5, 6, 789000, tzinfo=UTC)
+        store.end_token_sessions(token.id, when)
+        store.end_token_sessions(token.id, when - timedelta(seconds=1))
+        found = store.get_token_by_hash("lo")
+        assert found is not None and found.sessions_ended_at == when and _is_utc(found.sessions_ended_at)
+        assert dataclasses.replace(found, sessions_ended_at=None) == token
+        store.end_token_sessions(424242, when)  # a token deleted meanwhile: nothing to end
+
     # -- organization membership -------------------------------------------------------
 
     def test_set_membership_is_an_upsert(self, store: Store) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ def populate(store: Store) -> None:
     store.delete_account(gone.id)  # leaves a gap in the ids
     org = store.create_org("acme", owner_id=alice.id, name="Acme")
     store.set_membership(org.id, bob.id, OrgRole.MEMBER)
-    store.create_token(alice.id, token_hash="a" * 64, token_prefix="bwk_aaaa", scopes={Scope.REPO}, note="ci")
+    token = store.create_token(alice.id, token_hash="a" * 64, token_prefix="bwk_aaaa", scopes={Scope.REPO}, note="ci")
+    store.end_token_sessions(token.id, datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC))  # logged out
     repo = store.create_repo(org.id, "Tools", storage_id="0123abcd", visibility=Visibility.PRIVATE,
                              description="d", default_branch="trunk")
     store.save_repo(type(repo)(**{**repo.__dict__, "allow_force_push": False}))
@@ -58,8 +60,8 @@ def comparable(document: dict[str, Any]) -> Any:
                             a["suspended"], a["password_hash"]) for a in document["accounts"]),
         "memberships": sorted((logins[m["org_id"]], logins[m["user_id"]], m["role"])
                               for m in document["memberships"]),
-        "tokens": sorted((logins[t["user_id"]], t["token_hash"], t["token_prefix"], tuple(t["scopes"]), t["note"])
-                         for t in document["tokens"]),
+        "tokens": sorted((logins[t["user_id"]], t["token_hash"], t["token_prefix"], tuple(t["scopes"]), t["note"],
+                          t["sessions_ended_at"]) for t in document["tokens"]),
         "repositories": sorted((logins[r["owner_id"]], r["name"], r["storage_id"], r["visibility"],
                                 r["description"], r["default_branch"], r["allow_force_push"])
                                for r in document["repositories"]),

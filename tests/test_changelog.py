@@ -17,7 +17,7 @@ import pytest
 from bulwark.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from bulwark.models import AccountType, MaintenanceState, OrgRole, Permission, Scope, Visibility
 from bulwark.store.changes import Change, ChangeLog, ChangeOp, Snapshot
-from bulwark.store.sqlite import REPLICATED_TABLES, SQLiteStore
+from bulwark.store.sqlite import MIGRATIONS, REPLICATED_TABLES, SQLiteStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -357,6 +357,43 @@ def test_replica_keeps_following_as_the_primary_changes(primary: SQLiteStore, re
     ship(primary, replica, sizes=(2,))
     assert state(replica) == state(primary)
     assert replica.changes_since(event.seq - 1) == [event]
+
+
+def test_a_log_out_reaches_the_replica_with_its_token(primary: SQLiteStore, replica: SQLiteStore) -> None:
+    ids = populate(primary)
+    token = primary.create_token(ids["bob"], token_hash="laptop", token_prefix="l", scopes={Scope.SITE_ADMIN})
+    ship(primary, replica)
+    primary.end_token_sessions(token.id, WHEN)
+    primary.end_token_sessions(token.id, WHEN - timedelta(hours=1))  # an older one, arriving late, keeps the later
+    ship(primary, replica)
+    [copied] = [t for t in replica.list_tokens(ids["bob"]) if t.id == token.id]
+    assert copied.sessions_ended_at == WHEN
+    assert state(replica) == state(primary)
+
+
+def test_a_log_out_kept_as_a_setting_moves_into_its_token(tmp_path: pathlib.Path) -> None:
+    """Before the token had a column for it, a log-out was a node-local setting."""
+    path = tmp_path / "old.db"
+    steps = MIGRATIONS
+    conn = sqlite3.connect(path)
+    for version, step in enumerate(steps[:-1]):
+        conn.executescript(step)
+        conn.execute(f"PRAGMA user_version = {version + 1}")
+    now = "2030-01-02T03:04:05.000000+00:00"
+    conn.execute("INSERT INTO accounts (login, type, created_at, updated_at) VALUES ('bob', 'User', ?, ?)", (now, now))
+    conn.execute("INSERT INTO tokens (user_id, token_hash, token_prefix, scopes, created_at)"
+                 " VALUES (1, 'h', 'p', 'site_admin', ?)", (now,))
+    conn.execute("INSERT INTO settings (key, value) VALUES ('status-sessions-ended:1', ?)",
+                 (str(int(WHEN.timestamp() * 1000)),))
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    try:
+        [token] = store.list_tokens(1)
+        assert token.sessions_ended_at == WHEN.replace(microsecond=678000)
+        assert store.get_setting("status-sessions-ended:1") is None
+    finally:
+        store.close()
 
 
 def test_applying_an_account_update_keeps_its_children(primary: SQLiteStore, replica: SQLiteStore) -> None:

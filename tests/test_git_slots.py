@@ -15,6 +15,7 @@ from bulwark.git import pktline
 from bulwark.http.clients import real_address
 from bulwark.http.gitbody import RateFloor
 from bulwark.http.gitslots import Busy, GitSlots, Limits, admits
+from bulwark.http.smart import FETCH_READ_WHOLE
 from cluster_helpers import wait_for
 
 from helpers import Server, git
@@ -67,12 +68,15 @@ def busy_server(tmp_path: Path) -> Iterator[Server]:
 
 
 def hold_a_git_process(server: Server, path: str, oid: str) -> socket.socket:
-    """A fetch that sends its wants and then nothing more: its git process waits for the rest."""
+    """A fetch that sends its wants, more haves than are read before git starts, and then nothing
+    more: its git process waits for the rest."""
     sock = socket.create_connection((server.host, server.port))
     wants = pktline.encode(f"want {oid} side-band-64k\n") + pktline.flush()
+    haves = pktline.encode(f"have {oid}\n") * (FETCH_READ_WHOLE // 45 + 100)
     sock.sendall(
         f"POST {path}/git-upload-pack HTTP/1.1\r\nHost: x\r\n"
-        "Content-Type: application/x-git-upload-pack-request\r\nContent-Length: 100000\r\n\r\n".encode() + wants
+        "Content-Type: application/x-git-upload-pack-request\r\n"
+        f"Content-Length: {4 * FETCH_READ_WHOLE}\r\n\r\n".encode() + wants + haves
     )
     # The server passes a piece on once the next one arrives (the last is held until the body ends well).
     time.sleep(0.3)
@@ -169,7 +173,52 @@ def test_a_fetch_that_stops_sending_is_given_up_long_before_the_idle_timeout(
         started = time.monotonic()
         wait_for(lambda: running_git(busy_server) == 0, timeout=30, what="the stalled fetch given up")
         print(f"\na stalled fetch held its git process {time.monotonic() - started:.1f}s more")
+        # git answered the haves it had read, so the answer began 200; then it ends, without a pack.
         sock.settimeout(5)
-        assert b" 408 " in sock.recv(4096).split(b"\r\n", 1)[0] + b" "
+        answer = bytearray()
+        while not answer.endswith(b"\r\n0\r\n\r\n") and (chunk := sock.recv(65536)):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), bytes(answer[:100])
+        assert b"PACK" not in answer
     finally:
         sock.close()
+
+
+def test_a_fetch_that_trickles_its_haves_holds_no_git_process(
+    busy_server: Server, genv: dict[str, str], tmp_path: Path
+) -> None:
+    token = busy_server.create_user("alice")
+    busy_server.create_repo(token, "proj", private=False)
+    url = busy_server.remote("alice", "proj", token=token)
+    work = tmp_path / "work"
+    git("init", "-q", "-b", "main", str(work), env=genv)
+    git("commit", "-q", "--allow-empty", "-m", "one", cwd=work, env=genv)
+    git("push", "-q", url, "main", cwd=work, env=genv)
+    oid = git("rev-parse", "HEAD", cwd=work, env=genv).stdout.strip()
+    # Each of these sends its wants and a have, then a byte now and then: the node's one git slot
+    # would be theirs if a fetch got its git process before its body was read.
+    socks = []
+    for _ in range(3):
+        sock = socket.create_connection((busy_server.host, busy_server.port))
+        sock.sendall(
+            b"POST /alice/proj.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/x-git-upload-pack-request\r\nContent-Length: 1000\r\n\r\n"
+            + pktline.encode(f"want {oid} side-band-64k\n") + pktline.flush() + pktline.encode(f"have {oid}\n")
+        )
+        socks.append(sock)
+    try:
+        for _ in range(3):
+            time.sleep(1)
+            for sock in socks:
+                sock.sendall(b"0")
+            assert running_git(busy_server) == 0
+        anonymous = f"{busy_server.url}/alice/proj.git"
+        cloned = git("clone", "-q", anonymous, str(tmp_path / "clone"), env=genv, check=False)
+        assert cloned.returncode == 0, cloned.stderr
+        # And the tricklers are given up by the rate floor, with a 408.
+        for sock in socks:
+            sock.settimeout(30)
+            assert b" 408 " in sock.recv(4096).split(b"\r\n", 1)[0] + b" "
+    finally:
+        for sock in socks:
+            sock.close()

@@ -28,6 +28,23 @@ def test_guard_counts_connections_in_all_and_per_address() -> None:
     assert guard.open == 3 and dict(guard.by_address) == {"192.0.2.1": 1, "10.0.0.9": 1, "192.0.2.2": 1}
 
 
+def test_a_full_guard_makes_room_by_closing_the_oldest_connection_waiting_for_headers() -> None:
+    guard = Guard(header_timeout=1, max_connections=2, max_per_address=2)
+    closed: list[str] = []
+    for name in ("a", "b"):
+        assert guard.admit(f"192.0.2.{ord(name)}") is None
+
+        def close(name: str = name) -> None:
+            closed.append(name)
+            guard.leave(f"192.0.2.{ord(name)}")
+
+        guard.waiting[ord(name)] = close
+    assert guard.admit("192.0.2.99") is None
+    assert closed == ["a"] and guard.open == 2 and guard.evicted == 1
+    guard.waiting.clear()  # every connection left is busy with a request: nothing to close
+    assert "none is idle" in (guard.admit("192.0.2.100") or "")
+
+
 def test_the_connection_budget_leaves_file_handles_for_git() -> None:
     assert connection_budget(1024, 4096) == 512
     assert connection_budget(1 << 20, 4096) == 4096
@@ -87,3 +104,30 @@ def test_one_address_cannot_take_every_connection(guarded: Server) -> None:
             sock.close()
     wait_for(lambda: answers(guarded), timeout=10, what="connections taken again once the idle ones closed")
     assert "connections open already" in guarded.log()
+
+
+def test_slow_connections_from_many_addresses_cannot_keep_a_health_check_out(tmp_path: Path) -> None:
+    srv = Server(data_dir=tmp_path / "node", extra_env={
+        "BULWARK_HEADER_TIMEOUT": "60", "BULWARK_MAX_CONNECTIONS": "64", "BULWARK_MAX_CONNECTIONS_PER_ADDRESS": "8",
+    }).start()
+    slow: list[socket.socket] = []
+    try:
+        # 80 connections from 10 addresses, each sending part of its headers and then nothing.
+        for i in range(80):
+            sock = socket.socket()
+            sock.bind((f"127.0.0.{20 + i % 10}", 0))
+            sock.connect((srv.host, srv.port))
+            sock.sendall(b"GET /status HTTP/1.1\r\nHo")
+            slow.append(sock)
+        for _ in range(5):
+            assert httpx.get(f"{srv.url}/status", timeout=5).status_code == 200
+        # The oldest were closed, with a 408, to make room.
+        slow[0].settimeout(5)
+        assert read_all(slow[0]).startswith(b"HTTP/1.1 408 Request Timeout")
+        text = httpx.get(f"{srv.url}/metrics", headers={"Authorization": f"token {srv.token}"}).text
+        assert any(line.startswith("bulwark_connections_evicted_total ") and float(line.split()[-1]) >= 16
+                   for line in text.splitlines()), text
+    finally:
+        for sock in slow:
+            sock.close()
+        srv.stop()

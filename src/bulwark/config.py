@@ -40,6 +40,10 @@ class Settings(BaseModel):
     # a second (0: no limit). Git, health checks, metrics and node-to-node calls are not counted.
     api_rate: float = Field(default=100.0, ge=0)
     api_burst: int = Field(default=1000, gt=0)
+    # Refusals for abuse (bad git bodies, lockouts, rate limits) an address may draw before its
+    # requests are paced to bad_request_rate a second, regaining one strike a 1/rate s (0: never).
+    bad_request_burst: int = Field(default=30, ge=0)
+    bad_request_rate: float = Field(default=1.0, gt=0)
     # Seconds a client has to send a request's headers; connections a node holds in all and
     # from one address (trusted proxies excepted).
     header_timeout: float = Field(default=20.0, gt=0)

@@ -96,6 +96,8 @@ class Token:
     created_at: datetime
     expires_at: datetime | None = None
     last_used_at: datetime | None = None
+    # A log-out from the status page: its sessions issued until then have ended (services/sessions.py).
+    sessions_ended_at: datetime | None = None
 
 
 @dataclass(frozen=True)

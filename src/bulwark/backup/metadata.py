@@ -53,6 +53,7 @@ def export(store: Store) -> dict[str, Any]:
                 "created_at": _time(t.created_at),
                 "expires_at": _time(t.expires_at),
                 "last_used_at": _time(t.last_used_at),
+                "sessions_ended_at": _time(t.sessions_ended_at),
             }
             for user in users
             for t in store.list_tokens(user.id)
@@ -176,6 +177,10 @@ def import_into(store: Store, document: dict[str, Any], *, skip_logins: Iterable
         last_used = _parse_time(t.get("last_used_at"))
         if last_used is not None:
             store.touch_token(token.id, last_used)
+        # A status-page log-out stays one after a restore (older backups have none).
+        ended = _parse_time(t.get("sessions_ended_at"))
+        if ended is not None:
+            store.end_token_sessions(token.id, ended)
     for r in document["repositories"]:
         if r["owner_id"] not in by_id:
             raise InvalidInput(f"repository {r['name']!r} has an owner missing from the metadata")

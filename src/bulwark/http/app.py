@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount
 
 from bulwark.http import api, backup, internal, manage, metrics, pages, smart, status
 from bulwark.http.accesslog import AccessLog
 from bulwark.http.errors import HANDLERS
 from bulwark.http.gitslots import GitSlots, Limits
+from bulwark.http.pacing import Limits as PaceLimits
+from bulwark.http.pacing import Pacer, Pacing
 from bulwark.http.ratelimit import RateLimit, RateLimiter
 from bulwark.http.server import Guard, stats
 from bulwark.monitoring.gather import NodeMonitor
@@ -23,8 +28,11 @@ def create_app(node: Node, guard: Guard | None = None) -> Starlette:
     monitor = NodeMonitor(node)
     settings = node.settings
     limiter = RateLimiter(settings.api_rate, settings.api_burst) if settings.api_rate > 0 else None
+    pacer = (Pacer(PaceLimits(settings.bad_request_burst, settings.bad_request_rate))
+             if settings.bad_request_burst > 0 else None)
     limits = LimitsCollector(node.accounts.throttle.counts, (lambda: stats(guard)) if guard is not None else None,
-                             limiter.counts if limiter is not None else None)
+                             limiter.counts if limiter is not None else None,
+                             pacer.counts if pacer is not None else None)
     app_metrics = Metrics([NodeCollector(monitor), RefCacheCollector(node.git.adverts), limits])
     routes: list[BaseRoute] = [
         *status.routes,
@@ -42,6 +50,8 @@ def create_app(node: Node, guard: Guard | None = None) -> Starlette:
         exception_handlers=HANDLERS,
         middleware=[
             Middleware(AccessLog, enabled=settings.access_log, metrics=app_metrics),
+            # Outside the rate limit, whose 429s count as strikes.
+            Middleware(Pacing, pacer=pacer, trusted_proxies=settings.trusted_proxies, routed=_routed(node)),
             Middleware(RateLimit, limiter=limiter, trusted_proxies=settings.trusted_proxies),
         ],
     )
@@ -52,3 +62,10 @@ def create_app(node: Node, guard: Guard | None = None) -> Starlette:
         total=settings.max_git_processes, per_client=settings.max_git_per_client, wait=settings.git_slot_wait,
     ))
     return app
+
+
+def _routed(node: Node) -> Callable[[Request], bool]:
+    """Whether a request was routed here by another node of the cluster."""
+    def routed(request: Request) -> bool:
+        return node.cluster is not None and node.cluster.forwarder.is_routed(request)
+    return routed

@@ -4,8 +4,11 @@ Uvicorn times out a connection only between requests, so a client that sends its
 a byte at a time holds a connection (and a file handle) for as long as it likes, and a
 node accepts connections until it runs out of file handles. The protocol below closes a
 connection whose request headers have not all arrived within ``header_timeout`` seconds,
-and refuses connections beyond ``max_connections`` in all or ``max_per_address`` from one
-address (trusted proxies excepted: every client of a cluster comes through them).
+and refuses connections beyond ``max_per_address`` from one address (trusted proxies excepted:
+every client of a cluster comes through them). A node holding ``max_connections`` makes room for
+a new one by closing the connection that has waited longest for its request headers (a slow or
+idle one; never one whose request is under way), so that many addresses' slow connections
+cannot keep a health check or a clone out; only when none waits is the new one refused.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import asyncio
 import logging
 import resource
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -37,14 +40,21 @@ class Guard:
         self.by_address: Counter[str] = Counter()
         self.refused = 0
         self.timed_out = 0
+        self.evicted = 0
+        # Connections waiting for request headers, oldest first, each with what closes it.
+        self.waiting: dict[int, Callable[[], None]] = {}
 
     def admit(self, address: str) -> str | None:
         """Count a new connection in; why not, if it is refused."""
         limited = not is_trusted(address, self.trusted)
-        if self.open >= self.max_connections:
-            return f"{self.open} connections are open, the most this node takes"
         if limited and self.by_address[address] >= self.max_per_address:
             return f"{address} has {self.max_per_address} connections open already"
+        if self.open >= self.max_connections:
+            if not self.waiting:
+                return f"{self.open} connections are open, the most this node takes, and none is idle"
+            oldest = next(iter(self.waiting))
+            self.evicted += 1
+            self.waiting.pop(oldest)()  # which leaves, making room
         self.open += 1
         self.by_address[address] += 1
         return None
@@ -95,15 +105,28 @@ def guarded_protocol(guard: Guard) -> type[HttpToolsProtocol]:
         def _arm(self) -> None:
             self._disarm()
             self._header_timer = self.loop.call_later(guard.header_timeout, self._too_slow)
+            guard.waiting[id(self)] = self._evict
 
         def _disarm(self) -> None:
+            guard.waiting.pop(id(self), None)
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
 
         def _too_slow(self) -> None:
-            self._header_timer = None
+            self._disarm()
             guard.timed_out += 1
+            self._close_with_408()
+
+        def _evict(self) -> None:
+            """Make room for a new connection: this one waits for headers and is the oldest to."""
+            self._disarm()
+            self._close_with_408()
+            if self._admitted:  # counted out now, not when the loop gets to connection_lost
+                self._admitted = False
+                guard.leave(self._address)
+
+        def _close_with_408(self) -> None:
             if not self.transport.is_closing():
                 self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
                 self.transport.close()
@@ -131,4 +154,4 @@ def connection_budget(file_limit: int, wanted: int) -> int:
 
 
 def stats(guard: Guard) -> dict[str, Any]:
-    return {"open": guard.open, "refused": guard.refused, "timed_out": guard.timed_out}
+    return {"open": guard.open, "refused": guard.refused, "timed_out": guard.timed_out, "evicted": guard.evicted}

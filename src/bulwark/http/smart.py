@@ -61,6 +61,10 @@ SECTION_LIMITS = {UPLOAD_PACK: 16 * 1024**2, RECEIVE_PACK: 1024**2}
 SECTION_PACKETS = {UPLOAD_PACK: 400_000, RECEIVE_PACK: 20_000}
 # An ``ls-refs`` request up to this size may be answered from kept answers (git/adverts.py).
 LS_REFS_KEPT_LIMIT = 64 * 1024
+# A fetch's body up to this size is read whole before it gets a git process: wants and haves are
+# made in memory and sent at once, and git answers nothing before their end anyway, so a client
+# that trickles them holds a connection (given up by the rate floor) but no git process.
+FETCH_READ_WHOLE = 1024**2
 # A client gone mid-push: how long git may take to finish the ref updates it has started.
 FINISH_TIMEOUT = 600.0
 # A client that stops reading the response for this long is given up on, so it cannot
@@ -191,6 +195,10 @@ async def _rpc(request: Request, service: str) -> Response:
             elsewhere = await _fetch_elsewhere(request, access, prelude, body)
             if elsewhere is not None:
                 return elsewhere
+        if service == UPLOAD_PACK:
+            prelude, whole = await gitbody.read_small(prelude, body, FETCH_READ_WHOLE)
+            if whole:
+                body = _no_more()
     except BaseException:
         await body.aclose()
         raise

@@ -221,16 +221,24 @@ class LimitsCollector:
 
     def __init__(self, sign_ins: Callable[[], Mapping[str, int]],
                  connections: Callable[[], Mapping[str, int]] | None = None,
-                 requests: Callable[[], Mapping[str, int]] | None = None) -> None:
+                 requests: Callable[[], Mapping[str, int]] | None = None,
+                 paced: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.sign_ins = sign_ins
         self.connections = connections
         self.requests = requests
+        self.paced = paced
 
     def collect(self) -> Iterator[Metric]:
         if self.requests is not None:
             yield CounterMetricFamily("bulwark_requests_rate_limited", "API and page requests answered 429: their "
                                       "address went past api_rate (and api_burst).",
                                       value=self.requests().get("refused", 0))
+        if self.paced is not None:
+            paced = self.paced()
+            yield CounterMetricFamily("bulwark_requests_paced", "Requests made to wait their turn: their address "
+                                      "drew more than bad_request_burst refusals lately.", value=paced.get("paced", 0))
+            yield CounterMetricFamily("bulwark_requests_paced_refused", "Paced requests refused with 429: their "
+                                      "turn was too far off.", value=paced.get("refused", 0))
         counts = self.sign_ins()
         yield CounterMetricFamily("bulwark_sign_in_failures", "Sign-ins with a wrong password (HTTP Basic and "
                                   "pages), counted by the throttle.", value=counts.get("failed", 0))
@@ -242,6 +250,9 @@ class LimitsCollector:
         yield _gauge("bulwark_connections_open", "Client connections open on this node.", conns.get("open", 0))
         yield CounterMetricFamily("bulwark_connections_refused", "Connections closed at once: the node's or "
                                   "one address's connection limit was reached.", value=conns.get("refused", 0))
+        yield CounterMetricFamily("bulwark_connections_evicted", "Connections waiting for their request headers "
+                                  "closed with 408 to make room: the node held max_connections.",
+                                  value=conns.get("evicted", 0))
         yield CounterMetricFamily("bulwark_connections_header_timeouts", "Connections closed with 408: the "
                                   "request's headers did not arrive within header_timeout.",
                                   value=conns.get("timed_out", 0))

@@ -153,10 +153,9 @@ class AccountService:
         token = next((t for t in self.store.list_tokens(claim.user_id) if t.id == claim.token_id), None)
         if token is None:
             raise Unauthenticated(ended)
-        logged_out = self.store.get_setting(sessions.ended_key(token.id))
         now = self.clock.now()
-        ended_before = int(logged_out) if logged_out and logged_out.isdigit() else None
-        if not sessions.valid(claim, token, now, ended_before=ended_before):
+        out = token.sessions_ended_at
+        if not sessions.valid(claim, token, now, ended_before=None if out is None else sessions.millis(out)):
             raise Unauthenticated(ended)
         return self._holder(token, now, gone=ended)
 
@@ -169,7 +168,7 @@ class AccountService:
             return False
         if principal.token_id is None or not self.metadata_writable():
             return False
-        self.store.set_setting(sessions.ended_key(principal.token_id), str(sessions.millis(self.clock.now())))
+        self.store.end_token_sessions(principal.token_id, self.clock.now())
         return True
 
     def authenticate_basic(self, username: str, secret: str, *, address: str = "") -> Principal:

@@ -6,9 +6,9 @@ stored hash. Every node of a deployment holds that hash, since it is replicated 
 so any node checks the cookie without writing anything (an HA replica could not), and a copy of
 the cookie opens the status page until it expires but is not a token: it pushes nothing and calls
 no other API. Deleting the token ends its sessions at once. Logging out drops the cookie from the
-browser and, where this node can write its store, records the time: every session of that token
-issued before it ends on every node that shares the store (all of a cluster; on an HA pair, the
-node logged out from, since these settings are not replicated).
+browser and, where this node can write its store, records the time with the token: every session
+of that token issued before it ends on every node, as the token replicates (an HA replica, which
+cannot write, only drops the cookie).
 
 The decisions here are pure: :func:`issue`, :func:`parse` and :func:`valid` take the token and the
 time; the accounts service looks the token up.
@@ -81,8 +81,3 @@ def valid(claim: Claim, token: Token | None, now: datetime, *, ended_before: int
     if ended_before is not None and claim.issued <= ended_before:
         return False
     return hmac.compare_digest(claim.mac, _mac(token, claim.user_id, claim.token_id, claim.issued, claim.expires))
-
-
-def ended_key(token_id: int) -> str:
-    """The store setting that records when the sessions of a token were last ended (a log-out)."""
-    return f"status-sessions-ended:{token_id}"

@@ -128,6 +128,11 @@ class Store(abc.ABC):
     def touch_token(self, token_id: int, when: datetime) -> None:
         """Record that the token was used at ``when``."""
 
+    @abc.abstractmethod
+    def end_token_sessions(self, token_id: int, when: datetime) -> None:
+        """Record a log-out at ``when``: the token's status-page sessions issued until then end.
+        Replicated with the token, so a log-out holds on every node."""
+
     # -- organization membership ---------------------------------------------------
 
     @abc.abstractmethod

@@ -290,6 +290,7 @@ def _load_token(doc: dict[str, Any]) -> Token:
         created_at=_load_time(doc["created_at"]),
         expires_at=_load_optional_time(doc.get("expires_at")),
         last_used_at=_load_optional_time(doc.get("last_used_at")),
+        sessions_ended_at=_load_optional_time(doc.get("sessions_ended_at")),
     )
 
 
@@ -849,6 +850,27 @@ class EtcdStore(Store):
             )
 
         self._retry(f"recording the use of token {token_id}", attempt)
+
+    def end_token_sessions(self, token_id: int, when: datetime) -> None:
+        stamp = _dump_time(when)
+        token_key = self._keys.token(token_id)
+
+        def attempt() -> None:
+            kv = self._get(token_key)
+            if kv is None:
+                return
+            ended = _decode(kv, _load_token).sessions_ended_at
+            if ended is not None and ended >= when:
+                return
+            doc = _doc(kv)
+            doc["sessions_ended_at"] = stamp
+            self._commit(
+                [Compare.unchanged(token_key, kv.mod_revision)],
+                [Op.put(token_key, _dump_json(doc))],
+                f"ending the sessions of token {token_id}",
+            )
+
+        self._retry(f"ending the sessions of token {token_id}", attempt)
 
     # -- organization membership -------------------------------------------------------
 

@@ -238,10 +238,30 @@ MIGRATIONS: list[str] = [
         "id",
         "id login type name email site_admin suspended password_hash created_at updated_at email_public",
     ),
+    # A token's status-page log-out, in its row so that it replicates with it (it was a node-local
+    # setting, lost on an HA peer); the settings it was kept in are moved over.
+    """
+    DROP TRIGGER tokens_log_insert;
+    DROP TRIGGER tokens_log_update;
+    DROP TRIGGER tokens_log_delete;
+    ALTER TABLE tokens ADD COLUMN sessions_ended_at TEXT;
+    UPDATE tokens SET sessions_ended_at = (
+        SELECT strftime('%Y-%m-%dT%H:%M:%f', CAST(value AS INTEGER) / 1000.0, 'unixepoch') || '000+00:00'
+        FROM settings WHERE key = 'status-sessions-ended:' || tokens.id
+    ) WHERE EXISTS (SELECT 1 FROM settings WHERE key = 'status-sessions-ended:' || tokens.id);
+    DELETE FROM settings WHERE key LIKE 'status-sessions-ended:%';
+    """
+    + _capture_triggers(
+        "tokens",
+        "id",
+        "id user_id note token_hash token_prefix scopes created_at expires_at last_used_at sessions_ended_at",
+    ),
 ]
 
 _ACCOUNT_COLUMNS = "id, login, type, name, email, email_public, site_admin, suspended, created_at, updated_at"
-_TOKEN_COLUMNS = "id, user_id, note, token_hash, token_prefix, scopes, created_at, expires_at, last_used_at"
+_TOKEN_COLUMNS = (
+    "id, user_id, note, token_hash, token_prefix, scopes, created_at, expires_at, last_used_at, sessions_ended_at"
+)
 _REPO_COLUMNS = (
     "id, owner_id, name, storage_id, visibility, description, default_branch,"
     " allow_force_push, created_at, updated_at, pushed_at"
@@ -301,6 +321,7 @@ def _token(row: sqlite3.Row) -> Token:
         created_at=_load_time(row["created_at"]),
         expires_at=_load_optional_time(row["expires_at"]),
         last_used_at=_load_optional_time(row["last_used_at"]),
+        sessions_ended_at=_load_optional_time(row["sessions_ended_at"]),
     )
 
 
@@ -819,6 +840,15 @@ class SQLiteStore(Store, ChangeLog):
         with self._write() as conn:
             conn.execute(
                 "UPDATE tokens SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+                (stamp, token_id, stamp),
+            )
+
+    def end_token_sessions(self, token_id: int, when: datetime) -> None:
+        stamp = _dump_time(when)
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE tokens SET sessions_ended_at = ? WHERE id = ?"
+                " AND (sessions_ended_at IS NULL OR sessions_ended_at < ?)",
                 (stamp, token_id, stamp),
             )
 
