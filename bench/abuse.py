@@ -43,7 +43,7 @@ from helpers import Server, admin_token, bulwark
 
 REPO_SPEC = Spec(large_bytes=8 * 2**20, commits=40, small_repos=1)
 OWNER, REPO, VICTIM = "bench", "abuse", "victim"
-ATTACKERS = tuple(f"127.0.0.{10 + i}" for i in range(8))
+ATTACKERS = tuple(f"127.0.0.{10 + i}" for i in range(24))
 PROBE_INTERVAL = 0.05  # seconds between two /status requests
 PROBE_TIMEOUT = 10.0
 TRICKLE_INTERVAL = 2.0
@@ -61,7 +61,7 @@ class Plan:
     baseline_clones: int
 
 
-PLANS = {"full": Plan(40, 2000, 200, 3), "small": Plan(15, 500, 200, 3), "tiny": Plan(6, 100, 20, 1)}
+PLANS = {"full": Plan(40, 5000, 500, 3), "small": Plan(15, 500, 200, 3), "tiny": Plan(6, 100, 20, 1)}
 
 
 @dataclass(frozen=True)

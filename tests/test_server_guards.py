@@ -31,18 +31,22 @@ def test_guard_counts_connections_in_all_and_per_address() -> None:
 def test_a_full_guard_makes_room_by_closing_the_oldest_connection_waiting_for_headers() -> None:
     guard = Guard(header_timeout=1, max_connections=2, max_per_address=2)
     closed: list[str] = []
-    for name in ("a", "b"):
-        assert guard.admit(f"192.0.2.{ord(name)}") is None
+    for key, address in enumerate(("192.0.2.1", "192.0.2.2")):
+        assert guard.admit(address) is None
 
-        def close(name: str = name) -> None:
-            closed.append(name)
-            guard.leave(f"192.0.2.{ord(name)}")
+        def close(key: int = key, address: str = address) -> None:
+            closed.append(address)
+            guard.stop_waiting(key, address)
+            guard.leave(address)
 
-        guard.waiting[ord(name)] = close
-    assert guard.admit("192.0.2.99") is None
-    assert closed == ["a"] and guard.open == 2 and guard.evicted == 1
-    guard.waiting.clear()  # every connection left is busy with a request: nothing to close
-    assert "none is idle" in (guard.admit("192.0.2.100") or "")
+        guard.wait(key, address, close)
+    # An address with a connection of its own waiting is refused, not let in at another's cost.
+    assert "2 connections are open" in (guard.admit("192.0.2.2") or "")
+    assert closed == []
+    assert guard.admit("192.0.2.3") is None
+    assert closed == ["192.0.2.1"] and guard.open == 2 and guard.evicted == 1
+    guard.stop_waiting(1, "192.0.2.2")  # every connection left is busy with a request: nothing to close
+    assert "2 connections are open" in (guard.admit("192.0.2.4") or "")
 
 
 def test_the_connection_budget_leaves_file_handles_for_git() -> None:
@@ -121,12 +125,14 @@ def test_slow_connections_from_many_addresses_cannot_keep_a_health_check_out(tmp
             slow.append(sock)
         for _ in range(5):
             assert httpx.get(f"{srv.url}/status", timeout=5).status_code == 200
-        # The oldest were closed, with a 408, to make room.
+        # The oldest was closed, with a 408, to make room; the slow addresses' extra ones were refused.
         slow[0].settimeout(5)
         assert read_all(slow[0]).startswith(b"HTTP/1.1 408 Request Timeout")
         text = httpx.get(f"{srv.url}/metrics", headers={"Authorization": f"token {srv.token}"}).text
-        assert any(line.startswith("bulwark_connections_evicted_total ") and float(line.split()[-1]) >= 16
-                   for line in text.splitlines()), text
+        counts = {line.split()[0]: float(line.split()[-1]) for line in text.splitlines()
+                  if line.startswith("bulwark_connections_")}
+        assert counts["bulwark_connections_evicted_total"] >= 1, counts
+        assert counts["bulwark_connections_refused_total"] >= 16, counts
     finally:
         for sock in slow:
             sock.close()

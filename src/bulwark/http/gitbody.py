@@ -23,7 +23,7 @@ CHUNK = 64 * 1024
 # and haves compress a few times at most, while a bomb of empty packets compresses a
 # thousandfold and would cost the node seconds of parsing per kilobyte sent.
 INFLATE_RATIO = 100
-INFLATE_FREE = 64 * 1024
+INFLATE_FREE = 16 * 1024
 # Packets in a whole fetch request: a wide margin over the wants and haves of a mirror fetch.
 FETCH_PACKET_LIMIT = 1_000_000
 # Past a grace, every RATE_WINDOW seconds of a body must bring MIN_RATE bytes a second: a client
@@ -112,8 +112,12 @@ class Gunzip:
                 if data or self._z.unused_data:
                     raise BadRequest("corrupt gzip request body: data after the end of the gzip stream")
                 return
+            # Never inflate more than one byte past what the ratio allows: a bomb is refused after
+            # INFLATE_FREE bytes, not after a whole CHUNK that the framing would then have to read.
+            allowed = max(INFLATE_FREE, INFLATE_RATIO * self.received) - self.inflated
+            most = max(1, min(CHUNK, allowed + 1))
             try:
-                out = self._z.decompress(data, CHUNK)
+                out = self._z.decompress(data, most)
             except zlib.error as exc:
                 raise BadRequest(f"corrupt gzip request body: {exc}") from None
             data = self._z.unconsumed_tail
@@ -125,8 +129,8 @@ class Gunzip:
                 )
             if out:
                 yield out
-            # A full CHUNK may leave output pending inside zlib: ask again, with no new input.
-            if not data and len(out) < CHUNK:
+            # A full piece may leave output pending inside zlib: ask again, with no new input.
+            if not data and len(out) < most:
                 return
 
     def finish(self) -> None:

@@ -41,8 +41,9 @@ class Guard:
         self.refused = 0
         self.timed_out = 0
         self.evicted = 0
-        # Connections waiting for request headers, oldest first, each with what closes it.
+        # Connections waiting for request headers, oldest first, each with what closes it; and per address.
         self.waiting: dict[int, Callable[[], None]] = {}
+        self.waiting_by_address: Counter[str] = Counter()
 
     def admit(self, address: str) -> str | None:
         """Count a new connection in; why not, if it is refused."""
@@ -50,14 +51,28 @@ class Guard:
         if limited and self.by_address[address] >= self.max_per_address:
             return f"{address} has {self.max_per_address} connections open already"
         if self.open >= self.max_connections:
-            if not self.waiting:
-                return f"{self.open} connections are open, the most this node takes, and none is idle"
+            # An address with connections of its own still waiting is not kept out: it is refused,
+            # rather than closing someone's connection (slow clients would only close each other's).
+            if not self.waiting or self.waiting_by_address[address] > 0:
+                return f"{self.open} connections are open, the most this node takes"
             oldest = next(iter(self.waiting))
             self.evicted += 1
-            self.waiting.pop(oldest)()  # which leaves, making room
+            self.waiting[oldest]()  # which stops waiting and leaves, making room
         self.open += 1
         self.by_address[address] += 1
         return None
+
+    def wait(self, key: int, address: str, close: Callable[[], None]) -> None:
+        """A connection (``key``) waits for request headers; ``close`` closes it to make room."""
+        if key not in self.waiting:
+            self.waiting_by_address[address] += 1
+        self.waiting[key] = close
+
+    def stop_waiting(self, key: int, address: str) -> None:
+        if self.waiting.pop(key, None) is not None:
+            self.waiting_by_address[address] -= 1
+            if self.waiting_by_address[address] <= 0:
+                del self.waiting_by_address[address]
 
     def leave(self, address: str) -> None:
         self.open -= 1
@@ -105,10 +120,10 @@ def guarded_protocol(guard: Guard) -> type[HttpToolsProtocol]:
         def _arm(self) -> None:
             self._disarm()
             self._header_timer = self.loop.call_later(guard.header_timeout, self._too_slow)
-            guard.waiting[id(self)] = self._evict
+            guard.wait(id(self), self._address, self._evict)
 
         def _disarm(self) -> None:
-            guard.waiting.pop(id(self), None)
+            guard.stop_waiting(id(self), self._address)
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
