@@ -26,6 +26,9 @@ from bulwark.http.clients import is_trusted
 
 log = logging.getLogger("bulwark.http")
 
+# Connections waiting for headers from which an address counts as holding its share of a full node.
+WAITING_OF_ITS_OWN = 8
+
 
 class Guard:
     """What every connection of one server counts against."""
@@ -51,9 +54,10 @@ class Guard:
         if limited and self.by_address[address] >= self.max_per_address:
             return f"{address} has {self.max_per_address} connections open already"
         if self.open >= self.max_connections:
-            # An address with connections of its own still waiting is not kept out: it is refused,
-            # rather than closing someone's connection (slow clients would only close each other's).
-            if not self.waiting or self.waiting_by_address[address] > 0:
+            # An address with several connections of its own still waiting is not kept out: it is
+            # refused, rather than closing someone's connection (slow clients would only close each
+            # other's). A client's few (a health check just connected, a kept-alive one) do not count.
+            if not self.waiting or self.waiting_by_address[address] >= WAITING_OF_ITS_OWN:
                 return f"{self.open} connections are open, the most this node takes"
             oldest = next(iter(self.waiting))
             self.evicted += 1
