@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import random
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
@@ -187,7 +188,9 @@ async def decoded_body(
     chunks = request.stream().__aiter__()
     total = received = 0
     held: bytes | None = None
-    floor = RateFloor(grace=rate_grace)
+    # A little later for some than for others: many slow bodies begun together (an attack) are then
+    # given up over a second or two, not all in one turn of the event loop.
+    floor = RateFloor(grace=rate_grace * random.uniform(1.0, 1.2))
     # The clocks run only while waiting for the client: time git takes to read what it was
     # given (a slow disk under a push) is not the client's.
     waited = idle = 0.0

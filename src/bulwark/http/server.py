@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import resource
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -123,7 +124,10 @@ def guarded_protocol(guard: Guard) -> type[HttpToolsProtocol]:
 
         def _arm(self) -> None:
             self._disarm()
-            self._header_timer = self.loop.call_later(guard.header_timeout, self._too_slow)
+            # Up to a quarter more for some: connections opened together (an attack) then time
+            # out over seconds, not in one turn of the event loop that would hold up everyone.
+            timeout = guard.header_timeout * random.uniform(1.0, 1.25)
+            self._header_timer = self.loop.call_later(timeout, self._too_slow)
             guard.wait(id(self), self._address, self._evict)
 
         def _disarm(self) -> None:
