@@ -6,7 +6,7 @@ LISTEN ?= 127.0.0.1:8080
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 CHAOS_ARGS ?=
-FUZZ_EXAMPLES ?= 5000
+FUZZ_EXAMPLES ?= 10000
 
 .PHONY: serve cluster test lint typecheck unit system-deps clean bench chaos fuzz
 
