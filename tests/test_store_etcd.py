@@ -331,3 +331,25 @@ def test_memberships_and_collaborations_from_before_the_user_side_index_are_foun
         assert etcd.get_prefix(f"{prefix}collaborates/") == []
     finally:
         older.close()
+
+
+def test_tokens_from_before_their_user_index_are_found(etcd: Etcd, prefix: str, store: EtcdStore) -> None:
+    """A user's tokens are read from their index, not from every token of the cluster; tokens written
+    by a version without it (index version 1) are indexed by the first list."""
+    user = store.create_user("tia")
+    other = store.create_user("tom")
+    mine = store.create_token(user.id, token_hash="mine", token_prefix="p", scopes=())
+    theirs = store.create_token(other.id, token_hash="theirs", token_prefix="p", scopes=())
+    etcd.delete(f"{prefix}tokens-of/", prefix=True)
+    etcd.put(f"{prefix}indexes", "1")
+    older = EtcdStore(etcd, prefix=prefix)
+    try:
+        assert older.list_tokens(user.id) == [mine]
+        assert older.list_tokens(other.id) == [theirs]
+        assert etcd.get(f"{prefix}indexes").text == "2"  # type: ignore[union-attr]
+        assert older.delete_token(mine.id) and older.list_tokens(user.id) == []
+        assert etcd.get_prefix(f"{prefix}tokens-of/{user.id:012d}/") == []
+        older.delete_account(other.id)
+        assert etcd.get_prefix(f"{prefix}tokens-of/") == []
+    finally:
+        older.close()

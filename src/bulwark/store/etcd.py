@@ -97,7 +97,8 @@ DEFAULT_PREFIX = "/bulwark/store/"
 # etcd's --max-txn-ops.
 MAX_TXN_OPS = 4096
 # The version of the user-side indexes (``indexes`` key): written once their keys exist for all data.
-INDEXES = "1"
+# 1: memberships and collaborations; 2: and tokens.
+INDEXES = "2"
 
 # How many times a write starts over after colliding with concurrent writers.
 MAX_ATTEMPTS = 64
@@ -143,6 +144,7 @@ class _Keys:
         self.collaborators = prefix + "collaborators/"
         self.member_of = prefix + "member-of/"
         self.collaborates = prefix + "collaborates/"
+        self.tokens_by_user = prefix + "tokens-of/"
         self.indexes = prefix + "indexes"
         self.settings = prefix + "settings/"
         self.maintenance = prefix + "maintenance"
@@ -162,6 +164,12 @@ class _Keys:
 
     def token_hash(self, token_hash: str) -> str:
         return self.token_hashes + token_hash
+
+    def tokens_of(self, user_id: int) -> str:
+        return f"{self.tokens_by_user}{_pad(user_id)}/"
+
+    def token_index(self, user_id: int, token_id: int) -> str:
+        return self.tokens_of(user_id) + _pad(token_id)
 
     def members_of(self, org_id: int) -> str:
         return f"{self.memberships}{_pad(org_id)}/"
@@ -693,6 +701,7 @@ class EtcdStore(Store):
                 # The user-side indexes of its memberships and collaborations, if it is a user.
                 Op.delete(keys.memberships_of(account_id), prefix=True),
                 Op.delete(keys.collaborations_of(account_id), prefix=True),
+                Op.delete(keys.tokens_of(account_id), prefix=True),
             ]
             for kv in tokens:
                 token = _decode(kv, _load_token)
@@ -791,6 +800,7 @@ class EtcdStore(Store):
                     Op.put(counter_key, str(token_id)),
                     Op.put(keys.token(token_id), _dump_json(doc)),
                     Op.put(hash_key, str(token_id)),
+                    Op.put(keys.token_index(user_id, token_id), ""),
                     self._touch_dependents(user_id),
                 ],
                 f"creating a token for user {user_id}",
@@ -808,7 +818,11 @@ class EtcdStore(Store):
         return token if token is not None and token.token_hash == token_hash else None
 
     def list_tokens(self, user_id: int) -> list[Token]:
-        tokens = [_decode(kv, _load_token) for kv in self._range(self._keys.tokens)]
+        # From the user's index, then the records, which are the truth (as for memberships).
+        self._ensure_indexes()
+        ids = [_pair(kv, self._keys.tokens_by_user)[1] for kv in self._range(self._keys.tokens_of(user_id))]
+        found = self._read_many([self._keys.token(token_id) for token_id in ids])
+        tokens = [_decode(kv, _load_token) for kv in found if kv is not None]
         return [token for token in tokens if token.user_id == user_id]
 
     def delete_token(self, token_id: int) -> bool:
@@ -821,7 +835,8 @@ class EtcdStore(Store):
             token = _decode(kv, _load_token)
             self._commit(
                 [Compare.unchanged(token_key, kv.mod_revision)],
-                [Op.delete(token_key), Op.delete(self._keys.token_hash(token.token_hash))],
+                [Op.delete(token_key), Op.delete(self._keys.token_hash(token.token_hash)),
+                 Op.delete(self._keys.token_index(token.user_id, token_id))],
                 f"deleting token {token_id}",
             )
             return True
@@ -1156,20 +1171,24 @@ class EtcdStore(Store):
     # -- indexes over data written before them ---------------------------------------
 
     def _ensure_indexes(self) -> None:
-        """Write the user-side index keys of memberships and collaborations that data from before
-        them lacks, once per store (idempotent: every node may do it, at the same time too)."""
+        """Write the user-side index keys of memberships, collaborations and tokens that data from
+        before them lacks, once per store (idempotent: every node may do it, at the same time too)."""
         if self._indexed:
             return
         keys = self._keys
-        if self._client().get(keys.indexes) is None:
+        marker = self._client().get(keys.indexes)
+        if marker is None or marker.text != INDEXES:
             ops = [Op.put(keys.membership_index(*_pair(kv, keys.memberships)), "")
                    for kv in self._client().get_prefix(keys.memberships)]
             ops += [Op.put(keys.collaboration_index(*_pair(kv, keys.collaborators)), "")
                     for kv in self._client().get_prefix(keys.collaborators)]
+            for kv in self._client().get_prefix(keys.tokens):
+                token = _decode(kv, _load_token)
+                ops.append(Op.put(keys.token_index(token.user_id, token.id), ""))
             for start in range(0, len(ops), self._max_txn_ops):
                 self._client().txn([], ops[start : start + self._max_txn_ops])
             self._client().put(keys.indexes, INDEXES)
-            log.info("etcd store: indexed %d memberships and collaborations from the user's side", len(ops))
+            log.info("etcd store: indexed %d memberships, collaborations and tokens from the user's side", len(ops))
         self._indexed = True
 
     # -- node settings -----------------------------------------------------------------
