@@ -648,6 +648,22 @@ class StoreContract:
         assert store.list_repos(a.id, offset=5) == []
         assert store.list_repos(424242) == []
 
+    def test_one_owner_s_repositories_are_listed_in_name_order_a_page_at_a_time(self, store: Store) -> None:
+        a = _user(store, "ann")
+        other = _repo(store, _user(store, "ben"), "aaa")
+        names = ["Zeta", "alpha", "b.c", "b-c", "B_d", "mid", "0lead", "Ab"]
+        made = {name: _repo(store, a, name) for name in names}
+        in_order = [made[n] for n in sorted(names, key=str.lower)]
+        assert store.list_repos(a.id, by_name=True) == in_order
+        assert store.list_repos(a.id, by_name=True, limit=3) == in_order[:3]
+        assert store.list_repos(a.id, by_name=True, limit=3, offset=6) == in_order[6:]
+        assert other not in store.list_repos(a.id, by_name=True)
+        # A rename moves the repository to its new place.
+        renamed = store.save_repo(dataclasses.replace(made["Zeta"], name="00first"))
+        assert store.list_repos(a.id, by_name=True, limit=1) == [renamed]
+        with pytest.raises(InvalidInput):
+            store.list_repos(by_name=True)
+
     def test_save_repo_stores_the_mutable_fields(self, store: Store) -> None:
         owner = _user(store, "owner")
         repo = _repo(store, owner, "app")

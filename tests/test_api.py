@@ -281,6 +281,39 @@ def test_list_own_repos_filters_and_pagination(srv: Server) -> None:
     assert srv.api("GET", "/user/repos", token="").status_code == 401
 
 
+def test_a_long_list_of_one_owner_pages_in_name_order_for_everyone(srv: Server) -> None:
+    """The pages are read from the store in name order, a chunk at a time: more repositories than a
+    chunk, mostly private, so the public ones of a page come from several chunks."""
+    owner, friend = unique("hoarder"), unique("pal")
+    token, friend_token = srv.create_user(owner), srv.create_user(friend)
+    names = [f"{'Rp' if i % 2 else 'rp'}{i:03d}{'.x' if i % 3 == 0 else ''}" for i in range(150)]
+    for i, name in enumerate(names):
+        srv.create_repo(token, name, private=i % 5 != 0)
+    shared = names[7]  # private, and the friend may read it
+    assert srv.api("PUT", f"/repos/{owner}/{shared}/collaborators/{friend}", token=token).status_code == 201
+
+    def every_page(caller: str, query: str = "") -> list[str]:
+        seen, page = [], 1
+        while True:
+            r = srv.api("GET", f"/users/{owner}/repos?per_page=20&page={page}{query}", token=caller)
+            assert r.status_code == 200, r.text
+            seen += [repo["name"] for repo in r.json()]
+            if "next" not in links(r):
+                return seen
+            assert len(r.json()) == 20
+            page += 1
+
+    in_order = sorted(names, key=str.lower)
+    public = [n for n in in_order if names.index(n) % 5 == 0]
+    assert every_page(token) == in_order
+    assert every_page("") == public  # anonymous
+    assert every_page(friend_token) == sorted([*public, shared], key=str.lower)
+    assert every_page(token, "&visibility=private") == [n for n in in_order if n not in public]
+    # Another order is sorted whole, as before.
+    newest = [r["name"] for r in srv.api("GET", f"/users/{owner}/repos?sort=created&per_page=3", token=token).json()]
+    assert newest == names[::-1][:3]
+
+
 # -- organizations -----------------------------------------------------------------------------
 
 

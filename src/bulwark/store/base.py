@@ -184,9 +184,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_repos(
-        self, owner_id: int | None = None, *, limit: int | None = None, offset: int = 0
+        self, owner_id: int | None = None, *, limit: int | None = None, offset: int = 0, by_name: bool = False
     ) -> list[Repository]:
-        """Repositories of one owner, or of everyone when ``owner_id`` is None."""
+        """Repositories of one owner, or of everyone when ``owner_id`` is None, in id order; or, with
+        ``by_name`` (one owner's only), in the order of their names, ASCII case folded."""
 
     @abc.abstractmethod
     def save_repo(self, repo: Repository) -> Repository:

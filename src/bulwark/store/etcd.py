@@ -1040,12 +1040,18 @@ class EtcdStore(Store):
         repo = None if index is None else self.get_repo_by_id(_index_id(index))
         return repo if repo is not None and repo.storage_id == storage_id else None
 
-    def list_repos(self, owner_id: int | None = None, *, limit: int | None = None, offset: int = 0) -> list[Repository]:
+    def list_repos(
+        self, owner_id: int | None = None, *, limit: int | None = None, offset: int = 0, by_name: bool = False
+    ) -> list[Repository]:
         _check_page(limit, offset)
         if owner_id is None:
+            if by_name:
+                raise InvalidInput("repositories are listed by name for one owner only")
             return _page([_decode(kv, _load_repo) for kv in self._range(self._keys.repos)], limit, offset)
-        # One owner's: the ids from its name index, then only the page's records (not every repository).
-        ids = sorted(_index_id(kv) for kv in self._range(self._keys.repos_named_by(owner_id)))
+        # One owner's: the ids from its name index (whose keys are the folded names, in order), then
+        # only the page's records (not every repository).
+        named = [_index_id(kv) for kv in self._range(self._keys.repos_named_by(owner_id))]
+        ids = named if by_name else sorted(named)
         found = self._read_many([self._keys.repo(repo_id) for repo_id in _page(ids, limit, offset)])
         repos = [_decode(kv, _load_repo) for kv in found if kv is not None]
         # A repository renamed away or transferred between the two reads is not this owner's any more.

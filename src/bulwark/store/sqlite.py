@@ -968,13 +968,19 @@ class SQLiteStore(Store, ChangeLog):
         row = self._row(f"SELECT {_REPO_COLUMNS} FROM repositories WHERE storage_id = ?", (storage_id,))
         return None if row is None else _repo(row)
 
-    def list_repos(self, owner_id: int | None = None, *, limit: int | None = None, offset: int = 0) -> list[Repository]:
+    def list_repos(
+        self, owner_id: int | None = None, *, limit: int | None = None, offset: int = 0, by_name: bool = False
+    ) -> list[Repository]:
         page = _page(limit, offset)
         if owner_id is None:
+            if by_name:
+                raise InvalidInput("repositories are listed by name for one owner only")
             rows = self._rows(f"SELECT {_REPO_COLUMNS} FROM repositories ORDER BY id LIMIT ? OFFSET ?", page)
         else:
+            # The name column is NOCASE (ASCII folding), as is its unique index, which serves the order.
+            order = "name" if by_name else "id"
             rows = self._rows(
-                f"SELECT {_REPO_COLUMNS} FROM repositories WHERE owner_id = ? ORDER BY id LIMIT ? OFFSET ?",
+                f"SELECT {_REPO_COLUMNS} FROM repositories WHERE owner_id = ? ORDER BY {order} LIMIT ? OFFSET ?",
                 (owner_id, *page),
             )
         return [_repo(row) for row in rows]

@@ -17,6 +17,7 @@ from bulwark.http.api.common import (
     find_repo,
     json_body,
     no_content,
+    page_params,
     paginate_list,
     required,
     write_context,
@@ -93,6 +94,10 @@ async def create_org_repo(request: Request) -> JSONResponse:
     return await _create(ctx, org, await json_body(request))
 
 
+# Records read at first for a page of one owner's list in name order; then twice as many each time.
+OWNED_CHUNK = 100
+MAX_OWNED_CHUNK = 2000
+
 _SORT_KEYS = {
     "full_name": lambda a: a.full_name.lower(),
     "created": lambda a: (a.repo.created_at, a.repo.id),
@@ -101,22 +106,55 @@ _SORT_KEYS = {
 }
 
 
-def _listed(request: Request, ctx: Ctx, accesses: list[RepoAccess], default_sort: str) -> JSONResponse:
+def _list_options(request: Request, default_sort: str) -> tuple[str, str, str]:
+    """A list's visibility filter, sort and direction, as the query gives them."""
     query = request.query_params
     kind = query.get("type")
     visibility = query.get("visibility", kind if kind in ("public", "private") else "all")
     if visibility not in ("all", "public", "private"):
         raise InvalidInput("visibility must be all, public or private", field="visibility")
-    if visibility != "all":
-        accesses = [a for a in accesses if a.repo.visibility.value == visibility]
     sort = query.get("sort", default_sort)
     if sort not in _SORT_KEYS:
         raise InvalidInput(f"sort must be one of {', '.join(_SORT_KEYS)}", field="sort")
     direction = query.get("direction", "asc" if sort == "full_name" else "desc")
     if direction not in ("asc", "desc"):
         raise InvalidInput("direction must be asc or desc", field="direction")
+    return visibility, sort, direction
+
+
+def _listed(request: Request, ctx: Ctx, accesses: list[RepoAccess], default_sort: str) -> JSONResponse:
+    visibility, sort, direction = _list_options(request, default_sort)
+    if visibility != "all":
+        accesses = [a for a in accesses if a.repo.visibility.value == visibility]
     accesses = sorted(accesses, key=_SORT_KEYS[sort], reverse=direction == "desc")
     return paginate_list(request, accesses, render=lambda a: _view(ctx, a))
+
+
+async def _owned_listing(request: Request, ctx: Ctx, owner: Account, default_sort: str) -> JSONResponse:
+    """One owner's repositories. In name order (the default for a user's), read from the store a
+    chunk at a time, in that order, until the page is filled: a page of a list of thousands reads
+    about a page's worth of records, not the whole list."""
+    visibility, sort, direction = _list_options(request, default_sort)
+    if sort != "full_name" or direction != "asc":
+        return _listed(request, ctx, await _owned_by(ctx, owner), default_sort)
+    params = page_params(request)
+    wanted = params.offset + params.per_page + 1  # one more than the page: is there a next one?
+
+    def collect() -> list[RepoAccess]:
+        found: list[RepoAccess] = []
+        read = 0
+        chunk = max(OWNED_CHUNK, params.per_page + 1)
+        while len(found) < wanted:
+            repos = ctx.node.store.list_repos(owner.id, by_name=True, limit=chunk, offset=read)
+            read += len(repos)
+            accesses = ctx.node.repos.visible_to(ctx.principal, repos)
+            found += [a for a in accesses if visibility == "all" or a.repo.visibility.value == visibility]
+            if len(repos) < chunk:
+                break
+            chunk = min(chunk * 2, MAX_OWNED_CHUNK)  # deep pages, or a list the caller sees little of
+        return found
+
+    return paginate_list(request, await call(collect), render=lambda a: _view(ctx, a))
 
 
 def _affiliations(request: Request) -> set[str]:
@@ -171,13 +209,13 @@ async def _owned_by(ctx: Ctx, owner: Account) -> list[RepoAccess]:
 async def list_user_repos(request: Request) -> JSONResponse:
     ctx = await context(request)
     owner = await call(ctx.node.accounts.get, request.path_params["username"])
-    return _listed(request, ctx, await _owned_by(ctx, owner), "full_name")
+    return await _owned_listing(request, ctx, owner, "full_name")
 
 
 async def list_org_repos(request: Request) -> JSONResponse:
     ctx = await context(request)
     org = await call(ctx.node.accounts.get_org, request.path_params["org"])
-    return _listed(request, ctx, await _owned_by(ctx, org), "created")
+    return await _owned_listing(request, ctx, org, "created")
 
 
 async def get_repo(request: Request) -> JSONResponse:
