@@ -67,6 +67,18 @@ def busy_server(tmp_path: Path) -> Iterator[Server]:
         srv.stop()
 
 
+def pushed_commit(server: Server, genv: dict[str, str], tmp_path: Path) -> tuple[str, Path, str]:
+    """alice/proj (public) with one commit on main: its authenticated URL, the work tree and the commit."""
+    token = server.create_user("alice")
+    server.create_repo(token, "proj")
+    url = server.remote("alice", "proj", token=token)
+    work = tmp_path / "work"
+    git("init", "-q", "-b", "main", str(work), env=genv)
+    git("commit", "-q", "--allow-empty", "-m", "one", cwd=work, env=genv)
+    git("push", "-q", url, "main", cwd=work, env=genv)
+    return url, work, git("rev-parse", "HEAD", cwd=work, env=genv).stdout.strip()
+
+
 def hold_a_git_process(server: Server, path: str, oid: str) -> socket.socket:
     """A fetch that sends its wants, more haves than are read before git starts, and then nothing
     more: its git process waits for the rest."""
@@ -98,14 +110,7 @@ def refused(server: Server, reason: str) -> float:
 def test_a_full_node_refuses_fetches_and_pushes_in_git_s_words(
     busy_server: Server, genv: dict[str, str], tmp_path: Path
 ) -> None:
-    token = busy_server.create_user("alice")
-    busy_server.create_repo(token, "proj")
-    url = busy_server.remote("alice", "proj", token=token)
-    work = tmp_path / "work"
-    git("init", "-q", "-b", "main", str(work), env=genv)
-    git("commit", "-q", "--allow-empty", "-m", "one", cwd=work, env=genv)
-    git("push", "-q", url, "main", cwd=work, env=genv)
-    oid = git("rev-parse", "HEAD", cwd=work, env=genv).stdout.strip()
+    url, work, oid = pushed_commit(busy_server, genv, tmp_path)
     held = hold_a_git_process(busy_server, "/alice/proj.git", oid)
     wait_for(lambda: running_git(busy_server) == 1, timeout=10, what="the held fetch's git process")
     try:
@@ -159,13 +164,7 @@ def test_the_rate_floor_counts_the_last_window_not_the_average() -> None:
 def test_a_fetch_that_stops_sending_is_given_up_long_before_the_idle_timeout(
     busy_server: Server, genv: dict[str, str], tmp_path: Path
 ) -> None:
-    token = busy_server.create_user("alice")
-    busy_server.create_repo(token, "proj")
-    work = tmp_path / "work"
-    git("init", "-q", "-b", "main", str(work), env=genv)
-    git("commit", "-q", "--allow-empty", "-m", "one", cwd=work, env=genv)
-    git("push", "-q", busy_server.remote("alice", "proj", token=token), "main", cwd=work, env=genv)
-    oid = git("rev-parse", "HEAD", cwd=work, env=genv).stdout.strip()
+    _, _, oid = pushed_commit(busy_server, genv, tmp_path)
     sock = hold_a_git_process(busy_server, "/alice/proj.git", oid)
     wait_for(lambda: running_git(busy_server) == 1, timeout=10, what="the stalled fetch's git process")
     try:
@@ -187,14 +186,7 @@ def test_a_fetch_that_stops_sending_is_given_up_long_before_the_idle_timeout(
 def test_a_fetch_that_trickles_its_haves_holds_no_git_process(
     busy_server: Server, genv: dict[str, str], tmp_path: Path
 ) -> None:
-    token = busy_server.create_user("alice")
-    busy_server.create_repo(token, "proj", private=False)
-    url = busy_server.remote("alice", "proj", token=token)
-    work = tmp_path / "work"
-    git("init", "-q", "-b", "main", str(work), env=genv)
-    git("commit", "-q", "--allow-empty", "-m", "one", cwd=work, env=genv)
-    git("push", "-q", url, "main", cwd=work, env=genv)
-    oid = git("rev-parse", "HEAD", cwd=work, env=genv).stdout.strip()
+    _, _, oid = pushed_commit(busy_server, genv, tmp_path)
     # Each of these sends its wants and a have, then a byte now and then: the node's one git slot
     # would be theirs if a fetch got its git process before its body was read.
     socks = []

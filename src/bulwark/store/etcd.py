@@ -846,27 +846,13 @@ class EtcdStore(Store):
     def touch_token(self, token_id: int, when: datetime) -> None:
         # Requests finish out of order, so keep the latest time rather than the last
         # written. A token deleted meanwhile is no error: the request was authorized.
-        stamp = _dump_time(when)
-        token_key = self._keys.token(token_id)
-
-        def attempt() -> None:
-            kv = self._get(token_key)
-            if kv is None:
-                return
-            last_used = _decode(kv, _load_token).last_used_at
-            if last_used is not None and last_used >= when:
-                return
-            doc = _doc(kv)
-            doc["last_used_at"] = stamp
-            self._commit(
-                [Compare.unchanged(token_key, kv.mod_revision)],
-                [Op.put(token_key, _dump_json(doc))],
-                f"recording the use of token {token_id}",
-            )
-
-        self._retry(f"recording the use of token {token_id}", attempt)
+        self._advance_token_time(token_id, "last_used_at", when, f"recording the use of token {token_id}")
 
     def end_token_sessions(self, token_id: int, when: datetime) -> None:
+        self._advance_token_time(token_id, "sessions_ended_at", when, f"ending the sessions of token {token_id}")
+
+    def _advance_token_time(self, token_id: int, field: str, when: datetime, what: str) -> None:
+        """Set a time of the token to ``when`` unless it is later already (or the token is gone)."""
         stamp = _dump_time(when)
         token_key = self._keys.token(token_id)
 
@@ -874,18 +860,14 @@ class EtcdStore(Store):
             kv = self._get(token_key)
             if kv is None:
                 return
-            ended = _decode(kv, _load_token).sessions_ended_at
-            if ended is not None and ended >= when:
+            current = getattr(_decode(kv, _load_token), field)
+            if current is not None and current >= when:
                 return
             doc = _doc(kv)
-            doc["sessions_ended_at"] = stamp
-            self._commit(
-                [Compare.unchanged(token_key, kv.mod_revision)],
-                [Op.put(token_key, _dump_json(doc))],
-                f"ending the sessions of token {token_id}",
-            )
+            doc[field] = stamp
+            self._commit([Compare.unchanged(token_key, kv.mod_revision)], [Op.put(token_key, _dump_json(doc))], what)
 
-        self._retry(f"ending the sessions of token {token_id}", attempt)
+        self._retry(what, attempt)
 
     # -- organization membership -------------------------------------------------------
 
