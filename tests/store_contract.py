@@ -664,6 +664,45 @@ class StoreContract:
         with pytest.raises(InvalidInput):
             store.list_repos(by_name=True)
 
+    def test_a_walk_by_name_cursor_sees_each_lasting_repository_once_while_others_write(
+        self, store: Store
+    ) -> None:
+        a = _user(store, "ann")
+        made = {name: _repo(store, a, name) for name in (f"r{n:02d}" for n in range(0, 60, 2))}
+        assert store.count_repos(a.id) == 30
+        seen: list[str] = []
+        after: str | None = None
+        added = deleted = 0
+        while True:
+            page = store.list_repos(a.id, by_name=True, limit=7, after=after)
+            seen += [r.name for r in page]
+            if len(page) < 7:
+                break
+            after = page[-1].name
+            seen_folded = {n.lower() for n in seen}
+            # Between pages other writers delete one repository already seen and one not yet seen,
+            # and add one before the cursor and one after it.
+            ahead = [n for n in made if n > after.lower() and n not in seen_folded]
+            for name in (seen[0].lower(), ahead[0] if ahead else None):
+                if name is not None and name in made:
+                    assert store.delete_repo(made.pop(name).id)
+                    deleted += 1
+            for name in (f"q{after}", f"{after}B"):  # one before the cursor, one after it
+                made[name.lower()] = _repo(store, a, name)
+                added += 1
+        folded = [n.lower() for n in seen]
+        assert len(set(folded)) == len(folded)  # never a repository twice
+        assert folded == sorted(folded)
+        assert store.count_repos(a.id) == 30 + added - deleted
+        # Every repository there from start to end is seen, and so is every one added after the cursor.
+        assert {n for n in made if not n.startswith("q")} <= set(folded)
+        assert store.list_repos(a.id, by_name=True, after="r99") == []
+        next_after_r10 = min(n for n in made if n > "r10")
+        assert store.list_repos(a.id, by_name=True, after="R10", limit=1) == [made[next_after_r10]]
+        assert store.count_repos(424242) == 0
+        with pytest.raises(InvalidInput):
+            store.list_repos(a.id, after="r10")
+
     def test_save_repo_stores_the_mutable_fields(self, store: Store) -> None:
         owner = _user(store, "owner")
         repo = _repo(store, owner, "app")

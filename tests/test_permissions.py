@@ -16,7 +16,7 @@ from bulwark.models import (
     Scope,
     Visibility,
 )
-from bulwark.services.permissions import ANONYMOUS, Principal, repo_permission
+from bulwark.services.permissions import ANONYMOUS, Principal, repo_permission, sees_every_repo
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -94,3 +94,20 @@ def test_suspended_user_is_anonymous() -> None:
 )
 def test_token_scopes_cap_access(scopes: set[Scope], private: bool, expected: Permission) -> None:
     assert perm(Principal(ALICE, frozenset(scopes)), repo(ALICE, private), ALICE) is expected
+
+
+def test_seeing_every_repository_of_an_owner_is_what_a_private_one_grants() -> None:
+    """A list counts an owner's repositories instead of reading them only when the caller sees every
+    one: the shortcut must agree with the rule itself, for every caller, owner and membership."""
+    principals = [ANONYMOUS, Principal.for_password(SUSPENDED)] + [
+        Principal(who, frozenset(scopes))
+        for who in (ALICE, BOB, ADMIN)
+        for scopes in (ALL_SCOPES, {Scope.REPO}, {Scope.PUBLIC_REPO}, set(), {Scope.SITE_ADMIN, Scope.PUBLIC_REPO})
+    ]
+    memberships = [None, Membership(ACME.id, ALICE.id, OrgRole.MEMBER), Membership(ACME.id, BOB.id, OrgRole.OWNER)]
+    for principal in principals:
+        for owner in (ALICE, BOB, ACME, SUSPENDED):
+            for membership in memberships if owner.is_org else [None]:
+                granted = perm(principal, repo(owner, True), owner, membership=membership)
+                assert sees_every_repo(principal, owner, membership) is (granted >= Permission.PULL), (
+                    principal, owner, membership)

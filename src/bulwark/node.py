@@ -22,6 +22,7 @@ from bulwark.ha.state import HAState
 from bulwark.models import Repository
 from bulwark.security import PasswordHasher
 from bulwark.services.accounts import AccountService
+from bulwark.services.repo_lists import RepoLists
 from bulwark.services.repositories import RepositoryService
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog
@@ -65,6 +66,7 @@ class Node:
             self.store, self.hasher, self.clock, metadata_writable=lambda: self.role is not NodeRole.HA_REPLICA
         )
         self.repos = RepositoryService(self.store, self.git, self.clock)
+        self.repo_lists = RepoLists(self.store)
         # The SQLite store keeps the change log HA replication streams from.
         self.changelog = cast(ChangeLog, self.store)
         self._ha: tuple[float, HAState] | None = None

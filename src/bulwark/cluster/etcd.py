@@ -214,6 +214,20 @@ class Etcd:
         result = self.call("/kv/range", body)
         return [KV.parse(raw) for raw in result.get("kvs", [])]
 
+    def get_range(self, start: str, end: bytes, *, limit: int = 0) -> list[KV]:
+        """The keys from ``start`` up to (not including) ``end``, in key order; at most ``limit``
+        of them when it is not 0 (etcd stops reading there)."""
+        body: dict[str, Any] = {"key": _b64(start), "range_end": _b64(end)}
+        if limit:
+            body["limit"] = str(limit)
+        result = self.call("/kv/range", body)
+        return [KV.parse(raw) for raw in result.get("kvs", [])]
+
+    def count_prefix(self, prefix: str) -> int:
+        """How many keys start with ``prefix``, counted by etcd without sending them."""
+        body = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)), "count_only": True}
+        return int(self.call("/kv/range", body).get("count", 0))
+
     def put(self, key: str, value: str | bytes, *, lease: int = 0) -> int:
         body: dict[str, Any] = Op.put(key, value, lease).to_json()["request_put"]
         result = self.call("/kv/put", body)

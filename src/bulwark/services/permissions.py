@@ -85,3 +85,15 @@ def scope_cap(scopes: frozenset[Scope], repo: Repository) -> Permission:
     if Scope.PUBLIC_REPO in scopes:
         return Permission.ADMIN
     return Permission.PULL
+
+
+def sees_every_repo(principal: Principal, owner: Account, membership: Membership | None) -> bool:
+    """Whether ``principal`` may read every repository of ``owner``, private ones included (what
+    :func:`repo_permission` grants a private repository without a collaborator record): then a
+    list of the owner's repositories needs no filtering and can be counted instead of read."""
+    user = principal.account
+    if user is None or user.suspended or Scope.REPO not in principal.scopes:
+        return False
+    if principal.site_admin or (not owner.is_org and owner.id == user.id):
+        return True
+    return owner.is_org and membership is not None and membership.user_id == user.id

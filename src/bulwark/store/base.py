@@ -184,10 +184,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_repos(
-        self, owner_id: int | None = None, *, limit: int | None = None, offset: int = 0, by_name: bool = False
+        self,
+        owner_id: int | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        by_name: bool = False,
+        after: str | None = None,
     ) -> list[Repository]:
         """Repositories of one owner, or of everyone when ``owner_id`` is None, in id order; or, with
-        ``by_name`` (one owner's only), in the order of their names, ASCII case folded."""
+        ``by_name`` (one owner's only), in the order of their names, ASCII case folded, starting
+        after the name ``after`` when it is given (a cursor: the last name of the previous page)."""
+
+    @abc.abstractmethod
+    def count_repos(self, owner_id: int) -> int:
+        """How many repositories ``owner_id`` has, without reading them."""
 
     @abc.abstractmethod
     def save_repo(self, repo: Repository) -> Repository:

@@ -70,7 +70,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from bulwark.clock import Clock, SystemClock
-from bulwark.cluster.etcd import KV, Compare, Etcd, Op
+from bulwark.cluster.etcd import KV, Compare, Etcd, Op, prefix_end
 from bulwark.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreError
 from bulwark.models import (
     Account,
@@ -373,6 +373,13 @@ def _check_page(limit: int | None, offset: int) -> None:
         raise InvalidInput(f"limit must not be negative, got {limit}", field="limit")
     if offset < 0:
         raise InvalidInput(f"offset must not be negative, got {offset}", field="offset")
+
+
+def _check_after(owner_id: int | None, by_name: bool, after: str | None) -> None:
+    if by_name and owner_id is None:
+        raise InvalidInput("repositories are listed by name for one owner only")
+    if after is not None and not by_name:
+        raise InvalidInput("after is a name: it needs the list in name order")
 
 
 def _page(items: list[_T], limit: int | None, offset: int) -> list[_T]:
@@ -1023,21 +1030,38 @@ class EtcdStore(Store):
         return repo if repo is not None and repo.storage_id == storage_id else None
 
     def list_repos(
-        self, owner_id: int | None = None, *, limit: int | None = None, offset: int = 0, by_name: bool = False
+        self,
+        owner_id: int | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        by_name: bool = False,
+        after: str | None = None,
     ) -> list[Repository]:
         _check_page(limit, offset)
+        _check_after(owner_id, by_name, after)
         if owner_id is None:
-            if by_name:
-                raise InvalidInput("repositories are listed by name for one owner only")
             return _page([_decode(kv, _load_repo) for kv in self._range(self._keys.repos)], limit, offset)
-        # One owner's: the ids from its name index (whose keys are the folded names, in order), then
-        # only the page's records (not every repository).
-        named = [_index_id(kv) for kv in self._range(self._keys.repos_named_by(owner_id))]
-        ids = named if by_name else sorted(named)
-        found = self._read_many([self._keys.repo(repo_id) for repo_id in _page(ids, limit, offset)])
+        prefix = self._keys.repos_named_by(owner_id)
+        if by_name:
+            # The name index's keys are the folded names, in order: etcd reads from the name after
+            # ``after`` and stops after the page (it has no offset, so the skipped entries are read,
+            # but only their short index entries).
+            start = prefix if after is None else prefix + _fold(after) + "\0"
+            self._unloggable()
+            named = self._client().get_range(start, prefix_end(prefix),
+                                             limit=0 if limit is None else offset + limit)
+            ids = _page([_index_id(kv) for kv in named], limit, offset)
+        else:
+            ids = _page(sorted(_index_id(kv) for kv in self._range(prefix)), limit, offset)
+        found = self._read_many([self._keys.repo(repo_id) for repo_id in ids])
         repos = [_decode(kv, _load_repo) for kv in found if kv is not None]
         # A repository renamed away or transferred between the two reads is not this owner's any more.
         return [r for r in repos if r.owner_id == owner_id]
+
+    def count_repos(self, owner_id: int) -> int:
+        self._unloggable()
+        return self._client().count_prefix(self._keys.repos_named_by(owner_id))
 
     def save_repo(self, repo: Repository) -> Repository:
         keys = self._keys

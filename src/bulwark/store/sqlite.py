@@ -969,21 +969,39 @@ class SQLiteStore(Store, ChangeLog):
         return None if row is None else _repo(row)
 
     def list_repos(
-        self, owner_id: int | None = None, *, limit: int | None = None, offset: int = 0, by_name: bool = False
+        self,
+        owner_id: int | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        by_name: bool = False,
+        after: str | None = None,
     ) -> list[Repository]:
         page = _page(limit, offset)
+        if by_name and owner_id is None:
+            raise InvalidInput("repositories are listed by name for one owner only")
+        if after is not None and not by_name:
+            raise InvalidInput("after is a name: it needs the list in name order")
         if owner_id is None:
-            if by_name:
-                raise InvalidInput("repositories are listed by name for one owner only")
             rows = self._rows(f"SELECT {_REPO_COLUMNS} FROM repositories ORDER BY id LIMIT ? OFFSET ?", page)
-        else:
-            # The name column is NOCASE (ASCII folding), as is its unique index, which serves the order.
-            order = "name" if by_name else "id"
+        elif by_name:
+            # The name column is NOCASE (ASCII folding), as is its unique index, which serves the order
+            # and the start after a name.
             rows = self._rows(
-                f"SELECT {_REPO_COLUMNS} FROM repositories WHERE owner_id = ? ORDER BY {order} LIMIT ? OFFSET ?",
+                f"SELECT {_REPO_COLUMNS} FROM repositories WHERE owner_id = ? AND name > ?"
+                " ORDER BY name LIMIT ? OFFSET ?",
+                (owner_id, after or "", *page),
+            )
+        else:
+            rows = self._rows(
+                f"SELECT {_REPO_COLUMNS} FROM repositories WHERE owner_id = ? ORDER BY id LIMIT ? OFFSET ?",
                 (owner_id, *page),
             )
         return [_repo(row) for row in rows]
+
+    def count_repos(self, owner_id: int) -> int:
+        rows = self._rows("SELECT COUNT(*) FROM repositories WHERE owner_id = ?", (owner_id,))
+        return int(rows[0][0])
 
     def save_repo(self, repo: Repository) -> Repository:
         pushed_at = _dump_optional_time(repo.pushed_at)

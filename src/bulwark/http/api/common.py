@@ -232,17 +232,22 @@ def page_params(request: Request) -> PageParams:
     return PageParams(page=page, per_page=max(1, min(per_page, MAX_PER_PAGE)))
 
 
-def paginated(request: Request, items: Sequence[Any], params: PageParams, has_next: bool) -> JSONResponse:
-    """A JSON list with GitHub's ``Link`` header (next, prev, first)."""
+def paginated(request: Request, items: Sequence[Any], params: PageParams, has_next: bool,
+              next_cursor: str | None = None) -> JSONResponse:
+    """A JSON list with GitHub's ``Link`` header (next, prev, first). ``next_cursor`` goes into the
+    next page's link only: a client that follows links reads each page from where the last ended."""
     links = []
 
-    def link(page: int, rel: str) -> str:
+    def link(page: int, rel: str, cursor: str | None = None) -> str:
         query = dict(request.query_params)
+        query.pop("cursor", None)
         query.update(page=str(page), per_page=str(params.per_page))
+        if cursor is not None:
+            query["cursor"] = cursor
         return f'<{base_url(request)}{request.url.path}?{urlencode(query)}>; rel="{rel}"'
 
     if has_next:
-        links.append(link(params.page + 1, "next"))
+        links.append(link(params.page + 1, "next", next_cursor))
     if params.page > 1:
         links.append(link(params.page - 1, "prev"))
         links.append(link(1, "first"))

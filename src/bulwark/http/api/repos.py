@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -9,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bulwark.errors import AlreadyExists, Forbidden, InvalidInput, NotFound
+from bulwark.http.api import cursors
 from bulwark.http.api.common import (
     Ctx,
     call,
@@ -19,12 +21,14 @@ from bulwark.http.api.common import (
     no_content,
     page_params,
     paginate_list,
+    paginated,
     required,
     write_context,
 )
 from bulwark.http.api.orgs import caller_role, require_org_role
 from bulwark.http.api.serializers import repo_json
 from bulwark.models import Account, OrgRole, Permission, Repository, Scope, Visibility
+from bulwark.services.repo_lists import Start, sort_key
 from bulwark.services.repositories import RepoAccess
 
 NAME_TAKEN = "name already exists on this account"
@@ -94,12 +98,8 @@ async def create_org_repo(request: Request) -> JSONResponse:
     return await _create(ctx, org, await json_body(request))
 
 
-# Records read at first for a page of one owner's list in name order; then twice as many each time.
-OWNED_CHUNK = 100
-MAX_OWNED_CHUNK = 2000
-
 _SORT_KEYS = {
-    "full_name": lambda a: a.full_name.lower(),
+    "full_name": sort_key,
     "created": lambda a: (a.repo.created_at, a.repo.id),
     "updated": lambda a: (a.repo.updated_at, a.repo.id),
     "pushed": lambda a: (a.repo.pushed_at or a.repo.created_at, a.repo.id),
@@ -130,31 +130,31 @@ def _listed(request: Request, ctx: Ctx, accesses: list[RepoAccess], default_sort
     return paginate_list(request, accesses, render=lambda a: _view(ctx, a))
 
 
+async def _by_name(request: Request, ctx: Ctx,
+                   read: Callable[[Start, int], list[RepoAccess]]) -> JSONResponse:
+    """A page of a list in name order, read from the store from where the page starts (``read``):
+    from the cursor of the previous page's link, or past the pages before it."""
+    params = page_params(request)
+    after = cursors.decode(request)
+    start = Start(after=after) if after is not None else Start(offset=params.offset)
+    found = await call(read, start, params.per_page + 1)  # one more than the page: is there a next one?
+    page = found[: params.per_page]
+    has_next = len(found) > params.per_page
+    cursor = cursors.encode(request, sort_key(page[-1])) if has_next else None
+    return paginated(request, [_view(ctx, a) for a in page], params, has_next, cursor)
+
+
 async def _owned_listing(request: Request, ctx: Ctx, owner: Account, default_sort: str) -> JSONResponse:
-    """One owner's repositories. In name order (the default for a user's), read from the store a
-    chunk at a time, in that order, until the page is filled: a page of a list of thousands reads
-    about a page's worth of records, not the whole list."""
+    """One owner's repositories. In name order (the default for a user's) a page reads about a
+    page's worth of records; other orders are cut from the whole list."""
     visibility, sort, direction = _list_options(request, default_sort)
     if sort != "full_name" or direction != "asc":
         return _listed(request, ctx, await _owned_by(ctx, owner), default_sort)
-    params = page_params(request)
-    wanted = params.offset + params.per_page + 1  # one more than the page: is there a next one?
 
-    def collect() -> list[RepoAccess]:
-        found: list[RepoAccess] = []
-        read = 0
-        chunk = max(OWNED_CHUNK, params.per_page + 1)
-        while len(found) < wanted:
-            repos = ctx.node.store.list_repos(owner.id, by_name=True, limit=chunk, offset=read)
-            read += len(repos)
-            accesses = ctx.node.repos.visible_to(ctx.principal, repos)
-            found += [a for a in accesses if visibility == "all" or a.repo.visibility.value == visibility]
-            if len(repos) < chunk:
-                break
-            chunk = min(chunk * 2, MAX_OWNED_CHUNK)  # deep pages, or a list the caller sees little of
-        return found
+    def read(start: Start, limit: int) -> list[RepoAccess]:
+        return ctx.node.repo_lists.owned(ctx.principal, owner, visibility=visibility, start=start, limit=limit)
 
-    return paginate_list(request, await call(collect), render=lambda a: _view(ctx, a))
+    return await _by_name(request, ctx, read)
 
 
 def _affiliations(request: Request) -> set[str]:
@@ -181,6 +181,14 @@ async def list_own_repos(request: Request) -> JSONResponse:
     ctx = await context(request)
     user = ctx.user
     affiliations = _affiliations(request)
+    visibility, sort, direction = _list_options(request, "full_name")
+    if sort == "full_name" and direction == "asc":
+
+        def read(start: Start, limit: int) -> list[RepoAccess]:
+            return ctx.node.repo_lists.own(ctx.principal, user, affiliations=affiliations,
+                                           visibility=visibility, start=start, limit=limit)
+
+        return await _by_name(request, ctx, read)
 
     def collect() -> list[RepoAccess]:
         store = ctx.node.store
