@@ -198,12 +198,71 @@ def test_every_repository_of_a_runner_is_visited(tmp_path: Path) -> None:
     doomed = runner.path("cc3").with_name("cc3.git.deleting")  # a removal cut short: not a repository
     doomed.mkdir(parents=True)
     (doomed / "HEAD.lock").write_text("")
+    half = runner.path("dd4").with_name("dd4.git.creating-17-42")  # a create cut short
+    half.mkdir(parents=True)
+    (half / "config").write_text("")
+    stranger = runner.path("dd4").with_name("notes.txt")  # not ours to remove
+    stranger.write_text("")
     results = list(leftovers.clear_all(runner, {"aa1": "acme/one"}, just_started=True))
     assert [r.sentence() for r in results] == [
         "cleared 1 stale lock file in acme/one: HEAD.lock",
         "cleared 1 stale lock file in bb2: refs/heads/x.lock",
+        "cleared 1 stale unfinished repository in cc/: cc3.git.deleting",
+        "cleared 1 stale unfinished repository in dd/: dd4.git.creating-17-42",
     ]
-    assert (doomed / "HEAD.lock").exists()
+    assert not doomed.exists() and not half.exists() and stranger.exists()
+    # A later pass, with a create of this process possibly under way, leaves them alone.
+    half.mkdir()
+    assert [r.sentence() for r in leftovers.clear_all(runner, {}, just_started=False)] == [None, None]
+    assert half.exists()
+
+
+def test_a_new_repository_is_what_git_init_and_the_settings_make(tmp_path: Path) -> None:
+    runner = GitRunner(tmp_path / "repos")
+    made = runner.init_bare("ab1", "trunk")
+    reference = runner._init_with_git(tmp_path / "reference.git", "trunk")
+    def files(root: Path) -> dict[str, tuple[bytes | None, int]]:
+        return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes(), p.stat().st_mode & 0o777)
+                for p in sorted(root.rglob("*"))}
+    assert files(made) == files(reference)
+    assert (made / "HEAD").read_text() == "ref: refs/heads/trunk\n"
+    got = runner.run(["config", "--get", "receive.fsckObjects"], cwd=made).stdout.decode().strip()
+    assert got == "true"
+    with_commit_on = runner.run(["symbolic-ref", "HEAD"], cwd=made).stdout.decode().strip()
+    assert with_commit_on == "refs/heads/trunk"
+    assert runner.init_bare("ab1", "trunk") == made  # again: the repository is kept as it is
+    assert [p.name for p in made.parent.iterdir()] == ["ab1.git"]
+
+
+def test_a_create_killed_at_any_moment_leaves_a_whole_repository_or_nothing(tmp_path: Path) -> None:
+    """A process making repositories is killed with SIGKILL at random moments; after the start-up
+    sweep every repository there is whole, and nothing half-made is left."""
+    import random
+    import sys
+
+    root = tmp_path / "repos"
+    script = (
+        "import sys, itertools\n"
+        "from pathlib import Path\n"
+        "from bulwark.git.runner import GitRunner\n"
+        "runner = GitRunner(Path(sys.argv[1]))\n"
+        "for n in itertools.count():\n"
+        "    runner.init_bare(f'{sys.argv[2]}{n:05d}', 'main')\n"
+    )
+    rng = random.Random(7)
+    for round_ in range(12):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(root), f"r{round_:02d}x"])
+        time.sleep(0.3 + rng.random() * 0.4)
+        proc.kill()
+        proc.wait()
+    list(leftovers.clear_all(GitRunner(root), {}, just_started=True))
+    made = sorted(p for p in root.glob("*/*") if p.is_dir())
+    assert made, "no repository was made at all"
+    runner = GitRunner(root)
+    for repo in made:
+        assert repo.name.endswith(".git") and ".git." not in repo.name, repo
+        assert runner.run(["config", "--get", "core.logAllRefUpdates"], cwd=repo).stdout.strip() == b"true"
+        assert (repo / "HEAD").read_text() == "ref: refs/heads/main\n"
 
 
 def test_the_runner_runs_git_inside_the_repository_it_works_on(tmp_path: Path) -> None:

@@ -41,10 +41,12 @@ class Kind(enum.Enum):
     TEMP_PACK = "temporary pack file"
     TEMP_OBJECT = "temporary object file"
     QUARANTINE = "quarantine directory"
+    UNFINISHED = "unfinished repository"  # a create or removal that a crash cut short
 
 
 _PLURAL = {Kind.LOCK: "lock files", Kind.TEMP_PACK: "temporary pack files",
-           Kind.TEMP_OBJECT: "temporary object files", Kind.QUARANTINE: "quarantine directories"}
+           Kind.TEMP_OBJECT: "temporary object files", Kind.QUARANTINE: "quarantine directories",
+           Kind.UNFINISHED: "unfinished repositories"}
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,14 @@ def clear(
     return Cleared(label, removed=removed, config_error=config_error)
 
 
+def _unfinished(name: str) -> bool:
+    """A repository's directory under a temporary name: one being created (``<id>.git.creating-…``)
+    or removed (``<id>.git.deleting``). Only this node's process writes them, so at its start
+    they are a crash's."""
+    stem, dot_git, rest = name.partition(".git.")
+    return bool(dot_git) and stem.isalnum() and (rest.startswith("creating-") or rest == "deleting")
+
+
 def clear_all(
     git: GitRunner, labels: Mapping[str, str], *, just_started: bool, check: bool = True
 ) -> Iterator[Cleared]:
@@ -206,8 +216,12 @@ def clear_all(
         for shard in sorted(os.listdir(git.root)):
             with contextlib.suppress(OSError):
                 for name in sorted(os.listdir(git.root / shard)):
+                    if just_started and _unfinished(name):
+                        shutil.rmtree(git.root / shard / name, ignore_errors=True)
+                        yield Cleared(f"{shard}/", removed=((name, Kind.UNFINISHED),))
+                        continue
                     if not name.endswith(".git"):
-                        continue  # ".git.deleting": a removal that a crash cut short
+                        continue
                     storage_id = name.removesuffix(".git")
                     yield clear(git.root / shard / name, label=labels.get(storage_id, storage_id),
                                 git=git if check else None, just_started=just_started, cwds=cwds)

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -102,6 +103,20 @@ def steady_fsck(check: Callable[[], FsckResult], heads: Callable[[], tuple[str, 
 _LOG_FORMAT = "%H%x00%T%x00%P%x00%an%x00%ae%x00%aI%x00%cn%x00%ce%x00%cI%x00%B%x1e"
 
 
+# Repository-level settings every Bulwark repository has.
+REPOSITORY_CONFIG = (
+    ("receive.fsckObjects", "true"),
+    ("transfer.fsckObjects", "true"),
+    ("receive.denyDeleteCurrent", "true"),
+    ("uploadpack.allowFilter", "true"),
+    ("uploadpack.allowAnySHA1InWant", "true"),
+    ("core.logAllRefUpdates", "true"),
+)
+# The suffix of a repository being created (``<id>.git.creating-<pid>-<thread>``) or removed.
+CREATING = ".creating-"
+DELETING = ".deleting"
+
+
 class GitRunner:
     """Runs git in repositories named by storage id under ``root``."""
 
@@ -128,6 +143,8 @@ class GitRunner:
         }
         # One pass at a time over a repository's leftovers, so two never race on one lock file.
         self._clearing = threading.Lock()
+        self._template_lock = threading.Lock()
+        self._template_files: list[tuple[str, bytes | None, int]] | None = None
 
     # -- layout ----------------------------------------------------------------------
 
@@ -140,27 +157,65 @@ class GitRunner:
         return (self.path(storage_id) / "HEAD").is_file()
 
     def init_bare(self, storage_id: str, default_branch: str) -> Path:
+        """A new empty repository, made whole or not at all: its files are written under a
+        temporary name and renamed into place, so a crash never leaves half a repository (the
+        start-up sweep removes the temporary one). The files are those ``git init`` and
+        :data:`REPOSITORY_CONFIG` made once for this runner, so a create starts no git process."""
         path = self.path(storage_id)
+        if path.exists():
+            return self._init_with_git(path, default_branch)  # git completes what is there
+        path.parent.mkdir(parents=True, exist_ok=True)
+        building = path.with_name(f"{path.name}{CREATING}{os.getpid()}-{threading.get_ident()}")
+        shutil.rmtree(building, ignore_errors=True)
+        try:
+            for relative, content, mode in self._template():
+                target = building / relative
+                if content is None:
+                    target.mkdir(mode=mode, parents=True, exist_ok=True)
+                else:
+                    target.write_bytes(content)
+                    os.chmod(target, mode)
+            (building / "HEAD").write_text(f"ref: refs/heads/{default_branch}\n")
+            os.replace(building, path)
+        except OSError as exc:
+            shutil.rmtree(building, ignore_errors=True)
+            if self.exists(storage_id):
+                return path  # another create of the same repository got there first
+            raise GitError(f"cannot create the repository {storage_id}: {exc}") from exc
+        return path
+
+    def _init_with_git(self, path: Path, default_branch: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.run(["init", "--quiet", "--bare", f"--initial-branch={default_branch}", str(path)])
-        # Repository-level settings every Bulwark repository has.
-        for key, value in (
-            ("receive.fsckObjects", "true"),
-            ("transfer.fsckObjects", "true"),
-            ("receive.denyDeleteCurrent", "true"),
-            ("uploadpack.allowFilter", "true"),
-            ("uploadpack.allowAnySHA1InWant", "true"),
-            ("core.logAllRefUpdates", "true"),
-        ):
+        for key, value in REPOSITORY_CONFIG:
             self.run(["config", key, value], cwd=path)
         return path
+
+    def _template(self) -> list[tuple[str, bytes | None, int]]:
+        """The files of a new repository as this git makes them: (path, content or None for a
+        directory, mode), directories first."""
+        with self._template_lock:
+            if self._template_files is None:
+                with tempfile.TemporaryDirectory(prefix="bulwark-init-") as scratch:
+                    made = self._init_with_git(Path(scratch) / "template.git", "main")
+                    files: list[tuple[str, bytes | None, int]] = []
+                    for folder, dirs, names in os.walk(made):
+                        base = Path(folder)
+                        for name in sorted(dirs):
+                            files.append((str((base / name).relative_to(made)), None, 0o755))
+                        for name in sorted(names):
+                            item = base / name
+                            files.append((str(item.relative_to(made)), item.read_bytes(),
+                                          item.stat().st_mode & 0o777))
+                self._template_files = files
+            return self._template_files
 
     def remove(self, storage_id: str) -> None:
         path = self.path(storage_id)
         self.refs_changed(storage_id)
         if path.exists():
             # Rename first so a crash half-way never leaves a half-deleted repository in place.
-            doomed = path.with_name(path.name + ".deleting")
+            doomed = path.with_name(path.name + DELETING)
             os.replace(path, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
 
