@@ -64,7 +64,7 @@ def decider(view: NodeView, secret: str, owner: str, name: str, calls: list[int]
         principal = view.accounts.authenticate_token(secret)
         access = view.repos.find(principal, owner, name)
         view.repos.require(access, Permission.PULL)
-        return (principal, access), principal.expires_at
+        return (principal, access), principal.recheck_at
     return decide
 
 
@@ -157,3 +157,22 @@ def test_decisions_that_wrote_or_listed_are_not_kept(two_nodes: tuple[NodeView, 
     for _ in range(2):
         assert cache.get(b"k", lists) == (1, False)
     assert len(calls) == 2
+
+
+def test_a_kept_decision_is_made_afresh_when_the_tokens_last_use_is_due(
+    two_nodes: tuple[NodeView, NodeView, FakeClock]
+) -> None:
+    """Kept decisions skip the token's "last used" write; it must still be recorded every minute."""
+    a, b, clock = two_nodes
+    secret, token_id = seed(b, clock)
+    cache: AccessCache[tuple[Principal, RepoAccess]] = AccessCache(a.store, clock)
+    key = cache_key(["git", secret, "alice", "proj", "upload-pack"])
+    decide = decider(a, secret, "alice", "proj", [])
+    cache.get(key, decide)
+    assert cache.get(key, decide)[1]
+    clock.current += timedelta(seconds=61)
+    assert not cache.get(key, decide)[1]
+    user = b.store.get_account("alice")
+    assert user is not None
+    token = next(t for t in b.store.list_tokens(user.id) if t.id == token_id)
+    assert token.last_used_at == clock.now()

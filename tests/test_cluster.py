@@ -162,9 +162,14 @@ def test_permission_changes_reach_the_very_next_request_on_every_node(seeded: Se
         assert r.status_code == 201, r.text
         anonymous = [f"{url}/carol/vault.git" for url in nodes]
         with_token = [remote(url, token, "carol", "vault") for url in nodes]
+        def api(url: str, headers: dict[str, str] | None = None) -> int:
+            return client.get(f"{url}/api/v3/repos/carol/vault", headers=headers or {}).status_code
+
         for _ in range(2):  # the second round is answered from the kept decisions
             for url in anonymous + with_token:
                 git("ls-remote", url)
+            assert [api(url) for url in nodes] == [200] * 4
+            assert [api(url, carol) for url in nodes] == [200] * 4
         # Private, through node 3: anonymous readers on every node are refused at once.
         r = client.patch(f"{nodes[2]}/api/v3/repos/carol/vault", json={"private": True}, headers=carol)
         assert r.status_code == 200, r.text
@@ -172,11 +177,14 @@ def test_permission_changes_reach_the_very_next_request_on_every_node(seeded: Se
             assert git("ls-remote", url, check=False).returncode != 0, url
         for url in with_token:
             git("ls-remote", url)
+        assert [api(url) for url in nodes] == [404] * 4
+        assert [api(url, carol) for url in nodes] == [200] * 4
         # Tokens revoked through node 4: refused on every node at once.
         r = client.delete(f"{nodes[3]}/api/v3/admin/users/carol/authorizations", headers=admin)
         assert r.status_code in (200, 204), r.text
         for url in with_token:
             assert git("ls-remote", url, check=False).returncode != 0, url
+        assert [api(url, carol) for url in nodes] == [401] * 4
 
 
 def test_node_killed_under_load_keeps_every_repository_writable(seeded: Seeded, tmp_path: Path) -> None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from datetime import datetime
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from bulwark.errors import Forbidden, Unauthenticated
 from bulwark.http import clients
-from bulwark.node import Node
+from bulwark.node import Node, Traffic
 from bulwark.security import looks_like_token
+from bulwark.services.access_cache import cache_key
 from bulwark.services.permissions import ANONYMOUS, Principal
 
 
@@ -70,6 +72,47 @@ def principal_of(request: Request) -> Principal:
             principal = node.accounts.authenticate_token(value)
         else:
             raise Unauthenticated(f"unsupported authorization scheme {scheme!r}")
+    request.state.principal = principal
+    return principal
+
+
+async def serving_principal(request: Request, traffic: Traffic) -> Principal:
+    """The caller, once the node has said it serves ``traffic`` now (``Node.check_serving``).
+
+    On a cluster node both read etcd (the maintenance flag, the token, its account): the
+    answer is kept and reused while one etcd transaction of comparisons confirms nothing
+    they read has changed. Password sign-ins are never kept: each is checked and throttled.
+    """
+    node = _node(request)
+    if node.access_cache is None or not _keepable(request.headers.get("authorization")):
+        principal = await authenticate(request)
+        await run_in_threadpool(node.check_serving, traffic, site_admin=principal.site_admin)
+        return principal
+    return await run_in_threadpool(_kept_serving_principal, request, traffic)
+
+
+def _keepable(header: str | None) -> bool:
+    if not header:
+        return True
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return True
+    return looks_like_token(_basic(value.strip())[1])
+
+
+def _kept_serving_principal(request: Request, traffic: Traffic) -> Principal:
+    node = _node(request)
+    cache = node.access_cache
+    assert cache is not None
+    node.check_fenced(traffic)  # in memory: looked at on every request
+    key = cache_key(["serving", request.headers.get("authorization"), traffic.value])
+
+    def decide() -> tuple[Principal, datetime | None]:
+        principal = principal_of(request)
+        node.check_serving(traffic, site_admin=principal.site_admin)
+        return principal, principal.recheck_at
+
+    principal, _ = cache.get(key, decide)
     request.state.principal = principal
     return principal
 

@@ -493,7 +493,7 @@ def _authorize_user(request: Request, service: str, owner: str, name: str) -> Re
 
     def decide() -> tuple[tuple[Principal, RepoAccess], datetime | None]:
         principal, access = _decide(request, service, owner, name, restore)
-        return (principal, access), principal.expires_at
+        return (principal, access), principal.recheck_at
 
     (principal, access), _ = cache.get(key, decide)
     request.state.principal = principal

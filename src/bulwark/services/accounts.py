@@ -124,9 +124,13 @@ class AccountService:
         now = self.clock.now()
         principal = self._holder(token, now, gone="bad credentials")
         stale = token.last_used_at is None or now - token.last_used_at >= _TOUCH_EVERY
+        used = token.last_used_at
         if stale and self.metadata_writable():
             self.store.touch_token(token.id, now)
-        return principal, token
+            used = now
+        due = (used or now) + _TOUCH_EVERY
+        recheck = due if token.expires_at is None else min(due, token.expires_at)
+        return dataclasses.replace(principal, recheck_at=recheck), token
 
     def _holder(self, token: Token, now: datetime, *, gone: str) -> Principal:
         """The principal of a live token: not expired, its user there and not suspended."""

@@ -26,6 +26,9 @@ class Principal:
     token_id: int | None = None
     # When the credential stops being valid by itself (a token's expiry).
     expires_at: datetime | None = None
+    # When a kept decision about this caller must be made afresh even if nothing it read changed:
+    # the token's expiry, or when its last use is next due to be recorded.
+    recheck_at: datetime | None = None
 
     @property
     def anonymous(self) -> bool:

@@ -43,7 +43,9 @@ class RepositoryService:
     def permission(self, principal: Principal, repo: Repository, owner: Account) -> Permission:
         user = principal.account
         membership = collaborator = None
-        if user is not None:
+        # An owner, a site admin and a suspended user need no look-ups: the answer is theirs already.
+        owns = user is not None and not owner.is_org and owner.id == user.id
+        if user is not None and not (owns or principal.site_admin or user.suspended):
             if owner.is_org:
                 membership = self.store.get_membership(owner.id, user.id)
             collaborator = self.store.get_collaborator(repo.id, user.id)

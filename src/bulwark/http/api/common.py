@@ -18,9 +18,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bulwark.errors import BadRequest, InvalidInput, PayloadTooLarge, Unauthenticated, ValidationFailed
-from bulwark.http.auth import authenticate
+from bulwark.http.auth import serving_principal
 from bulwark.models import Account, Scope
 from bulwark.node import Node, Traffic
+from bulwark.services.access_cache import cache_key
 from bulwark.services.permissions import Principal
 from bulwark.services.repositories import RepoAccess
 
@@ -83,8 +84,7 @@ def base_url(request: Request) -> str:
 async def context(request: Request, traffic: Traffic = Traffic.READ) -> Ctx:
     """Authenticate the caller and check that this node serves ``traffic`` now."""
     node: Node = request.app.state.node
-    principal = await authenticate(request)
-    await call(node.check_serving, traffic, site_admin=principal.site_admin)
+    principal = await serving_principal(request, traffic)
     return Ctx(request=request, node=node, principal=principal)
 
 
@@ -98,7 +98,22 @@ async def write_context(request: Request) -> Ctx:
 async def find_repo(ctx: Ctx) -> RepoAccess:
     """The repository named by the ``owner`` and ``repo`` path parameters, as the caller sees it."""
     params = ctx.request.path_params
-    return await call(ctx.node.repos.find, ctx.principal, params["owner"], params["repo"])
+    return await call(_find, ctx.node, ctx.principal, params["owner"], params["repo"])
+
+
+def _find(node: Node, principal: Principal, owner: str, name: str) -> RepoAccess:
+    cache = node.access_cache
+    if cache is None:
+        return node.repos.find(principal, owner, name)
+    # On a cluster node: kept while etcd confirms that nothing the decision read has changed.
+    account = principal.account
+    key = cache_key([
+        "find", repr((account.id, account.site_admin, account.suspended)) if account else None,
+        str(principal.token_id), ",".join(sorted(principal.scopes)), owner.lower(), name.lower(),
+    ])
+    access: RepoAccess
+    access, _ = cache.get(key, lambda: (node.repos.find(principal, owner, name), None))
+    return access
 
 
 class _NumberOutOfRange(ValueError):
