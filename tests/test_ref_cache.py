@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 import pytest
 
 from bulwark.git.adverts import AdvertisementCache, fingerprint
+from bulwark.git.runner import GitRunner, checksum_of
 
 from helpers import Server, git
 
@@ -130,6 +132,40 @@ def test_too_many_loose_refs_are_not_fingerprinted(repo: Path, genv: dict[str, s
     assert (answer, before) == (None, None)
     git("--git-dir", str(repo), "pack-refs", "--all", env=genv)
     assert fingerprint(str(repo), max_entries=30) is not None
+
+
+class CountingRunner(GitRunner):
+    """A runner that counts the ref listings it asks git for."""
+
+    listings = 0
+
+    def _in(self, storage_id: str, args: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        if args and args[0] == "for-each-ref":
+            self.listings += 1
+        return super()._in(storage_id, args, **kwargs)
+
+
+def test_ref_checksums_are_kept_until_the_refs_change(repo: Path, genv: dict[str, str], tmp_path: Path) -> None:
+    runner = CountingRunner(tmp_path / "repositories")
+    storage_id = "ab12"
+    runner.path(storage_id).parent.mkdir(parents=True)
+    repo = repo.rename(runner.path(storage_id))
+    first = runner.ref_checksum(storage_id)
+    assert first == checksum_of(runner.refs(storage_id))
+    listings = runner.listings
+    assert runner.ref_checksum(storage_id) == first
+    assert runner.listings == listings  # kept: no git process
+    # A ref moved by another process (a fetch, git run by hand): computed afresh.
+    git("--git-dir", str(repo), "update-ref", "refs/heads/main", new_commit(repo, genv, "two"), env=genv)
+    second = runner.ref_checksum(storage_id)
+    assert second != first and runner.listings == listings + 1
+    assert second == checksum_of(runner.refs(storage_id))
+    runner.refs_changed(storage_id)  # this process's own write
+    assert runner.ref_checksum(storage_id) == second and runner.listings == listings + 3
+    off = CountingRunner(tmp_path / "repositories", advert_cache_bytes=0)  # no fingerprints: always asks git
+    off.ref_checksum(storage_id)
+    off.ref_checksum(storage_id)
+    assert off.listings == 2
 
 
 # -- through a running server with the git client ----------------------------------------------

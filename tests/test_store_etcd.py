@@ -110,6 +110,23 @@ def test_concurrent_creations_on_two_nodes_get_distinct_increasing_ids(nodes: li
     assert [a.id for a in nodes[1].list_accounts()] == sorted(ids)
 
 
+def test_repositories_created_at_once_on_two_nodes_get_distinct_ids_from_blocks(nodes: list[EtcdStore]) -> None:
+    """Each store hands out repository ids from a block it reserved: no create compares a shared
+    counter, and no two repositories ever share an id."""
+    owner = nodes[0].create_user("owner")
+
+    def work(i: int) -> list[int]:
+        return [nodes[i % 2].create_repo(owner.id, f"r{i}-{n}", storage_id=f"s{i}-{n}").id for n in range(20)]
+
+    results, errors = run_in_threads(6, work)
+    assert errors == []
+    ids = [repo_id for per_thread in results for repo_id in per_thread]
+    assert len(set(ids)) == 120
+    assert all(per_thread == sorted(per_thread) for per_thread in results)
+    assert sorted(r.id for r in nodes[1].list_repos()) == sorted(ids)
+    assert all(nodes[0].get_repo_by_id(repo_id) is not None for repo_id in ids)
+
+
 def test_concurrent_writers_lose_no_updates(nodes: list[EtcdStore]) -> None:
     owner = nodes[0].create_user("owner")
     org = nodes[0].create_org("acme", owner_id=owner.id)

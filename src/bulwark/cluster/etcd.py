@@ -17,9 +17,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import etcd3gw
+import requests.adapters
 from etcd3gw import exceptions as etcd_errors
 
 from bulwark.errors import Unavailable
+
+# Connections kept open to each etcd endpoint: one per request thread that may call at once.
+POOL_SIZE = 64
 
 
 class EtcdUnavailable(Unavailable):
@@ -29,6 +33,9 @@ class EtcdUnavailable(Unavailable):
 def _b64(data: str | bytes) -> str:
     raw = data.encode() if isinstance(data, str) else data
     return base64.b64encode(raw).decode()
+
+
+b64 = _b64
 
 
 def _unb64(data: str) -> bytes:
@@ -161,13 +168,19 @@ class Etcd:
     @staticmethod
     def _client_for(url: str, timeout: float) -> etcd3gw.Etcd3Client:
         parts = urlsplit(url if "://" in url else f"http://{url}")
-        return etcd3gw.Etcd3Client(
+        client = etcd3gw.Etcd3Client(
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 2379,
             protocol=parts.scheme or "http",
             timeout=timeout,
             api_path="/v3/",
         )
+        # requests keeps 10 connections per host by default: a node's request threads (up to 40)
+        # beyond that opened a new connection to etcd for every call and threw it away after.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)
+        client.session.mount("http://", adapter)
+        client.session.mount("https://", adapter)
+        return client
 
     def close(self) -> None:
         for client in self._clients:
@@ -213,6 +226,18 @@ class Etcd:
             body["keys_only"] = True
         result = self.call("/kv/range", body)
         return [KV.parse(raw) for raw in result.get("kvs", [])]
+
+    def read_prefix(self, prefix: str) -> tuple[int, list[KV]]:
+        """Every key under ``prefix``, and the revision they were read at."""
+        result = self.call("/kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
+        return int(result["header"]["revision"]), [KV.parse(raw) for raw in result.get("kvs", [])]
+
+    def answering_endpoint(self) -> str:
+        """The URL of a member that answers a linearizable read now (so it has a quorum)."""
+        self.call("/kv/range", {"key": _b64("/bulwark/health")})
+        with self._lock:
+            url = self.endpoints[self._current]
+        return url.rstrip("/") if "://" in url else f"http://{url}"
 
     def get_range(self, start: str, end: bytes, *, limit: int = 0) -> list[KV]:
         """The keys from ``start`` up to (not including) ``end``, in key order; at most ``limit``

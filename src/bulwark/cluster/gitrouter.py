@@ -9,6 +9,7 @@ replica. Everything else (the git data path) is routed by the HTTP layer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +22,7 @@ from bulwark.cluster import placement as placing
 from bulwark.cluster.router import Access
 from bulwark.cluster.state import BUILDING, Placement
 from bulwark.errors import BulwarkError, Unavailable
-from bulwark.git.runner import GitRunner, Ref, checksum_of
+from bulwark.git.runner import GitRunner, Ref
 
 if TYPE_CHECKING:
     from bulwark.cluster.runtime import ClusterRuntime
@@ -43,18 +44,29 @@ class ClusterGit(GitRunner):
 
     def init_bare(self, storage_id: str, default_branch: str) -> Path:
         rt = self._rt()
-        snap = rt.snapshot(max_age=0)
+        # The node's cached view (at most half a second old): a node that died since is given a
+        # replica all the same, which is marked BUILDING below and made by the reconciler.
+        snap = rt.snapshot()
         rf = snap.config.effective_rf()
         # The snapshot has no placements: the counts to balance by come apart, kept for a while.
         nodes = placing.choose_nodes(snap, rf, extra=rt.replica_counts())
         if not nodes:
             raise Unavailable("no live storage node can take a new repository")
         # Generation 0 for every replica; one that cannot be created now is set to BUILDING below.
-        # The lock keeps the checksum verifier away from copies that are still being made.
-        with rt.locks.held(storage_id):
-            placed = state.create_placement(rt.etcd, Placement(storage_id, {n: 0 for n in nodes}))
-            rt.note_placed(nodes)
+        # The lock keeps the checksum verifier away from copies that are still being made; it is
+        # taken in the transaction that writes the placement.
+        fresh = Placement(storage_id, {n: 0 for n in nodes})
+        token = rt.locks.try_create(storage_id, keys.placement(storage_id), fresh.to_json())
+        placed = fresh
+        if token is None:  # the lock is held, or the placement exists (a racing creator): wait, then look
+            token = rt.locks.acquire(storage_id, 30.0)
+            placed = state.create_placement(rt.etcd, fresh)
+        try:
+            rt.note_placed(placed.replicas)
             self._create_copies(rt, placed, default_branch)
+        finally:
+            with contextlib.suppress(Unavailable):  # the lease drops it anyway
+                rt.locks.release(storage_id, token)
         return self.path(storage_id)
 
     def _create_copies(self, rt: ClusterRuntime, placed: Placement, default_branch: str) -> None:
@@ -156,7 +168,7 @@ class ClusterGit(GitRunner):
         return super().refs(storage_id, *patterns)
 
     def local_checksum(self, storage_id: str) -> str | None:
-        return checksum_of(super().refs(storage_id)) if super().exists(storage_id) else None
+        return GitRunner.ref_checksum(self, storage_id) if super().exists(storage_id) else None
 
     def local_init(self, storage_id: str, default_branch: str) -> None:
         if not super().exists(storage_id):

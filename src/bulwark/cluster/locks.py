@@ -86,6 +86,22 @@ class RepoLocks:
             return None
         return token
 
+    def try_create(self, storage_id: str, key: str, value: str) -> str | None:
+        """Take the free lock and write the absent ``key`` in one transaction; the token, or None
+        if the lock was taken or ``key`` exists (then nothing was written)."""
+        token = self._new_token()
+        lock = keys.lock(storage_id)
+        try:
+            result = self.etcd.txn([Compare.absent(lock), Compare.absent(key)],
+                                   [Op.put(lock, token, self.lease()), Op.put(key, value)])
+        except BaseException:
+            self.forget(token)
+            raise
+        if not result.succeeded:
+            self.forget(token)
+            return None
+        return token
+
     def acquire(self, storage_id: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         probed: set[int] = set()

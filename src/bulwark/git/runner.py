@@ -132,6 +132,9 @@ class GitRunner:
         self.git = git
         # Answers to fetches that find nothing new, served without starting git (0: off).
         self.adverts = AdvertisementCache(advert_cache_bytes)
+        # Ref checksums by storage id, with a hash of the fingerprint they were computed at.
+        self._checksums: dict[str, tuple[int, str]] = {}
+        self._checksums_lock = threading.Lock()
         # Settings passed with -c to every git process, e.g. a shared core.hooksPath.
         self.config = dict(config or {})
         self.env = {
@@ -192,8 +195,8 @@ class GitRunner:
         return path
 
     def _template(self) -> list[tuple[str, bytes | None, int]]:
-        """The files of a new repository as this git makes them: (path, content or None for a
-        directory, mode), directories first."""
+        """The files of a new repository as this git makes them, less those nothing on a server
+        reads: (path, content or None for a directory, mode), directories first."""
         with self._template_lock:
             if self._template_files is None:
                 with tempfile.TemporaryDirectory(prefix="bulwark-init-") as scratch:
@@ -205,6 +208,8 @@ class GitRunner:
                             files.append((str((base / name).relative_to(made)), None, 0o755))
                         for name in sorted(names):
                             item = base / name
+                            if name.endswith(".sample") or name == "description":
+                                continue  # hook examples and gitweb's text: never read on a server
                             files.append((str(item.relative_to(made)), item.read_bytes(),
                                           item.stat().st_mode & 0o777))
                 self._template_files = files
@@ -213,6 +218,8 @@ class GitRunner:
     def remove(self, storage_id: str) -> None:
         path = self.path(storage_id)
         self.refs_changed(storage_id)
+        with self._checksums_lock:
+            self._checksums.pop(storage_id, None)
         if path.exists():
             # Rename first so a crash half-way never leaves a half-deleted repository in place.
             doomed = path.with_name(path.name + DELETING)
@@ -344,7 +351,21 @@ class GitRunner:
         return [line.split(" ", 1)[0] for line in proc.stdout.decode().splitlines() if line.endswith(" missing")]
 
     def ref_checksum(self, storage_id: str) -> str:
-        return checksum_of(self.refs(storage_id))
+        """``checksum_of`` this copy's refs, kept while their files are unchanged (the fingerprint
+        kept advertisements use), so comparing every repository's checksums starts git only for
+        the repositories whose refs moved since the last comparison."""
+        path = str(self.path(storage_id))
+        before = self.adverts.fingerprint(path)
+        key = None if before is None else hash(before)
+        with self._checksums_lock:
+            kept = self._checksums.get(storage_id)
+        if kept is not None and key is not None and kept[0] == key:
+            return kept[1]
+        value = checksum_of(GitRunner.refs(self, storage_id))
+        if key is not None and self.adverts.fingerprint(path) == before:  # no write while git read them
+            with self._checksums_lock:
+                self._checksums[storage_id] = (key, value)
+        return value
 
     def resolve(self, storage_id: str, rev: str) -> str | None:
         if rev.startswith("-"):

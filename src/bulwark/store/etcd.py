@@ -102,6 +102,8 @@ INDEXES = "2"
 
 # How many times a write starts over after colliding with concurrent writers.
 MAX_ATTEMPTS = 64
+# Repository ids a store reserves at a time (see EtcdStore._next_repo_id).
+REPO_ID_BLOCK = 32
 
 # Wide enough for any id this store will hand out; fixed width keeps key order = id order.
 ID_WIDTH = 12
@@ -431,6 +433,8 @@ class EtcdStore(Store):
         self._closed = False
         self._logs = threading.local()
         self._indexed = False
+        self._ids_lock = threading.Lock()
+        self._ids = (0, 0)  # the next repository id of this store's block, and the block's end
 
     def close(self) -> None:
         self._closed = True
@@ -962,16 +966,15 @@ class EtcdStore(Store):
         owner_key = keys.account(owner_id)
         name_key = keys.repo_name(owner_id, name)
         storage_key = keys.storage_id(storage_id)
-        counter_key = keys.counter("repos")
+        repo_id = self._next_repo_id()
 
         def attempt() -> Repository:
-            owner, name_taken, storage_taken, counter = self._read(owner_key, name_key, storage_key, counter_key)
+            owner, name_taken, storage_taken = self._read(owner_key, name_key, storage_key)
             self._require_account(owner, owner_id, None, "owner")
             if name_taken is not None:
                 raise AlreadyExists(f"repository {name!r} already exists for this owner")
             if storage_taken is not None:
                 raise AlreadyExists("a repository with this storage id already exists")
-            repo_id = _last_id(counter) + 1
             now = self._now()
             doc = {
                 "id": repo_id,
@@ -991,10 +994,9 @@ class EtcdStore(Store):
                     Compare.present(owner_key),
                     Compare.absent(name_key),
                     Compare.absent(storage_key),
-                    _still(counter_key, counter),
+                    Compare.absent(keys.repo(repo_id)),
                 ],
                 [
-                    Op.put(counter_key, str(repo_id)),
                     Op.put(keys.repo(repo_id), _dump_json(doc)),
                     Op.put(name_key, str(repo_id)),
                     Op.put(storage_key, str(repo_id)),
@@ -1005,6 +1007,29 @@ class EtcdStore(Store):
             return _load_repo(doc)
 
         return self._retry(f"creating repository {name!r}", attempt)
+
+    def _next_repo_id(self) -> int:
+        """A repository id from this store's block, reserving the next block when it runs out.
+
+        Creates on different nodes then never contend for the counter, which every create used to
+        compare: ids stay unique, though not dense nor in creation order across nodes (GitHub's are
+        neither; lists order by name or by creation time)."""
+        with self._ids_lock:
+            first, end = self._ids
+            if first >= end:
+                key = self._keys.counter("repos")
+
+                def reserve() -> int:
+                    (counter,) = self._read(key)
+                    start = _last_id(counter) + 1
+                    self._commit([_still(key, counter)], [Op.put(key, str(start + REPO_ID_BLOCK - 1))],
+                                 "reserving repository ids")
+                    return start
+
+                first = self._retry("reserving repository ids", reserve)
+                end = first + REPO_ID_BLOCK
+            self._ids = (first + 1, end)
+            return first
 
     def get_repo(self, owner_id: int, name: str) -> Repository | None:
         index = self._get(self._keys.repo_name(owner_id, name))
