@@ -426,3 +426,28 @@ def test_a_node_back_with_a_new_session_has_its_repositories_verified_at_once(et
     asked = {call[2] for call in peers.calls[before:] if call[0] == "checksum"}
     assert asked == {"a"}  # only the returned node's repositories
     assert "verified" not in rec.run_once()  # the same session next time: nothing more to verify
+
+
+def test_a_verification_pass_is_spread_over_cycles_within_its_budget(etcd: Etcd) -> None:
+    """With no time to spare a cycle compares one repository; the pass goes on where it stopped,
+    and a returned node's repositories go first."""
+    names = ["a", "b", "c"]
+    seed(etcd, ["n1", "n2", "n3"], placements={s: {"n1": 1, "n2": 1, "n3": 1} for s in names})
+    peers = FakePeers(etcd, {(n, s): "good" for n in ("n1", "n2", "n3") for s in names})
+    peers.copies[("n2", "c")] = "drifted"
+    rec = reconciler(etcd, peers, verify_budget=0.0)
+
+    def compared() -> list[str]:
+        return [call[2] for call in peers.calls if call[0] == "checksum"]
+
+    assert rec.run_once().endswith("verified 1 repositories (2 more to verify)")
+    assert set(compared()) == {"a"}
+    assert rec.run_once().endswith("verified 1 repositories (1 more to verify)")
+    sentence = rec.run_once()
+    assert "marked 1 outdated" in sentence and sentence.endswith("verified 1 repositories"), sentence
+    assert "verified" not in rec.run_once()  # the pass is over; the next starts after verify_every
+    # n3 comes back with a new session: its repositories are compared next, one a cycle here.
+    etcd.put(keys.alive("n3"), NodeBeat("n3", url_of("n3"), 0.0, disk_total=100).to_json(), lease=etcd.grant(30))
+    before = len(peers.calls)
+    assert rec.run_once().endswith("(2 more to verify)")
+    assert next(call[2] for call in peers.calls[before:] if call[0] == "checksum") == "a"

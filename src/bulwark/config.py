@@ -77,6 +77,8 @@ class Settings(BaseModel):
     # every replica, and before a dead node's replicas are rebuilt on other nodes.
     cluster_reconcile_interval: float = Field(default=5.0, gt=0)
     cluster_verify_interval: float = Field(default=300.0, gt=0)
+    # Seconds of those comparisons per reconciler cycle: a pass is spread over as many cycles as it needs.
+    cluster_verify_budget: float = Field(default=2.0, ge=0)
     cluster_replace_after: float = Field(default=60.0, ge=0)
     # Monitoring: where `bulwark status`, the status page and bulwark_check_level turn WARNING and
     # CRITICAL: percent of the data dir's filesystem and of memory in use, 15-minute load per core.

@@ -315,6 +315,7 @@ class Counts:
     marked: int = 0
     failed: int = 0
     verified: int = 0
+    to_verify: int = 0  # queued for the next cycles
     data_loss: list[str] = field(default_factory=list)
 
     def sentence(self) -> str:
@@ -324,6 +325,8 @@ class Counts:
         )
         if self.verified:
             text += f"; verified {self.verified} repositories"
+            if self.to_verify:
+                text += f" ({self.to_verify} more to verify)"
         if self.failed:
             text += f"; {self.failed} actions failed"
         return text
@@ -347,19 +350,28 @@ class Reconciler:
         lease: Callable[[], int],
         interval: float = 10.0,
         verify_every: float = 300.0,
+        verify_budget: float = 2.0,
         replace_after: float = 60.0,
         retry_after: float = 60.0,
         max_actions: int = 20,
         rebuild_after: int = REBUILD_AFTER,
         clock: Callable[[], float] = time.time,
+        read_snapshot: Callable[[], ClusterSnapshot] | None = None,
     ) -> None:
         self.etcd = etcd
+        # The state a cycle decides from; a node passes its watched copy of the placements.
+        self.read_snapshot = read_snapshot or (lambda: state.snapshot(etcd))
         self.peers = peers
         self.locks = locks
         self.node = node
         self.lease = lease  # the node's session lease: leadership dies with it
         self.interval = interval
         self.verify_every = verify_every
+        # Seconds of checksum comparisons per cycle: a pass over every repository is spread over as
+        # many cycles as it needs, so a large installation's repairs never wait behind a whole pass.
+        self.verify_budget = verify_budget
+        self._to_verify: list[str] = []  # the current pass's repositories not yet compared, in order
+        self._urgent: list[str] = []  # repositories of nodes back with a new session: compared first
         self.replace_after = replace_after
         self.retry_after = retry_after
         self.max_actions = max_actions
@@ -421,26 +433,27 @@ class Reconciler:
             self.sessions = {}
             self._leading = False
             return f"not the reconciler ({leader} is)" if leader else "not the reconciler (no etcd session)"
-        now = self.clock()
+        now, started = self.clock(), time.monotonic()
         if not self._leading:
             # A new term goes on counting where the last leader's failed repairs left off.
             self.repair_failures = {(f.storage_id, f.node): f for f in published_failures(read_report(self.etcd))}
             self._leading = True
-        snap = state.snapshot(self.etcd)
+        snap = self.read_snapshot()
         self._track_missing(snap, now)
         self.repair_failures = still_failing(snap, self.repair_failures)
         counts = Counts()
-        checksums: dict[str, dict[str, str | None]] | None = None
         returned = returned_nodes(self.sessions, snap.sessions)
         self.sessions = dict(snap.sessions)
-        if self.verified_at is None or now - self.verified_at >= self.verify_every:
-            checksums = self._verify(snap)
-            self.verified_at = now
-        elif returned:
+        if returned:
             # A node back from a crash, a pause or a partition may hold refs the others do not.
-            checksums = self._verify(snap, only=returned)
+            self._urgent += [s for s in sorted(snap.placements) if set(returned) & set(snap.placements[s].replicas)]
+        if not self._to_verify and (self.verified_at is None or now - self.verified_at >= self.verify_every):
+            self._to_verify = sorted(snap.placements)
+            self.verified_at = now
+        checksums = self._verify_some(snap) if self._urgent or self._to_verify else None
         if checksums is not None:
             counts.verified = len(checksums)
+            counts.to_verify = len(self._urgent) + len(self._to_verify)
         self.failed_at = {s: t for s, t in self.failed_at.items() if now - t < self.retry_after}
         actions = decide(
             snap, now, self.missing_since, replace_after=self.replace_after, checksums=checksums,
@@ -462,7 +475,7 @@ class Reconciler:
                 if isinstance(action, Repair | AddReplica):
                     self.repair_failures.pop((action.storage_id, action.node), None)
         sentence = counts.sentence()
-        self._publish(sentence, counts, now)
+        self._publish(sentence, counts, now, time.monotonic() - started)
         return sentence
 
     def _note_failure(self, action: Action, exc: Exception, now: float) -> None:
@@ -487,34 +500,42 @@ class Reconciler:
         for node in set(self.missing_since) - known:
             del self.missing_since[node]
 
-    def _verify(self, snap: ClusterSnapshot, only: Collection[str] = ()) -> dict[str, dict[str, str | None]]:
-        """Ref checksums of every repository with two or more live up-to-date replicas (with
-        ``only``: of those with a replica on one of these nodes)."""
+    def _verify_some(self, snap: ClusterSnapshot) -> dict[str, dict[str, str | None]]:
+        """Ref checksums of the queued repositories, urgent ones first, for up to ``verify_budget``
+        seconds (at least one repository a cycle); the rest stay queued for the next cycles."""
         found: dict[str, dict[str, str | None]] = {}
-        for storage_id in sorted(snap.placements):
-            if only and not set(only) & set(snap.placements[storage_id].replicas):
-                continue
-            serving = [n for n in snap.serving_replicas(storage_id) if snap.url_of(n)]
-            if len(serving) < 2:
-                continue
-            token = self.locks.try_acquire(storage_id)
-            if token is None:
-                continue  # a write is under way; next round
-            try:
-                fresh = state.get_placement(self.etcd, storage_id)
-                if fresh is None or fresh.revision != snap.placements[storage_id].revision:
-                    continue  # changed since the snapshot: the answers would not match it
-                votes: dict[str, str | None] = {}
-                for node in serving:
-                    try:
-                        votes[node] = self.peers.checksum(snap.url_of(node) or "", storage_id)
-                    except BulwarkError as exc:
-                        log.warning("reconciler: no checksum of %s from %s: %s", storage_id, node, exc)
-                if len(votes) >= 2:
-                    found[storage_id] = votes
-            finally:
-                self.locks.release(storage_id, token)
+        deadline = time.monotonic() + self.verify_budget
+        for queue in (self._urgent, self._to_verify):
+            while queue:
+                self._verify_one(snap, queue.pop(0), found)
+                if time.monotonic() >= deadline:
+                    return found
         return found
+
+    def _verify_one(self, snap: ClusterSnapshot, storage_id: str, found: dict[str, dict[str, str | None]]) -> None:
+        """Add ``storage_id``'s checksums to ``found`` if it has two or more live up-to-date replicas."""
+        if storage_id not in snap.placements:
+            return  # removed since it was queued
+        serving = [n for n in snap.serving_replicas(storage_id) if snap.url_of(n)]
+        if len(serving) < 2:
+            return
+        token = self.locks.try_acquire(storage_id)
+        if token is None:
+            return  # a write is under way; the next pass
+        try:
+            fresh = state.get_placement(self.etcd, storage_id)
+            if fresh is None or fresh.revision != snap.placements[storage_id].revision:
+                return  # changed since the snapshot: the answers would not match it
+            votes: dict[str, str | None] = {}
+            for node in serving:
+                try:
+                    votes[node] = self.peers.checksum(snap.url_of(node) or "", storage_id)
+                except BulwarkError as exc:
+                    log.warning("reconciler: no checksum of %s from %s: %s", storage_id, node, exc)
+            if len(votes) >= 2:
+                found[storage_id] = votes
+        finally:
+            self.locks.release(storage_id, token)
 
     def _act(self, snap: ClusterSnapshot, action: Action, counts: Counts) -> None:
         if isinstance(action, Repair):
@@ -571,11 +592,13 @@ class Reconciler:
             except BulwarkError as exc:  # the copy is orphaned, not harmful: nothing routes to it
                 log.warning("reconciler: could not delete %s's copy of %s: %s", node, action.storage_id, exc)
 
-    def _publish(self, sentence: str, counts: Counts, now: float) -> None:
+    def _publish(self, sentence: str, counts: Counts, now: float, seconds: float) -> None:
         report: dict[str, Any] = {
             "leader": self.node,
             "sentence": sentence,
             "at": now,
+            "seconds": round(seconds, 3),  # how long the cycle took
+            "to_verify": counts.to_verify,
             "counts": {
                 "repaired": counts.repaired,
                 "added": counts.added,

@@ -7,6 +7,7 @@ layer asks it where a repository's request goes; the services ask it (through
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import socket
@@ -22,12 +23,13 @@ from bulwark.cluster.coordinator import Coordinator
 from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.locks import RepoLocks
 from bulwark.cluster.membership import Membership
+from bulwark.cluster.mirror import Mirror
 from bulwark.cluster.proxy import Forwarder
 from bulwark.cluster.state import ClusterSnapshot, NodeBeat, Placement
 from bulwark.cluster.transactions import Transactions
 from bulwark.config import Settings
 from bulwark.errors import InvalidInput, Unavailable
-from bulwark.git.runner import GitRunner, checksum_of
+from bulwark.git.runner import GitRunner
 
 log = logging.getLogger("bulwark.cluster")
 
@@ -63,6 +65,8 @@ class ClusterRuntime:
         self.locks = RepoLocks(etcd, self.membership.lease, holder=name, gone=self._process_gone)
         self.peers = PeerClient(secret, name)
         self.transactions = Transactions(git, leader_alive=self.node_alive_at, lock_holds=self.locks.holds)
+        # Every placement, kept by a watch: for views that may be a moment old, never for routing.
+        self.placements: Mirror[Placement] = Mirror(etcd, keys.PLACEMENT, Placement.from_kv, name="placements")
         self._config = config
         self._snapshot: tuple[float, ClusterSnapshot] | None = None
         self._snapshot_lock = threading.Lock()
@@ -90,8 +94,15 @@ class ClusterRuntime:
         return snap
 
     def full_snapshot(self) -> ClusterSnapshot:
-        """The cluster state with every placement: for views of all repositories, never per request."""
-        return state.snapshot(self.etcd)
+        """The cluster state with every placement: for views of all repositories, never per request.
+
+        The placements come from the watched copy once it is loaded (a moment old at most; what acts
+        on one reads or compares it in etcd first); the rest is read fresh."""
+        if not self.placements.ready:
+            return state.snapshot(self.etcd)
+        _, placements = self.placements.view()
+        return dataclasses.replace(state.snapshot(self.etcd, placements=False),
+                                   placements={p.storage_id: p for p in placements.values()})
 
     def replica_counts(self) -> dict[str, int]:
         """Replicas per node for placing new ones: from a read of every placement at most every
@@ -140,7 +151,7 @@ class ClusterRuntime:
         """A replica's ref checksum on disk: this node's own, or asked of its node."""
         if node == self.name:
             # The base class's methods: this node's own disk, never routed to another node.
-            return checksum_of(GitRunner.refs(self.git, storage_id)) if GitRunner.exists(self.git, storage_id) else None
+            return GitRunner.ref_checksum(self.git, storage_id) if GitRunner.exists(self.git, storage_id) else None
         url = self.urls().get(node)
         if url is None:
             raise Unavailable(f"node {node} is not in the cluster configuration")
@@ -222,8 +233,10 @@ class ClusterRuntime:
         except Unavailable as exc:
             log.warning("cluster: could not register with etcd yet (%s); retrying in the background", exc)
         self.membership.start()
+        self.placements.start()
 
     def stop(self) -> None:
+        self.placements.stop()
         self.membership.stop()
         self.peers.close()
 

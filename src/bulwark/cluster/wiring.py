@@ -80,8 +80,10 @@ class ClusterLoops:
             lease=rt.membership.lease,
             interval=s.cluster_reconcile_interval,
             verify_every=s.cluster_verify_interval,
+            verify_budget=s.cluster_verify_budget,
             replace_after=s.cluster_replace_after,
             retry_after=3 * s.cluster_reconcile_interval,
+            read_snapshot=rt.full_snapshot,
         )
         self.sweeper = IntentSweeper(node, max(s.cluster_reconcile_interval, 0.5))
 
