@@ -20,13 +20,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 
-from bulwark.cluster import state
+from bulwark.cluster import reconciler, state
 from bulwark.cluster.dev import DevCluster
 from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.state import Placement
@@ -40,6 +41,9 @@ from helpers import Server
 SIZES = (1_000, 10_000, 100_000)
 SAMPLES = 10
 CREATES = 20
+PARALLEL_CREATES = 160
+GROW_WRITERS = 8
+CLIENTS = 16
 OWNER = "scale"
 MEASURES = ("list_first", "list_middle", "list_last", "owner_list", "get_repo", "info_refs")
 
@@ -58,30 +62,41 @@ class Target:
         self.place, self.pids, self.status, self.etcd_bytes = place, pids, status, etcd_bytes
         self.count = 0
         self.template: Path | None = None
+        self.writers = GROW_WRITERS if place is not None else 1  # SQLite takes one writer at a time
+        self.cycle: Callable[[], float] | None = None  # the reconciler's cycle, in seconds
+        self.restart: Callable[[], float] | None = None  # a node's start until it serves, in seconds
 
     def grow(self, total: int, log: Callable[[str], None]) -> float:
         """Add empty repositories up to ``total``; seconds taken."""
         owner = self.store.get_account(OWNER)
         assert owner is not None
         started = time.monotonic()
-        while self.count < total:
-            storage_id = f"{self.count:08d}{'a' * 24}"
-            self.store.create_repo(owner.id, f"bulk{self.count:06d}", storage_id=storage_id)
+        template = self._template()
+
+        def add(number: int) -> None:
+            storage_id = f"{number:08d}{'a' * 24}"
+            self.store.create_repo(owner.id, f"bulk{number:06d}", storage_id=storage_id)
             for disk in self.disks:
                 target = disk.path(storage_id)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(self._template(), target)
+                shutil.copytree(template, target)
             if self.place is not None:
                 self.place(storage_id)
-            self.count += 1
-            if self.count % 5_000 == 0:
-                log(f"  {self.count} repositories")
+
+        # A few writers at once: the bulk is set-up, not a measure, and etcd answers each one in ms.
+        with ThreadPoolExecutor(self.writers) as pool:
+            for done, _ in enumerate(pool.map(add, range(self.count, total)), start=self.count + 1):
+                if done % 5_000 == 0:
+                    log(f"  {done} repositories")
+        self.count = total
         return time.monotonic() - started
 
     def _template(self) -> Path:
         if self.template is None:
             self.template = Path(self.disks[0].root).parent / "template.git"
             subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(self.template)], check=True)
+            for sample in (self.template / "hooks").glob("*.sample"):
+                sample.unlink()  # as Bulwark makes them
         return self.template
 
 
@@ -94,6 +109,23 @@ def _timed(client: httpx.Client, path: str, token: str) -> list[float]:
         if r.status_code != 200:
             raise RuntimeError(f"GET {path}: HTTP {r.status_code}: {r.text[:200]}")
     return times
+
+
+def _parallel_creates(target: Target, first: int) -> float:
+    """Creates per second with CLIENTS clients sending one after another at once."""
+    headers = {"Authorization": f"token {target.token}"}
+    with httpx.Client(base_url=target.base_url, timeout=120, headers=headers,
+                      limits=httpx.Limits(max_connections=CLIENTS)) as client:
+
+        def create(number: int) -> None:
+            r = client.post("/api/v3/user/repos", json={"name": f"api{number}"})
+            if r.status_code != 201:
+                raise RuntimeError(f"creating a repository: HTTP {r.status_code}: {r.text[:200]}")
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            list(pool.map(create, range(first, first + PARALLEL_CREATES)))
+        return PARALLEL_CREATES / (time.monotonic() - started)
 
 
 def measure_at(target: Target, n: int, created: int) -> dict[str, Any]:
@@ -118,11 +150,16 @@ def measure_at(target: Target, n: int, created: int) -> dict[str, Any]:
             if r.status_code != 201:
                 raise RuntimeError(f"creating a repository: HTTP {r.status_code}: {r.text[:200]}")
         out["create_per_s"] = CREATES / (time.monotonic() - started)
+        out["create_parallel_per_s"] = _parallel_creates(target, first=created + CREATES + 1)
     out["rss_mb"] = sum(psutil.Process(pid).memory_info().rss for pid in target.pids()) / 1e6 / len(target.pids())
     if target.status is not None:
         out["cluster_status_s"] = target.status()
     if target.etcd_bytes is not None:
         out["etcd_db_mb"] = target.etcd_bytes() / 1e6
+    if target.cycle is not None:
+        out["reconcile_cycle_s"] = target.cycle()
+    if target.restart is not None:
+        out["node_start_s"] = target.restart()  # last: RSS above is of nodes that served the measures
     return out
 
 
@@ -143,7 +180,7 @@ def _curve(target: Target, sizes: list[int], log: Callable[[str], None]) -> list
     for n in sizes:
         seconds = target.grow(n, log)
         log(f"  grown to {n} repositories in {seconds:.0f}s; measuring")
-        point = measure_at(target, n, created=len(points) * CREATES)
+        point = measure_at(target, n, created=len(points) * (CREATES + PARALLEL_CREATES))
         log(f"  {n}: list page p50 {point['list_first']['p50'] * 1000:.0f} ms, "
             f"GET repository {point['get_repo']['p50'] * 1000:.0f} ms, {point['create_per_s']:.0f} creates/s")
         points.append(point)
@@ -185,6 +222,27 @@ def cluster_curve(work: Path, sizes: list[int], log: Callable[[str], None]) -> l
                             "--etcd", ",".join(cluster.etcd_endpoints)], capture_output=True, timeout=300, check=False)
             return time.monotonic() - started
 
+        def restart() -> float:
+            """Seconds from starting a stopped node until it serves (its /status answers 200)."""
+            node = cluster.node("node3")
+            cluster.stop_node("node3")
+            if node.process is not None:
+                node.process.wait_or_kill()
+            started = time.monotonic()
+            cluster.start_node("node3")
+            return time.monotonic() - started
+
+        def cycle() -> float:
+            """How long the reconciler's last cycle took, as it reports (waiting for one after now)."""
+            before = reconciler.read_report(etcd) or {}
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                report = reconciler.read_report(etcd) or {}
+                if report.get("at") != before.get("at") and "seconds" in report:
+                    return float(report["seconds"])
+                time.sleep(0.2)
+            return float("nan")
+
         def etcd_bytes() -> int:
             status_ = etcd.call("/maintenance/status", {})
             return int(status_.get("dbSize", 0))
@@ -192,6 +250,7 @@ def cluster_curve(work: Path, sizes: list[int], log: Callable[[str], None]) -> l
         try:
             disks = [GitRunner(cluster.base_dir / name / "repositories") for name in cluster.names]
             target = Target(cluster.lb_url, token, store, disks, place, node_pids, status, etcd_bytes)
+            target.cycle, target.restart = cycle, restart
             return _curve(target, sizes, log)
         finally:
             store.close()
@@ -228,10 +287,17 @@ def markdown(scale: dict[str, Any]) -> list[str]:
         for key in MEASURES:
             cells = [f"{p[key]['p50'] * 1000:.0f} ms ({p[key]['max'] * 1000:.0f})" for p in points]
             lines.append(f"| {LABELS[key]} | " + " | ".join(cells) + " |")
-        lines.append("| creates through the API | " + " | ".join(f"{p['create_per_s']:.0f}/s" for p in points) + " |")
+        lines.append("| creates through the API, one client | "
+                     + " | ".join(f"{p['create_per_s']:.0f}/s" for p in points) + " |")
+        lines.append(f"| creates through the API, {CLIENTS} clients at once | "
+                     + " | ".join(f"{p.get('create_parallel_per_s', 0):.0f}/s" for p in points) + " |")
         if "cluster_status_s" in points[0]:
             lines.append("| `cluster status` | " + " | ".join(f"{p['cluster_status_s']:.2f} s" for p in points) + " |")
             lines.append("| etcd database | " + " | ".join(f"{p['etcd_db_mb']:.0f} MB" for p in points) + " |")
+            lines.append("| reconciler cycle | "
+                         + " | ".join(f"{p.get('reconcile_cycle_s', float('nan')):.2f} s" for p in points) + " |")
+            lines.append("| node start, until it serves | "
+                         + " | ".join(f"{p.get('node_start_s', float('nan')):.1f} s" for p in points) + " |")
         lines.append("| RSS per node | " + " | ".join(f"{p['rss_mb']:.0f} MB" for p in points) + " |")
         lines.append("")
     return lines
