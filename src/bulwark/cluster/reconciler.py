@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -370,8 +370,9 @@ class Reconciler:
         # Seconds of checksum comparisons per cycle: a pass over every repository is spread over as
         # many cycles as it needs, so a large installation's repairs never wait behind a whole pass.
         self.verify_budget = verify_budget
-        self._to_verify: list[str] = []  # the current pass's repositories not yet compared, in order
-        self._urgent: list[str] = []  # repositories of nodes back with a new session: compared first
+        # Queues, taken from the front: a pass over 100,000 repositories must not shift a list each time.
+        self._to_verify: deque[str] = deque()  # the current pass's repositories not yet compared, in order
+        self._urgent: deque[str] = deque()  # repositories of nodes back with a new session: compared first
         self.replace_after = replace_after
         self.retry_after = retry_after
         self.max_actions = max_actions
@@ -446,9 +447,9 @@ class Reconciler:
         self.sessions = dict(snap.sessions)
         if returned:
             # A node back from a crash, a pause or a partition may hold refs the others do not.
-            self._urgent += [s for s in sorted(snap.placements) if set(returned) & set(snap.placements[s].replicas)]
+            self._urgent.extend(s for s in sorted(snap.placements) if set(returned) & set(snap.placements[s].replicas))
         if not self._to_verify and (self.verified_at is None or now - self.verified_at >= self.verify_every):
-            self._to_verify = sorted(snap.placements)
+            self._to_verify = deque(sorted(snap.placements))
             self.verified_at = now
         checksums = self._verify_some(snap) if self._urgent or self._to_verify else None
         if checksums is not None:
@@ -507,7 +508,7 @@ class Reconciler:
         deadline = time.monotonic() + self.verify_budget
         for queue in (self._urgent, self._to_verify):
             while queue:
-                self._verify_one(snap, queue.pop(0), found)
+                self._verify_one(snap, queue.popleft(), found)
                 if time.monotonic() >= deadline:
                     return found
         return found
