@@ -213,3 +213,25 @@ def test_fsck_while_pushes_land_does_not_report_them_as_damage(
         thread.join(60)
     assert pushed and all(code == 0 for code in pushed), pushed
     server.stop()
+
+
+def test_a_config_that_does_not_parse_is_reported_at_every_start_until_it_is_fixed(
+    setup: tuple[Server, Path, str], genv: dict[str, str]
+) -> None:
+    server, work, url = setup
+    server.stop()
+    config = repo_dir(server) / "config"
+    good = config.read_text()
+    config.write_text(good + "[core\n")  # as a crash in the middle of a hand edit leaves it
+    said = "the config of alice/site does not parse"
+    for starts in (1, 2):
+        server.start()
+        server.stop()
+        assert server.log_path.read_text().count(said) == starts, server.log()
+    config.write_text(good)
+    for n in range(2):  # fixed: not reported, and later starts check only configs changed since
+        server.start()
+        push_every_branch(server, work, genv, url, f"fixed-{n}")
+        server.stop()
+        assert server.log_path.read_text().count(said) == 2, server.log()
+    assert (server.data_dir / "configs-checked").exists()

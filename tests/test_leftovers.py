@@ -217,6 +217,28 @@ def test_every_repository_of_a_runner_is_visited(tmp_path: Path) -> None:
     assert half.exists()
 
 
+def test_a_sweep_checks_only_the_configs_changed_since_the_last(tmp_path: Path) -> None:
+    runner = GitRunner(tmp_path / "repos")
+    for storage_id in ("aa1", "bb2"):
+        runner.init_bare(storage_id, "main")
+        with (runner.path(storage_id) / "config").open("a") as config:
+            config.write("[core\n")
+    before = time.time() - 60
+    assert [bool(r.config_error) for r in leftovers.clear_all(runner, {}, just_started=True, checked_at=before)] \
+        == [True, True]
+    # Both configs were written before the sweep: neither is checked (nor reported) again...
+    stats = [(runner.path(storage_id) / "config").stat() for storage_id in ("aa1", "bb2")]
+    swept = max(max(st.st_mtime, st.st_ctime) for st in stats) + 1
+    assert [r.config_error for r in leftovers.clear_all(runner, {}, just_started=True, checked_at=swept)] \
+        == [None, None]
+    # ...but one whose modification time says it changed later is, and so is every one with no sweep before.
+    later = swept + 3600
+    os.utime(runner.path("bb2") / "config", (later, later))
+    assert [bool(r.config_error) for r in leftovers.clear_all(runner, {}, just_started=True, checked_at=swept)] \
+        == [False, True]
+    assert all(r.config_error for r in leftovers.clear_all(runner, {}, just_started=True))
+
+
 def test_a_new_repository_is_what_git_init_and_the_settings_make(tmp_path: Path) -> None:
     runner = GitRunner(tmp_path / "repos")
     made = runner.init_bare("ab1", "trunk")

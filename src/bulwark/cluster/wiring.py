@@ -12,6 +12,8 @@ from bulwark.errors import BulwarkError, Unavailable
 from bulwark.node import Node
 
 log = logging.getLogger("bulwark.cluster")
+# How long a start waits for the watched copy of the placements before reading them itself.
+PLACEMENTS_WAIT = 10.0
 
 
 class Loop(Protocol):
@@ -92,6 +94,9 @@ class ClusterLoops:
         assert rt is not None
         hooks.install(self.node.settings.data_dir)
         rt.start()
+        # The watched copy of the placements is loading: checking against it, rather than
+        # reading every placement a second time, halves the reads a start makes.
+        rt.placements.wait_ready(PLACEMENTS_WAIT)
         try:
             log.info("cluster: %s", rt.check_own_replicas())
         except Unavailable as exc:

@@ -207,10 +207,31 @@ def _unfinished(name: str) -> bool:
     return bool(dot_git) and stem.isalnum() and (rest.startswith("creating-") or rest == "deleting")
 
 
+def config_changed_since(repo: Path, since: float | None) -> bool:
+    """Whether the config may have changed after ``since`` (None: unknown, so yes). The change
+    time counts too, because a copy or ``touch`` can set an old modification time."""
+    if since is None:
+        return True
+    try:
+        st = (repo / "config").stat()
+    except OSError:
+        return True
+    return max(st.st_mtime, st.st_ctime) >= since
+
+
 def clear_all(
-    git: GitRunner, labels: Mapping[str, str], *, just_started: bool, check: bool = True
+    git: GitRunner,
+    labels: Mapping[str, str],
+    *,
+    just_started: bool,
+    check: bool = True,
+    checked_at: float | None = None,
 ) -> Iterator[Cleared]:
-    """:func:`clear` over every repository under the runner's root; ``labels`` names them by storage id."""
+    """:func:`clear` over every repository under the runner's root; ``labels`` names them by storage id.
+
+    ``checked_at``: when a sweep last checked every config; only configs changed since then are
+    checked again (each check is a git process, minutes at tens of thousands of repositories).
+    """
     cwds = live_cwds()
     with contextlib.suppress(OSError):
         for shard in sorted(os.listdir(git.root)):
@@ -223,8 +244,10 @@ def clear_all(
                     if not name.endswith(".git"):
                         continue
                     storage_id = name.removesuffix(".git")
-                    yield clear(git.root / shard / name, label=labels.get(storage_id, storage_id),
-                                git=git if check else None, just_started=just_started, cwds=cwds)
+                    path = git.root / shard / name
+                    checks = check and config_changed_since(path, checked_at)
+                    yield clear(path, label=labels.get(storage_id, storage_id),
+                                git=git if checks else None, just_started=just_started, cwds=cwds)
 
 
 def present(repo: Path, entry: Entry) -> bool:
