@@ -189,6 +189,53 @@ def test_a_config_that_does_not_parse_is_reported(tmp_path: Path) -> None:
     assert sentence is not None and "the config of acme/site does not parse" in sentence
 
 
+CONFIGS = [
+    b"",
+    b"[core]\n\tbare = true\n",
+    b"[core]\n\tbare = true",  # no newline at the end
+    b"# a comment\n; another\n[core]\n  bare=true\n\tlogAllRefUpdates\n\n",
+    b'[remote "origin"]\n\turl = https://example.com/a.git\n[branch "main"]\n\tremote = origin\n',
+    b'[a ""]\n\tx = 1\n',
+    b"[core.sub]\n\tx = 1\n",
+    b"bare = true\n",  # a variable before any section
+    b"[core\n\tbare = tr",  # cut off mid-write
+    b"[core]\n\tbare = \"true\n",  # an unterminated quote
+    b"[core]\n\tbare = true\\\n",  # a continuation into nothing
+    b"[core]\n\t9bare = true\n",
+    b"[core]\n\tba_re = true\n",
+    b"[core]\n\tbare = true # a comment\n",
+    b'[core]\n\tpath = "a b" ; quoted\n',
+    b"[co re]\n",
+    b"[core]\x00\n",
+    b"[core]\r\n\tbare = true\r\n",
+]
+
+
+@pytest.mark.parametrize("text", CONFIGS)
+def test_a_config_called_plainly_fine_is_one_git_parses(tmp_path: Path, text: bytes) -> None:
+    (tmp_path / "config").write_bytes(text)
+    parses = subprocess.run(["git", "config", "--file", str(tmp_path / "config"), "--list"],
+                            capture_output=True).returncode == 0
+    if leftovers.plainly_parses(text):
+        assert parses
+    if not parses:  # and what git refuses reaches the caller as git's own complaint
+        error = leftovers.check_config(tmp_path, GitRunner(tmp_path))
+        assert error and "config" in error
+
+
+class NoGit:
+    """A runner that must not be asked."""
+
+    def run(self, *args: object, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        raise AssertionError(f"git was run: {args}")
+
+
+def test_the_config_a_new_repository_gets_is_checked_without_a_git_process(tmp_path: Path) -> None:
+    runner = GitRunner(tmp_path / "repos")
+    made = runner.init_bare("aa1", "main")
+    assert leftovers.check_config(made, NoGit()) is None  # type: ignore[arg-type]
+
+
 def test_every_repository_of_a_runner_is_visited(tmp_path: Path) -> None:
     runner = GitRunner(tmp_path / "repos")
     runner.init_bare("aa1", "main")
@@ -215,28 +262,6 @@ def test_every_repository_of_a_runner_is_visited(tmp_path: Path) -> None:
     half.mkdir()
     assert [r.sentence() for r in leftovers.clear_all(runner, {}, just_started=False)] == [None, None]
     assert half.exists()
-
-
-def test_a_sweep_checks_only_the_configs_changed_since_the_last(tmp_path: Path) -> None:
-    runner = GitRunner(tmp_path / "repos")
-    for storage_id in ("aa1", "bb2"):
-        runner.init_bare(storage_id, "main")
-        with (runner.path(storage_id) / "config").open("a") as config:
-            config.write("[core\n")
-    before = time.time() - 60
-    assert [bool(r.config_error) for r in leftovers.clear_all(runner, {}, just_started=True, checked_at=before)] \
-        == [True, True]
-    # Both configs were written before the sweep: neither is checked (nor reported) again...
-    stats = [(runner.path(storage_id) / "config").stat() for storage_id in ("aa1", "bb2")]
-    swept = max(max(st.st_mtime, st.st_ctime) for st in stats) + 1
-    assert [r.config_error for r in leftovers.clear_all(runner, {}, just_started=True, checked_at=swept)] \
-        == [None, None]
-    # ...but one whose modification time says it changed later is, and so is every one with no sweep before.
-    later = swept + 3600
-    os.utime(runner.path("bb2") / "config", (later, later))
-    assert [bool(r.config_error) for r in leftovers.clear_all(runner, {}, just_started=True, checked_at=swept)] \
-        == [False, True]
-    assert all(r.config_error for r in leftovers.clear_all(runner, {}, just_started=True))
 
 
 def test_a_new_repository_is_what_git_init_and_the_settings_make(tmp_path: Path) -> None:

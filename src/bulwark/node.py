@@ -6,13 +6,10 @@ node what it may do instead of branching on the mode themselves.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from bulwark.backup import barrier
@@ -198,7 +195,7 @@ def open_node(
                 owner = store.get_account_by_id(repo.owner_id)
                 accounts[repo.owner_id] = owner.login if owner else str(repo.owner_id)
             labels[repo.storage_id] = f"{accounts[repo.owner_id]}/{repo.name}"
-        _clear_leftovers(git, labels, settings.data_dir)
+        _clear_leftovers(git, labels)
     return Node(
         settings=settings,
         store=store,
@@ -208,34 +205,14 @@ def open_node(
     )
 
 
-# Its modification time is when the last whole start-up sweep began: configs older than that
-# were checked then, so a restart checks only what changed (a git process per config).
-_CONFIGS_CHECKED = "configs-checked"
-
-
-def _clear_leftovers(git: GitRunner, labels: dict[str, str], data_dir: Path) -> None:
-    """One log line per repository that a killed git left lock or temporary files in, or whose
-    config does not parse."""
+def _clear_leftovers(git: GitRunner, labels: dict[str, str]) -> None:
+    """One log line per repository that a killed git left lock or temporary files in."""
     from bulwark.git import leftovers
 
-    marker = data_dir / _CONFIGS_CHECKED
-    try:
-        checked_at: float | None = marker.stat().st_mtime
-    except OSError:
-        checked_at = None
-    began = time.time()
-    all_parse = True
-    for cleared in leftovers.clear_all(git, labels, just_started=True, checked_at=checked_at):
-        all_parse = all_parse and cleared.config_error is None
+    for cleared in leftovers.clear_all(git, labels, just_started=True):
         sentence = cleared.sentence()
         if sentence:
             log.warning("%s", sentence)
-    # A config that does not parse is reported at every start until it is fixed: one found
-    # now would pass unchecked next time, so the marker moves only when every config parsed.
-    if all_parse:
-        with contextlib.suppress(OSError):
-            marker.touch()
-            os.utime(marker, (began, began))
 
 
 def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher, *, starting: bool) -> Node:
@@ -256,7 +233,7 @@ def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher,
     if starting:
         # No etcd session yet, so no repository lock: safe because this node runs no push
         # before it serves, and a repository a live (orphaned) git works in is skipped.
-        _clear_leftovers(git, {}, settings.data_dir)
+        _clear_leftovers(git, {})
     store = EtcdStore(etcd, clock=clock)
     return Node(settings=settings, store=store, git=git, clock=clock, hasher=hasher, cluster=runtime,
                 access_cache=AccessCache(store, clock))
