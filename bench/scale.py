@@ -4,9 +4,12 @@ At each size N the records are grown to N repositories owned by one user (the wo
 that user's lists) and the same requests are timed: a page of 100 of ``GET /user/repos`` (first,
 middle and last page), the first page of ``GET /users/{u}/repos``, ``GET /repos/{o}/{r}``, the
 authorization and advertisement of ``info/refs``, creating repositories through the API, and on
-the cluster ``bulwark cluster status``. The bulk is written through the store (empty repositories,
-with their data on disk and, on the cluster, their placements), as an installation that grew would
-hold them; the API's create rate is measured apart. A flat line against N is the goal.
+the cluster ``bulwark cluster status``. Beside them stand 10,000 users, all members of one
+organization that owns 1,000 private repositories; one member's access to those (``GET`` and
+``info/refs``) is timed too, an access decision through an organization. The bulk is written
+through the store (empty repositories, with their data on disk and, on the cluster, their
+placements), as an installation that grew would hold it; the API's create rate is measured apart.
+A flat line against N is the goal.
 
     .venv/bin/python -m bench --only scale                       # 1,000 and 10,000 repositories
     .venv/bin/python -m bench --only scale --scale 100000        # up to 100,000
@@ -32,6 +35,7 @@ from bulwark.cluster.dev import DevCluster
 from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.state import Placement
 from bulwark.git.runner import GitRunner
+from bulwark.models import OrgRole, Visibility
 from bulwark.store import Store
 from bulwark.store.etcd import EtcdStore
 from bulwark.store.sqlite import SQLiteStore
@@ -45,7 +49,12 @@ PARALLEL_CREATES = 160
 GROW_WRITERS = 8
 CLIENTS = 16
 OWNER = "scale"
-MEASURES = ("list_first", "list_middle", "list_last", "owner_list", "get_repo", "info_refs")
+USERS = 10_000
+ORG = "scale-org"
+ORG_REPOS = 1_000
+MEMBER = "member00000"  # one of the users, whose access to the organization's repositories is timed
+MEASURES = ("list_first", "list_middle", "list_last", "owner_list", "get_repo", "info_refs",
+            "org_get_repo", "org_info_refs")
 
 
 def sizes_up_to(limit: int) -> list[int]:
@@ -61,6 +70,7 @@ class Target:
         self.base_url, self.token, self.store, self.disks = base_url, token, store, disks
         self.place, self.pids, self.status, self.etcd_bytes = place, pids, status, etcd_bytes
         self.count = 0
+        self.member_token = ""
         self.template: Path | None = None
         self.writers = GROW_WRITERS if place is not None else 1  # SQLite takes one writer at a time
         self.cycle: Callable[[], float] | None = None  # the reconciler's cycle, in seconds
@@ -71,25 +81,54 @@ class Target:
         owner = self.store.get_account(OWNER)
         assert owner is not None
         started = time.monotonic()
-        template = self._template()
 
         def add(number: int) -> None:
-            storage_id = f"{number:08d}{'a' * 24}"
-            self.store.create_repo(owner.id, f"bulk{number:06d}", storage_id=storage_id)
-            for disk in self.disks:
-                target = disk.path(storage_id)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(template, target)
-            if self.place is not None:
-                self.place(storage_id)
+            self._add_repo(owner.id, f"bulk{number:06d}", f"{number:08d}{'a' * 24}", Visibility.PUBLIC)
 
-        # A few writers at once: the bulk is set-up, not a measure, and etcd answers each one in ms.
-        with ThreadPoolExecutor(self.writers) as pool:
-            for done, _ in enumerate(pool.map(add, range(self.count, total)), start=self.count + 1):
-                if done % 5_000 == 0:
-                    log(f"  {done} repositories")
+        self._in_parallel(add, range(self.count, total), "repositories", log)
         self.count = total
         return time.monotonic() - started
+
+    def add_people(self, admin_token: str, log: Callable[[str], None]) -> float:
+        """USERS users, every one a member of ORG, which owns ORG_REPOS private repositories; the
+        first user's token is kept for the measures. Seconds taken."""
+        started = time.monotonic()
+        # Not OWNER: the organization's repositories would join OWNER's own list and its pages.
+        founder = self.store.create_user(f"{ORG}-founder", email=f"{ORG}-founder@example.com")
+        org = self.store.create_org(ORG, owner_id=founder.id)
+
+        def add_user(number: int) -> None:
+            user = self.store.create_user(f"member{number:05d}", email=f"member{number:05d}@example.com")
+            self.store.set_membership(org.id, user.id, OrgRole.MEMBER)
+
+        def add_repo(number: int) -> None:
+            self._add_repo(org.id, f"org{number:05d}", f"{number:08d}{'b' * 24}", Visibility.PRIVATE)
+
+        self._in_parallel(add_user, range(USERS), "users", log)
+        self._in_parallel(add_repo, range(ORG_REPOS), "organization repositories", log)
+        with httpx.Client(base_url=f"{self.base_url}/api/v3", timeout=60,
+                          headers={"Authorization": f"token {admin_token}"}) as client:
+            r = client.post(f"/admin/users/{MEMBER}/authorizations", json={"scopes": ["repo"]})
+            r.raise_for_status()
+            self.member_token = str(r.json()["token"])
+        return time.monotonic() - started
+
+    def _add_repo(self, owner_id: int, name: str, storage_id: str, visibility: Visibility) -> None:
+        self.store.create_repo(owner_id, name, storage_id=storage_id, visibility=visibility)
+        for disk in self.disks:
+            target = disk.path(storage_id)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(self._template(), target)
+        if self.place is not None:
+            self.place(storage_id)
+
+    def _in_parallel(self, add: Callable[[int], None], numbers: range, what: str, log: Callable[[str], None]) -> None:
+        self._template()  # made before the writers start, which all copy it
+        # A few writers at once: the bulk is set-up, not a measure, and etcd answers each one in ms.
+        with ThreadPoolExecutor(self.writers) as pool:
+            for done, _ in enumerate(pool.map(add, numbers), start=numbers.start + 1):
+                if done % 5_000 == 0:
+                    log(f"  {done} {what}")
 
     def _template(self) -> Path:
         if self.template is None:
@@ -137,11 +176,13 @@ def measure_at(target: Target, n: int, created: int) -> dict[str, Any]:
         "owner_list": f"/api/v3/users/{OWNER}/repos?per_page=100",
         "get_repo": f"/api/v3/repos/{OWNER}/bulk{n // 2:06d}",
         "info_refs": f"/{OWNER}/api0.git/info/refs?service=git-upload-pack",
+        "org_get_repo": f"/api/v3/repos/{ORG}/org{ORG_REPOS // 2:05d}",
+        "org_info_refs": f"/{ORG}/org{ORG_REPOS // 3:05d}.git/info/refs?service=git-upload-pack",
     }
     out: dict[str, Any] = {"repositories": n}
     with httpx.Client(base_url=target.base_url, timeout=120) as client:
         for name, path in paths.items():
-            times = _timed(client, path, target.token)
+            times = _timed(client, path, target.member_token if name.startswith("org_") else target.token)
             out[name] = {"p50": statistics.median(times), "max": max(times)}
         started = time.monotonic()
         for i in range(CREATES):
@@ -175,7 +216,9 @@ def _token_for(base_url: str, admin: str) -> str:
         return token
 
 
-def _curve(target: Target, sizes: list[int], log: Callable[[str], None]) -> list[dict[str, Any]]:
+def _curve(target: Target, admin_token: str, sizes: list[int], log: Callable[[str], None]) -> list[dict[str, Any]]:
+    seconds = target.add_people(admin_token, log)
+    log(f"  {USERS} users in {ORG}, with {ORG_REPOS} private repositories, added in {seconds:.0f}s")
     points: list[dict[str, Any]] = []
     for n in sizes:
         seconds = target.grow(n, log)
@@ -197,7 +240,7 @@ def standalone_curve(work: Path, sizes: list[int], log: Callable[[str], None]) -
             pid = server.proc.pid
             target = Target(server.url, token, store, [GitRunner(server.data_dir / "repositories")], None,
                             lambda: [pid], None, None)
-            return _curve(target, sizes, log)
+            return _curve(target, server.token, sizes, log)
         finally:
             store.close()
     finally:
@@ -251,7 +294,7 @@ def cluster_curve(work: Path, sizes: list[int], log: Callable[[str], None]) -> l
             disks = [GitRunner(cluster.base_dir / name / "repositories") for name in cluster.names]
             target = Target(cluster.lb_url, token, store, disks, place, node_pids, status, etcd_bytes)
             target.cycle, target.restart = cycle, restart
-            return _curve(target, sizes, log)
+            return _curve(target, cluster.admin_token, sizes, log)
         finally:
             store.close()
             etcd.close()
@@ -272,6 +315,7 @@ def measure(work: Path, limit: int, log: Callable[[str], None]) -> dict[str, Any
 LABELS = {
     "list_first": "list page, first", "list_middle": "list page, middle", "list_last": "list page, last",
     "owner_list": "owner's list, first page", "get_repo": "GET repository", "info_refs": "info/refs",
+    "org_get_repo": "GET repository, through an organization", "org_info_refs": "info/refs, through an organization",
 }
 
 

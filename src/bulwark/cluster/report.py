@@ -163,30 +163,31 @@ def cluster_report(
     failures: dict[str, list[reconciler.RepairFailure]] = {}
     for failure in reconciler.published_failures(reconciler_report):
         failures.setdefault(failure.storage_id, []).append(failure)
-    repos: list[RepoReport] = []
-    for storage_id in sorted(snapshot.placements):
-        placement = snapshot.placements[storage_id]
+    # One pass, and a report only for a repository with a problem: a healthy one adds to counts.
+    count = dict.fromkeys(RepoState, 0)
+    problems: list[RepoReport] = []
+    held: dict[str, int] = {}
+    outdated: dict[str, int] = {}
+    for storage_id, placement in snapshot.placements.items():
         rf = config.effective_rf(placement.wanted_rf)
         serving = tuple(snapshot.serving_replicas(storage_id))
+        late = set(placement.outdated())
         if not serving:
             repo_state = RepoState.UNAVAILABLE
         elif len(serving) < rf:
             repo_state = RepoState.UNDER_REPLICATED
-        elif placement.outdated():
+        elif late:
             repo_state = RepoState.OUTDATED
         else:
             repo_state = RepoState.HEALTHY
-        late = set(placement.outdated())
-        failed = tuple(f for f in failures.get(storage_id, []) if f.node in late)
-        repos.append(RepoReport(storage_id, repo_state, rf, dict(placement.replicas), serving, failed))
-
-    held: dict[str, int] = {}
-    outdated: dict[str, int] = {}
-    for placement in snapshot.placements.values():
-        late = set(placement.outdated())
+        count[repo_state] += 1
         for node in placement.replicas:
             held[node] = held.get(node, 0) + 1
             outdated[node] = outdated.get(node, 0) + (node in late)
+        if repo_state is not RepoState.HEALTHY:
+            failed = tuple(f for f in failures.get(storage_id, []) if f.node in late)
+            problems.append(RepoReport(storage_id, repo_state, rf, dict(placement.replicas), serving, failed))
+    problems.sort(key=lambda r: r.storage_id)
 
     nodes = tuple(
         NodeReport(
@@ -204,10 +205,9 @@ def cluster_report(
         for spec in config.nodes
     )
 
-    count = {s: sum(1 for r in repos if r.state is s) for s in RepoState}
     outdated_replicas = sum(outdated.values())
     level, reasons = _judge(snapshot, nodes, etcd, count, outdated_replicas)
-    failing = sum(len(r.failures) for r in repos)
+    failing = sum(len(r.failures) for r in problems)
     if failing:
         reasons.append(f"{failing} replicas failed their last repair (see 'bulwark cluster status -v')")
     return ClusterReport(
@@ -216,12 +216,12 @@ def cluster_report(
         reasons=tuple(reasons),
         nodes=nodes,
         etcd=etcd,
-        repositories=len(repos),
+        repositories=len(snapshot.placements),
         fully_replicated=count[RepoState.HEALTHY],
         under_replicated=count[RepoState.UNDER_REPLICATED],
         outdated_replicas=outdated_replicas,
         unavailable=count[RepoState.UNAVAILABLE],
-        problems=tuple(r for r in repos if r.state is not RepoState.HEALTHY),
+        problems=tuple(problems),
         reconciler=snapshot.reconciler,
         reconciler_report=reconciler_report,
         taken_at=snapshot.taken_at,
