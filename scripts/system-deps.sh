@@ -4,7 +4,8 @@
 set -euo pipefail
 
 declare -A probe=([git]=git [etcd-server]=etcd [haproxy]=haproxy [nginx]=nginx [fcgiwrap]=fcgiwrap
-                  [chromium]=chromium [prometheus]=promtool [iproute2]=ip)
+                  [chromium]=chromium [prometheus]=promtool [iproute2]=ip
+                  [openssh-client]=ssh-keygen)
 missing=()
 for pkg in "$@"; do
   cmd=${probe[$pkg]:-$pkg}
