@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bulwark.git import leftovers
 from bulwark.git.leftovers import Entry, Kind, kind_of, owned, stale
@@ -221,6 +223,33 @@ def test_a_config_called_plainly_fine_is_one_git_parses(tmp_path: Path, text: by
     if not parses:  # and what git refuses reaches the caller as git's own complaint
         error = leftovers.check_config(tmp_path, GitRunner(tmp_path))
         assert error and "config" in error
+
+
+def _chars(pieces: str, max_size: int) -> st.SearchStrategy[str]:
+    """Strings drawn evenly from ``pieces`` (``st.text`` favours its first characters)."""
+    return st.lists(st.sampled_from(pieces), max_size=max_size).map("".join)
+
+
+_NAME = st.from_regex(r"[A-Za-z0-9.-]{1,5}", fullmatch=True)
+_LINE = st.one_of(
+    st.builds(lambda n: f"[{n}]", _NAME),
+    st.builds(lambda n, sub: f'[{n} "{sub}"]', _NAME, _chars('a .x"\\]=#;', 4)),
+    st.builds(lambda k, eq, v: f"\t{k}{eq}{v}", st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,4}", fullmatch=True),
+              st.sampled_from([" = ", "=", " =", ""]), _chars('a /:=.é"\\#;', 4)),
+    st.builds(lambda c: f"  {c}", _chars('#;a "\\', 4)),
+    _chars('[]"\\a=#; \t', 6),  # anything at all, mostly not plain
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.booleans(), st.lists(_LINE, max_size=6))
+def test_any_config_called_plainly_fine_parses_in_git(tmp_path: Path, headed: bool, lines: list[str]) -> None:
+    text = "\n".join(["[core]"] * headed + lines).encode()
+    if leftovers.plainly_parses(text):
+        (tmp_path / "config").write_bytes(text)
+        parsed = subprocess.run(["git", "config", "--file", str(tmp_path / "config"), "--list"],
+                                capture_output=True)
+        assert parsed.returncode == 0, (text, parsed.stderr)
 
 
 class NoGit:
