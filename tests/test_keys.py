@@ -3,6 +3,7 @@ and every other input gets a sentence saying what is wrong."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from pathlib import Path
 
@@ -44,9 +45,24 @@ def test_the_keys_ssh_keygen_makes_are_accepted_with_its_fingerprint(
 
 def test_a_short_rsa_key_is_refused_with_its_size(tmp_path: Path) -> None:
     line, _ = keygen(tmp_path, "rsa", 1024)
-    with pytest.raises(InvalidInput, match="at least 2048 bits; this one has 1024") as caught:
+    with pytest.raises(InvalidInput, match="2048 to 16384 bits; this one has 1024") as caught:
         parse_public_key(line)
     assert caught.value.field == "key"
+
+
+def test_an_oversized_rsa_key_is_refused_before_anything_checks_a_signature_with_it() -> None:
+    def string(data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + data
+
+    modulus = b"\x00" + (1 << 20000 | 1).to_bytes(2501, "big")  # 20,001 bits, odd; a leading zero: positive
+    blob = string(b"ssh-rsa") + string(b"\x01\x00\x01") + string(modulus)
+    with pytest.raises(InvalidInput, match="this one has 20001"):
+        parse_public_key(f"ssh-rsa {base64.b64encode(blob).decode()}")
+
+
+def test_a_key_whose_comment_says_private_key_is_still_a_public_key(tmp_path: Path) -> None:
+    line, fingerprint = keygen(tmp_path, "ed25519", comment="PRIVATE KEY laptop")
+    assert parse_public_key(line).fingerprint == fingerprint
 
 
 def test_a_private_key_is_refused_without_repeating_it(tmp_path: Path) -> None:

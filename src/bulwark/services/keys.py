@@ -19,6 +19,7 @@ with warnings.catch_warnings():  # asyncssh still imports cryptography's depreca
     import asyncssh
 
 MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 16384  # OpenSSH's own limit: a larger modulus only makes every signature check slower
 MAX_KEY_TEXT = 16 * 1024  # the longest accepted key line: RSA 16384 is about 2.8 KiB
 
 ACCEPTED = (
@@ -45,7 +46,7 @@ def parse_public_key(text: str, *, field: str = "key") -> PublicKey:
     if len(text) > MAX_KEY_TEXT:
         raise InvalidInput(f"key is too long: at most {MAX_KEY_TEXT} characters", field=field)
     line = text.strip()
-    if "PRIVATE KEY" in line:
+    if line.startswith(("-----BEGIN", "PuTTY-User-Key-File")) and "PRIVATE" in line.split("\n", 1)[0]:
         raise InvalidInput("this is a private key: give the public one (the .pub file), and keep this one secret",
                            field=field)
     if not line:
@@ -67,8 +68,9 @@ def parse_public_key(text: str, *, field: str = "key") -> PublicKey:
         raise InvalidInput(f"key is invalid: it says {kind} but holds a {algorithm} key", field=field)
     if algorithm == "ssh-rsa":
         bits = int(getattr(parsed.pyca_key, "key_size", 0))
-        if bits < MIN_RSA_BITS:
-            raise InvalidInput(f"RSA keys must have at least {MIN_RSA_BITS} bits; this one has {bits}", field=field)
+        if not MIN_RSA_BITS <= bits <= MAX_RSA_BITS:
+            raise InvalidInput(f"RSA keys must have {MIN_RSA_BITS} to {MAX_RSA_BITS} bits; this one has {bits}",
+                               field=field)
     blob = parsed.export_public_key("openssh").decode().split()[1]
     return PublicKey(
         algorithm=algorithm,
