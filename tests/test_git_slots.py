@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from bulwark.git import pktline
+from bulwark.gitservice.slots import Busy, GitSlots, Limits, admits
 from bulwark.http.clients import real_address
 from bulwark.http.gitbody import RateFloor
-from bulwark.http.gitslots import Busy, GitSlots, Limits, admits
 from bulwark.http.smart import FETCH_READ_WHOLE
 from cluster_helpers import wait_for
 

@@ -34,6 +34,10 @@ class BadRequest(BulwarkError):
     status_code = 400
 
 
+class ClientGone(BadRequest):
+    """The client disconnected; nobody reads the answer, but the request must still end."""
+
+
 class Unauthenticated(BulwarkError):
     """Credentials are missing or wrong."""
 

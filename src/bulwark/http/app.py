@@ -9,10 +9,10 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount
 
+from bulwark.gitservice.slots import GitSlots, Limits
 from bulwark.http import api, backup, internal, manage, metrics, pages, smart, status
 from bulwark.http.accesslog import AccessLog
 from bulwark.http.errors import HANDLERS
-from bulwark.http.gitslots import GitSlots, Limits
 from bulwark.http.pacing import Limits as PaceLimits
 from bulwark.http.pacing import Pacer, Pacing
 from bulwark.http.ratelimit import RateLimit, RateLimiter

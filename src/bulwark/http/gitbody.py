@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 from starlette.requests import ClientDisconnect, Request
 
-from bulwark.errors import BadRequest, BulwarkError, PayloadTooLarge
+from bulwark.errors import BadRequest, BulwarkError, ClientGone, PayloadTooLarge
 from bulwark.git.pktline import Kind, Packet, PktLineError, PktLineReader
 
 CHUNK = 64 * 1024
@@ -71,10 +71,6 @@ class RateFloor:
 
 class RequestTimeout(BulwarkError):
     status_code = 408
-
-
-class ClientGone(BadRequest):
-    """The client disconnected; nobody reads the answer, but the request must still end."""
 
 
 def check_declared_length(request: Request, limit: int) -> None:

@@ -5,7 +5,7 @@ Each address has a token bucket: ``burst`` requests at once, refilled at ``rate`
 request that finds the bucket empty is answered 429 with ``Retry-After`` before anything else is
 done for it (no credential is checked, no body read). Every answer carries GitHub's
 ``X-RateLimit-*`` headers, so clients that pace themselves by them keep working. Git routes have
-their own limits (http/gitslots.py); health checks, metrics, replication and node-to-node calls
+their own limits (gitservice/slots.py); health checks, metrics, replication and node-to-node calls
 are not limited, since the load balancer, Prometheus and peers must always get through.
 
 The limit is per node: behind a load balancer an address gets ``rate`` on each node it reaches.

@@ -139,7 +139,10 @@ class Metrics:
 
 def count_refusal(app: Any, service: str, reason: Refusal) -> None:
     """Count a refusal on ``app``'s metrics, if it has any."""
-    metrics: Metrics | None = getattr(getattr(app, "state", None), "metrics", None)
+    count_refused(getattr(getattr(app, "state", None), "metrics", None), service, reason)
+
+
+def count_refused(metrics: Metrics | None, service: str, reason: Refusal) -> None:
     if metrics is not None:
         metrics.git_refused.labels(service if service in GIT_SERVICES else "other", reason.value).inc()
 
