@@ -15,7 +15,9 @@ a ``store`` fixture (a fresh, empty store) and subclasses :class:`StoreContract`
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import itertools
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -27,12 +29,14 @@ from bulwark.models import (
     Account,
     AccountType,
     Collaborator,
+    HostKey,
     MaintenanceState,
     Membership,
     OrgRole,
     Permission,
     Repository,
     Scope,
+    SshKey,
     Token,
     Visibility,
 )
@@ -54,6 +58,27 @@ def _repo(store: Store, owner: Account, name: str) -> Repository:
 
 def _token(store: Store, user: Account, token_hash: str) -> Token:
     return store.create_token(user.id, token_hash=token_hash, token_prefix=token_hash[:8], scopes={Scope.REPO})
+
+
+def fingerprint(seed: str) -> str:
+    """A fingerprint as ssh-keygen prints it: SHA256 and 43 base64 characters (with + and / in many)."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(seed.encode()).digest()).decode().rstrip("=")
+
+
+def _ssh_key(
+    store: Store, seed: str, *, user: Account | None = None, repo: Repository | None = None, read_only: bool = False
+) -> SshKey:
+    """A key of ``user`` or a deploy key of ``repo``, its fingerprint made from ``seed``."""
+    blob = base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519" + hashlib.sha256(seed.encode()).digest()).decode()
+    return store.create_ssh_key(
+        fingerprint=fingerprint(seed),
+        algorithm="ssh-ed25519",
+        key=f"ssh-ed25519 {blob}",
+        title=f"key {seed}",
+        user_id=None if user is None else user.id,
+        repo_id=None if repo is None else repo.id,
+        read_only=read_only,
+    )
 
 
 def _is_utc(value: datetime | None) -> bool:
@@ -105,6 +130,8 @@ class StoreContract:
         assert store.get_repo(424242, "nothing") is None
         assert store.get_repo_by_id(424242) is None
         assert store.get_collaborator(424242, 424243) is None
+        assert store.get_ssh_key(424242) is None
+        assert store.get_ssh_key_by_fingerprint(fingerprint("nobody's")) is None
         assert store.get_setting("no-such-key") is None
 
     def test_ids_are_distinct_and_increasing(self, store: Store) -> None:
@@ -891,6 +918,243 @@ class StoreContract:
         with pytest.raises(InvalidInput):
             store.set_collaborator(repo.id, org.id, Permission.PULL)
         assert store.list_collaborators(repo.id) == []
+
+    # -- SSH keys ----------------------------------------------------------------------
+
+    def test_create_a_user_s_ssh_key_and_look_it_up(self, store: Store) -> None:
+        user = _user(store, "kai")
+        key = store.create_ssh_key(
+            fingerprint=fingerprint("kai-laptop"),
+            algorithm="ssh-ed25519",
+            key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+            title="laptop",
+            user_id=user.id,
+            read_only=True,  # means nothing for a user's key
+        )
+        assert isinstance(key.id, int)
+        assert (key.fingerprint, key.algorithm, key.title, key.user_id, key.repo_id, key.read_only) == (
+            fingerprint("kai-laptop"),
+            "ssh-ed25519",
+            "laptop",
+            user.id,
+            None,
+            False,
+        )
+        assert key.key == "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+        assert _is_utc(key.created_at) and key.last_used_at is None
+        assert store.get_ssh_key(key.id) == key
+        assert store.get_ssh_key_by_fingerprint(fingerprint("kai-laptop")) == key
+        assert store.list_ssh_keys(user_id=user.id) == [key]
+
+    def test_a_deploy_key_belongs_to_its_repository(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        repo = _repo(store, owner, "site")
+        reader = _ssh_key(store, "ci-read", repo=repo, read_only=True)
+        writer = _ssh_key(store, "ci-write", repo=repo, read_only=False)
+        assert (reader.repo_id, reader.user_id, reader.read_only) == (repo.id, None, True)
+        assert (writer.repo_id, writer.user_id, writer.read_only) == (repo.id, None, False)
+        assert store.get_ssh_key_by_fingerprint(fingerprint("ci-read")) == reader
+        assert store.get_ssh_key(writer.id) == writer
+        assert store.list_ssh_keys(repo_id=repo.id) == [reader, writer]
+        assert store.list_ssh_keys(user_id=owner.id) == []
+
+    def test_an_ssh_key_has_exactly_one_owner(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        repo = _repo(store, owner, "r")
+        with pytest.raises(ValueError):
+            _ssh_key(store, "both", user=owner, repo=repo)
+        with pytest.raises(ValueError):
+            _ssh_key(store, "neither")
+        with pytest.raises(ValueError):
+            store.list_ssh_keys()
+        with pytest.raises(ValueError):
+            store.list_ssh_keys(user_id=owner.id, repo_id=repo.id)
+        assert store.get_ssh_key_by_fingerprint(fingerprint("both")) is None
+        assert store.get_ssh_key_by_fingerprint(fingerprint("neither")) is None
+
+    def test_an_ssh_key_of_a_missing_user_or_repository_is_not_found(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        ghost = Account(id=424242, login="ghost", type=AccountType.USER)
+        with pytest.raises(NotFound):
+            _ssh_key(store, "ghost-user", user=ghost)
+        with pytest.raises(NotFound):
+            _ssh_key(store, "ghost-repo", repo=Repository(id=424242, owner_id=owner.id, name="g", storage_id="g"))
+        assert store.get_ssh_key_by_fingerprint(fingerprint("ghost-user")) is None
+        assert store.get_ssh_key_by_fingerprint(fingerprint("ghost-repo")) is None
+        assert store.list_ssh_keys(user_id=ghost.id) == [] and store.list_ssh_keys(repo_id=424242) == []
+        # The failed attempts left the fingerprints free.
+        assert _ssh_key(store, "ghost-user", user=owner).user_id == owner.id
+
+    def test_an_organization_has_no_ssh_keys_of_its_own(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        org = store.create_org("acme", owner_id=owner.id)
+        with pytest.raises(InvalidInput):
+            _ssh_key(store, "org", user=org)
+        assert store.list_ssh_keys(user_id=org.id) == []
+        # Its repositories take deploy keys.
+        repo = _repo(store, org, "site")
+        assert _ssh_key(store, "org", repo=repo).repo_id == repo.id
+
+    def test_a_fingerprint_is_unique_across_the_site(self, store: Store) -> None:
+        ann = _user(store, "ann")
+        ben = _user(store, "ben")
+        mine = _repo(store, ann, "mine")
+        theirs = _repo(store, ben, "theirs")
+        first = _ssh_key(store, "shared", user=ann)
+        with pytest.raises(AlreadyExists):
+            _ssh_key(store, "shared", user=ben)  # another user
+        with pytest.raises(AlreadyExists):
+            _ssh_key(store, "shared", user=ann)  # the same user again
+        with pytest.raises(AlreadyExists):
+            _ssh_key(store, "shared", repo=theirs)  # a deploy key of any repository
+        deploy = _ssh_key(store, "deploy", repo=mine)
+        with pytest.raises(AlreadyExists):
+            _ssh_key(store, "deploy", repo=theirs)
+        with pytest.raises(AlreadyExists):
+            _ssh_key(store, "deploy", user=ben)
+        assert store.get_ssh_key_by_fingerprint(fingerprint("shared")) == first
+        assert store.get_ssh_key_by_fingerprint(fingerprint("deploy")) == deploy
+        assert store.list_ssh_keys(user_id=ben.id) == []
+        assert store.list_ssh_keys(repo_id=theirs.id) == []
+        assert store.list_ssh_keys(user_id=ann.id) == [first]
+        # Fingerprints are base64: compared exactly, case included.
+        other_case = store.create_ssh_key(
+            fingerprint=first.fingerprint.swapcase(), algorithm="ssh-ed25519", key="k", title="", user_id=ben.id
+        )
+        assert store.get_ssh_key_by_fingerprint(first.fingerprint.swapcase()) == other_case
+        assert store.get_ssh_key_by_fingerprint(first.fingerprint) == first
+
+    def test_ssh_keys_are_listed_per_owner_in_id_order(self, store: Store) -> None:
+        ann = _user(store, "ann")
+        ben = _user(store, "ben")
+        r1 = _repo(store, ann, "r1")
+        r2 = _repo(store, ann, "r2")
+        a1 = _ssh_key(store, "a1", user=ann)
+        d1 = _ssh_key(store, "d1", repo=r1)
+        b1 = _ssh_key(store, "b1", user=ben)
+        a2 = _ssh_key(store, "a2", user=ann)
+        d2 = _ssh_key(store, "d2", repo=r2)
+        d3 = _ssh_key(store, "d3", repo=r1, read_only=True)
+        assert a1.id < d1.id < b1.id < a2.id < d2.id < d3.id
+        assert store.list_ssh_keys(user_id=ann.id) == [a1, a2]
+        assert store.list_ssh_keys(user_id=ben.id) == [b1]
+        assert store.list_ssh_keys(repo_id=r1.id) == [d1, d3]
+        assert store.list_ssh_keys(repo_id=r2.id) == [d2]
+        assert store.list_ssh_keys(user_id=424242) == []
+        assert store.list_ssh_keys(repo_id=424242) == []
+
+    def test_delete_ssh_key(self, store: Store) -> None:
+        user = _user(store, "rob")
+        repo = _repo(store, user, "r")
+        gone = _ssh_key(store, "gone", user=user)
+        kept = _ssh_key(store, "kept", user=user)
+        deploy = _ssh_key(store, "deploy", repo=repo)
+        assert store.delete_ssh_key(gone.id) is True
+        assert store.delete_ssh_key(gone.id) is False
+        assert store.delete_ssh_key(deploy.id) is True
+        assert store.delete_ssh_key(424242) is False
+        assert store.get_ssh_key(gone.id) is None
+        assert store.get_ssh_key_by_fingerprint(gone.fingerprint) is None
+        assert store.get_ssh_key_by_fingerprint(deploy.fingerprint) is None
+        assert store.list_ssh_keys(user_id=user.id) == [kept]
+        assert store.list_ssh_keys(repo_id=repo.id) == []
+        # The fingerprints are free again, for anyone; ids are not reused.
+        again = _ssh_key(store, "gone", repo=repo)
+        assert again.id > deploy.id and store.get_ssh_key_by_fingerprint(gone.fingerprint) == again
+        assert _ssh_key(store, "deploy", user=user).user_id == user.id
+
+    def test_touch_ssh_key_records_the_latest_use(self, store: Store) -> None:
+        user = _user(store, "sam")
+        key = _ssh_key(store, "used", user=user)
+        other = _ssh_key(store, "unused", user=user)
+        when = datetime(2030, 2, 3, 4, 5, 6, 789000, tzinfo=UTC)
+        store.touch_ssh_key(key.id, when)
+        found = store.get_ssh_key_by_fingerprint(key.fingerprint)
+        assert found is not None and found.last_used_at == when and _is_utc(found.last_used_at)
+        assert dataclasses.replace(found, last_used_at=None) == key
+        assert store.get_ssh_key(other.id) == other
+        store.touch_ssh_key(key.id, when - timedelta(seconds=1))  # a connection that ended earlier
+        assert store.get_ssh_key(key.id) == found
+        later = when + timedelta(minutes=5)
+        store.touch_ssh_key(key.id, later)
+        assert store.list_ssh_keys(user_id=user.id) == [dataclasses.replace(key, last_used_at=later), other]
+        store.touch_ssh_key(424242, when)  # a key deleted meanwhile: ignored
+
+    def test_delete_account_removes_its_keys_and_the_deploy_keys_of_its_repositories(self, store: Store) -> None:
+        victim = _user(store, "victim")
+        other = _user(store, "other")
+        own = _repo(store, victim, "own")
+        theirs = _repo(store, other, "theirs")
+        victim_keys = [_ssh_key(store, "v1", user=victim), _ssh_key(store, "v2", user=victim)]
+        own_deploy = _ssh_key(store, "own-deploy", repo=own)
+        kept = [_ssh_key(store, "o1", user=other), _ssh_key(store, "theirs-deploy", repo=theirs)]
+
+        store.delete_account(victim.id)
+
+        for key in [*victim_keys, own_deploy]:
+            assert store.get_ssh_key(key.id) is None
+            assert store.get_ssh_key_by_fingerprint(key.fingerprint) is None
+        assert store.list_ssh_keys(user_id=victim.id) == []
+        assert store.list_ssh_keys(repo_id=own.id) == []
+        assert store.list_ssh_keys(user_id=other.id) == [kept[0]]
+        assert store.list_ssh_keys(repo_id=theirs.id) == [kept[1]]
+        assert _ssh_key(store, "v1", user=other).user_id == other.id  # the fingerprint is free again
+
+    def test_delete_org_removes_the_deploy_keys_of_its_repositories(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        org = store.create_org("acme", owner_id=owner.id)
+        repo = _repo(store, org, "site")
+        deploy = _ssh_key(store, "site-deploy", repo=repo)
+        mine = _ssh_key(store, "owner-key", user=owner)
+        store.delete_account(org.id)
+        assert store.get_ssh_key_by_fingerprint(deploy.fingerprint) is None
+        assert store.list_ssh_keys(repo_id=repo.id) == []
+        assert store.list_ssh_keys(user_id=owner.id) == [mine]
+
+    def test_delete_repo_removes_its_deploy_keys(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        gone = _repo(store, owner, "gone")
+        kept = _repo(store, owner, "kept")
+        deploy = [_ssh_key(store, "g1", repo=gone), _ssh_key(store, "g2", repo=gone, read_only=True)]
+        kept_deploy = _ssh_key(store, "k1", repo=kept)
+        user_key = _ssh_key(store, "u1", user=owner)
+        assert store.delete_repo(gone.id) is True
+        for key in deploy:
+            assert store.get_ssh_key(key.id) is None
+            assert store.get_ssh_key_by_fingerprint(key.fingerprint) is None
+        assert store.list_ssh_keys(repo_id=gone.id) == []
+        assert store.list_ssh_keys(repo_id=kept.id) == [kept_deploy]
+        assert store.list_ssh_keys(user_id=owner.id) == [user_key]
+        assert _ssh_key(store, "g1", repo=kept).repo_id == kept.id
+
+    def test_deploy_keys_move_with_a_transferred_repository(self, store: Store) -> None:
+        ann = _user(store, "ann")
+        ben = _user(store, "ben")
+        repo = _repo(store, ann, "proj")
+        deploy = _ssh_key(store, "proj-deploy", repo=repo)
+        store.save_repo(dataclasses.replace(repo, owner_id=ben.id))
+        assert store.list_ssh_keys(repo_id=repo.id) == [deploy]
+        store.delete_account(ann.id)
+        assert store.get_ssh_key(deploy.id) == deploy
+        store.delete_account(ben.id)
+        assert store.get_ssh_key(deploy.id) is None
+
+    # -- SSH host keys -----------------------------------------------------------------
+
+    def test_there_are_no_host_keys_until_added(self, store: Store) -> None:
+        assert store.get_ssh_host_keys() == []
+
+    def test_the_first_host_key_of_an_algorithm_wins(self, store: Store) -> None:
+        pem = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA{}\n-----END OPENSSH PRIVATE KEY-----\n"
+        first = store.add_ssh_host_key("ssh-ed25519", pem.format("first"))
+        assert isinstance(first, HostKey)
+        assert (first.algorithm, first.private_key) == ("ssh-ed25519", pem.format("first"))
+        assert _is_utc(first.created_at)
+        # A second node starting with a key of its own gets the stored one back, unchanged.
+        assert store.add_ssh_host_key("ssh-ed25519", pem.format("second")) == first
+        rsa = store.add_ssh_host_key("rsa-sha2-512", pem.format("rsa"))
+        ecdsa = store.add_ssh_host_key("ecdsa-sha2-nistp256", pem.format("ecdsa"))
+        assert store.get_ssh_host_keys() == [ecdsa, rsa, first]  # by algorithm
 
     # -- node settings -----------------------------------------------------------------
 

@@ -3,7 +3,9 @@ that follows it (incrementally, from a snapshot, across restarts) to the same st
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import pathlib
 import sqlite3
@@ -15,7 +17,7 @@ from typing import Any
 import pytest
 
 from bulwark.errors import AlreadyExists, Conflict, InvalidInput, NotFound
-from bulwark.models import AccountType, MaintenanceState, OrgRole, Permission, Scope, Visibility
+from bulwark.models import AccountType, MaintenanceState, OrgRole, Permission, Scope, SshKey, Visibility
 from bulwark.store.changes import Change, ChangeLog, ChangeOp, Snapshot
 from bulwark.store.sqlite import MIGRATIONS, REPLICATED_TABLES, SQLiteStore
 
@@ -72,7 +74,19 @@ def state(store: SQLiteStore) -> dict[str, Any]:
         "by_name": {(r.owner_id, r.name.upper()): store.get_repo(r.owner_id, r.name.upper()) for r in repos},
         "collaborators": {r.id: store.list_collaborators(r.id) for r in repos},
         "collaborations": {u.id: store.list_collaborations_of(u.id) for u in users},
+        "ssh_keys": {u.id: store.list_ssh_keys(user_id=u.id) for u in users},
+        "deploy_keys": {r.id: store.list_ssh_keys(repo_id=r.id) for r in repos},
+        "host_keys": store.get_ssh_host_keys(),
     }
+
+
+def fingerprint(seed: str) -> str:
+    return "SHA256:" + base64.b64encode(hashlib.sha256(seed.encode()).digest()).decode().rstrip("=")
+
+
+def ssh_key(store: SQLiteStore, seed: str, **owner: Any) -> SshKey:
+    return store.create_ssh_key(fingerprint=fingerprint(seed), algorithm="ssh-ed25519", key=f"ssh-ed25519 {seed}",
+                                title=seed, **owner)
 
 
 def populate(store: SQLiteStore) -> dict[str, int]:
@@ -112,13 +126,24 @@ def populate(store: SQLiteStore) -> dict[str, int]:
     store.save_account(dataclasses.replace(alice, name="Alice A.", suspended=True))
     store.set_password_hash(bob.id, "h-b2")
     store.set_password_hash(alice.id, None)
-    store.delete_repo(site.id)  # takes carol's collaboration on it along
+    alice_key = ssh_key(store, "alice-laptop", user_id=alice.id)
+    ssh_key(store, "bob-desk", user_id=bob.id)
+    store.touch_ssh_key(alice_key.id, WHEN)
+    store.delete_ssh_key(ssh_key(store, "bob-old", user_id=bob.id).id)
+    ssh_key(store, "one-deploy", repo_id=one.id, read_only=True)
+    ssh_key(store, "site-deploy", repo_id=site.id)
+    store.add_ssh_host_key("ssh-ed25519", "ed25519 private key")
+    store.add_ssh_host_key("ssh-ed25519", "another node's key")  # the first stays
+    store.add_ssh_host_key("rsa-sha2-512", "rsa private key")
+    store.delete_repo(site.id)  # takes carol's collaboration and its deploy key on it along
     dave = store.create_user("dave", password_hash="h-d")
     store.create_token(dave.id, token_hash="hash-d", token_prefix="bwk_d", scopes={Scope.REPO})
     store.set_membership(acme.id, dave.id, OrgRole.MEMBER)
     store.set_collaborator(one.id, dave.id, Permission.PULL)
     dave_repo = store.create_repo(dave.id, "mine", storage_id="s4")
     store.set_collaborator(dave_repo.id, carol.id, Permission.PUSH)
+    ssh_key(store, "dave-key", user_id=dave.id)
+    ssh_key(store, "dave-deploy", repo_id=dave_repo.id)
     store.record_event("push", {"storage_id": "s4", "checksum": "c4"})
     store.delete_account(dave.id)
     store.remove_collaborator(tools.id, carol.id)
@@ -185,6 +210,9 @@ def test_cascaded_deletes_are_captured(primary: SQLiteStore) -> None:
     primary.set_collaborator(repo.id, erin.id, Permission.PUSH)
     other = primary.create_repo(erin.id, "o", storage_id="t")
     primary.set_collaborator(other.id, dave.id, Permission.PULL)
+    user_key = ssh_key(primary, "dave", user_id=dave.id)
+    deploy_key = ssh_key(primary, "dave-r", repo_id=repo.id)
+    ssh_key(primary, "erin", user_id=erin.id)
     before = primary.last_seq()
 
     primary.delete_account(dave.id)
@@ -197,6 +225,8 @@ def test_cascaded_deletes_are_captured(primary: SQLiteStore) -> None:
         ("repositories", (repo.id,)),
         ("collaborators", (repo.id, erin.id)),
         ("collaborators", (other.id, dave.id)),
+        ("ssh_keys", (user_key.id,)),
+        ("ssh_keys", (deploy_key.id,)),
     }
     assert all(c.row is None for c in primary.changes_since(before))
 
@@ -374,9 +404,8 @@ def test_a_log_out_reaches_the_replica_with_its_token(primary: SQLiteStore, repl
 def test_a_log_out_kept_as_a_setting_moves_into_its_token(tmp_path: pathlib.Path) -> None:
     """Before the token had a column for it, a log-out was a node-local setting."""
     path = tmp_path / "old.db"
-    steps = MIGRATIONS
     conn = sqlite3.connect(path)
-    for version, step in enumerate(steps[:-1]):
+    for version, step in enumerate(MIGRATIONS[:4]):  # up to the step that gave tokens the column
         conn.executescript(step)
         conn.execute(f"PRAGMA user_version = {version + 1}")
     now = "2030-01-02T03:04:05.000000+00:00"
@@ -394,6 +423,38 @@ def test_a_log_out_kept_as_a_setting_moves_into_its_token(tmp_path: pathlib.Path
         assert store.get_setting("status-sessions-ended:1") is None
     finally:
         store.close()
+
+
+def test_ssh_keys_and_host_keys_reach_the_replica(primary: SQLiteStore, replica: SQLiteStore) -> None:
+    alice = primary.create_user("alice")
+    repo = primary.create_repo(alice.id, "r", storage_id="s")
+    mine = ssh_key(primary, "alice", user_id=alice.id)
+    deploy = ssh_key(primary, "deploy", repo_id=repo.id, read_only=True)
+    host = primary.add_ssh_host_key("ssh-ed25519", "-----BEGIN OPENSSH PRIVATE KEY-----\n...")
+    ship(primary, replica)
+    assert replica.get_ssh_key_by_fingerprint(mine.fingerprint) == mine
+    assert replica.list_ssh_keys(repo_id=repo.id) == [deploy]
+    assert replica.get_ssh_host_keys() == [host]
+    # A use, a removal and a cascade follow.
+    primary.touch_ssh_key(mine.id, WHEN)
+    primary.delete_ssh_key(deploy.id)
+    second = ssh_key(primary, "deploy-2", repo_id=repo.id)
+    ship(primary, replica)
+    used = replica.get_ssh_key(mine.id)
+    assert used is not None and used.last_used_at == WHEN
+    assert replica.list_ssh_keys(repo_id=repo.id) == [second]
+    primary.delete_repo(repo.id)
+    ship(primary, replica)
+    assert replica.get_ssh_key_by_fingerprint(second.fingerprint) is None
+    assert state(replica) == state(primary) and tables(replica) == tables(primary)
+    # A replica started from a snapshot has them too, and hands out no id twice after a promotion.
+    late = SQLiteStore(pathlib.Path(str(replica._path) + ".late"))
+    try:
+        late.load_snapshot(primary.snapshot())
+        assert state(late) == state(primary)
+        assert ssh_key(late, "after-promotion", user_id=alice.id).id > second.id
+    finally:
+        late.close()
 
 
 def test_applying_an_account_update_keeps_its_children(primary: SQLiteStore, replica: SQLiteStore) -> None:

@@ -18,7 +18,7 @@ from bulwark.store.etcd import EtcdStore
 
 import helpers
 from etcd_helpers import etcd_client, serve_etcd
-from store_contract import StoreContract
+from store_contract import StoreContract, fingerprint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -163,8 +163,8 @@ def test_rename_racing_a_create_onto_the_same_login_has_one_winner(nodes: list[E
 
 
 def test_nothing_is_left_behind_when_dependents_race_a_delete_account(nodes: list[EtcdStore]) -> None:
-    """Tokens, repositories, memberships and collaborations added while the account is
-    being deleted either go with it or are refused; none survives it."""
+    """Tokens, repositories, memberships, collaborations, SSH keys and deploy keys added while
+    the account is being deleted either go with it or are refused; none survives it."""
     helper = nodes[0].create_user("helper")
     boss = nodes[0].create_user("boss")
     org = nodes[0].create_org("club", owner_id=boss.id)
@@ -172,7 +172,9 @@ def test_nothing_is_left_behind_when_dependents_race_a_delete_account(nodes: lis
     for round_ in range(5):
         victim = nodes[0].create_user(f"victim{round_}")
 
-        def work(i: int, victim_id: int = victim.id, round_: int = round_) -> None:
+        victim_repo = nodes[0].create_repo(victim.id, "kept", storage_id=f"k{round_}")
+
+        def work(i: int, victim_id: int = victim.id, repo_id: int = victim_repo.id, round_: int = round_) -> None:
             node = nodes[i % 2]
             if i == 0:
                 node.delete_account(victim_id)
@@ -182,10 +184,17 @@ def test_nothing_is_left_behind_when_dependents_race_a_delete_account(nodes: lis
                 node.create_repo(victim_id, "r", storage_id=f"v{round_}")
             elif i == 3:
                 node.set_membership(org.id, victim_id, OrgRole.MEMBER)
-            else:
+            elif i == 4:
                 node.set_collaborator(theirs.id, victim_id, Permission.PULL)
+            elif i == 5:
+                node.create_ssh_key(fingerprint=fingerprint(f"u{round_}"), algorithm="a", key="k", title="",
+                                    user_id=victim_id)
+            else:
+                # A deploy key of a repository the delete takes along.
+                node.create_ssh_key(fingerprint=fingerprint(f"d{round_}"), algorithm="a", key="k", title="",
+                                    repo_id=repo_id)
 
-        _, errors = run_in_threads(5, work)
+        _, errors = run_in_threads(7, work)
         # Only writes that came after the delete may fail, and only because the account is gone.
         assert all(isinstance(e, NotFound) for e in errors), errors
         reader = nodes[1]
@@ -195,8 +204,64 @@ def test_nothing_is_left_behind_when_dependents_race_a_delete_account(nodes: lis
         assert reader.list_repos(victim.id) == []
         assert reader.list_memberships_of(victim.id) == []
         assert reader.list_collaborations_of(victim.id) == []
+        assert reader.list_ssh_keys(user_id=victim.id) == []
+        assert reader.list_ssh_keys(repo_id=victim_repo.id) == []
+        assert reader.get_ssh_key_by_fingerprint(fingerprint(f"u{round_}")) is None
+        assert reader.get_ssh_key_by_fingerprint(fingerprint(f"d{round_}")) is None
         # The storage id of a refused or deleted repository is free again.
         assert reader.create_repo(helper.id, f"again{round_}", storage_id=f"v{round_}").storage_id == f"v{round_}"
+
+
+def test_concurrent_creation_of_one_ssh_key_on_two_nodes_has_exactly_one_winner(nodes: list[EtcdStore]) -> None:
+    ann = nodes[0].create_user("ann")
+    ben = nodes[0].create_user("ben")
+    repo = nodes[0].create_repo(ann.id, "r", storage_id="s")
+    for round_ in range(5):
+        fp = fingerprint(f"contested{round_}")
+
+        def create(i: int, fp: str = fp) -> int:
+            # Users' keys and deploy keys race for one fingerprint.
+            owner = [{"user_id": ann.id}, {"user_id": ben.id}, {"repo_id": repo.id}][i % 3]
+            key = nodes[i % 2].create_ssh_key(fingerprint=fp, algorithm="ssh-ed25519", key="k", title=str(i), **owner)
+            return key.id
+
+        results, errors = run_in_threads(6, create)
+        assert len(results) == 1, errors
+        assert len(errors) == 5 and all(isinstance(e, AlreadyExists) for e in errors), errors
+        for node in nodes:
+            found = node.get_ssh_key_by_fingerprint(fp)
+            assert found is not None and found.id == results[0]
+    listed = [*nodes[1].list_ssh_keys(user_id=ann.id), *nodes[1].list_ssh_keys(user_id=ben.id),
+              *nodes[1].list_ssh_keys(repo_id=repo.id)]
+    assert len(listed) == 5
+
+
+def test_host_keys_added_at_once_on_two_nodes_end_as_one(nodes: list[EtcdStore]) -> None:
+    results, errors = run_in_threads(6, lambda i: nodes[i % 2].add_ssh_host_key("ssh-ed25519", f"key of node {i}"))
+    assert errors == []
+    assert len(set(results)) == 1
+    assert nodes[0].get_ssh_host_keys() == nodes[1].get_ssh_host_keys() == results[:1]
+
+
+def test_nothing_is_left_behind_when_deploy_keys_race_a_delete_repo(etcd: Etcd, prefix: str,
+                                                                    nodes: list[EtcdStore]) -> None:
+    owner = nodes[0].create_user("owner")
+    for round_ in range(5):
+        repo = nodes[0].create_repo(owner.id, f"r{round_}", storage_id=f"s{round_}")
+
+        def work(i: int, repo_id: int = repo.id, round_: int = round_) -> None:
+            if i == 0:
+                nodes[0].delete_repo(repo_id)
+            else:
+                nodes[i % 2].create_ssh_key(fingerprint=fingerprint(f"{round_}-{i}"), algorithm="a", key="k",
+                                            title="", repo_id=repo_id)
+
+        _, errors = run_in_threads(4, work)
+        assert all(isinstance(e, NotFound) for e in errors), errors
+        assert nodes[1].list_ssh_keys(repo_id=repo.id) == []
+        assert all(nodes[1].get_ssh_key_by_fingerprint(fingerprint(f"{round_}-{i}")) is None for i in range(1, 4))
+    for kind in ("ssh-keys/", "ssh-fingerprints/", "deploy-keys-of/", "repo-dependents/"):
+        assert etcd.get_prefix(prefix + kind) == [], kind
 
 
 # -- the keyspace and the client -------------------------------------------------------
@@ -311,6 +376,37 @@ def test_records_are_json_with_explicit_fields(etcd: Etcd, prefix: str, store: E
     )
     assert any('"type":"User"' in v and '"password_hash":"secret-hash"' in v for v in values)
     assert store.list_accounts(AccountType.USER) == [user]
+
+
+def test_ssh_keys_are_kept_under_their_own_keys(etcd: Etcd, prefix: str, store: EtcdStore) -> None:
+    user = store.create_user("kim")
+    repo = store.create_repo(user.id, "r", storage_id="s")
+    mine = store.create_ssh_key(fingerprint=fingerprint("mine"), algorithm="ssh-ed25519", key="ssh-ed25519 AAAA",
+                                title="laptop", user_id=user.id)
+    deploy = store.create_ssh_key(fingerprint=fingerprint("deploy"), algorithm="ssh-ed25519", key="ssh-ed25519 BBBB",
+                                  title="ci", repo_id=repo.id, read_only=True)
+    store.add_ssh_host_key("ssh-ed25519", "pem")
+    found = {kv.key.removeprefix(prefix): kv.text for kv in etcd.get_prefix(prefix)
+             if kv.key.removeprefix(prefix).startswith(("ssh", "deploy", "repo-dependents", "seq/ssh"))}
+    assert set(found) == {
+        f"ssh-keys/{mine.id:012d}",
+        f"ssh-keys/{deploy.id:012d}",
+        f"ssh-fingerprints/{mine.fingerprint}",
+        f"ssh-fingerprints/{deploy.fingerprint}",
+        f"ssh-keys-of/{user.id:012d}/{mine.id:012d}",
+        f"deploy-keys-of/{repo.id:012d}/{deploy.id:012d}",
+        f"repo-dependents/{repo.id:012d}",
+        "ssh-host-keys/ssh-ed25519",
+        "seq/ssh-keys",
+    }
+    assert found[f"ssh-fingerprints/{deploy.fingerprint}"] == str(deploy.id)
+    assert '"read_only":true' in found[f"ssh-keys/{deploy.id:012d}"]
+    assert '"private_key":"pem"' in found["ssh-host-keys/ssh-ed25519"]
+    # Looking a key up by its fingerprint reads two keys, no range.
+    with store.logging_reads() as log:
+        assert store.get_ssh_key_by_fingerprint(mine.fingerprint) == mine
+    assert log.usable and set(log.reads) == {prefix + f"ssh-fingerprints/{mine.fingerprint}",
+                                             prefix + f"ssh-keys/{mine.id:012d}"}
 
 
 def test_invalid_input_writes_nothing(etcd: Etcd, prefix: str, store: EtcdStore) -> None:

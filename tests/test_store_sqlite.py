@@ -18,7 +18,7 @@ from bulwark.store import sqlite as sqlite_store
 from bulwark.store.sqlite import MIGRATIONS, SQLiteStore
 
 from helpers import FakeClock, run_in_threads
-from store_contract import StoreContract
+from store_contract import StoreContract, fingerprint
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -122,12 +122,11 @@ def test_only_new_migrations_run_on_an_existing_database(
         assert conn.execute("SELECT count(*) FROM extra").fetchone()[0] == 1
 
 
-def test_the_migration_that_forgets_superseded_password_hashes_cleans_an_existing_log(
-    db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with monkeypatch.context() as m:
-        m.setattr(sqlite_store, "MIGRATIONS", MIGRATIONS[:2])  # the schema before the fix
-        SQLiteStore(db_path).close()
+def test_the_migration_that_forgets_superseded_password_hashes_cleans_an_existing_log(db_path: pathlib.Path) -> None:
+    with raw(db_path) as conn:  # the schema before the fix (a store cannot open it: tables are missing)
+        for version, step in enumerate(MIGRATIONS[:2]):
+            conn.executescript(step)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
     with raw(db_path) as conn:  # what that schema's store wrote for a password change
         conn.execute(
             "INSERT INTO accounts (login, type, password_hash, created_at, updated_at)"
@@ -141,6 +140,27 @@ def test_the_migration_that_forgets_superseded_password_hashes_cleans_an_existin
         assert [r.get("password_hash") for r in rows] == [None, "new-hash"]
         bob = store.get_account("bob")
         assert bob is not None and store.get_password_hash(bob.id) == "new-hash"
+    finally:
+        store.close()
+
+
+def test_a_database_from_before_ssh_keys_gets_their_tables(db_path: pathlib.Path) -> None:
+    with raw(db_path) as conn:
+        for version, step in enumerate(MIGRATIONS[:5]):
+            conn.executescript(step)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+        now = "2030-01-02T03:04:05.000000+00:00"
+        conn.execute("INSERT INTO accounts (login, type, created_at, updated_at) VALUES ('bob', 'User', ?, ?)",
+                     (now, now))
+    store = SQLiteStore(db_path)
+    try:
+        assert store.schema_version() == len(MIGRATIONS) == 6
+        bob = store.get_account("bob")
+        assert bob is not None
+        key = store.create_ssh_key(fingerprint=fingerprint("bob"), algorithm="ssh-ed25519", key="k", title="t",
+                                   user_id=bob.id)
+        assert store.list_ssh_keys(user_id=bob.id) == [key]
+        assert store.add_ssh_host_key("ssh-ed25519", "pem").private_key == "pem"
     finally:
         store.close()
 
@@ -309,6 +329,41 @@ def test_concurrent_creation_of_one_repo_name_has_exactly_one_winner(store: SQLi
     assert len(results) == 1
     assert len(errors) == 3 and all(isinstance(e, AlreadyExists) for e in errors), errors
     assert store.list_repos(owner.id) == results
+
+
+def test_concurrent_creation_of_one_ssh_key_has_exactly_one_winner(store: SQLiteStore) -> None:
+    ann = store.create_user("ann")
+    ben = store.create_user("ben")
+    repo = store.create_repo(ann.id, "r", storage_id="s")
+    for round_ in range(5):
+        fp = fingerprint(f"contested{round_}")
+
+        def create(i: int, fp: str = fp) -> int:
+            # Users' keys and deploy keys race for one fingerprint.
+            owner = [{"user_id": ann.id}, {"user_id": ben.id}, {"repo_id": repo.id}][i % 3]
+            return store.create_ssh_key(fingerprint=fp, algorithm="ssh-ed25519", key="k", title=str(i), **owner).id
+
+        results, errors = run_in_threads(6, create)
+        assert len(results) == 1, errors
+        assert len(errors) == 5 and all(isinstance(e, AlreadyExists) for e in errors), errors
+        found = store.get_ssh_key_by_fingerprint(fp)
+        assert found is not None and found.id == results[0]
+
+
+def test_host_keys_added_at_once_end_as_one(store: SQLiteStore) -> None:
+    results, errors = run_in_threads(4, lambda i: store.add_ssh_host_key("ssh-ed25519", f"key of node {i}"))
+    assert errors == []
+    assert len(set(results)) == 1 and store.get_ssh_host_keys() == results[:1]
+
+
+def test_the_fingerprint_lookup_uses_its_unique_index(store: SQLiteStore, db_path: pathlib.Path) -> None:
+    with raw(db_path) as conn:
+        unique = {row[1]: row[2] for row in conn.execute("PRAGMA index_list(ssh_keys)")}
+        plan = " ".join(row[3] for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM ssh_keys WHERE fingerprint = ?", (fingerprint("x"),)
+        ))
+    assert unique == {"ssh_keys_fingerprint": 1, "ssh_keys_user": 0, "ssh_keys_repo": 0}
+    assert "USING INDEX ssh_keys_fingerprint" in plan
 
 
 def test_writers_in_separate_stores_share_one_database(db_path: pathlib.Path) -> None:

@@ -140,3 +140,28 @@ class MaintenanceState:
     enabled: bool
     message: str = ""
     since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SshKey:
+    """A public key that authenticates git over SSH: a user's, or a repository's deploy key."""
+
+    id: int
+    fingerprint: str  # "SHA256:..." as ssh-keygen -lf prints it; unique across the whole site
+    algorithm: str  # e.g. "ssh-ed25519"
+    key: str  # "ssh-ed25519 AAAA..." (type and base64, no comment)
+    title: str
+    user_id: int | None  # set for a user's key
+    repo_id: int | None  # set for a deploy key (exactly one of user_id / repo_id is set)
+    read_only: bool  # deploy keys: True unless given write access; user keys: False
+    created_at: datetime
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """The server's own SSH private key for one algorithm, the same on every node."""
+
+    algorithm: str  # "ssh-ed25519", "rsa-sha2-512"/"ssh-rsa", "ecdsa-sha2-nistp256"
+    private_key: str  # OpenSSH PEM text
+    created_at: datetime

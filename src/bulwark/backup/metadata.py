@@ -2,9 +2,11 @@
 
 The same document comes out of a SQLite store and an etcd store and goes into
 either, which is what lets a standalone snapshot restore into a cluster and back.
-Records keep their logins, names, storage ids, password and token hashes; numeric
-ids are assigned anew by the target store (every reference is remapped), since the
-store interface hands out ids itself.
+Records keep their logins, names, storage ids, password and token hashes, SSH keys
+and the server's SSH host keys (private keys: the document is as secret as the
+server); numeric ids are assigned anew by the target store (every reference is
+remapped), since the store interface hands out ids itself. Documents from before SSH
+keys have no ``ssh_keys`` or ``ssh_host_keys`` and import as having none.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from bulwark.errors import InvalidInput
-from bulwark.models import Account, AccountType, OrgRole, Permission, Scope, Visibility
+from bulwark.models import Account, AccountType, OrgRole, Permission, Scope, SshKey, Visibility
 from bulwark.store import Store
 
 FORMAT = 1
@@ -30,7 +32,8 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 def export(store: Store) -> dict[str, Any]:
-    """Every account, membership, token, repository and collaborator, in id order."""
+    """Every account, membership, token, repository, collaborator and SSH key, in id order, and the
+    SSH host keys."""
     accounts = store.list_accounts()
     users = [a for a in accounts if a.type is AccountType.USER]
     orgs = [a for a in accounts if a.type is AccountType.ORGANIZATION]
@@ -78,6 +81,29 @@ def export(store: Store) -> dict[str, Any]:
             for r in repos
             for c in store.list_collaborators(r.id)
         ],
+        # Users' keys, then deploy keys. Their last use is left out: every SSH connection changes it,
+        # and a backup point compares two exports.
+        "ssh_keys": [
+            *(_ssh_key(k) for u in users for k in store.list_ssh_keys(user_id=u.id)),
+            *(_ssh_key(k) for r in repos for k in store.list_ssh_keys(repo_id=r.id)),
+        ],
+        "ssh_host_keys": [
+            {"algorithm": h.algorithm, "private_key": h.private_key, "created_at": _time(h.created_at)}
+            for h in store.get_ssh_host_keys()
+        ],
+    }
+
+
+def _ssh_key(k: SshKey) -> dict[str, Any]:
+    return {
+        "fingerprint": k.fingerprint,
+        "algorithm": k.algorithm,
+        "key": k.key,
+        "title": k.title,
+        "user_id": k.user_id,
+        "repo_id": k.repo_id,
+        "read_only": k.read_only,
+        "created_at": _time(k.created_at),
     }
 
 
@@ -98,13 +124,21 @@ def _account(store: Store, a: Account) -> dict[str, Any]:
 
 @dataclass
 class Imported:
-    """Old id -> new id, for accounts and repositories."""
+    """Old id -> new id for accounts and repositories, how many SSH keys were added, and the
+    host keys the target kept."""
 
     accounts: dict[int, int] = field(default_factory=dict)
     repositories: dict[int, int] = field(default_factory=dict)
+    ssh_keys: int = 0
+    # Algorithms whose host key the target had already, different from the document's: a store keeps
+    # the first host key of an algorithm, so the target's stays.
+    host_keys_kept: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return f"{len(self.accounts)} accounts, {len(self.repositories)} repositories"
+        text = f"{len(self.accounts)} accounts, {len(self.repositories)} repositories, {self.ssh_keys} SSH keys"
+        if self.host_keys_kept:
+            text += f" (kept this instance's own SSH host keys for {', '.join(self.host_keys_kept)})"
+        return text
 
 
 def check(document: Any) -> dict[str, Any]:
@@ -118,6 +152,10 @@ def check(document: Any) -> dict[str, Any]:
         )
     for key in ("accounts", "memberships", "tokens", "repositories", "collaborators"):
         if not isinstance(document.get(key), list):
+            raise InvalidInput(f"the metadata document has no valid {key!r} list")
+    # Older documents have no SSH keys.
+    for key in ("ssh_keys", "ssh_host_keys"):
+        if not isinstance(document.get(key, []), list):
             raise InvalidInput(f"the metadata document has no valid {key!r} list")
     return document
 
@@ -195,6 +233,28 @@ def import_into(store: Store, document: dict[str, Any], *, skip_logins: Iterable
     for c in document["collaborators"]:
         permission = Permission(c["permission"])
         store.set_collaborator(done.repositories[c["repo_id"]], done.accounts[c["user_id"]], permission)
+    for k in document.get("ssh_keys", []):
+        # A user's key, or a deploy key of a repository.
+        key_user: int | None = None
+        key_repo: int | None = None
+        if k.get("user_id") is not None:
+            if k["user_id"] not in done.accounts:
+                continue
+            key_user = done.accounts[k["user_id"]]
+        else:
+            key_repo = done.repositories[k["repo_id"]]
+        there = store.get_ssh_key_by_fingerprint(k["fingerprint"])
+        if there is not None and (there.user_id, there.repo_id) == (key_user, key_repo):
+            continue  # a kept account's key, there already
+        store.create_ssh_key(
+            fingerprint=k["fingerprint"], algorithm=k["algorithm"], key=k["key"], title=k.get("title", ""),
+            user_id=key_user, repo_id=key_repo, read_only=bool(k.get("read_only")),
+        )
+        done.ssh_keys += 1
+    for h in document.get("ssh_host_keys", []):
+        stored = store.add_ssh_host_key(h["algorithm"], h["private_key"])
+        if stored.private_key != h["private_key"]:
+            done.host_keys_kept.append(h["algorithm"])
     return done
 
 

@@ -6,11 +6,12 @@ backend must pass. The contract:
 
 * Every method is one atomic operation: it either happens entirely or not at all.
   A method that changes several records (``create_org`` adds the owner,
-  ``delete_account`` removes tokens, memberships and repositories) does so in one
-  transaction.
+  ``delete_account`` removes tokens, SSH keys, memberships and repositories) does so
+  in one transaction.
 * Logins are unique across users and organizations, compared case-insensitively;
-  repository names are unique per owner, case-insensitively. A clash raises
-  :class:`~bulwark.errors.AlreadyExists`, whichever writer loses a race.
+  repository names are unique per owner, case-insensitively; SSH key fingerprints are
+  unique across the whole site (user keys and deploy keys alike), compared exactly. A
+  clash raises :class:`~bulwark.errors.AlreadyExists`, whichever writer loses a race.
 * ``save_*`` methods are compare-nothing overwrites of the mutable fields of a
   record that must exist (else :class:`~bulwark.errors.NotFound`); they return the
   stored record with ``updated_at`` refreshed.
@@ -31,12 +32,14 @@ from bulwark.models import (
     Account,
     AccountType,
     Collaborator,
+    HostKey,
     MaintenanceState,
     Membership,
     OrgRole,
     Permission,
     Repository,
     Scope,
+    SshKey,
     Token,
     Visibility,
 )
@@ -90,8 +93,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def delete_account(self, account_id: int) -> list[Repository]:
-        """Remove an account with its tokens, memberships, collaborations and
-        repositories; return the removed repositories so their data can be deleted."""
+        """Remove an account with its tokens, SSH keys, memberships, collaborations and
+        repositories (with their deploy keys); return the removed repositories so their
+        data can be deleted."""
 
     @abc.abstractmethod
     def get_password_hash(self, user_id: int) -> str | None: ...
@@ -208,7 +212,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def delete_repo(self, repo_id: int) -> bool:
-        """Remove a repository and its collaborators; ``False`` if there was none."""
+        """Remove a repository with its collaborators and deploy keys; ``False`` if there was none."""
 
     # -- collaborators -------------------------------------------------------------
 
@@ -228,6 +232,61 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_collaborations_of(self, user_id: int) -> list[Collaborator]:
         """Every repository on which the user is a collaborator."""
+
+    # -- SSH keys ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_ssh_key(
+        self,
+        *,
+        fingerprint: str,
+        algorithm: str,
+        key: str,
+        title: str,
+        user_id: int | None = None,
+        repo_id: int | None = None,
+        read_only: bool = False,
+    ) -> SshKey:
+        """Add a user's key (``user_id``) or a repository's deploy key (``repo_id``).
+
+        Exactly one of the two is given (else ``ValueError``), and it must exist (else
+        ``NotFound``; a ``user_id`` of an organization is ``InvalidInput``). A fingerprint
+        registered anywhere on the site raises ``AlreadyExists``. ``read_only`` is kept
+        for deploy keys only; a user's key is stored with ``False``. The key is stored as
+        given: checking it is the caller's job.
+        """
+
+    @abc.abstractmethod
+    def get_ssh_key(self, key_id: int) -> SshKey | None: ...
+
+    @abc.abstractmethod
+    def get_ssh_key_by_fingerprint(self, fingerprint: str) -> SshKey | None:
+        """The key an SSH connection offers, by one indexed lookup (every connection asks)."""
+
+    @abc.abstractmethod
+    def list_ssh_keys(self, *, user_id: int | None = None, repo_id: int | None = None) -> list[SshKey]:
+        """A user's keys or a repository's deploy keys (exactly one of the two, else
+        ``ValueError``), in id order."""
+
+    @abc.abstractmethod
+    def delete_ssh_key(self, key_id: int) -> bool:
+        """Remove a key; ``False`` if there was none."""
+
+    @abc.abstractmethod
+    def touch_ssh_key(self, key_id: int, when: datetime) -> None:
+        """Record that the key was used at ``when`` (never moving back); a missing key is ignored."""
+
+    # -- SSH host keys ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get_ssh_host_keys(self) -> list[HostKey]:
+        """The server's host keys, ordered by algorithm."""
+
+    @abc.abstractmethod
+    def add_ssh_host_key(self, algorithm: str, private_key: str) -> HostKey:
+        """Store the host key of ``algorithm`` unless there is one: the first writer wins,
+        atomically, and every caller gets the stored key back (so nodes starting at once
+        all end up with the same one)."""
 
     # -- node settings -------------------------------------------------------------
 

@@ -22,9 +22,15 @@ order; index values are plain decimal ids::
     member-of/<user id>/<org id>          (empty) a membership, found from the user's side
     collaborates/<user id>/<repo id>      (empty) a collaboration, found from the user's side
     indexes                               which of the indexes above existing data has
+    ssh-keys/<id>                         the SSH key (a user's or a deploy key) as JSON
+    ssh-fingerprints/<fingerprint>        -> SSH key id; one namespace for the whole site
+    ssh-keys-of/<user id>/<key id>        (empty) a user's key, found from the user's side
+    deploy-keys-of/<repo id>/<key id>     (empty) a deploy key, found from the repository's side
+    repo-dependents/<repo id>             empty; rewritten by every write that adds a deploy key
+    ssh-host-keys/<algorithm>             the server's host key of that algorithm as JSON
     settings/<key>                        the value, as given
     maintenance                           the maintenance state as JSON
-    seq/<kind>                            the last id handed out (kinds: accounts, tokens, repos)
+    seq/<kind>                            the last id handed out (kinds: accounts, tokens, repos, ssh-keys)
 
 Logins and repository names are folded to lower case in ASCII only, as SQLite's
 ``COLLATE NOCASE`` does, so both backends agree on what clashes.
@@ -44,12 +50,14 @@ that adds a record depending on an account (a token, a membership on either side
 collaboration, a repository it owns or receives) also rewrites the account's
 ``dependents`` key, and ``delete_account`` compares that key: a dependent added after
 ``delete_account`` read the account's records makes it start over instead of leaving
-an orphan behind.
+an orphan behind. A deploy key depends on its repository and on the repository's owner:
+adding one rewrites the repository's ``repo-dependents`` key, which ``delete_repo``
+compares, and the owner's ``dependents`` key, which ``delete_account`` compares.
 
 Transaction size: etcd refuses a transaction with more than ``--max-txn-ops``
 comparisons or requests (128 by default; Bulwark's clusters start etcd with 4096).
-Only ``delete_account`` grows with the data (about two requests per token, membership
-and collaboration and four per repository of the account). It is never split into
+Only ``delete_account`` grows with the data (about two requests per token, SSH key,
+membership and collaboration and six per repository of the account). It is never split into
 several transactions, as that would give up its atomicity: above ``max_txn_ops`` it
 raises :class:`~bulwark.errors.StoreError` without changing anything, and if etcd's
 own limit is lower than ``max_txn_ops`` etcd refuses the transaction as a whole.
@@ -76,12 +84,14 @@ from bulwark.models import (
     Account,
     AccountType,
     Collaborator,
+    HostKey,
     MaintenanceState,
     Membership,
     OrgRole,
     Permission,
     Repository,
     Scope,
+    SshKey,
     Token,
     Visibility,
 )
@@ -147,6 +157,12 @@ class _Keys:
         self.member_of = prefix + "member-of/"
         self.collaborates = prefix + "collaborates/"
         self.tokens_by_user = prefix + "tokens-of/"
+        self.ssh_keys = prefix + "ssh-keys/"
+        self.ssh_fingerprints = prefix + "ssh-fingerprints/"
+        self.ssh_keys_by_user = prefix + "ssh-keys-of/"
+        self.deploy_keys_by_repo = prefix + "deploy-keys-of/"
+        self.repo_dependents_of = prefix + "repo-dependents/"
+        self.host_keys = prefix + "ssh-host-keys/"
         self.indexes = prefix + "indexes"
         self.settings = prefix + "settings/"
         self.maintenance = prefix + "maintenance"
@@ -208,6 +224,31 @@ class _Keys:
 
     def collaborator(self, repo_id: int, user_id: int) -> str:
         return self.collaborators_of(repo_id) + _pad(user_id)
+
+    def ssh_key(self, key_id: int) -> str:
+        return self.ssh_keys + _pad(key_id)
+
+    def ssh_fingerprint(self, fingerprint: str) -> str:
+        return self.ssh_fingerprints + fingerprint
+
+    def ssh_keys_of(self, user_id: int) -> str:
+        return f"{self.ssh_keys_by_user}{_pad(user_id)}/"
+
+    def deploy_keys_of(self, repo_id: int) -> str:
+        return f"{self.deploy_keys_by_repo}{_pad(repo_id)}/"
+
+    def ssh_key_index(self, key: SshKey) -> str:
+        """The key's entry in its user's or its repository's index."""
+        if key.user_id is not None:
+            return self.ssh_keys_of(key.user_id) + _pad(key.id)
+        assert key.repo_id is not None
+        return self.deploy_keys_of(key.repo_id) + _pad(key.id)
+
+    def repo_dependents(self, repo_id: int) -> str:
+        return self.repo_dependents_of + _pad(repo_id)
+
+    def host_key(self, algorithm: str) -> str:
+        return self.host_keys + algorithm
 
     def setting(self, key: str) -> str:
         return self.settings + key
@@ -317,6 +358,33 @@ def _load_repo(doc: dict[str, Any]) -> Repository:
         created_at=_load_time(doc["created_at"]),
         updated_at=_load_time(doc["updated_at"]),
         pushed_at=_load_optional_time(doc.get("pushed_at")),
+    )
+
+
+def _optional_int(doc: dict[str, Any], field: str) -> int | None:
+    return None if doc.get(field) is None else _int(doc, field)
+
+
+def _load_ssh_key(doc: dict[str, Any]) -> SshKey:
+    return SshKey(
+        id=_int(doc, "id"),
+        fingerprint=_text(doc, "fingerprint"),
+        algorithm=_text(doc, "algorithm"),
+        key=_text(doc, "key"),
+        title=_text(doc, "title"),
+        user_id=_optional_int(doc, "user_id"),
+        repo_id=_optional_int(doc, "repo_id"),
+        read_only=_flag(doc, "read_only"),
+        created_at=_load_time(doc["created_at"]),
+        last_used_at=_load_optional_time(doc.get("last_used_at")),
+    )
+
+
+def _load_host_key(doc: dict[str, Any]) -> HostKey:
+    return HostKey(
+        algorithm=_text(doc, "algorithm"),
+        private_key=_text(doc, "private_key"),
+        created_at=_load_time(doc["created_at"]),
     )
 
 
@@ -688,13 +756,14 @@ class EtcdStore(Store):
 
         def attempt() -> list[Repository]:
             # One snapshot of the account and of everything that may depend on it.
-            found, dependents, tokens, memberships, collaborations, repo_kvs = self._snapshot(
+            found, dependents, tokens, memberships, collaborations, repo_kvs, ssh_key_kvs = self._snapshot(
                 Op.get(account_key),
                 Op.get(dependents_key),
                 Op.get(keys.tokens, prefix=True),
                 Op.get(keys.memberships, prefix=True),
                 Op.get(keys.collaborators, prefix=True),
                 Op.get(keys.repos, prefix=True),
+                Op.get(keys.ssh_keys, prefix=True),
             )
             if not found:
                 raise NotFound(f"account {account_id} does not exist")
@@ -713,6 +782,7 @@ class EtcdStore(Store):
                 Op.delete(keys.memberships_of(account_id), prefix=True),
                 Op.delete(keys.collaborations_of(account_id), prefix=True),
                 Op.delete(keys.tokens_of(account_id), prefix=True),
+                Op.delete(keys.ssh_keys_of(account_id), prefix=True),
             ]
             for kv in tokens:
                 token = _decode(kv, _load_token)
@@ -737,6 +807,14 @@ class EtcdStore(Store):
                                      if repo_id == repo.id]
                     ops += self._repo_removal(repo, collaborators)
                     repos.append(repo)
+            # The user's own keys, and the deploy keys of the repositories removed with the account (their
+            # index entries go by prefix above).
+            removed = {repo.id for repo in repos}
+            for kv in ssh_key_kvs:
+                key = _decode(kv, _load_ssh_key)
+                if key.user_id == account_id or key.repo_id in removed:
+                    compares.append(self._still_fingerprint_of(key))
+                    ops += [Op.delete(kv.key), Op.delete(keys.ssh_fingerprint(key.fingerprint))]
             self._commit(compares, ops, f"deleting account {account_id}")
             return repos
 
@@ -941,7 +1019,8 @@ class EtcdStore(Store):
     # -- repositories ------------------------------------------------------------------
 
     def _repo_removal(self, repo: Repository, collaborators: list[int]) -> list[Op]:
-        """The requests that remove ``repo`` with its index keys and collaborators."""
+        """The requests that remove ``repo`` with its index keys and collaborators, and the
+        index of its deploy keys (whose records and fingerprints the caller removes)."""
         keys = self._keys
         return [
             Op.delete(keys.repo(repo.id)),
@@ -949,6 +1028,8 @@ class EtcdStore(Store):
             Op.delete(keys.storage_id(repo.storage_id)),
             Op.delete(keys.collaborators_of(repo.id), prefix=True),
             *(Op.delete(keys.collaboration_index(repo.id, user)) for user in collaborators),
+            Op.delete(keys.deploy_keys_of(repo.id), prefix=True),
+            Op.delete(keys.repo_dependents(repo.id)),
         ]
 
     def create_repo(
@@ -1131,20 +1212,37 @@ class EtcdStore(Store):
         return self._retry(f"saving repository {repo.id}", attempt)
 
     def delete_repo(self, repo_id: int) -> bool:
-        repo_key = self._keys.repo(repo_id)
+        keys = self._keys
+        repo_key = keys.repo(repo_id)
+        dependents_key = keys.repo_dependents(repo_id)
 
         def attempt() -> bool:
-            kv = self._get(repo_key)
-            if kv is None:
-                return False
-            repo = _decode(kv, _load_repo)
-            collaborators = [_pair(c, self._keys.collaborators)[1]
-                             for c in self._range(self._keys.collaborators_of(repo_id))]
-            self._commit(
-                [Compare.unchanged(repo_key, kv.mod_revision)],
-                self._repo_removal(repo, collaborators),
-                f"deleting repository {repo_id}",
+            found, dependents, collaborator_kvs, deploy_index = self._snapshot(
+                Op.get(repo_key),
+                Op.get(dependents_key),
+                Op.get(keys.collaborators_of(repo_id), prefix=True),
+                Op.get(keys.deploy_keys_of(repo_id), prefix=True),
             )
+            if not found:
+                return False
+            repo = _decode(found[0], _load_repo)
+            collaborators = [_pair(c, keys.collaborators)[1] for c in collaborator_kvs]
+            # A deploy key added since the snapshot rewrote the dependents key; one removed since is
+            # missing here and skipped.
+            compares = [
+                Compare.unchanged(repo_key, found[0].mod_revision),
+                _still(dependents_key, dependents[0] if dependents else None),
+            ]
+            ops = self._repo_removal(repo, collaborators)
+            ids = [_pair(kv, keys.deploy_keys_by_repo)[1] for kv in deploy_index]
+            for kv in self._read_many([keys.ssh_key(key_id) for key_id in ids]):
+                if kv is None:
+                    continue
+                key = _decode(kv, _load_ssh_key)
+                if key.repo_id == repo_id:
+                    compares.append(self._still_fingerprint_of(key))
+                    ops += [Op.delete(kv.key), Op.delete(keys.ssh_fingerprint(key.fingerprint))]
+            self._commit(compares, ops, f"deleting repository {repo_id}")
             return True
 
         return self._retry(f"deleting repository {repo_id}", attempt)
@@ -1204,6 +1302,167 @@ class EtcdStore(Store):
         repos = [_pair(kv, self._keys.collaborates)[1] for kv in self._range(self._keys.collaborations_of(user_id))]
         found = self._read_many([self._keys.collaborator(repo, user_id) for repo in repos])
         return [self._load_collaborator(kv) for kv in found if kv is not None]
+
+    # -- SSH keys ----------------------------------------------------------------------
+
+    def _still_fingerprint_of(self, key: SshKey) -> Compare:
+        """The fingerprint index still names ``key``, so removing the index removes only its entry."""
+        return Compare.value_is(self._keys.ssh_fingerprint(key.fingerprint), str(key.id))
+
+    def create_ssh_key(
+        self,
+        *,
+        fingerprint: str,
+        algorithm: str,
+        key: str,
+        title: str,
+        user_id: int | None = None,
+        repo_id: int | None = None,
+        read_only: bool = False,
+    ) -> SshKey:
+        if (user_id is None) == (repo_id is None):
+            raise ValueError("an SSH key belongs to a user or to a repository: give exactly one of user_id, repo_id")
+        keys = self._keys
+        fingerprint_key = keys.ssh_fingerprint(fingerprint)
+        counter_key = keys.counter("ssh-keys")
+        if user_id is not None:
+            parent_key, what = keys.account(user_id), f"adding an SSH key to user {user_id}"
+        else:
+            assert repo_id is not None
+            parent_key, what = keys.repo(repo_id), f"adding a deploy key to repository {repo_id}"
+
+        def attempt() -> SshKey:
+            parent, taken, counter = self._read(parent_key, fingerprint_key, counter_key)
+            if user_id is not None:
+                self._require_account(parent, user_id, AccountType.USER, "user")
+            elif parent is None:
+                raise NotFound(f"repository {repo_id} does not exist")
+            if taken is not None:
+                raise AlreadyExists(f"the SSH key {fingerprint} is already in use")
+            assert parent is not None
+            key_id = _last_id(counter) + 1
+            doc = {
+                "id": key_id,
+                "fingerprint": fingerprint,
+                "algorithm": algorithm,
+                "key": key,
+                "title": title,
+                "user_id": user_id,
+                "repo_id": repo_id,
+                "read_only": bool(read_only) if repo_id is not None else False,
+                "created_at": self._now(),
+                "last_used_at": None,
+            }
+            stored = _load_ssh_key(doc)
+            compares = [Compare.absent(fingerprint_key), _still(counter_key, counter)]
+            ops = [
+                Op.put(counter_key, str(key_id)),
+                Op.put(keys.ssh_key(key_id), _dump_json(doc)),
+                Op.put(fingerprint_key, str(key_id)),
+                Op.put(keys.ssh_key_index(stored), ""),
+            ]
+            if user_id is not None:
+                compares.append(Compare.present(parent_key))
+                ops.append(self._touch_dependents(user_id))
+            else:
+                # The repository as read, so its owner is the one whose delete_account must hear of the key.
+                assert repo_id is not None
+                compares.append(Compare.unchanged(parent_key, parent.mod_revision))
+                owner_id = _decode(parent, _load_repo).owner_id
+                ops += [Op.put(keys.repo_dependents(repo_id), ""), self._touch_dependents(owner_id)]
+            self._commit(compares, ops, what)
+            return stored
+
+        return self._retry(what, attempt)
+
+    def get_ssh_key(self, key_id: int) -> SshKey | None:
+        kv = self._get(self._keys.ssh_key(key_id))
+        return None if kv is None else _decode(kv, _load_ssh_key)
+
+    def get_ssh_key_by_fingerprint(self, fingerprint: str) -> SshKey | None:
+        index = self._get(self._keys.ssh_fingerprint(fingerprint))
+        if index is None:
+            return None
+        key = self.get_ssh_key(_index_id(index))
+        # The key may have been deleted (and the fingerprint taken again) between the two reads.
+        return key if key is not None and key.fingerprint == fingerprint else None
+
+    def list_ssh_keys(self, *, user_id: int | None = None, repo_id: int | None = None) -> list[SshKey]:
+        if (user_id is None) == (repo_id is None):
+            raise ValueError("list the SSH keys of a user or of a repository: give exactly one of user_id, repo_id")
+        keys = self._keys
+        if user_id is not None:
+            index_prefix, prefix = keys.ssh_keys_of(user_id), keys.ssh_keys_by_user
+        else:
+            assert repo_id is not None
+            index_prefix, prefix = keys.deploy_keys_of(repo_id), keys.deploy_keys_by_repo
+        # From the index, then the records, which are the truth (as for tokens).
+        ids = [_pair(kv, prefix)[1] for kv in self._range(index_prefix)]
+        found = self._read_many([keys.ssh_key(key_id) for key_id in ids])
+        listed = [_decode(kv, _load_ssh_key) for kv in found if kv is not None]
+        return [k for k in listed if (k.user_id, k.repo_id) == (user_id, repo_id)]
+
+    def delete_ssh_key(self, key_id: int) -> bool:
+        record_key = self._keys.ssh_key(key_id)
+
+        def attempt() -> bool:
+            kv = self._get(record_key)
+            if kv is None:
+                return False
+            key = _decode(kv, _load_ssh_key)
+            self._commit(
+                [Compare.unchanged(record_key, kv.mod_revision)],
+                [
+                    Op.delete(record_key),
+                    Op.delete(self._keys.ssh_fingerprint(key.fingerprint)),
+                    Op.delete(self._keys.ssh_key_index(key)),
+                ],
+                f"deleting SSH key {key_id}",
+            )
+            return True
+
+        return self._retry(f"deleting SSH key {key_id}", attempt)
+
+    def touch_ssh_key(self, key_id: int, when: datetime) -> None:
+        # As for tokens: connections finish out of order, so keep the latest time, and a key
+        # deleted meanwhile is no error.
+        stamp = _dump_time(when)
+        record_key = self._keys.ssh_key(key_id)
+        what = f"recording the use of SSH key {key_id}"
+
+        def attempt() -> None:
+            kv = self._get(record_key)
+            if kv is None:
+                return
+            current = _decode(kv, _load_ssh_key).last_used_at
+            if current is not None and current >= when:
+                return
+            doc = _doc(kv)
+            doc["last_used_at"] = stamp
+            self._commit([Compare.unchanged(record_key, kv.mod_revision)], [Op.put(record_key, _dump_json(doc))], what)
+
+        self._retry(what, attempt)
+
+    # -- SSH host keys -----------------------------------------------------------------
+
+    def get_ssh_host_keys(self) -> list[HostKey]:
+        # Key order is algorithm order.
+        return [_decode(kv, _load_host_key) for kv in self._range(self._keys.host_keys)]
+
+    def add_ssh_host_key(self, algorithm: str, private_key: str) -> HostKey:
+        key = self._keys.host_key(algorithm)
+        doc = {"algorithm": algorithm, "private_key": private_key, "created_at": self._now()}
+        self._unloggable()
+        # Put only if the key was never created (create revision 0), else read what the first writer stored.
+        result = self._client().txn(
+            [Compare(key, "CREATE", "EQUAL", 0)], [Op.put(key, _dump_json(doc))], [Op.get(key)]
+        )
+        if result.succeeded:
+            return _load_host_key(doc)
+        [stored] = result.reads
+        if not stored:
+            raise StoreError(f"the SSH host key {algorithm} vanished while it was added")
+        return _decode(stored[0], _load_host_key)
 
     # -- indexes over data written before them ---------------------------------------
 

@@ -29,12 +29,14 @@ from bulwark.models import (
     Account,
     AccountType,
     Collaborator,
+    HostKey,
     MaintenanceState,
     Membership,
     OrgRole,
     Permission,
     Repository,
     Scope,
+    SshKey,
     Token,
     Visibility,
 )
@@ -49,7 +51,15 @@ _E = TypeVar("_E", bound=enum.Enum)
 
 # The replicated tables, parents before children: the order to insert a snapshot
 # in (and, reversed, to delete one). Everything else is node-local.
-REPLICATED_TABLES = ("accounts", "repositories", "tokens", "memberships", "collaborators")
+REPLICATED_TABLES = (
+    "accounts",
+    "repositories",
+    "tokens",
+    "memberships",
+    "collaborators",
+    "ssh_keys",
+    "ssh_host_keys",
+)
 EVENT_TABLE = "event"
 
 # The current time as stored in the change log (UTC, ISO 8601, milliseconds).
@@ -256,6 +266,39 @@ MIGRATIONS: list[str] = [
         "id",
         "id user_id note token_hash token_prefix scopes created_at expires_at last_used_at sessions_ended_at",
     ),
+    # SSH keys: a user's (user_id) or a repository's deploy key (repo_id), never both, going with
+    # their account or repository; a fingerprint is unique across the site. Host keys are the
+    # server's own, one per algorithm, the same on every node, so both tables replicate.
+    """
+    CREATE TABLE ssh_keys (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        fingerprint  TEXT    NOT NULL,
+        algorithm    TEXT    NOT NULL,
+        public_key   TEXT    NOT NULL,
+        title        TEXT    NOT NULL DEFAULT '',
+        user_id      INTEGER REFERENCES accounts (id) ON DELETE CASCADE,
+        repo_id      INTEGER REFERENCES repositories (id) ON DELETE CASCADE,
+        read_only    INTEGER NOT NULL DEFAULT 0,
+        created_at   TEXT    NOT NULL,
+        last_used_at TEXT,
+        CHECK ((user_id IS NULL) <> (repo_id IS NULL))
+    );
+    CREATE UNIQUE INDEX ssh_keys_fingerprint ON ssh_keys (fingerprint);
+    CREATE INDEX ssh_keys_user ON ssh_keys (user_id);
+    CREATE INDEX ssh_keys_repo ON ssh_keys (repo_id);
+
+    CREATE TABLE ssh_host_keys (
+        algorithm   TEXT PRIMARY KEY,
+        private_key TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    """
+    + _capture_triggers(
+        "ssh_keys",
+        "id",
+        "id fingerprint algorithm public_key title user_id repo_id read_only created_at last_used_at",
+    )
+    + _capture_triggers("ssh_host_keys", "algorithm", "algorithm private_key created_at"),
 ]
 
 _ACCOUNT_COLUMNS = "id, login, type, name, email, email_public, site_admin, suspended, created_at, updated_at"
@@ -265,6 +308,9 @@ _TOKEN_COLUMNS = (
 _REPO_COLUMNS = (
     "id, owner_id, name, storage_id, visibility, description, default_branch,"
     " allow_force_push, created_at, updated_at, pushed_at"
+)
+_SSH_KEY_COLUMNS = (
+    "id, fingerprint, algorithm, public_key, title, user_id, repo_id, read_only, created_at, last_used_at"
 )
 
 
@@ -347,6 +393,27 @@ def _repo(row: sqlite3.Row) -> Repository:
 
 def _collaborator(row: sqlite3.Row) -> Collaborator:
     return Collaborator(repo_id=row["repo_id"], user_id=row["user_id"], permission=Permission(row["permission"]))
+
+
+def _ssh_key(row: sqlite3.Row) -> SshKey:
+    return SshKey(
+        id=row["id"],
+        fingerprint=row["fingerprint"],
+        algorithm=row["algorithm"],
+        key=row["public_key"],
+        title=row["title"],
+        user_id=row["user_id"],
+        repo_id=row["repo_id"],
+        read_only=bool(row["read_only"]),
+        created_at=_load_time(row["created_at"]),
+        last_used_at=_load_optional_time(row["last_used_at"]),
+    )
+
+
+def _host_key(row: sqlite3.Row) -> HostKey:
+    return HostKey(
+        algorithm=row["algorithm"], private_key=row["private_key"], created_at=_load_time(row["created_at"])
+    )
 
 
 def _page(limit: int | None, offset: int) -> tuple[int, int]:
@@ -762,8 +829,8 @@ class SQLiteStore(Store, ChangeLog):
                     (account_id,),
                 )
             ]
-            # ON DELETE CASCADE removes the tokens, memberships (on either side),
-            # collaborations, repositories and their collaborators in this statement.
+            # ON DELETE CASCADE removes the tokens, SSH keys, memberships (on either side),
+            # collaborations, repositories and their collaborators and deploy keys in this statement.
             cursor = conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
             if cursor.rowcount == 0:
                 raise NotFound(f"account {account_id} does not exist")
@@ -1034,7 +1101,7 @@ class SQLiteStore(Store, ChangeLog):
 
     def delete_repo(self, repo_id: int) -> bool:
         with self._write() as conn:
-            # Collaborators go with the repository through ON DELETE CASCADE.
+            # Collaborators and deploy keys go with the repository through ON DELETE CASCADE.
             return conn.execute("DELETE FROM repositories WHERE id = ?", (repo_id,)).rowcount > 0
 
     # -- collaborators -----------------------------------------------------------------
@@ -1076,6 +1143,88 @@ class SQLiteStore(Store, ChangeLog):
             (user_id,),
         )
         return [_collaborator(row) for row in rows]
+
+    # -- SSH keys ----------------------------------------------------------------------
+
+    def create_ssh_key(
+        self,
+        *,
+        fingerprint: str,
+        algorithm: str,
+        key: str,
+        title: str,
+        user_id: int | None = None,
+        repo_id: int | None = None,
+        read_only: bool = False,
+    ) -> SshKey:
+        if (user_id is None) == (repo_id is None):
+            raise ValueError("an SSH key belongs to a user or to a repository: give exactly one of user_id, repo_id")
+        with self._write() as conn:
+            if user_id is not None:
+                self._require_account(conn, user_id, AccountType.USER, "user")
+                read_only = False
+            else:
+                assert repo_id is not None
+                self._require_repo(conn, repo_id)
+            try:
+                cursor = conn.execute(
+                    "INSERT INTO ssh_keys (fingerprint, algorithm, public_key, title, user_id, repo_id,"
+                    " read_only, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (fingerprint, algorithm, key, title, user_id, repo_id, int(read_only), self._now()),
+                )
+            except sqlite3.IntegrityError as exc:
+                if _is_unique_violation(exc):
+                    raise AlreadyExists(f"the SSH key {fingerprint} is already in use") from exc
+                raise
+            row = conn.execute(f"SELECT {_SSH_KEY_COLUMNS} FROM ssh_keys WHERE id = ?", (cursor.lastrowid,)).fetchone()
+            return _ssh_key(row)
+
+    def get_ssh_key(self, key_id: int) -> SshKey | None:
+        row = self._row(f"SELECT {_SSH_KEY_COLUMNS} FROM ssh_keys WHERE id = ?", (key_id,))
+        return None if row is None else _ssh_key(row)
+
+    def get_ssh_key_by_fingerprint(self, fingerprint: str) -> SshKey | None:
+        row = self._row(f"SELECT {_SSH_KEY_COLUMNS} FROM ssh_keys WHERE fingerprint = ?", (fingerprint,))
+        return None if row is None else _ssh_key(row)
+
+    def list_ssh_keys(self, *, user_id: int | None = None, repo_id: int | None = None) -> list[SshKey]:
+        if (user_id is None) == (repo_id is None):
+            raise ValueError("list the SSH keys of a user or of a repository: give exactly one of user_id, repo_id")
+        column, owner = ("user_id", user_id) if user_id is not None else ("repo_id", repo_id)
+        rows = self._rows(f"SELECT {_SSH_KEY_COLUMNS} FROM ssh_keys WHERE {column} = ? ORDER BY id", (owner,))
+        return [_ssh_key(row) for row in rows]
+
+    def delete_ssh_key(self, key_id: int) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM ssh_keys WHERE id = ?", (key_id,)).rowcount > 0
+
+    def touch_ssh_key(self, key_id: int, when: datetime) -> None:
+        # As for tokens: connections finish out of order, so keep the latest time, and a key
+        # deleted meanwhile is no error.
+        stamp = _dump_time(when)
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE ssh_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+                (stamp, key_id, stamp),
+            )
+
+    # -- SSH host keys -----------------------------------------------------------------
+
+    def get_ssh_host_keys(self) -> list[HostKey]:
+        rows = self._rows("SELECT algorithm, private_key, created_at FROM ssh_host_keys ORDER BY algorithm")
+        return [_host_key(row) for row in rows]
+
+    def add_ssh_host_key(self, algorithm: str, private_key: str) -> HostKey:
+        with self._write() as conn:
+            # The first writer's key stays; a later one reads it back unchanged.
+            conn.execute(
+                "INSERT OR IGNORE INTO ssh_host_keys (algorithm, private_key, created_at) VALUES (?, ?, ?)",
+                (algorithm, private_key, self._now()),
+            )
+            row = conn.execute(
+                "SELECT algorithm, private_key, created_at FROM ssh_host_keys WHERE algorithm = ?", (algorithm,)
+            ).fetchone()
+            return _host_key(row)
 
     # -- node settings -----------------------------------------------------------------
 
