@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from datetime import datetime
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import anyio
 from starlette.concurrency import run_in_threadpool
@@ -21,30 +20,29 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
-from bulwark.cluster.coordinator import Outcome, Push
+from bulwark.cluster.coordinator import Push
 from bulwark.cluster.router import Access
 from bulwark.errors import (
     BadRequest,
     BulwarkError,
-    Forbidden,
     GitError,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
-    Unauthenticated,
     Unavailable,
 )
 from bulwark.git import pktline, report
 from bulwark.gitservice import slots as gitslots
+from bulwark.gitservice.access import authorize, git_config
+from bulwark.gitservice.push import Kept, lead_push, recorder
 from bulwark.gitservice.session import RECEIVE_PACK, UPLOAD_PACK, GitSession, closed_on_error
 from bulwark.http import clients, gitbody, internal, manage
 from bulwark.http.auth import principal_of
 from bulwark.http.backup import RESTORE_HEADER
 from bulwark.models import Account, AccountType, Permission, Repository
-from bulwark.monitoring.metrics import Refusal, count_refusal, count_refused
+from bulwark.monitoring.metrics import Refusal, count_refusal
 from bulwark.names import check_login, check_repo_name
-from bulwark.node import Node, Traffic
-from bulwark.services.access_cache import cache_key
+from bulwark.node import Node
 from bulwark.services.permissions import Principal
 from bulwark.services.repositories import RepoAccess
 
@@ -101,7 +99,7 @@ async def info_refs(request: Request) -> Response:
     prefix = b"" if _speaks_v2(protocol) else pktline.encode(f"# service=git-{service}\n") + pktline.flush()
     media_type = f"application/x-git-{service}-advertisement"
     # Fetches are kept (most find nothing new); pushes are rare and change the refs anyway.
-    kept = _Kept(node, access, ("info/refs", protocol)) if service == UPLOAD_PACK else None
+    kept = Kept(node.git, access, ("info/refs", protocol)) if service == UPLOAD_PACK else None
     if kept is not None and kept.answer is not None:
         return Response(prefix + kept.answer, media_type=media_type, headers=NO_CACHE)
     try:
@@ -112,7 +110,7 @@ async def info_refs(request: Request) -> Response:
     try:
         proc = await node.git.spawn(
             access.repo.storage_id, service, advertise=True, protocol=protocol,
-            extra_config=_git_config(access, service),
+            extra_config=git_config(access, service),
         )
     except BaseException:
         _release(slot)
@@ -124,7 +122,7 @@ async def info_refs(request: Request) -> Response:
         if not first and proc.returncode != 0:
             raise GitError(f"git-{service} could not list the refs of {access.full_name}: {session.last_error()}")
         if kept is not None:
-            return await kept.keep(session, first, prefix, media_type)
+            return await _kept_response(kept, session, first, prefix, media_type)
     return GitResponse(session, prefix + first, media_type)
 
 
@@ -206,7 +204,7 @@ async def _rpc(request: Request, service: str) -> Response:
     except BaseException:
         await body.aclose()
         raise
-    extra_config, extra_env = _git_config(access, service), dict[str, str]()
+    extra_config, extra_env = git_config(access, service), dict[str, str]()
     push: Push | None = None
     if commands and node.cluster is not None:
         try:
@@ -233,9 +231,9 @@ async def _rpc(request: Request, service: str) -> Response:
         raise
     session = _session(proc, request, access, service, slot)
     if commands:
-        session.on_success = _recorder(node, access, commands)
+        session.on_success = recorder(node, access, commands)
     if push is not None:
-        _lead_push(session, node, push, capabilities)
+        lead_push(session, node, push, capabilities)
     try:
         async with closed_on_error(session):
             session.send_input(prelude, body)
@@ -378,7 +376,7 @@ async def _ls_refs(request: Request, access: RepoAccess, protocol: str | None, w
     the refs are unchanged since git last gave this answer."""
     node = _node(request)
     media_type = f"application/x-git-{UPLOAD_PACK}-result"
-    kept = _Kept(node, access, ("ls-refs", protocol, whole))
+    kept = Kept(node.git, access, ("ls-refs", protocol, whole))
     if kept.answer is not None:
         return Response(kept.answer, media_type=media_type, headers=NO_CACHE)
     try:
@@ -389,7 +387,7 @@ async def _ls_refs(request: Request, access: RepoAccess, protocol: str | None, w
     try:
         proc = await node.git.spawn(
             access.repo.storage_id, UPLOAD_PACK, advertise=False, protocol=protocol,
-            extra_config=_git_config(access, UPLOAD_PACK),
+            extra_config=git_config(access, UPLOAD_PACK),
         )
     except BaseException:
         _release(slot)
@@ -400,7 +398,7 @@ async def _ls_refs(request: Request, access: RepoAccess, protocol: str | None, w
         first = await session.first_output()
         if not first and (proc.returncode != 0 or session.complained()):
             raise BadRequest(f"git-{UPLOAD_PACK} rejected the request: {session.last_error()}")
-        return await kept.keep(session, first, b"", media_type)
+        return await _kept_response(kept, session, first, b"", media_type)
 
 
 async def _no_more() -> AsyncGenerator[bytes, None]:
@@ -408,27 +406,11 @@ async def _no_more() -> AsyncGenerator[bytes, None]:
     yield
 
 
-class _Kept:
-    """The kept answer to one advertisement request, or what it takes to keep git's answer."""
-
-    def __init__(self, node: Node, access: RepoAccess, key: tuple[str | bytes | None, ...]) -> None:
-        self.adverts = node.git.adverts
-        self.repo_path = str(node.git.path(access.repo.storage_id))
-        self.key = key
-        self.answer, self.before = self.adverts.get(self.repo_path, key) if self.adverts.enabled else (None, None)
-
-    async def keep(self, session: GitSession, first: bytes, prefix: bytes, media_type: str) -> Response:
-        """Git's answer, kept for next time unless it is too large or the refs cannot be
-        fingerprinted (then it is streamed as it comes)."""
-        if self.before is None:
-            return GitResponse(session, prefix + first, media_type)
-        answer, whole = await session.read_more(first, self.adverts.max_entry)
-        if not whole:
-            return GitResponse(session, prefix + answer, media_type)
-        if await session.finish() == 0:
-            self.adverts.put(self.repo_path, self.key, self.before, answer)
-        await session.close()
-        return Response(prefix + answer, media_type=media_type, headers=NO_CACHE)
+async def _kept_response(kept: Kept, session: GitSession, first: bytes, prefix: bytes, media_type: str) -> Response:
+    answer, whole = await kept.read(session, first)
+    if not whole:
+        return GitResponse(session, prefix + answer, media_type)
+    return Response(prefix + answer, media_type=media_type, headers=NO_CACHE)
 
 
 # -- access ----------------------------------------------------------------------------
@@ -476,48 +458,10 @@ async def _authorize(request: Request, service: str) -> RepoAccess:
 def _authorize_user(request: Request, service: str, owner: str, name: str) -> RepoAccess:
     node = _node(request)
     restore = request.headers.get(RESTORE_HEADER) == "1"
-    cache = node.access_cache
-    if cache is None:
-        return _decide(request, service, owner, name, restore)[1]
-    # A cluster node: the same decision as last time if etcd confirms nothing it read has changed.
-    node.check_fenced(Traffic.READ if service == UPLOAD_PACK else Traffic.WRITE)
-    key = cache_key(["git", request.headers.get("authorization"), str(restore), owner.lower(), name.lower(), service])
-
-    def decide() -> tuple[tuple[Principal, RepoAccess], datetime | None]:
-        principal, access = _decide(request, service, owner, name, restore)
-        return (principal, access), principal.recheck_at
-
-    (principal, access), _ = cache.get(key, decide)
+    principal, access = authorize(node, service, owner, name, who=lambda: principal_of(request),
+                                  credential=request.headers.get("authorization"), restore=restore)
     request.state.principal = principal
     return access
-
-
-def _decide(request: Request, service: str, owner: str, name: str, restore: bool) -> tuple[Principal, RepoAccess]:
-    node = _node(request)
-    push = service == RECEIVE_PACK
-    if restore:
-        # A restore pushes while the instance is in maintenance mode: site admins only.
-        principal = principal_of(request)
-        if not principal.site_admin:
-            raise Forbidden("only site administrators may push a restore")
-        node.check_serving(Traffic.ADMIN, site_admin=True)
-    else:
-        node.check_serving(Traffic.WRITE if push else Traffic.READ)
-        principal = principal_of(request)
-    if push and principal.anonymous:
-        # A 401 with WWW-Authenticate makes git ask its credential helper, then retry.
-        raise Unauthenticated("authentication is required to push")
-    try:
-        access = node.repos.find(principal, owner, name)
-    except NotFound:
-        if principal.anonymous:
-            # Anonymous callers cannot tell a private repository from a missing one, and get to log in.
-            raise Unauthenticated("authentication is required to access this repository") from None
-        raise
-    node.repos.require(access, Permission.PUSH if push else Permission.PULL)
-    if node.cluster is None and not node.git.exists(access.repo.storage_id):
-        raise Unavailable(f"the data of {access.full_name} is not available on this node")
-    return principal, access
 
 
 def _authorize_replica(request: Request, service: str) -> RepoAccess:
@@ -546,31 +490,6 @@ def _authorize_cluster_peer(request: Request, service: str) -> RepoAccess:
     placeholder = Repository(id=0, owner_id=0, name=storage_id, storage_id=storage_id)
     owner = Account(id=0, login="cluster", type=AccountType.USER)
     return RepoAccess(placeholder, owner, Permission.ADMIN)
-
-
-def _git_config(access: RepoAccess, service: str) -> dict[str, str]:
-    """Settings enforced on every run, whatever the repository's own config says."""
-    if service == UPLOAD_PACK:
-        return {"uploadpack.allowFilter": "true"}
-    return {
-        "receive.fsckObjects": "true",
-        "receive.denyNonFastForwards": "false" if access.repo.allow_force_push else "true",
-        "receive.denyDeletes": "false",
-        "receive.denyDeleteCurrent": "true",
-    }
-
-
-def _recorder(
-    node: Node, access: RepoAccess, commands: Sequence[pktline.RefUpdate]
-) -> Callable[[], Awaitable[None]]:
-    async def record() -> None:
-        try:
-            await run_in_threadpool(node.record_push, access.repo, [(c.old, c.new, c.ref) for c in commands])
-        except Exception:
-            # The refs are updated already; a stale pushed_at must not turn that into a failure.
-            log.exception("could not record the push to %s", access.full_name)
-
-    return record
 
 
 # -- request headers and body ------------------------------------------------------------
@@ -702,31 +621,3 @@ async def _replay(prelude: bytes, body: AsyncGenerator[bytes, None]) -> AsyncIte
             yield chunk
     finally:
         await body.aclose()
-
-
-def _lead_push(session: GitSession, node: Node, push: Push, capabilities: Sequence[str]) -> None:
-    """Hold git's answer until the push is recorded on a majority; then send it, or an error."""
-    coordinator = node.cluster.coordinator  # type: ignore[union-attr]
-    outcome: list[Outcome] = []
-
-    async def finish() -> Outcome:
-        if not outcome:
-            outcome.append(await coordinator.finish(push))
-        return outcome[0]
-
-    async def release(output: bytes) -> bytes:
-        result = await finish()
-        if result.acknowledged:
-            # A ref the replicas voted down: git says only "failed to update ref"; say why.
-            return report.explain_refusal(output, push.refusal, capabilities) if push.refusal else output
-        log.warning("push to %s not acknowledged: %s", push.storage_id, result.message)
-        session.not_acknowledged = True
-        count_refused(session.metrics, RECEIVE_PACK, Refusal.NOT_ACKNOWLEDGED)
-        return report.rewrite(output, f"push failed: {result.message}", capabilities, refused=push.refusal)
-
-    async def on_close() -> None:
-        with anyio.CancelScope(shield=True):
-            await finish()
-
-    session.hold_output = release
-    session.on_close = on_close
