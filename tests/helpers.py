@@ -78,6 +78,9 @@ class Server:
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    # Git over SSH is off unless asked for: parallel servers would contend for its default port.
+    ssh: bool = False
+    ssh_port: int = 0
 
     @property
     def url(self) -> str:
@@ -89,12 +92,15 @@ class Server:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BULWARK_")}
-        env.update(BULWARK_ADMIN_TOKEN=self.token, BULWARK_DATA_DIR=str(self.data_dir), **self.extra_env)
+        env.update(BULWARK_ADMIN_TOKEN=self.token, BULWARK_DATA_DIR=str(self.data_dir),
+                   BULWARK_SSH_LISTEN=f"{self.host}:{self.ssh_port}" if self.ssh else "", **self.extra_env)
         return env
 
     def start(self, timeout: float = 30) -> Server:
         if not self.port:
             self.port = free_port(self.host)
+        if self.ssh and not self.ssh_port:
+            self.ssh_port = free_port(self.host)
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [*BULWARK, "serve", "--data-dir", str(self.data_dir), "--listen", f"{self.host}:{self.port}",
@@ -111,6 +117,19 @@ class Server:
             except httpx.HTTPError:
                 time.sleep(0.1)
         raise RuntimeError(f"bulwark serve did not answer within {timeout}s:\n{self.log()}")
+
+    def wait_for_ssh(self, timeout: float = 30) -> Server:
+        """Until the SSH listener (started beside the HTTP server) takes connections."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.host, self.ssh_port), timeout=1) as conn:
+                    if conn.recv(8).startswith(b"SSH-"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"no SSH listener on {self.host}:{self.ssh_port} within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         try:

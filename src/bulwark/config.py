@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -29,6 +30,15 @@ class Settings(BaseModel):
     listen: str = "127.0.0.1:8080"
     # The URL clients use to reach this node (shown in API responses and clone URLs).
     public_url: str | None = None
+    # Where git over SSH is served ("" turns it off), and the URL clients use for it: clone URLs
+    # read ssh://git@host:port/owner/repo.git, or git@host:owner/repo.git on port 22.
+    ssh_listen: str = "127.0.0.1:2222"
+    ssh_public_url: str | None = None
+    # Seconds an SSH client has to log in, and a session may sit silent both ways; connections
+    # logging in at once (beyond them, new ones are refused).
+    ssh_login_timeout: float = Field(default=20.0, gt=0)
+    ssh_idle_timeout: float = Field(default=120.0, gt=0)
+    ssh_max_unauthenticated: int = Field(default=100, gt=0)
     # Largest push body accepted, in bytes (after gzip decoding).
     max_push_bytes: int = Field(default=4 * 1024**3, gt=0)
     # Seconds a client may stay silent while sending a request body.
@@ -115,9 +125,11 @@ class Settings(BaseModel):
             raise ValueError(f"must not be below {warning_key} ({warning:g})")
         return value
 
-    @field_validator("listen")
+    @field_validator("listen", "ssh_listen")
     @classmethod
-    def _listen_has_port(cls, value: str) -> str:
+    def _listen_has_port(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "ssh_listen" and value == "":
+            return value
         host, sep, port = value.rpartition(":")
         # Port 0: any free port; the server records the one it got in its data dir once bound.
         if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -142,6 +154,31 @@ class Settings(BaseModel):
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.listen}").rstrip("/")
+
+    @property
+    def ssh_url(self) -> str | None:
+        """ssh://git@host:port, as clones name it; None with SSH off."""
+        if self.ssh_public_url:
+            return self.ssh_public_url.rstrip("/")
+        if not self.ssh_listen:
+            return None
+        host, _, port = self.ssh_listen.rpartition(":")
+        named = urlsplit(self.public_url).hostname if self.public_url else None
+        if named:
+            host = named  # the name clients know this server by, with the SSH port
+        elif host in ("0.0.0.0", "::", "[::]"):
+            host = self.host if self.host not in ("0.0.0.0", "::", "[::]") else "localhost"
+        return f"ssh://git@{host}:{port}"
+
+    def ssh_clone_url(self, full_name: str) -> str | None:
+        url = self.ssh_url
+        if url is None:
+            return None
+        # GitHub's scp form where the port allows it (22); otherwise the ssh:// form with its port.
+        host_port = url.removeprefix("ssh://")
+        if host_port.endswith(":22"):
+            return f"{host_port.removesuffix(':22')}:{full_name}.git"
+        return f"{url}/{full_name}.git"
 
     @property
     def repositories_dir(self) -> Path:

@@ -24,6 +24,7 @@ from bulwark.security import PasswordHasher
 from bulwark.services.accounts import AccountService
 from bulwark.services.repo_lists import RepoLists
 from bulwark.services.repositories import RepositoryService
+from bulwark.services.ssh_keys import KeyService
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog
 
@@ -66,6 +67,7 @@ class Node:
             self.store, self.hasher, self.clock, metadata_writable=lambda: self.role is not NodeRole.HA_REPLICA
         )
         self.repos = RepositoryService(self.store, self.git, self.clock)
+        self.keys = KeyService(self.store, self.clock, metadata_writable=lambda: self.role is not NodeRole.HA_REPLICA)
         self.repo_lists = RepoLists(self.store)
         # The SQLite store keeps the change log HA replication streams from.
         self.changelog = cast(ChangeLog, self.store)

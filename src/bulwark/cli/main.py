@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from bulwark import __version__
-from bulwark.cli import backup, cluster, maintenance, orgs, repl, repos, tokens, users
+from bulwark.cli import backup, cluster, keys, maintenance, orgs, repl, repos, tokens, users
 from bulwark.cli.fsck import fsck
 from bulwark.cli.serve import serve
 from bulwark.cli.status import status
@@ -21,6 +21,7 @@ app.command("serve")(serve)
 app.add_typer(users.app, name="user")
 app.add_typer(orgs.app, name="org")
 app.add_typer(tokens.app, name="token")
+app.add_typer(keys.app, name="key")
 app.add_typer(repos.app, name="repo")
 app.add_typer(maintenance.app, name="maintenance")
 app.command("fsck")(fsck)

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from starlette.applications import Starlette
 
 from bulwark.cli.common import ConfigOption, DataDirOption, errors_as_messages, settings_for
 from bulwark.cluster.wiring import Loop, cluster_loops_for
@@ -19,7 +20,25 @@ from bulwark.http.app import create_app
 from bulwark.http.listening import RecordingServer
 from bulwark.http.server import Guard, connection_budget, guarded_protocol, raise_file_limit
 from bulwark.logs import configure_logging
-from bulwark.node import open_node
+from bulwark.node import Node, open_node
+from bulwark.ssh.server import Limits, SshListener
+
+
+def ssh_for(node: Node, app: Starlette) -> list[SshListener]:
+    """The SSH listener to run beside the HTTP server, if SSH is on (and not in a cluster, which
+    does not route SSH sessions yet)."""
+    settings = node.settings
+    if not settings.ssh_listen:
+        return []
+    if node.cluster is not None:
+        logging.getLogger("bulwark").warning(
+            "ssh: cluster nodes do not serve git over SSH yet; clone and push over HTTP")
+        return []
+    host, _, port = settings.ssh_listen.rpartition(":")
+    limits = Limits(login_timeout=settings.ssh_login_timeout, idle_timeout=settings.ssh_idle_timeout,
+                    max_unauthenticated=settings.ssh_max_unauthenticated)
+    return [SshListener(node, host=host.strip("[]"), port=int(port), limits=limits, metrics=app.state.metrics,
+                        slots=app.state.git_slots)]
 
 
 def serve(
@@ -31,9 +50,13 @@ def serve(
     public_url: Annotated[
         str | None, typer.Option("--public-url", help="The URL clients use to reach this node.")
     ] = None,
+    ssh_listen: Annotated[
+        str | None, typer.Option("--ssh-listen", help="HOST:PORT to serve git over SSH on (default "
+                                 "127.0.0.1:2222; \"\" turns SSH off).")
+    ] = None,
 ) -> None:
     """Start a Bulwark node on DATA_DIR, creating it (and the site admin) on first start."""
-    settings = settings_for(data_dir, config, listen=listen, public_url=public_url)
+    settings = settings_for(data_dir, config, listen=listen, public_url=public_url, ssh_listen=ssh_listen)
     configure_logging(settings.log_format)
     log = logging.getLogger("bulwark")
     with errors_as_messages():
@@ -58,8 +81,9 @@ def serve(
         max_per_address=settings.max_connections_per_address,
         trusted=settings.trusted_proxies,
     )
+    app = create_app(node, guard)
     config_ = uvicorn.Config(
-        create_app(node, guard),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -84,7 +108,7 @@ def serve(
         loop = ha_loop_for(node)
     loop.start()
     try:
-        RecordingServer(config_, node).run()
+        RecordingServer(config_, node, ssh_for(node, app)).run()
     finally:
         loop.stop()
         node.close()

@@ -293,11 +293,19 @@ class GitRunner:
         protocol: str | None = None,
         extra_config: Mapping[str, str] | None = None,
         extra_env: Mapping[str, str] | None = None,
+        stateful: bool = False,
     ) -> asyncio.subprocess.Process:
-        """Start ``git upload-pack|receive-pack --stateless-rpc`` with pipes on all ends."""
-        if service not in ("upload-pack", "receive-pack"):
+        """Start ``git upload-pack|receive-pack --stateless-rpc`` with pipes on all ends; or, with
+        ``stateful``, ``git upload-pack|upload-archive`` speaking to one client for the whole
+        conversation (as over SSH)."""
+        if stateful:
+            if service not in ("upload-pack", "upload-archive") or advertise:
+                raise ValueError(service)
+            args = [service]
+        elif service not in ("upload-pack", "receive-pack"):
             raise ValueError(service)
-        args = [service, "--stateless-rpc"]
+        else:
+            args = [service, "--stateless-rpc"]
         if advertise:
             args.append("--advertise-refs")
         args.append(str(self.path(storage_id)))

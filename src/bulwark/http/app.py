@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Mount
 from bulwark.gitservice.slots import GitSlots, Limits
 from bulwark.http import api, backup, internal, manage, metrics, pages, smart, status
 from bulwark.http.accesslog import AccessLog
+from bulwark.http.api import keys as api_keys
 from bulwark.http.errors import HANDLERS
 from bulwark.http.pacing import Limits as PaceLimits
 from bulwark.http.pacing import Pacer, Pacing
@@ -37,6 +38,7 @@ def create_app(node: Node, guard: Guard | None = None) -> Starlette:
     routes: list[BaseRoute] = [
         *status.routes,
         *metrics.routes,
+        *api_keys.plain_routes,
         # Before the /manage/v1 mount, which would answer 404 for the overview.
         *pages.routes,
         # Git routes first: the replication fetch routes live under /manage/v1 too.

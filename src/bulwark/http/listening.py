@@ -6,11 +6,14 @@ shutdown: a crash or SIGKILL leaves it, and its dead process id tells the story.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 import uvicorn
 
@@ -25,10 +28,21 @@ log = logging.getLogger("bulwark")
 CLUSTER_DRAIN = 2.0
 
 
+class Companion(Protocol):
+    """Another listener run on the HTTP server's event loop (the SSH server): ``run`` until
+    cancelled, then ``stop``."""
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class RecordingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, node: Node) -> None:
+    def __init__(self, config: uvicorn.Config, node: Node, companions: Sequence[Companion] = ()) -> None:
         super().__init__(config)
         self.node = node
+        self.companions = list(companions)
+        self.companion_tasks: list[asyncio.Task[None]] = []
         self.data_dir = Path(node.settings.data_dir)
         self.record: ServerRecord | None = None
 
@@ -36,6 +50,7 @@ class RecordingServer(uvicorn.Server):
         await super().startup(sockets)
         if not self.started:
             return
+        self.companion_tasks = [asyncio.create_task(c.run()) for c in self.companions]
         bound = [s.getsockname() for server in self.servers for s in (server.sockets or ())]
         inet = [a for a in bound if isinstance(a, tuple)]
         if not inet:
@@ -86,6 +101,10 @@ class RecordingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # uvicorn shuts down only after its main loop ended normally (a signal, or should_exit), and
         # re-raises the signal afterwards, so this is the last moment a clean stop can be noted.
+        for task in self.companion_tasks:
+            task.cancel()
+        await asyncio.gather(*self.companion_tasks, return_exceptions=True)
+        await asyncio.gather(*(c.stop() for c in self.companions), return_exceptions=True)
         await super().shutdown(sockets)
         if self.record is not None:
             try:

@@ -18,12 +18,23 @@ from bulwark.models import (
 
 
 @dataclass(frozen=True)
+class DeployGrant:
+    """What a repository's deploy key lets its holder do: read it, or also push to it."""
+
+    key_id: int
+    repo_id: int
+    write: bool
+
+
+@dataclass(frozen=True)
 class Principal:
-    """The caller of a request: an account with the scopes of its credential, or anonymous."""
+    """The caller of a request: an account with the scopes of its credential, a deploy key, or anonymous."""
 
     account: Account | None
     scopes: frozenset[Scope] = field(default_factory=frozenset)
     token_id: int | None = None
+    # A deploy key speaks for no account: it reaches its one repository (and public ones).
+    deploy: DeployGrant | None = None
     # When the credential stops being valid by itself (a token's expiry).
     expires_at: datetime | None = None
     # When a kept decision about this caller must be made afresh even if nothing it read changed:
@@ -32,7 +43,7 @@ class Principal:
 
     @property
     def anonymous(self) -> bool:
-        return self.account is None
+        return self.account is None and self.deploy is None
 
     @property
     def site_admin(self) -> bool:
@@ -65,6 +76,10 @@ def repo_permission(
     looked up by the caller of this function.
     """
     public_floor = Permission.NONE if repo.private else Permission.PULL
+    if principal.deploy is not None:
+        if principal.deploy.repo_id != repo.id:
+            return public_floor
+        return Permission.PUSH if principal.deploy.write else Permission.PULL
     user = principal.account
     if user is None or user.suspended:
         return public_floor

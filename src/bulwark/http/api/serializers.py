@@ -108,6 +108,7 @@ def repo_json(ctx: Ctx, repo: Repository, owner: Account, permission: Permission
         "html_url": ctx.url(f"/{full_name}"),
         "clone_url": ctx.url(f"/{full_name}.git"),
         "git_url": ctx.url(f"/{full_name}.git"),
+        "ssh_url": ctx.node.settings.ssh_clone_url(full_name),
         "branches_url": f"{api}/branches{{/branch}}",
         "collaborators_url": f"{api}/collaborators{{/collaborator}}",
         "commits_url": f"{api}/commits{{/sha}}",
