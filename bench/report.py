@@ -104,6 +104,51 @@ def comparison_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+SSH_TARGETS = {
+    "clone": Target(1.10, True, "≤ 1.10"),
+    "push": Target(1.10, True, "≤ 1.10"),
+    "noop_fetch": Target(1.0, False, "≥ 1.0"),
+}
+SSH_ROWS = [
+    ("connect", "`ls-remote` of the large repository (connection set-up, login, advertisement)"),
+    ("clone", "full clone of the large repository (`clone --bare`)"),
+    ("push", "push of the large repository into an empty one"),
+    ("noop_fetch", "no-op fetch of the large repository, 8 concurrent clients"),
+]
+
+
+def ssh_table(results: dict[str, Any]) -> list[str]:
+    """Git over SSH: Bulwark's listener against OpenSSH's sshd with git-shell."""
+    ssh = results.get("ssh")
+    if not ssh or "error" in ssh:
+        return []
+    lines = ["| git over SSH | Bulwark median (IQR) | sshd + git-shell median (IQR) | ratio (per-round IQR) | "
+             "target | |", "|---|---|---|---|---|---|"]
+    for key, label in SSH_ROWS:
+        row = ssh.get(key)
+        if row is None:
+            continue
+        unit, b, r = row["unit"], row["bulwark"], row["reference"]
+        rounds = row.get("ratio_rounds") or {"q1": row["ratio"], "q3": row["ratio"]}
+        target = SSH_TARGETS.get(key)
+        lines.append(
+            f"| {label} | {_value(b['median'], unit)} ({_spread(b, unit)}) | {_value(r['median'], unit)} "
+            f"({_spread(r, unit)}) | **{row['ratio']:.2f}** ({rounds['q1']:.2f}-{rounds['q3']:.2f}) | "
+            f"{target.text if target else '—'} | {_status(target.met(row['ratio'])) if target else ''} |")
+    for phase, label in (("ssh_clone", "clones"), ("ssh_push", "pushes")):
+        m = ssh.get("memory", {}).get(phase)
+        if m:
+            lines.append(f"| Bulwark process RSS during the {label} over SSH, lowest to highest sample | "
+                         f"{m['low_rss_mib']:.0f}-{m['peak_rss_mib']:.0f} MiB | — | — | flat | |")
+    return [*lines, ""]
+
+
+def ssh_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Git over SSH — {report['finished_at']}", "", machine_line(report["machine"]), "",
+             f"Command: `{report['command']}`", "", *ssh_table(report["results"])]
+    return "\n".join(lines) + "\n"
+
+
 def fetch_bound(results: dict[str, Any]) -> list[str]:
     """What limits the no-op fetch ratio when the clients share the machine with the servers."""
     fetch, cpu = results.get("noop_fetch", {}), results.get("noop_fetch_cpu", {})
@@ -245,6 +290,7 @@ def markdown(report: dict[str, Any]) -> str:
         *comparison_table(report["results"]),
         "",
         *fetch_bound(report["results"]),
+        *ssh_table(report["results"]),
         *modes_table(report["results"]),
         "",
         *abuse_table(report["results"]),
@@ -397,8 +443,9 @@ def scale_markdown(report: dict[str, Any]) -> str:
 def write(report: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     abuse = (_write_alone(report, out, "abuse", abuse_markdown, plot_abuse)
-             + _write_alone(report, out, "scale", scale_markdown, scale.plot))
-    if report["sections"] in (["abuse"], ["scale"]):
+             + _write_alone(report, out, "scale", scale_markdown, scale.plot)
+             + _write_alone(report, out, "ssh", ssh_markdown, lambda _figures, _path: False))
+    if report["sections"] in (["abuse"], ["scale"], ["ssh"]):
         return abuse  # alone, they leave the full run's latest.* as they are
     written = [out / "latest.json", out / "latest.md", *abuse]
     (out / "latest.json").write_text(json.dumps(report, indent=1) + "\n")

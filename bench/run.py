@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ROOT, abuse, compare, modes, report, scale
+from bench import ROOT, abuse, compare, modes, report, scale, ssh
 from bench.common import client_env
 from bench.data import FULL, SMALL, TINY, Spec, build
 from bench.fixtures import copy_tree, seed
@@ -34,7 +34,7 @@ from bench.reference import ReferenceServer
 
 from helpers import Server, admin_token
 
-SECTIONS = ("compare", "backup", "ha", "cluster", "failover", "abuse", "scale")
+SECTIONS = ("compare", "ssh", "backup", "ha", "cluster", "failover", "abuse", "scale")
 REFERENCE_CHILDREN = 8
 
 
@@ -65,19 +65,21 @@ def standalone_sections(args: argparse.Namespace, spec: Spec, work: Path, clock:
     clock.log("copying the seeded repositories for this run")
     copy_tree(seeded.bulwark_data, work / "bulwark" / "data")
     copy_tree(seeded.reference_root, work / "reference" / "root")
-    server = Server(data_dir=work / "bulwark" / "data", token=admin_token())
+    server = Server(data_dir=work / "bulwark" / "data", token=admin_token(), ssh="ssh" in args.sections)
     reference = ReferenceServer(work / "reference" / "root", work / "reference" / "run", children=REFERENCE_CHILDREN)
     try:
         server.start()
+        if server.ssh:
+            server.wait_for_ssh()
         reference.start()
         home = work / "home"
         home.mkdir()
         sides = compare.Sides(server, seeded.user_token, reference, sources, seeded.small_names, work / "client",
                               client_env(home))
         sides.work.mkdir()
+        budget = {"tiny": compare.TINY_BUDGET, "small": compare.SMALL_BUDGET,
+                  "full": compare.FULL_BUDGET}[args.profile_name]
         if "compare" in args.sections:
-            budget = {"tiny": compare.TINY_BUDGET, "small": compare.SMALL_BUDGET,
-                      "full": compare.FULL_BUDGET}[args.profile_name]
             profile: Callable[[str], contextlib.AbstractContextManager[None]] = compare._no_profile
             if args.profile:
                 assert server.proc is not None
@@ -87,6 +89,9 @@ def standalone_sections(args: argparse.Namespace, spec: Spec, work: Path, clock:
             except Exception as exc:
                 traceback.print_exc()
                 results["compare"] = {"error": f"{type(exc).__name__}: {exc}"}
+        if "ssh" in args.sections:
+            clock.log("git over SSH against OpenSSH's sshd")
+            _section(results, "ssh", clock, lambda: ssh.run(sides, budget, work / "ssh", clock.log))
         if "backup" in args.sections:
             clock.log("backup against rsync")
             names = seeded.small_names[:10]
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     work = Path(tempfile.mkdtemp(prefix="bulwark-bench-"))
     try:
-        if args.sections & {"compare", "backup"}:
+        if args.sections & {"compare", "ssh", "backup"}:
             standalone_sections(args, spec, work, clock, results)
         if "ha" in args.sections:
             clock.log("HA replication lag")
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in report.write(full_report, args.out):
         clock.log(f"wrote {os.path.relpath(path, Path.cwd())}")
     print()
-    alone = {"abuse": report.abuse_markdown, "scale": report.scale_markdown}
+    alone = {"abuse": report.abuse_markdown, "scale": report.scale_markdown, "ssh": report.ssh_markdown}
     only = next(iter(args.sections)) if len(args.sections) == 1 else ""
     print(alone[only](full_report) if only in alone else report.markdown(full_report))
     return 1 if any(isinstance(v, dict) and "error" in v for v in results.values()) else 0

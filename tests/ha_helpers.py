@@ -107,12 +107,17 @@ class HAProxy:
 
     def __init__(self, workdir: Path, node1: Server, node2: Server) -> None:
         self.port = free_port()
+        self.ssh_port = free_port()
         self.workdir = workdir
         env = dict(os.environ)
         env.update(
             BULWARK_LB_BIND=f"127.0.0.1:{self.port}",
             BULWARK_NODE1=f"{node1.host}:{node1.port}",
             BULWARK_NODE2=f"{node2.host}:{node2.port}",
+            BULWARK_LB_SSH_BIND=f"127.0.0.1:{self.ssh_port}",
+            # A node without SSH: a port nothing listens on (sessions there are refused).
+            BULWARK_NODE1_SSH=f"{node1.host}:{node1.ssh_port or 1}",
+            BULWARK_NODE2_SSH=f"{node2.host}:{node2.ssh_port or 1}",
         )
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
         self.log = open(workdir / "haproxy.log", "wb")  # noqa: SIM115 - lives as long as the process

@@ -19,7 +19,7 @@ import pytest
 
 from bulwark.ssh import commands
 
-from ha_helpers import repl, setup_replica, wait_for
+from ha_helpers import HAProxy, repl, setup_replica, wait_for
 from helpers import Server, bulwark, free_port, git, git_env
 
 pytestmark = pytest.mark.timeout(180)
@@ -501,30 +501,39 @@ def test_login_limits_keep_a_flood_from_locking_others_out(tmp_path: Path) -> No
 # -- HA: the same host keys on both nodes, replicas refuse pushes, promotion changes nothing ------
 
 
-def test_ha_replica_has_the_primarys_host_keys_refuses_pushes_and_serves_after_promotion(tmp_path: Path) -> None:
+def test_through_haproxy_an_ha_promotion_shows_ssh_clients_no_changed_host_key(tmp_path: Path) -> None:
     primary = Server(data_dir=tmp_path / "primary", ssh=True).start().wait_for_ssh()
     replica = Server(data_dir=tmp_path / "replica", ssh=True).start().wait_for_ssh()
+    lb = HAProxy(tmp_path, primary, replica)
     try:
         setup_replica(replica, primary)
         token = primary.create_user("frank")
         primary.create_repo(token, "app")
         client = Client.make(tmp_path, "frank")
-        client.trust(primary)
         add_key(primary, token, client)
+        # The developer trusts the load balancer's name with the keys the site publishes, once.
+        meta = httpx.get(f"{primary.url}/api/v3/meta", timeout=10).json()
+        (client.home / "known_hosts").write_text("".join(f"[127.0.0.1]:{lb.ssh_port} {k}\n" for k in meta["ssh_keys"]))
         env = client.env()
+        remote = f"ssh://git@127.0.0.1:{lb.ssh_port}/frank/app.git"
+        wait_for(lambda: _host_keys(replica) == _host_keys(primary), timeout=30, what="the replica's host keys")
+        wait_for(lambda: git("ls-remote", remote, env=env, check=False).returncode == 0, timeout=30,
+                 what="SSH through HAProxy")
+        # HAProxy starts with both nodes up; two failed checks (1 s apart) take the replica out.
+        time.sleep(3)
         work = tmp_path / "w"
-        git("clone", "-q", url(primary, "frank/app"), str(work), env=env)
+        git("clone", "-q", remote, str(work), env=env)
         git("checkout", "-qb", "main", cwd=work, env=env)
         first = commit(work, env, "a.txt")
         git("push", "-q", "origin", "main", cwd=work, env=env)
 
-        # The replica serves the primary's host keys (it had made its own before it was set up).
-        wait_for(lambda: _host_keys(replica) == _host_keys(primary), timeout=30, what="the replica's host keys")
-        replica_url = url(replica, "frank/app")
-        wait_for(lambda: first in git("ls-remote", replica_url, env=_for(client, replica, primary),
+        # The replica (which had made host keys of its own before it was set up) serves the
+        # primary's, and reached directly it fetches but refuses a push with the words HTTP uses.
+        direct = url(replica, "frank/app")
+        wait_for(lambda: first in git("ls-remote", direct, env=_for(client, replica, lb.ssh_port),
                                       check=False).stdout, timeout=30, what="fetch from the replica")
         commit(work, env, "b.txt")
-        over_ssh = git("push", replica_url, "main", cwd=work, env=_for(client, replica, primary), check=False)
+        over_ssh = git("push", direct, "main", cwd=work, env=_for(client, replica, lb.ssh_port), check=False)
         over_http = git("push", replica.remote("frank", "app", user="frank", token=token), "main", cwd=work,
                         env=env, check=False)
         assert over_ssh.returncode != 0 and over_http.returncode != 0
@@ -534,10 +543,13 @@ def test_ha_replica_has_the_primarys_host_keys_refuses_pushes_and_serves_after_p
         primary.kill()
         r = repl(replica, "promote")
         assert r.returncode == 0, r.stdout + r.stderr
-        # The same known_hosts entries (now naming the promoted node's address) work without a warning.
-        wait_for(lambda: git("push", "-q", replica_url, "main", cwd=work, env=_for(client, replica, primary),
-                             check=False, timeout=30).returncode == 0, timeout=60, what="a push after promotion")
+        # The same remote and the same known_hosts, checked strictly: no warning, the push goes through.
+        wait_for(lambda: git("push", "-q", "origin", "main", cwd=work, env=env, check=False,
+                             timeout=30).returncode == 0, timeout=60, what="a push through HAProxy after promotion")
+        assert git("ls-remote", remote, env=env).stdout.split()[0] == git("rev-parse", "HEAD", cwd=work,
+                                                                          env=env).stdout.strip()
     finally:
+        lb.stop()
         replica.stop()
         primary.stop()
 
@@ -548,11 +560,11 @@ def _host_keys(server: Server) -> list[str]:
     return sorted(" ".join(line.split()[1:3]) for line in scanned.splitlines() if line.strip())
 
 
-def _for(client: Client, server: Server, trusted: Server) -> dict[str, str]:
-    """The client's environment for ``server``, trusting only what it learned from ``trusted``: its
-    known_hosts lines, re-addressed (a load balancer's name would be the same for both)."""
+def _for(client: Client, server: Server, trusted_port: int) -> dict[str, str]:
+    """The client's environment for ``server`` reached directly, trusting only the keys it learned
+    for the load balancer's port."""
     known = (client.home / "known_hosts").read_text().replace(
-        f"[{trusted.host}]:{trusted.ssh_port}", f"[{server.host}]:{server.ssh_port}")
+        f"[127.0.0.1]:{trusted_port}", f"[{server.host}]:{server.ssh_port}")
     path = client.home / f"known_hosts_{server.ssh_port}"
     path.write_text(known)
     env = client.env()

@@ -39,7 +39,16 @@ def load(store: Store, *, create: bool) -> list[asyncssh.SSHKey]:
                 log.info("made the SSH host key %s %s", algorithm, made.get_fingerprint("sha256"))
     if not stored:
         raise Unavailable("this node has no SSH host keys yet: they come from the primary")
-    return [asyncssh.import_private_key(k.private_key) for k in sorted(stored.values(), key=lambda k: k.algorithm)]
+    return [_parsed(k.private_key) for k in sorted(stored.values(), key=lambda k: k.algorithm)]
+
+
+_keys: dict[str, asyncssh.SSHKey] = {}  # private key text -> key: the store is read every second
+
+
+def _parsed(text: str) -> asyncssh.SSHKey:
+    if text not in _keys:
+        _keys[text] = asyncssh.import_private_key(text)
+    return _keys[text]
 
 
 def fingerprints(keys: list[asyncssh.SSHKey]) -> list[str]:
@@ -55,7 +64,7 @@ def published(store: Store) -> list[tuple[str, str]]:
     found = []
     for stored in store.get_ssh_host_keys():
         if stored.private_key not in _public:
-            key = asyncssh.import_private_key(stored.private_key)
+            key = _parsed(stored.private_key)
             kind, data = key.export_public_key("openssh").decode().split()[:2]  # without a comment
             _public[stored.private_key] = (f"{kind} {data}", key.get_fingerprint("sha256"))
         found.append(_public[stored.private_key])

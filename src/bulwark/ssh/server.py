@@ -36,7 +36,9 @@ log = logging.getLogger("bulwark.ssh")
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 USER = "git"
-RETRY = 5.0  # seconds between tries to read host keys or bind the port
+# Seconds between reads of the host keys (and tries to bind the port): a node just made a replica
+# serves its primary's host keys within this long.
+RETRY = 1.0
 
 
 @dataclass(frozen=True)
@@ -173,9 +175,9 @@ class SshListener:
         self.server: asyncssh.SSHAcceptor | None = None
 
     async def run(self) -> None:
-        """Serve until cancelled. Host keys are read from the store every few seconds: a replica
-        starts serving once its first copy brought them, and a listener whose port was taken binds
-        once it is free, with no restart."""
+        """Serve until cancelled. Host keys are read from the store every second: a replica starts
+        serving once its first copy brought them (and serves its primary's from then on), and a
+        listener whose port was taken binds once it is free, with no restart."""
         serving: list[str] = []
         failed = ""
         while True:
@@ -191,7 +193,7 @@ class SshListener:
                     log.info("ssh: host keys now %s", ", ".join(prints))
                 serving, failed = prints, ""
             except (OSError, BulwarkError) as exc:
-                if str(exc) != failed:  # said once, not every few seconds
+                if str(exc) != failed:  # said once, not every second
                     log.error("ssh: not serving git over SSH on %s:%d: %s; trying again every %gs",
                               self.host, self.port, exc, RETRY)
                 failed = str(exc)
