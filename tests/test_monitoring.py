@@ -33,9 +33,9 @@ def test_metrics_count_git_and_http_without_naming_repositories(server: Server, 
 
     m = scrape(server.url)  # from loopback: no token needed
     assert "secret-plans" not in m.text and "alice" not in m.text
-    assert m.value("bulwark_git_operations_total", service="upload-pack", result="ok") >= 3  # type: ignore[operator]
-    assert m.value("bulwark_git_operations_total", service="receive-pack", result="ok") >= 2  # type: ignore[operator]
-    assert m.value("bulwark_git_processes", service="upload-pack") == 0
+    assert m.value("bulwark_git_operations_total", service="upload-pack", transport="http", result="ok") >= 3  # type: ignore[operator]
+    assert m.value("bulwark_git_operations_total", service="receive-pack", transport="http", result="ok") >= 2  # type: ignore[operator]
+    assert m.value("bulwark_git_processes", service="upload-pack", transport="http") == 0
     assert m.total("bulwark_http_requests_total", route="git", status="200") >= 5
     assert m.total("bulwark_http_requests_total", route="git", status="401") >= 1
     assert m.total("bulwark_http_requests_total", route="api") >= 3

@@ -202,7 +202,8 @@ def test_each_app_has_its_own_registry() -> None:
     a.observe_request("/api/v3/user", 404, 0.002, 0, 50)
     a.observe_request("/status", 0, 0.001, 0, 0)
     run = GitObservation(a, "upload-pack")
-    assert parse_metrics(a.render().decode()).value("bulwark_git_processes", service="upload-pack") == 1
+    scraped = parse_metrics(a.render().decode())
+    assert scraped.value("bulwark_git_processes", service="upload-pack", transport="http") == 1
     run.end(0)
     run.end(0)  # counted once
     GitObservation(a, "receive-pack").end(-15)
@@ -215,16 +216,16 @@ def test_each_app_has_its_own_registry() -> None:
     assert m.value("bulwark_http_requests_total", route="status", status="none") == 1
     assert m.value("bulwark_http_received_bytes_total", route="git") == 10
     assert m.value("bulwark_http_sent_bytes_total", route="git") == 2000
-    assert m.value("bulwark_git_processes", service="upload-pack") == 0
-    assert m.value("bulwark_git_operations_total", service="upload-pack", result="ok") == 1
-    assert m.value("bulwark_git_operations_total", service="receive-pack", result="cancelled") == 1
-    assert m.value("bulwark_git_operations_total", service="receive-pack", result="failed") == 1
+    assert m.value("bulwark_git_processes", service="upload-pack", transport="http") == 0
+    assert m.value("bulwark_git_operations_total", service="upload-pack", transport="http", result="ok") == 1
+    assert m.value("bulwark_git_operations_total", service="receive-pack", transport="http", result="cancelled") == 1
+    assert m.value("bulwark_git_operations_total", service="receive-pack", transport="http", result="failed") == 1
     assert m.value("bulwark_http_request_duration_seconds_count", route="git") == 1
     assert m.value("process_resident_memory_bytes") is not None
     assert "private-thing" not in text
     untouched = parse_metrics(b.render().decode())
     assert untouched.value("bulwark_http_requests_total", route="git", status="200") is None
-    assert untouched.value("bulwark_git_operations_total", service="upload-pack", result="ok") == 0
+    assert untouched.value("bulwark_git_operations_total", service="upload-pack", transport="http", result="ok") == 0
 
 
 def test_node_metrics_of_a_cluster_member_with_a_dead_node() -> None:
@@ -320,4 +321,4 @@ def test_a_node_state_that_cannot_be_read_still_leaves_metrics() -> None:
 
     m = parse_metrics(Metrics([NodeCollector(Broken())]).render().decode())
     assert m.value("bulwark_node_state_readable") == 0
-    assert m.value("bulwark_git_processes", service="upload-pack") == 0
+    assert m.value("bulwark_git_processes", service="upload-pack", transport="http") == 0

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from bulwark.ssh import commands
+from monitoring_helpers import scrape
 
 from ha_helpers import HAProxy, repl, setup_replica, wait_for
 from helpers import Server, bulwark, free_port, git, git_env
@@ -343,6 +344,31 @@ def test_deploy_keys_reach_their_repository_only_and_push_only_with_write_access
     deploy = deployer.ssh(server)
     assert b"Hi deploy key 'deploy'!" in deploy.stderr, deploy.stderr
     assert r.returncode == deploy.returncode == 1
+
+
+def test_metrics_tell_ssh_from_http(server: Server, alice: tuple[str, str, Client], tmp_path: Path) -> None:
+    login, token, client = alice
+    server.create_repo(token, "measured")
+    before = scrape(server.url, server.token)
+    work = tmp_path / "h"
+    git("clone", "-q", server.remote(login, "measured", token=token), str(work), env=client.env())
+    git("checkout", "-qb", "main", cwd=work, env=client.env())
+    commit(work, client.env(), "a.txt")
+    git("push", "-q", "origin", "main", cwd=work, env=client.env())  # over HTTP
+    git("clone", "-q", url(server, f"{login}/measured"), str(tmp_path / "c"), env=client.env())  # objects over SSH
+    stranger = Client.make(tmp_path, "stranger")
+    stranger.trust(server)
+    assert stranger.ssh(server).returncode == 255
+    after = scrape(server.url, server.token)
+
+    def grew(name: str, **labels: str) -> float:
+        return after.total(name, **labels) - before.total(name, **labels)
+
+    assert grew("bulwark_git_operations_total", service="upload-pack", transport="ssh", result="ok") >= 1
+    assert grew("bulwark_git_operations_total", service="receive-pack", transport="http", result="ok") >= 1
+    assert grew("bulwark_git_operations_total", service="receive-pack", transport="ssh") == 0
+    assert grew("bulwark_ssh_auth_failures_total") >= 1
+    assert after.value("bulwark_ssh_connections", state="logging_in") == 0
 
 
 # -- keys through the API and the CLI --------------------------------------------------------

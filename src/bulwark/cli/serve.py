@@ -21,7 +21,7 @@ from bulwark.http.listening import RecordingServer
 from bulwark.http.server import Guard, connection_budget, guarded_protocol, raise_file_limit
 from bulwark.logs import configure_logging
 from bulwark.node import Node, open_node
-from bulwark.ssh.server import Limits, SshListener
+from bulwark.ssh.server import Limits, SshCollector, SshListener
 
 
 def ssh_for(node: Node, app: Starlette) -> list[SshListener]:
@@ -37,8 +37,10 @@ def ssh_for(node: Node, app: Starlette) -> list[SshListener]:
     host, _, port = settings.ssh_listen.rpartition(":")
     limits = Limits(login_timeout=settings.ssh_login_timeout, idle_timeout=settings.ssh_idle_timeout,
                     max_unauthenticated=settings.ssh_max_unauthenticated)
-    return [SshListener(node, host=host.strip("[]"), port=int(port), limits=limits, metrics=app.state.metrics,
-                        slots=app.state.git_slots)]
+    listener = SshListener(node, host=host.strip("[]"), port=int(port), limits=limits, metrics=app.state.metrics,
+                           slots=app.state.git_slots)
+    app.state.metrics.registry.register(SshCollector(listener))
+    return [listener]
 
 
 def serve(

@@ -48,7 +48,7 @@ def lead_push(session: GitSession, node: Node, push: Push, capabilities: Sequenc
             return report.explain_refusal(output, push.refusal, capabilities) if push.refusal else output
         log.warning("push to %s not acknowledged: %s", push.storage_id, result.message)
         session.not_acknowledged = True
-        count_refused(session.metrics, RECEIVE_PACK, Refusal.NOT_ACKNOWLEDGED)
+        count_refused(session.metrics, RECEIVE_PACK, Refusal.NOT_ACKNOWLEDGED, session.transport)
         return report.rewrite(output, f"push failed: {result.message}", capabilities, refused=push.refusal)
 
     async def on_close() -> None:

@@ -17,7 +17,7 @@ import anyio
 from bulwark.errors import ClientGone
 from bulwark.git.runner import GitRunner
 from bulwark.gitservice.slots import Slot
-from bulwark.monitoring.metrics import GitObservation, Metrics
+from bulwark.monitoring.metrics import GitObservation, Metrics, Transport
 from bulwark.services.repositories import RepoAccess
 
 log = logging.getLogger("bulwark.git")
@@ -45,7 +45,7 @@ class GitSession:
 
     def __init__(self, proc: asyncio.subprocess.Process, git: GitRunner, access: RepoAccess, service: str, *,
                  metrics: Metrics | None, client_gone: Callable[[], Awaitable[bool]] | None = None,
-                 slot: Slot | None = None) -> None:
+                 slot: Slot | None = None, transport: Transport = Transport.HTTP) -> None:
         self.proc = proc
         self.slot = slot  # released when the process has ended
         self.not_acknowledged = False
@@ -76,7 +76,8 @@ class GitSession:
         self._writer: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
-        self._observed = GitObservation(metrics, service)  # metrics: running git processes
+        self.transport = transport
+        self._observed = GitObservation(metrics, service, transport)  # metrics: running git processes
 
     # -- input ---------------------------------------------------------------------------
 

@@ -39,6 +39,14 @@ log = logging.getLogger("bulwark.monitoring")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GIT_SERVICES = ("upload-pack", "receive-pack")
+
+
+class Transport(enum.StrEnum):
+    """How a git request reached the node."""
+
+    HTTP = "http"
+    SSH = "ssh"
+
 # Seconds: from an API call of a few milliseconds to a clone of a large repository.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -103,24 +111,25 @@ class Metrics:
         self.sent = Counter("bulwark_http_sent_bytes", "Response body bytes sent, by route class.",
                             ["route"], registry=r)
         self.git_operations = Counter("bulwark_git_operations",
-                                      "Git processes that served a request, by service and result.",
-                                      ["service", "result"], registry=r)
+                                      "Git processes that served a request, by service, transport and result.",
+                                      ["service", "transport", "result"], registry=r)
         self.git_duration = Histogram("bulwark_git_operation_duration_seconds",
-                                      "How long git processes serving requests ran, by service.",
-                                      ["service"], buckets=LATENCY_BUCKETS, registry=r)
+                                      "How long git processes serving requests ran, by service and transport.",
+                                      ["service", "transport"], buckets=LATENCY_BUCKETS, registry=r)
         self.git_processes = Gauge("bulwark_git_processes", "Git processes serving requests right now.",
-                                   ["service"], registry=r)
+                                   ["service", "transport"], registry=r)
         self.git_refused = Counter("bulwark_git_refused",
-                                   "Git requests refused with a reason git shows its user, by service and reason.",
-                                   ["service", "reason"], registry=r)
+                                   "Git requests refused with a reason git shows its user, by service, transport "
+                                   "and reason.", ["service", "transport", "reason"], registry=r)
         # Every series exists from the start, so rates and alerts see zeros rather than nothing.
         for service in GIT_SERVICES:
-            self.git_processes.labels(service)
-            self.git_duration.labels(service)
-            for result in GitResult:
-                self.git_operations.labels(service, result.value)
-            for reason in Refusal:
-                self.git_refused.labels(service, reason.value)
+            for transport in Transport:
+                self.git_processes.labels(service, transport.value)
+                self.git_duration.labels(service, transport.value)
+                for result in GitResult:
+                    self.git_operations.labels(service, transport.value, result.value)
+                for reason in Refusal:
+                    self.git_refused.labels(service, transport.value, reason.value)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         for collector in collectors:
@@ -138,29 +147,32 @@ class Metrics:
 
 
 def count_refusal(app: Any, service: str, reason: Refusal) -> None:
-    """Count a refusal on ``app``'s metrics, if it has any."""
+    """Count a refusal of a git request over HTTP on ``app``'s metrics, if it has any."""
     count_refused(getattr(getattr(app, "state", None), "metrics", None), service, reason)
 
 
-def count_refused(metrics: Metrics | None, service: str, reason: Refusal) -> None:
+def count_refused(metrics: Metrics | None, service: str, reason: Refusal,
+                  transport: Transport = Transport.HTTP) -> None:
     if metrics is not None:
-        metrics.git_refused.labels(service if service in GIT_SERVICES else "other", reason.value).inc()
+        metrics.git_refused.labels(service if service in GIT_SERVICES else "other", transport.value,
+                                   reason.value).inc()
 
 
 class GitObservation:
     """One git process serving a request, from its start to its end (counted once)."""
 
-    def __init__(self, metrics: Metrics | None, service: str) -> None:
+    def __init__(self, metrics: Metrics | None, service: str, transport: Transport = Transport.HTTP) -> None:
         self.metrics = metrics
         self.service = service if service in GIT_SERVICES else "other"
+        self.transport = transport.value
         self.started = time.monotonic()
         self._ended = False
         if metrics is not None:
-            metrics.git_processes.labels(self.service).inc()
+            metrics.git_processes.labels(self.service, self.transport).inc()
 
     @classmethod
     def start(cls, app: Any, service: str) -> GitObservation:
-        """Observe on ``app``'s metrics, if it has any (``app.state.metrics``)."""
+        """Observe an HTTP request on ``app``'s metrics, if it has any (``app.state.metrics``)."""
         return cls(getattr(getattr(app, "state", None), "metrics", None), service)
 
     def end(self, returncode: int | None, *, cancelled: bool = False, failed: bool = False) -> None:
@@ -173,9 +185,9 @@ class GitObservation:
             result = GitResult.CANCELLED
         else:
             result = GitResult.OK if returncode == 0 and not failed else GitResult.FAILED
-        self.metrics.git_processes.labels(self.service).dec()
-        self.metrics.git_operations.labels(self.service, result.value).inc()
-        self.metrics.git_duration.labels(self.service).observe(time.monotonic() - self.started)
+        self.metrics.git_processes.labels(self.service, self.transport).dec()
+        self.metrics.git_operations.labels(self.service, self.transport, result.value).inc()
+        self.metrics.git_duration.labels(self.service, self.transport).observe(time.monotonic() - self.started)
 
 
 # -- the node's state, read at scrape time -------------------------------------------------------

@@ -17,13 +17,13 @@ from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from bulwark.errors import BulwarkError, NotFound, PayloadTooLarge, Unauthenticated
+from bulwark.errors import BulwarkError, NotFound, PayloadTooLarge, Unauthenticated, Unavailable
 from bulwark.git import pktline
 from bulwark.gitservice import slots as gitslots
 from bulwark.gitservice.access import authorize, git_config
 from bulwark.gitservice.push import Kept, recorder
 from bulwark.gitservice.session import CHUNK, RECEIVE_PACK, UPLOAD_ARCHIVE, UPLOAD_PACK, GitSession, closed_on_error
-from bulwark.monitoring.metrics import Metrics
+from bulwark.monitoring.metrics import Metrics, Refusal, Transport, count_refused
 from bulwark.node import Node
 from bulwark.services.repositories import RepoAccess
 from bulwark.services.ssh_keys import Holder
@@ -164,14 +164,26 @@ async def serve(node: Node, holder: Holder, command: str, channel: Channel, *, m
     except (NotFound, Unauthenticated):
         # The same words whether it is missing or hidden: a private repository's existence is not told.
         raise Refused(f"Repository not found: {asked.full_name}") from None
+    except Unavailable:
+        # Maintenance, an HA replica asked to take a push: the caller says the node's sentence.
+        count_refused(metrics, service, Refusal.UNAVAILABLE, Transport.SSH)
+        raise
     client = f"account {holder.user.id}" if holder.user is not None else f"deploy key {holder.key.id}"
-    slot = await slots.acquire(client) if slots is not None else None  # Busy: the caller says so
+    try:
+        slot = await slots.acquire(client) if slots is not None else None
+    except gitslots.Busy:
+        count_refused(metrics, service, Refusal.BUSY, Transport.SSH)
+        raise  # the caller says so
     idle = Idle(idle_timeout)
     stream = ClientStream(channel.stdin, idle)
     git = _Git(node, access, service, protocol, metrics, slot, channel, idle)
     try:
         if service == RECEIVE_PACK:
-            return await git.push(stream)
+            try:
+                return await git.push(stream)
+            except PayloadTooLarge:
+                count_refused(metrics, service, Refusal.TOO_LARGE, Transport.SSH)
+                raise
         if service == UPLOAD_PACK and "version=2" in (protocol or "").split(":"):
             return await git.fetch_v2(stream)
         return await git.conversation()
@@ -191,7 +203,7 @@ class _Git:
         proc = await self.node.git.spawn(self.access.repo.storage_id, service, advertise=advertise,
                                          protocol=self.protocol, extra_config=git_config(self.access, service),
                                          stateful=stateful)
-        return GitSession(proc, self.node.git, self.access, service, metrics=self.metrics)
+        return GitSession(proc, self.node.git, self.access, service, metrics=self.metrics, transport=Transport.SSH)
 
     async def _send(self, data: bytes) -> None:
         self.channel.stdout.write(data)

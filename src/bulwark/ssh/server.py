@@ -16,8 +16,11 @@ import contextlib
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bulwark.errors import BulwarkError
 from bulwark.gitservice import slots as gitslots
@@ -296,3 +299,21 @@ def _say(process: asyncssh.SSHServerProcess[bytes], sentence: str) -> None:
 def _peer(conn: Any) -> str:
     peer = conn.get_extra_info("peername") if conn is not None else None
     return f"{peer[0]}:{peer[1]}" if peer else "a client"
+
+
+class SshCollector:
+    """The listener's connections and refusals, read at scrape time."""
+
+    def __init__(self, listener: SshListener) -> None:
+        self.listener = listener
+
+    def collect(self) -> Iterator[Metric]:
+        gate = self.listener.gate
+        open_ = GaugeMetricFamily("bulwark_ssh_connections", "SSH connections open, by state.", labels=["state"])
+        open_.add_metric(["logging_in"], gate.unauthenticated)
+        open_.add_metric(["logged_in"], len(self.listener.connections))
+        yield open_
+        yield CounterMetricFamily("bulwark_ssh_connections_refused", "SSH connections refused because too many "
+                                  "were logging in already.", value=gate.refused)
+        yield CounterMetricFamily("bulwark_ssh_auth_failures", "SSH keys offered that are not registered (or one "
+                                  "too many on a connection).", value=gate.auth_failures)
