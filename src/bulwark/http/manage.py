@@ -11,10 +11,6 @@ and fenced primaries included: reading changes nothing.
 from __future__ import annotations
 
 import asyncio
-import secrets
-import threading
-from dataclasses import replace
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,30 +20,19 @@ from bulwark.errors import (
     Forbidden,
     InvalidInput,
     NotFound,
-    PeerUnreachable,
-    StaleEpoch,
-    Unauthenticated,
-    Unavailable,
 )
+from bulwark.ha import primary
 from bulwark.ha import state as ha_state
-from bulwark.ha.client import EPOCH_HEADER, NODE_HEADER, peer_status
+from bulwark.ha.client import EPOCH_HEADER, NODE_HEADER
 from bulwark.ha.health import Thresholds
 from bulwark.ha.report import replication_report
-from bulwark.ha.setup import FENCED_PREFIX
 from bulwark.ha.state import ReplicaRecord
 from bulwark.http.api.common import call, context, field, json_body
 from bulwark.http.auth import site_admin
-from bulwark.models import MaintenanceState
 from bulwark.node import Node, Traffic
-from bulwark.security import hash_token
 
-CREDENTIAL_PREFIX = "bwr_"
 MAX_WAIT = 30.0
 MAX_LIMIT = 5000
-# Seconds a primary gives a registering replica to answer at the URL it advertises.
-CALL_BACK_TIMEOUT = 5.0
-# Replica records are read-modify-written as one setting; one writer at a time.
-_replicas_lock = threading.Lock()
 
 
 def _node(request: Request) -> Node:
@@ -69,41 +54,13 @@ async def site_admin_reading(request: Request, what: str) -> Node:
 
 def authenticated_replica(request: Request) -> ReplicaRecord:
     """The calling replica, authenticated by its credential and checked for epoch."""
-    node = _node(request)
-    record = _replica_by_credential(request)
-    claimed = request.headers.get(NODE_HEADER)
-    if claimed is not None and claimed != record.node_id:
-        raise Forbidden(f"this credential belongs to node {record.node_id}, not {claimed}")
-    ha = ha_state.load(node.store)
-    raw_epoch = request.headers.get(EPOCH_HEADER)
-    if raw_epoch is not None:
-        try:
-            epoch = int(raw_epoch)
-        except ValueError:
-            raise InvalidInput(f"{EPOCH_HEADER} must be an integer") from None
-        if epoch > ha.epoch:
-            # The caller knows a newer epoch: someone was promoted over us. Stop taking writes.
-            reason = f"node {record.node_id} reports epoch {epoch}, above this node's {ha.epoch}"
-            ha_state.save(node.store, ha.with_(fenced=reason))
-            raise StaleEpoch(f"this node was superseded ({reason}); it no longer serves replication")
-        if epoch < ha.epoch:
-            raise StaleEpoch(f"wrong epoch {epoch}: this primary is at epoch {ha.epoch}; set the replica up again")
-    if ha.role != "ha-primary" or ha.fenced:
-        raise Unavailable(f"this node is not a serving primary ({ha.fenced or ha.role})")
-    return record
+    return primary.authenticated_replica(_node(request).store, request.headers.get("authorization", ""),
+                                         claimed=request.headers.get(NODE_HEADER),
+                                         raw_epoch=request.headers.get(EPOCH_HEADER))
 
 
 def _touch(node: Node, record: ReplicaRecord, position: int | None) -> None:
-    with _replicas_lock:
-        replicas = ha_state.load_replicas(node.store)
-        now = node.clock.now().isoformat()
-        updated = [
-            replace(r, last_seen=now, position=position if position is not None else r.position)
-            if r.node_id == record.node_id
-            else r
-            for r in replicas
-        ]
-        ha_state.save_replicas(node.store, updated)
+    primary.touch(node.store, node.clock, record, position)
 
 
 # -- registration (site admin) ----------------------------------------------------------
@@ -115,56 +72,7 @@ async def register_replica(request: Request) -> JSONResponse:
     node_id = field(body, "node_id", str, required=True)
     url = field(body, "url", str, required=True)
     assert node_id is not None and url is not None
-    if not node_id.isalnum() or len(node_id) > 64:
-        raise InvalidInput("node_id must be 1-64 letters or digits", field="node_id")
-    if not url.startswith(("http://", "https://")):
-        raise InvalidInput("url must be an http(s) URL", field="url")
-
-    def do() -> dict[str, Any]:
-        ha = ha_state.load(node.store)
-        if ha.role == "ha-replica":
-            raise InvalidInput(f"this node is a replica of {ha.primary_url}; register with the primary")
-        if ha.fenced:
-            raise Unavailable(f"this node is fenced ({ha.fenced}); register with the current primary")
-        if node_id == ha_state.node_id(node.store):
-            raise InvalidInput("a node cannot replicate from itself")
-        call_back(url, node_id)
-        if ha.role != "ha-primary":
-            ha = ha.with_(role="ha-primary", epoch=max(1, ha.epoch))
-            ha_state.save(node.store, ha)
-        credential = CREDENTIAL_PREFIX + secrets.token_hex(20)
-        record = ReplicaRecord(
-            node_id=node_id,
-            url=url.rstrip("/"),
-            credential_hash=hash_token(credential),
-            created_at=node.clock.now().isoformat(),
-        )
-        with _replicas_lock:
-            others = [r for r in ha_state.load_replicas(node.store) if r.node_id != node_id]
-            ha_state.save_replicas(node.store, [*others, record])
-        return {"credential": credential, "primary_id": ha_state.node_id(node.store), "epoch": ha.epoch}
-
-    return JSONResponse(await call(do), status_code=201)
-
-
-def call_back(url: str, node_id: str) -> None:
-    """Refuse a replica this primary cannot reach at ``url``: its epoch check could never see it
-    promoted, and the status page could never ask it."""
-    try:
-        answer = peer_status(url, CALL_BACK_TIMEOUT)
-    except PeerUnreachable as exc:
-        raise InvalidInput(
-            f"this primary cannot reach the replica at its advertised URL {url} ({exc.message}); start the "
-            "replica with 'bulwark serve', or pass the URL this primary reaches it by with --advertise-url",
-            field="url",
-        ) from None
-    other = answer.get("node_id")
-    if isinstance(other, str) and other != node_id:
-        raise InvalidInput(
-            f"the advertised URL {url} is node {other}'s, not the replica's ({node_id}); pass the replica's own "
-            "URL with --advertise-url",
-            field="url",
-        )
+    return JSONResponse(await call(primary.register, node.store, node.clock, node_id, url), status_code=201)
 
 
 async def list_replicas(request: Request) -> JSONResponse:
@@ -185,16 +93,7 @@ async def remove_replica(request: Request) -> Response:
             raise Forbidden("a replica may only remove itself")
     else:
         node = await _site_admin(request)
-
-    def do() -> None:
-        with _replicas_lock:
-            replicas = ha_state.load_replicas(node.store)
-            kept = [r for r in replicas if r.node_id != node_id]
-            if len(kept) == len(replicas):
-                raise NotFound(f"no replica {node_id!r}")
-            ha_state.save_replicas(node.store, kept)
-
-    await call(do)
+    await call(primary.remove, node.store, node_id)
     return Response(status_code=204)
 
 
@@ -276,32 +175,12 @@ async def fence(request: Request) -> JSONResponse:
     new_epoch = field(body, "epoch", int, required=True)
     by = field(body, "by", str, default="")
     assert new_epoch is not None
-
-    def do() -> dict[str, Any]:
-        ha = ha_state.load(node.store)
-        if new_epoch <= ha.epoch:
-            raise StaleEpoch(f"epoch {new_epoch} is not above this node's {ha.epoch}")
-        reason = f"node {by or record.node_id} was promoted to primary at epoch {new_epoch}"
-        ha_state.save(node.store, ha.with_(fenced=reason))
-        node.store.set_maintenance(
-            MaintenanceState(enabled=True, message=f"{FENCED_PREFIX} {reason}", since=node.clock.now())
-        )
-        return {"fenced": True, "reason": reason}
-
-    return JSONResponse(await call(do))
+    return JSONResponse(await call(primary.fence, node.store, node.clock, record, new_epoch, by or ""))
 
 
 def _replica_by_credential(request: Request) -> ReplicaRecord:
     """The replica whose credential the request carries (no epoch or role checks)."""
-    node = _node(request)
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secret.startswith(CREDENTIAL_PREFIX):
-        raise Unauthenticated("replication endpoints need a replica's credential (Authorization: Bearer bwr_...)")
-    digest = hash_token(secret.strip())
-    record = next((r for r in ha_state.load_replicas(node.store) if r.credential_hash == digest), None)
-    if record is None:
-        raise Unauthenticated("unknown or revoked replication credential")
-    return record
+    return primary.replica_by_credential(_node(request).store, request.headers.get("authorization", ""))
 
 
 def _limits(node: Node) -> Thresholds:
