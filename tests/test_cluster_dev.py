@@ -129,7 +129,9 @@ def test_example_haproxy_config_is_the_generated_template() -> None:
         "import haproxy_example_config as h; print(h(), end=\"\")' > deploy/haproxy/cluster.cfg"
     )
     env = {**os.environ, "BULWARK_LB_BIND": "127.0.0.1:9000", "BULWARK_NODE1": "127.0.0.1:9001",
-           "BULWARK_NODE2": "127.0.0.1:9002", "BULWARK_NODE3": "127.0.0.1:9003"}
+           "BULWARK_NODE2": "127.0.0.1:9002", "BULWARK_NODE3": "127.0.0.1:9003",
+           "BULWARK_LB_SSH_BIND": "127.0.0.1:9022", "BULWARK_NODE1_SSH": "127.0.0.1:9101",
+           "BULWARK_NODE2_SSH": "127.0.0.1:9102", "BULWARK_NODE3_SSH": "127.0.0.1:9103"}
     check = subprocess.run([HAPROXY, "-c", "-f", str(example)], env=env, capture_output=True, text=True, timeout=10)
     assert check.returncode == 0, check.stdout + check.stderr
 

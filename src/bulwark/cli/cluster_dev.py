@@ -59,7 +59,7 @@ def dev(
     if nodes < MIN_NODES:
         raise fail(f"a cluster needs at least {MIN_NODES} nodes (got --nodes {nodes})", 2)
     cluster = DevCluster(dir, nodes=nodes, host=host, admin_token=admin_token, lease_ttl=lease_ttl,
-                         replication_factor=replication_factor)
+                         replication_factor=replication_factor, ssh=True)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     # Started in the background by a script, SIGINT comes ignored; Ctrl-C must still stop everything.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -91,11 +91,12 @@ def _summary(cluster: DevCluster) -> None:
         f"Bulwark dev cluster in {cluster.base_dir}",
         "",
         f"  load balancer   {lb}    (HAProxy statistics: {cluster.stats_url})",
+        f"  git over SSH    ssh://git@{cluster.host}:{cluster.lb_ssh_port}    (or a node's own SSH port, below)",
     ]
     for name in cluster.names:
         node = cluster.node(name)
         pid = node.process.pid if node.process is not None else "-"
-        lines.append(f"  {name:<15} {node.url}    pid {pid}, log {node.log_path.name}")
+        lines.append(f"  {name:<15} {node.url}    SSH port {node.ssh_port}, pid {pid}, log {node.log_path.name}")
     lines += [
         f"  etcd            {', '.join(cluster.etcd_endpoints)}",
         f"  admin token     {token}",

@@ -25,14 +25,9 @@ from bulwark.ssh.server import Limits, SshCollector, SshListener
 
 
 def ssh_for(node: Node, app: Starlette) -> list[SshListener]:
-    """The SSH listener to run beside the HTTP server, if SSH is on (and not in a cluster, which
-    does not route SSH sessions yet)."""
+    """The SSH listener to run beside the HTTP server, if SSH is on."""
     settings = node.settings
     if not settings.ssh_listen:
-        return []
-    if node.cluster is not None:
-        logging.getLogger("bulwark").warning(
-            "ssh: cluster nodes do not serve git over SSH yet; clone and push over HTTP")
         return []
     host, _, port = settings.ssh_listen.rpartition(":")
     limits = Limits(login_timeout=settings.ssh_login_timeout, idle_timeout=settings.ssh_idle_timeout,

@@ -544,7 +544,8 @@ class EtcdCluster:
 
 
 def render_haproxy_config(bind: str, servers: Sequence[tuple[str, str]], *, stats_bind: str | None,
-                          header: Sequence[str]) -> str:
+                          header: Sequence[str], ssh_bind: str | None = None,
+                          ssh_servers: Sequence[tuple[str, str]] = ()) -> str:
     """HAProxy in front of every node of a cluster; the one template for the generated and the example config.
 
     ``bind`` and the server addresses are written inside double quotes, so they may be literal
@@ -557,8 +558,6 @@ def render_haproxy_config(bind: str, servers: Sequence[tuple[str, str]], *, stat
         "",
         "defaults",
         "    mode http",
-        "    # Names the client to the nodes (their trusted_proxies setting lists this balancer).",
-        "    option forwardfor",
         "    timeout connect 2s",
         "    # Inactivity limits, not totals: a large push may leave the server silent while it indexes.",
         "    timeout client 10m",
@@ -573,6 +572,8 @@ def render_haproxy_config(bind: str, servers: Sequence[tuple[str, str]], *, stat
         "",
         "frontend bulwark",
         f'    bind "{bind}"',
+        "    # Names the client to the nodes (their trusted_proxies setting lists this balancer).",
+        "    option forwardfor",
         "    # While etcd elects a leader every node's lease renewal is late at once and every /status",
         "    # fails; then the nodes that have not lost their session serve rather than none.",
         "    use_backend bulwark_fallback if { nbsrv(bulwark_nodes) eq 0 }",
@@ -604,6 +605,21 @@ def render_haproxy_config(bind: str, servers: Sequence[tuple[str, str]], *, stat
         "    default-server inter 500ms fall 2 rise 1",
     ]
     lines += [f'    server {name} "{address}" check' for name, address in servers]
+    if ssh_bind is not None:
+        lines += [
+            "",
+            "frontend bulwark_ssh",
+            "    mode tcp",
+            f'    bind "{ssh_bind}"',
+            "    default_backend bulwark_ssh_nodes",
+            "",
+            "backend bulwark_ssh_nodes",
+            "    # Git over SSH: every node serves every session (it relays it to a replica itself).",
+            "    mode tcp",
+            "    balance leastconn",
+            "    # Up exactly while the node's /status is 200, as the HTTP backend checks it.",
+        ]
+        lines += [f'    server {name} "{address}" track bulwark_nodes/{name}' for name, address in ssh_servers]
     if stats_bind is not None:
         lines += [
             "",
@@ -630,12 +646,16 @@ def haproxy_example_config(nodes: int = 3) -> str:
         "Addresses come from the environment so the same file serves every deployment:",
         f"  BULWARK_LB_BIND=0.0.0.0:80 {env_list} \\",
         "    haproxy -f deploy/haproxy/cluster.cfg",
+        "Git over SSH: BULWARK_LB_SSH_BIND=0.0.0.0:22 and each node's SSH address,",
+        f"  {' '.join(f'BULWARK_NODE{i}_SSH=10.0.0.{i}:2222' for i in range(1, nodes + 1))}",
+        "(every node serves the same host keys, so clients see no changed key whichever they reach).",
         "The statistics page listens on BULWARK_LB_STATS_BIND (default 127.0.0.1:8404).",
-        "Add a `server nodeN` line per further node.",
+        "Add a `server nodeN` line per further node, in each backend.",
     ]
     servers = [(f"node{i}", f"${{BULWARK_NODE{i}}}") for i in range(1, nodes + 1)]
+    ssh_servers = [(f"node{i}", f"${{BULWARK_NODE{i}_SSH}}") for i in range(1, nodes + 1)]
     return render_haproxy_config("${BULWARK_LB_BIND}", servers, stats_bind="${BULWARK_LB_STATS_BIND-127.0.0.1:8404}",
-                                 header=header)
+                                 header=header, ssh_bind="${BULWARK_LB_SSH_BIND}", ssh_servers=ssh_servers)
 
 
 # -- the whole cluster ---------------------------------------------------------------------
@@ -682,6 +702,7 @@ class DevNode:
         self.name = name
         self.placement = placement
         self.port = port
+        self.ssh_port = 0  # 0: no SSH
         self.data_dir = base_dir / name
         self.log_path = base_dir / f"{name}.log"
         self.process: Managed | None = None
@@ -714,7 +735,8 @@ class DevCluster:
 
     def __init__(self, base_dir: Path, nodes: int = 3, host: str = "127.0.0.1", admin_token: str | None = None,
                  lease_ttl: int = 3, replication_factor: int | None = None, isolate: str | None = None,
-                 timeout: float = START_TIMEOUT, node_env: Mapping[str, str] | None = None) -> None:
+                 timeout: float = START_TIMEOUT, node_env: Mapping[str, str] | None = None,
+                 ssh: bool = False) -> None:
         if nodes < 3:
             raise ValueError("a dev cluster has at least 3 nodes (one beside each of the 3 etcd members)")
         self.base_dir = Path(base_dir).resolve()
@@ -729,6 +751,8 @@ class DevCluster:
         self.timeout = timeout
         # Extra BULWARK_* settings for every node (tests shorten the reconciler's cycles with them).
         self.extra_node_env = dict(node_env or {})
+        # Git over SSH on each node, on a port of its own (off otherwise: one host, one default port).
+        self.ssh = ssh
         self.etcd_size = 3 if nodes < 5 else 5
         self.cluster_file = self.base_dir / "cluster.toml"
         self.haproxy_config = self.base_dir / "haproxy.cfg"
@@ -737,6 +761,7 @@ class DevCluster:
         self.nodes: dict[str, DevNode] = {}
         self.haproxy: Managed | None = None
         self.lb_port = 0
+        self.lb_ssh_port = 0  # git over SSH through the balancer, when ``ssh``
         self.stats_port = 0
         self._lb_host = host
         self._lock: IO[str] | None = None
@@ -770,6 +795,9 @@ class DevCluster:
             self.nodes = {
                 name: DevNode(name, placements[name], ports.pick(host_side), self.base_dir) for name in self.names
             }
+            if self.ssh:
+                for node in self.nodes.values():
+                    node.ssh_port = ports.pick(host_side)
             self._write_cluster_file()
             self._init_cluster()
             for node in self.nodes.values():
@@ -777,6 +805,7 @@ class DevCluster:
             for node in self.nodes.values():
                 self._wait_node(node)
             self.lb_port, self.stats_port = ports.pick(host_side), ports.pick(host_side)
+            self.lb_ssh_port = ports.pick(host_side) if self.ssh else 0
             self._start_haproxy(haproxy)
         except BaseException:
             self.stop()
@@ -850,6 +879,7 @@ class DevCluster:
             "BULWARK_LEASE_TTL": str(self.lease_ttl),
             "BULWARK_LOG_FORMAT": "json",
             "BULWARK_TRUSTED_PROXIES": "127.0.0.1",  # the HAProxy in front
+            "BULWARK_SSH_LISTEN": hostport(node.placement.host, node.ssh_port) if node.ssh_port else "",
             **self.extra_node_env,
         }
 
@@ -872,6 +902,8 @@ class DevCluster:
             [(n.name, hostport(n.placement.host, n.port)) for n in self.nodes.values()],
             stats_bind=hostport(self._lb_host, self.stats_port),
             header=header,
+            ssh_bind=hostport(self._lb_host, self.lb_ssh_port) if self.ssh else None,
+            ssh_servers=[(n.name, hostport(n.placement.host, n.ssh_port)) for n in self.nodes.values()],
         )
         self.haproxy_config.write_text(text)
         self.haproxy = Managed(f"haproxy ({self.lb_url})", [binary, "-f", str(self.haproxy_config), "-db"],

@@ -17,6 +17,10 @@ from starlette.responses import StreamingResponse
 from bulwark.errors import PeerUnreachable
 
 ROUTED_HEADER = "x-bulwark-routed"
+# A git request a node's SSH listener relays to smart HTTP: the key it authenticated (its
+# fingerprint), vouched for with the cluster secret. Forwarded on with the rest of the headers.
+SSH_KEY_HEADER = "x-bulwark-ssh-key"
+SSH_VIA_HEADER = "x-bulwark-ssh-via"
 REQUEST_ID_HEADER = "x-request-id"
 # Hop-by-hop headers (RFC 9110 section 7.6.1) and ones httpx sets itself.
 _DROP = {"host", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",

@@ -9,6 +9,7 @@ Clients see what ``git http-backend`` would answer.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -21,14 +22,17 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from bulwark.cluster.coordinator import Push
+from bulwark.cluster.proxy import SSH_KEY_HEADER, SSH_VIA_HEADER
 from bulwark.cluster.router import Access
 from bulwark.errors import (
     BadRequest,
     BulwarkError,
+    Forbidden,
     GitError,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
+    Unauthenticated,
     Unavailable,
 )
 from bulwark.git import pktline, report
@@ -40,11 +44,12 @@ from bulwark.http import clients, gitbody, internal, manage
 from bulwark.http.auth import principal_of
 from bulwark.http.backup import RESTORE_HEADER
 from bulwark.models import Account, AccountType, Permission, Repository
-from bulwark.monitoring.metrics import Refusal, count_refusal
+from bulwark.monitoring.metrics import Refusal, Transport, count_refusal
 from bulwark.names import check_login, check_repo_name
 from bulwark.node import Node
 from bulwark.services.permissions import Principal
 from bulwark.services.repositories import RepoAccess
+from bulwark.services.ssh_keys import Holder
 
 log = logging.getLogger("bulwark.git")
 
@@ -458,10 +463,34 @@ async def _authorize(request: Request, service: str) -> RepoAccess:
 def _authorize_user(request: Request, service: str, owner: str, name: str) -> RepoAccess:
     node = _node(request)
     restore = request.headers.get(RESTORE_HEADER) == "1"
-    principal, access = authorize(node, service, owner, name, who=lambda: principal_of(request),
-                                  credential=request.headers.get("authorization"), restore=restore)
+    holder = _ssh_holder(node, request)
+    if holder is not None:
+        # A cluster node's SSH listener relays its session here: the key it authenticated speaks.
+        principal, access = authorize(node, service, owner, name, who=lambda: holder.principal,
+                                      credential=f"ssh-key {holder.key.id}")
+    else:
+        principal, access = authorize(node, service, owner, name, who=lambda: principal_of(request),
+                                      credential=request.headers.get("authorization"), restore=restore)
     request.state.principal = principal
     return access
+
+
+def _ssh_holder(node: Node, request: Request) -> Holder | None:
+    """Who an SSH session relayed by a node of this cluster speaks for (see ssh/relay.py); None for
+    any other request. The relay vouches with the cluster secret, which clients never have."""
+    fingerprint = request.headers.get(SSH_KEY_HEADER)
+    if fingerprint is None:
+        return None
+    rt = node.cluster
+    vouched = request.headers.get(SSH_VIA_HEADER, "")
+    if rt is None or not hmac.compare_digest(vouched.encode(), rt.forwarder.secret.encode()):
+        raise Unauthenticated("only the nodes of this cluster relay SSH sessions")
+    holder = node.keys.holder(fingerprint)
+    if holder is None:
+        raise Unauthenticated("this SSH key is no longer registered")
+    if holder.user is not None and holder.user.suspended:
+        raise Forbidden(f"the account {holder.user.login!r} is suspended")
+    return holder
 
 
 def _authorize_replica(request: Request, service: str) -> RepoAccess:
@@ -526,7 +555,10 @@ def _session(proc: asyncio.subprocess.Process, request: Request, access: RepoAcc
         return False
 
     metrics = getattr(request.app.state, "metrics", None)
-    return GitSession(proc, _node(request).git, access, service, metrics=metrics, client_gone=gone, slot=slot)
+    # A request a cluster node's SSH listener relayed counts as SSH (it was vouched for, or refused).
+    transport = Transport.SSH if SSH_KEY_HEADER in request.headers else Transport.HTTP
+    return GitSession(proc, _node(request).git, access, service, metrics=metrics, client_gone=gone, slot=slot,
+                      transport=transport)
 
 
 class GitResponse(StreamingResponse):

@@ -13,9 +13,11 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
+
+import httpx
 
 from bulwark.errors import BulwarkError, NotFound, PayloadTooLarge, Unauthenticated, Unavailable
 from bulwark.git import pktline
@@ -28,6 +30,7 @@ from bulwark.node import Node
 from bulwark.services.repositories import RepoAccess
 from bulwark.services.ssh_keys import Holder
 from bulwark.ssh import commands
+from bulwark.ssh.relay import Relay, relay_fetch, relay_push, stateful_here
 
 log = logging.getLogger("bulwark.ssh")
 
@@ -150,8 +153,10 @@ class Refused(BulwarkError):
 
 
 async def serve(node: Node, holder: Holder, command: str, channel: Channel, *, metrics: Metrics | None,
-                slots: gitslots.GitSlots | None, idle_timeout: float) -> int:
-    """Run ``command`` for ``holder`` over ``channel``; the exit status."""
+                slots: gitslots.GitSlots | None, idle_timeout: float,
+                relay_client: httpx.AsyncClient | None = None) -> int:
+    """Run ``command`` for ``holder`` over ``channel``; the exit status. On a cluster node,
+    ``relay_client`` carries the session's requests to the node's smart HTTP (see relay.py)."""
     asked = commands.parse(command)  # NotAGitCommand: the caller says so
     protocol = channel.env.get("GIT_PROTOCOL")
     protocol = protocol if protocol and _PROTOCOL.fullmatch(protocol) else None
@@ -168,6 +173,14 @@ async def serve(node: Node, holder: Holder, command: str, channel: Channel, *, m
         # Maintenance, an HA replica asked to take a push: the caller says the node's sentence.
         count_refused(metrics, service, Refusal.UNAVAILABLE, Transport.SSH)
         raise
+    v2 = "version=2" in (protocol or "").split(":")
+    if node.cluster is not None and relay_client is not None and (service == RECEIVE_PACK or
+                                                                  (service == UPLOAD_PACK and v2)):
+        # The node's HTTP service takes a slot for each request it runs.
+        return await _relayed(Relay(node, relay_client, holder, access, protocol), node, service, channel,
+                              Idle(idle_timeout))
+    if node.cluster is not None:
+        await asyncio.to_thread(stateful_here, node, access)
     client = f"account {holder.user.id}" if holder.user is not None else f"deploy key {holder.key.id}"
     try:
         slot = await slots.acquire(client) if slots is not None else None
@@ -184,12 +197,41 @@ async def serve(node: Node, holder: Holder, command: str, channel: Channel, *, m
             except PayloadTooLarge:
                 count_refused(metrics, service, Refusal.TOO_LARGE, Transport.SSH)
                 raise
-        if service == UPLOAD_PACK and "version=2" in (protocol or "").split(":"):
+        if service == UPLOAD_PACK and v2:
             return await git.fetch_v2(stream)
         return await git.conversation()
     finally:
         if slot is not None:
             slot.release()
+
+
+async def _relayed(relay: Relay, node: Node, service: str, channel: Channel, idle: Idle) -> int:
+    stream = ClientStream(channel.stdin, idle)
+
+    async def send(chunks: AsyncIterator[bytes]) -> None:
+        async for chunk in chunks:
+            channel.stdout.write(chunk)
+            await idle.bounded(channel.stdout.drain())
+            idle.touch()
+
+    await send(relay.advertisement(service))
+    while True:
+        section = await stream.section()
+        if section is None or not section[1]:
+            return 0  # the client is done (a flush, or the end of its input)
+        if service == RECEIVE_PACK:
+            prelude, rest = section[0], stream.rest(node.settings.max_push_bytes)
+            request = pktline.parse_receive_request(section[1])
+            if all(command.is_delete for command in request.commands):
+                # No pack follows deletions, and the client waits for the report with its input
+                # open: the request ends here (with its push options, if it sends them).
+                if "push-options" in request.capabilities:
+                    options = await stream.section()
+                    prelude += options[0] if options is not None else b""
+                rest = _nothing()
+            await send(relay_push(relay, prelude, rest))
+            return 0
+        await send(relay_fetch(relay, section[0]))
 
 
 class _Git:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bulwark.errors import BulwarkError
@@ -42,6 +43,7 @@ USER = "git"
 # Seconds between reads of the host keys (and tries to bind the port): a node just made a replica
 # serves its primary's host keys within this long.
 RETRY = 1.0
+CLUSTER_REFRESH = 10.0
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,10 @@ class SshListener:
         self.gate = Gate(limits.max_unauthenticated)
         self.connections: set[_Connection] = set()
         self.server: asyncssh.SSHAcceptor | None = None
+        # A cluster node relays sessions to its own smart HTTP (ssh/relay.py); no read timeout, as
+        # a clone streams for as long as it takes (the session's idle timeout bounds a stall).
+        self.relay_client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0), trust_env=False) \
+            if node.cluster is not None else None
 
     async def run(self) -> None:
         """Serve until cancelled. Host keys are read from the store every second: a replica starts
@@ -200,7 +206,8 @@ class SshListener:
                     log.error("ssh: not serving git over SSH on %s:%d: %s; trying again every %gs",
                               self.host, self.port, exc, RETRY)
                 failed = str(exc)
-            await asyncio.sleep(RETRY)
+            # etcd is asked less often than SQLite: a cluster's host keys change only when first made.
+            await asyncio.sleep(CLUSTER_REFRESH if self.node.cluster is not None and self.server else RETRY)
 
     def _host_keys(self) -> list[asyncssh.SSHKey]:
         # Made by a node whose store takes writes; a replica waits for the primary's.
@@ -239,6 +246,8 @@ class SshListener:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.server.wait_closed(), 5)
             self.server = None
+        if self.relay_client is not None:
+            await self.relay_client.aclose()
 
     async def _session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         conn = process.get_extra_info("connection")
@@ -281,7 +290,7 @@ class SshListener:
         channel = Channel(process.stdin, process.stdout, process.stderr, dict(process.env))
         try:
             return await serve(self.node, holder, command, channel, metrics=self.metrics, slots=self.slots,
-                               idle_timeout=self.limits.idle_timeout)
+                               idle_timeout=self.limits.idle_timeout, relay_client=self.relay_client)
         except (BulwarkError, TimeoutError) as exc:
             # Refused, Busy, Forbidden (no push access), InvalidInput (not a git command), an idle client
             return say(f"ERROR: {exc}")
