@@ -7,6 +7,7 @@ header so the target serves it itself instead of routing it again.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 
 import httpx
@@ -40,6 +41,10 @@ class Forwarder:
     def is_routed(self, request: Request) -> bool:
         """Whether another node of this cluster sent this request here to be served locally."""
         return request.headers.get(ROUTED_HEADER) == f"{self.secret}"
+
+    def is_relayed(self, request: Request) -> bool:
+        """Whether a node's SSH listener relayed this request (vouched for with the cluster secret)."""
+        return hmac.compare_digest(request.headers.get(SSH_VIA_HEADER, "").encode(), self.secret.encode())
 
     async def forward(
         self, request: Request, base_url: str, body: AsyncIterator[bytes] | None = None

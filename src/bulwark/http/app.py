@@ -69,5 +69,8 @@ def create_app(node: Node, guard: Guard | None = None) -> Starlette:
 def _routed(node: Node) -> Callable[[Request], bool]:
     """Whether a request was routed here by another node of the cluster."""
     def routed(request: Request) -> bool:
-        return node.cluster is not None and node.cluster.forwarder.is_routed(request)
+        # A request relayed from a node's SSH listener comes from the node's own address: its
+        # client is an SSH session, limited there, not an address to pace.
+        return node.cluster is not None and (node.cluster.forwarder.is_routed(request)
+                                             or node.cluster.forwarder.is_relayed(request))
     return routed

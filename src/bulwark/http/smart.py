@@ -9,7 +9,6 @@ Clients see what ``git http-backend`` would answer.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -22,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from bulwark.cluster.coordinator import Push
-from bulwark.cluster.proxy import SSH_KEY_HEADER, SSH_VIA_HEADER
+from bulwark.cluster.proxy import SSH_KEY_HEADER
 from bulwark.cluster.router import Access
 from bulwark.errors import (
     BadRequest,
@@ -482,8 +481,7 @@ def _ssh_holder(node: Node, request: Request) -> Holder | None:
     if fingerprint is None:
         return None
     rt = node.cluster
-    vouched = request.headers.get(SSH_VIA_HEADER, "")
-    if rt is None or not hmac.compare_digest(vouched.encode(), rt.forwarder.secret.encode()):
+    if rt is None or not rt.forwarder.is_relayed(request):
         raise Unauthenticated("only the nodes of this cluster relay SSH sessions")
     holder = node.keys.holder(fingerprint)
     if holder is None:

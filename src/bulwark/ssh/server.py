@@ -180,7 +180,10 @@ class SshListener:
         self.server: asyncssh.SSHAcceptor | None = None
         # A cluster node relays sessions to its own smart HTTP (ssh/relay.py); no read timeout, as
         # a clone streams for as long as it takes (the session's idle timeout bounds a stall).
-        self.relay_client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0), trust_env=False) \
+        # Its connections stay below the node's per-address limit (they all come from this node);
+        # more sessions at once wait for one (git's own process slots are fewer anyway).
+        self.relay_client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0), trust_env=False,
+                                              limits=httpx.Limits(max_connections=200, max_keepalive_connections=20)) \
             if node.cluster is not None else None
 
     async def run(self) -> None:
