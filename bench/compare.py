@@ -89,38 +89,47 @@ def _fresh(path: Path) -> Path:
     return path
 
 
-def measure_clone(sides: Sides, budget: Budget, sampler: RssSampler) -> dict[str, Any]:
+def measure_clone(sides: Sides, budget: Budget, sampler: RssSampler, *, urls: dict[str, str] | None = None,
+                  env: dict[str, str] | None = None, phase: str = "clone") -> dict[str, Any]:
+    """``urls``, ``env`` and ``phase``: another transport's (see bench/ssh.py); HTTP by default."""
     target = sides.work / "clone.git"
+    env = env or sides.env
 
     def clone(url: str, phase: str) -> Callable[[], float]:
         def run() -> float:
             _fresh(target)
             sampler.phase = phase
-            seconds = timed(lambda: run_git(["clone", "--bare", "-q", url, str(target)], sides.env))
+            seconds = timed(lambda: run_git(["clone", "--bare", "-q", url, str(target)], env))
             sampler.phase = "between"
             _fresh(target)
             return seconds
         return run
 
-    urls = {BULWARK: sides.bulwark.remote(OWNER, LARGE), REFERENCE: sides.reference.remote(OWNER, LARGE)}
+    urls = urls or {BULWARK: sides.bulwark.remote(OWNER, LARGE), REFERENCE: sides.reference.remote(OWNER, LARGE)}
     # One untimed clone from each first: both servers start with the same warm page cache.
     for url in urls.values():
         clone(url, "between")()
     # The clone written by one round is flushed before the next, so its writeback slows neither side.
-    times = alternate(budget.clone_rounds, {BULWARK: clone(urls[BULWARK], "clone"),
+    times = alternate(budget.clone_rounds, {BULWARK: clone(urls[BULWARK], phase),
                                             REFERENCE: clone(urls[REFERENCE], "between")}, between=os.sync)
     return comparison(times[BULWARK], times[REFERENCE], "s", higher_is_better=False)
 
 
-def measure_push(sides: Sides, budget: Budget, sampler: RssSampler) -> dict[str, Any]:
+def measure_push(sides: Sides, budget: Budget, sampler: RssSampler, *,
+                 urls: dict[str, Callable[[str], str]] | None = None, env: dict[str, str] | None = None,
+                 phase: str = "push") -> dict[str, Any]:
+    """``urls`` (a repository's name to its URL, per side), ``env`` and ``phase``: another transport's."""
     serial = iter(range(1_000_000))
+    env = env or sides.env
+    urls = urls or {BULWARK: lambda name: sides.bulwark.remote(OWNER, name, token=sides.token),
+                    REFERENCE: lambda name: sides.reference.remote(OWNER, name)}
 
     def push_bulwark() -> float:
         name = f"push-{next(serial)}"
         sides.bulwark.create_repo(sides.token, name)
-        url = sides.bulwark.remote(OWNER, name, token=sides.token)
-        sampler.phase = "push"
-        seconds = timed(lambda: run_git(["push", "-q", url, *LARGE_REFSPECS], sides.env, cwd=sides.sources.large))
+        url = urls[BULWARK](name)
+        sampler.phase = phase
+        seconds = timed(lambda: run_git(["push", "-q", url, *LARGE_REFSPECS], env, cwd=sides.sources.large))
         sampler.phase = "between"
         r = sides.bulwark.api("DELETE", f"/repos/{OWNER}/{name}", token=sides.token)
         if r.status_code != 204:
@@ -130,9 +139,9 @@ def measure_push(sides: Sides, budget: Budget, sampler: RssSampler) -> dict[str,
     def push_reference() -> float:
         name = f"push-{next(serial)}"
         path = sides.reference.project_root / OWNER / f"{name}.git"
-        run_git(["init", "-q", "--bare", str(path)], sides.env)
-        url = sides.reference.remote(OWNER, name)
-        seconds = timed(lambda: run_git(["push", "-q", url, *LARGE_REFSPECS], sides.env, cwd=sides.sources.large))
+        run_git(["init", "-q", "--bare", str(path)], env)
+        url = urls[REFERENCE](name)
+        seconds = timed(lambda: run_git(["push", "-q", url, *LARGE_REFSPECS], env, cwd=sides.sources.large))
         shutil.rmtree(path)
         return seconds
 
@@ -141,15 +150,18 @@ def measure_push(sides: Sides, budget: Budget, sampler: RssSampler) -> dict[str,
     return comparison(times[BULWARK], times[REFERENCE], "s", higher_is_better=False)
 
 
-def measure_noop_fetch(sides: Sides, budget: Budget) -> tuple[dict[str, Any], dict[str, Any]]:
+def measure_noop_fetch(sides: Sides, budget: Budget, *, urls: dict[str, str] | None = None,
+                       env: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``clients`` loops of ``git fetch`` of the large repository into clones that already have everything:
-    fetches per second, and the CPU time the server spent per fetch (see ``server_cpu_seconds``)."""
+    fetches per second, and the CPU time the server spent per fetch (see ``server_cpu_seconds``).
+    ``urls`` and ``env``: another transport's."""
+    env = env or sides.env
     clients = []
     for c in range(budget.clients):
         path = _fresh(sides.work / f"fetch-client-{c}.git")
-        run_git(["clone", "-q", "--bare", "--shared", str(sides.sources.large), str(path)], sides.env)
+        run_git(["clone", "-q", "--bare", "--shared", str(sides.sources.large), str(path)], env)
         clients.append(path)
-    urls = {BULWARK: sides.bulwark.remote(OWNER, LARGE), REFERENCE: sides.reference.remote(OWNER, LARGE)}
+    urls = urls or {BULWARK: sides.bulwark.remote(OWNER, LARGE), REFERENCE: sides.reference.remote(OWNER, LARGE)}
     refspecs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
     cpu_per_fetch: dict[str, list[float]] = {BULWARK: [], REFERENCE: []}
     client_cpu: list[float] = []
@@ -158,7 +170,7 @@ def measure_noop_fetch(sides: Sides, budget: Budget) -> tuple[dict[str, Any], di
         def run() -> float:
             before, clients_before = server_cpu_seconds(), _children_cpu_seconds()
             result = command_throughput(
-                lambda c: ["git", "-C", str(clients[c]), "fetch", "-q", urls[side], *refspecs], sides.env,
+                lambda c: ["git", "-C", str(clients[c]), "fetch", "-q", urls[side], *refspecs], env,
                 budget.clients, budget.fetch_seconds)
             _check(result, f"no-op fetch from {side}")
             done = max(result.done, 1)

@@ -8,8 +8,8 @@ connection on both sides, as a developer's does without connection sharing.
 
 from __future__ import annotations
 
+import functools
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import compare
 from bench.common import alternate, run_git, timed
-from bench.compare import BULWARK, REFERENCE, Budget, Sides, _check, _fresh, comparison
-from bench.fixtures import LARGE, LARGE_REFSPECS, OWNER
-from bench.load import command_throughput
+from bench.compare import BULWARK, REFERENCE, Budget, Sides, comparison
+from bench.fixtures import LARGE, OWNER
 from bench.memory import RssSampler
 from bench.reference import find_program
 
@@ -141,77 +141,19 @@ def measure_connect(ssh: SshSides, calls: int) -> dict[str, Any]:
 
 
 def measure_clone(ssh: SshSides, budget: Budget, sampler: RssSampler) -> dict[str, Any]:
-    target = ssh.sides.work / "ssh-clone.git"
-
-    def clone(side: str, phase: str) -> Callable[[], float]:
-        def run() -> float:
-            _fresh(target)
-            sampler.phase = phase
-            seconds = timed(lambda: run_git(["clone", "--bare", "-q", ssh.url(side, LARGE), str(target)], ssh.env))
-            sampler.phase = "between"
-            _fresh(target)
-            return seconds
-        return run
-
-    for side in (BULWARK, REFERENCE):
-        clone(side, "between")()
-    times = alternate(budget.clone_rounds, {BULWARK: clone(BULWARK, "ssh_clone"),
-                                            REFERENCE: clone(REFERENCE, "between")}, between=os.sync)
-    return comparison(times[BULWARK], times[REFERENCE], "s", higher_is_better=False)
+    urls = {side: ssh.url(side, LARGE) for side in (BULWARK, REFERENCE)}
+    return compare.measure_clone(ssh.sides, budget, sampler, urls=urls, env=ssh.env, phase="ssh_clone")
 
 
 def measure_push(ssh: SshSides, budget: Budget, sampler: RssSampler) -> dict[str, Any]:
-    sides = ssh.sides
-    serial = iter(range(1_000_000))
-
-    def push_bulwark() -> float:
-        name = f"ssh-push-{next(serial)}"
-        sides.bulwark.create_repo(sides.token, name)
-        sampler.phase = "ssh_push"
-        seconds = timed(lambda: run_git(["push", "-q", ssh.url(BULWARK, name), *LARGE_REFSPECS], ssh.env,
-                                        cwd=sides.sources.large))
-        sampler.phase = "between"
-        r = sides.bulwark.api("DELETE", f"/repos/{OWNER}/{name}", token=sides.token)
-        if r.status_code != 204:
-            raise RuntimeError(f"deleting {name}: {r.status_code} {r.text}")
-        return seconds
-
-    def push_reference() -> float:
-        name = f"ssh-push-{next(serial)}"
-        path = ssh.reference.project_root / OWNER / f"{name}.git"
-        run_git(["init", "-q", "--bare", str(path)], ssh.env)
-        seconds = timed(lambda: run_git(["push", "-q", ssh.url(REFERENCE, name), *LARGE_REFSPECS], ssh.env,
-                                        cwd=sides.sources.large))
-        shutil.rmtree(path)
-        return seconds
-
-    times = alternate(budget.push_rounds, {BULWARK: push_bulwark, REFERENCE: push_reference}, between=os.sync)
-    return comparison(times[BULWARK], times[REFERENCE], "s", higher_is_better=False)
+    urls: dict[str, Callable[[str], str]] = {side: functools.partial(ssh.url, side) for side in (BULWARK, REFERENCE)}
+    return compare.measure_push(ssh.sides, budget, sampler, urls=urls, env=ssh.env, phase="ssh_push")
 
 
 def measure_noop_fetch(ssh: SshSides, budget: Budget) -> dict[str, Any]:
     """``clients`` loops of ``git fetch`` into clones that have everything already: fetches per second."""
-    clients = []
-    for c in range(budget.clients):
-        path = _fresh(ssh.sides.work / f"ssh-fetch-client-{c}.git")
-        run_git(["clone", "-q", "--bare", "--shared", str(ssh.sides.sources.large), str(path)], ssh.env)
-        clients.append(path)
-    refspecs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
-
-    def fetch(side: str) -> Callable[[], float]:
-        url = ssh.url(side, LARGE)
-
-        def run() -> float:
-            result = command_throughput(lambda c: ["git", "-C", str(clients[c]), "fetch", "-q", url, *refspecs],
-                                        ssh.env, budget.clients, budget.fetch_seconds)
-            _check(result, f"no-op fetch over SSH from {side}")
-            return result.per_second
-        return run
-
-    rates = alternate(budget.fetch_rounds, {BULWARK: fetch(BULWARK), REFERENCE: fetch(REFERENCE)})
-    for path in clients:
-        shutil.rmtree(path)
-    return comparison(rates[BULWARK], rates[REFERENCE], "fetches/s", higher_is_better=True)
+    urls = {side: ssh.url(side, LARGE) for side in (BULWARK, REFERENCE)}
+    return compare.measure_noop_fetch(ssh.sides, budget, urls=urls, env=ssh.env)[0]
 
 
 def run(sides: Sides, budget: Budget, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
