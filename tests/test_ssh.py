@@ -414,6 +414,28 @@ def test_an_idle_session_and_a_client_that_stalls_mid_pack_are_ended(server: Ser
     assert f"{old}\trefs/heads/main" in refs
 
 
+def test_a_push_whose_commands_never_end_is_refused_as_over_http(server: Server, alice: tuple[str, str, Client],
+                                                                 tmp_path: Path) -> None:
+    """Tiny packets that never reach a flush: cut off at a push's limit (20,000 packets, as over HTTP;
+    a fetch may send 400,000), not held until the idle timeout; nothing is written."""
+    login, token, client = alice
+    server.create_repo(token, "app")
+    line = b"0" * 40 + b" " + b"1" * 40 + b" refs/heads/x\n"
+    packet = b"%04x" % (len(line) + 4) + line
+    proc = subprocess.Popen([*client.ssh_command(server.ssh_port), f"git@{server.host}",
+                             f"git-receive-pack '{login}/app.git'"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    try:
+        for _ in range(30):  # 30,000 packets, in writes of 1,000
+            proc.stdin.write(packet * 1000)
+    except BrokenPipeError:
+        pass  # the server hung up on them
+    _, err = _wait_holding_stdin(proc, 60)
+    assert proc.returncode == 1 and b"too long before its first flush" in err, err
+    assert "refs/heads" not in git("ls-remote", url(server, f"{login}/app"), env=client.env()).stdout
+
+
 def _wait_holding_stdin(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes]:
     """Wait for the server to end the session while the client keeps its input open (silent)."""
     assert proc.stdout is not None and proc.stderr is not None

@@ -25,6 +25,12 @@ log = logging.getLogger("bulwark.git")
 UPLOAD_PACK = "upload-pack"
 RECEIVE_PACK = "receive-pack"
 UPLOAD_ARCHIVE = "upload-archive"
+# The first section of a request (up to its first flush) is buffered and checked before git
+# starts, over either transport. A mirror clone may want hundreds of thousands of refs; a push's
+# commands are fewer. In bytes, and in packets, which cost far more to parse than their bytes
+# suggest (an empty one is 4 bytes).
+SECTION_LIMITS = {UPLOAD_PACK: 16 * 1024**2, RECEIVE_PACK: 1024**2}
+SECTION_PACKETS = {UPLOAD_PACK: 400_000, RECEIVE_PACK: 20_000}
 
 CHUNK = 64 * 1024
 # A client gone mid-push: how long git may take to finish the ref updates it has started.

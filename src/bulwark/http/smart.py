@@ -38,7 +38,14 @@ from bulwark.git import pktline, report
 from bulwark.gitservice import slots as gitslots
 from bulwark.gitservice.access import authorize, git_config
 from bulwark.gitservice.push import Kept, lead_push, recorder
-from bulwark.gitservice.session import RECEIVE_PACK, UPLOAD_PACK, GitSession, closed_on_error
+from bulwark.gitservice.session import (
+    RECEIVE_PACK,
+    SECTION_LIMITS,
+    SECTION_PACKETS,
+    UPLOAD_PACK,
+    GitSession,
+    closed_on_error,
+)
 from bulwark.http import clients, gitbody, internal, manage
 from bulwark.http.auth import principal_of
 from bulwark.http.backup import RESTORE_HEADER
@@ -54,11 +61,6 @@ log = logging.getLogger("bulwark.git")
 
 # Bodies of fetch requests are wants and haves only; a generous cap still stops abuse.
 UPLOAD_BODY_LIMIT = 256 * 1024**2
-# The first section (up to the first flush) is buffered and checked before git starts.
-# A mirror clone may want hundreds of thousands of refs; a push's commands are fewer.
-SECTION_LIMITS = {UPLOAD_PACK: 16 * 1024**2, RECEIVE_PACK: 1024**2}
-# ... and in packets, which cost far more to parse than their bytes suggest (an empty one is 4 bytes).
-SECTION_PACKETS = {UPLOAD_PACK: 400_000, RECEIVE_PACK: 20_000}
 # An ``ls-refs`` request up to this size may be answered from kept answers (git/adverts.py).
 LS_REFS_KEPT_LIMIT = 64 * 1024
 # A fetch's body up to this size is read whole before it gets a git process: wants and haves are

@@ -24,7 +24,16 @@ from bulwark.git import pktline
 from bulwark.gitservice import slots as gitslots
 from bulwark.gitservice.access import authorize, git_config
 from bulwark.gitservice.push import Kept, recorder
-from bulwark.gitservice.session import CHUNK, RECEIVE_PACK, UPLOAD_ARCHIVE, UPLOAD_PACK, GitSession, closed_on_error
+from bulwark.gitservice.session import (
+    CHUNK,
+    RECEIVE_PACK,
+    SECTION_LIMITS,
+    SECTION_PACKETS,
+    UPLOAD_ARCHIVE,
+    UPLOAD_PACK,
+    GitSession,
+    closed_on_error,
+)
 from bulwark.monitoring.metrics import Metrics, Refusal, Transport, count_refused
 from bulwark.node import Node
 from bulwark.services.repositories import RepoAccess
@@ -35,9 +44,6 @@ from bulwark.ssh.relay import Relay, relay_fetch, relay_push, stateful_here
 log = logging.getLogger("bulwark.ssh")
 
 _PROTOCOL = re.compile(r"[A-Za-z0-9=:._-]{1,256}")
-# A push's commands and a v2 request are read whole before git starts; these bound them.
-SECTION_LIMIT = 16 * 1024**2
-SECTION_PACKETS = 400_000
 T = TypeVar("T")
 
 
@@ -80,9 +86,12 @@ class ClientStream:
     """The client's bytes, read as pkt-line sections (a push's commands, a v2 request) and then as a
     plain stream (a pack)."""
 
-    def __init__(self, stdin: Reader, idle: Idle) -> None:
+    def __init__(self, stdin: Reader, idle: Idle, service: str) -> None:
         self.stdin = stdin
         self.idle = idle
+        # A push's commands and a v2 request are read whole before git starts; as over HTTP.
+        kind = RECEIVE_PACK if service == RECEIVE_PACK else UPLOAD_PACK
+        self.limit, self.max_packets = SECTION_LIMITS[kind], SECTION_PACKETS[kind]
         self.reader = pktline.PktLineReader()
         self.ended = False
 
@@ -105,7 +114,7 @@ class ClientStream:
                 if packet.kind is pktline.Kind.FLUSH:
                     return bytes(raw), packets
                 packets.append(packet)
-                if len(packets) > SECTION_PACKETS or len(raw) > SECTION_LIMIT:
+                if len(packets) > self.max_packets or len(raw) > self.limit:
                     raise pktline.PktLineError("the request is too long before its first flush packet")
             if not await self._more():
                 if raw or self.reader.pending():
@@ -188,7 +197,7 @@ async def serve(node: Node, holder: Holder, command: str, channel: Channel, *, m
         count_refused(metrics, service, Refusal.BUSY, Transport.SSH)
         raise  # the caller says so
     idle = Idle(idle_timeout)
-    stream = ClientStream(channel.stdin, idle)
+    stream = ClientStream(channel.stdin, idle, service)
     git = _Git(node, access, service, protocol, metrics, slot, channel, idle)
     try:
         if service == RECEIVE_PACK:
@@ -206,7 +215,7 @@ async def serve(node: Node, holder: Holder, command: str, channel: Channel, *, m
 
 
 async def _relayed(relay: Relay, node: Node, service: str, channel: Channel, idle: Idle) -> int:
-    stream = ClientStream(channel.stdin, idle)
+    stream = ClientStream(channel.stdin, idle, service)
 
     async def send(chunks: AsyncIterator[bytes]) -> None:
         async for chunk in chunks:
