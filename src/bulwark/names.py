@@ -15,7 +15,9 @@ _LOGIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$")
 # Repository names: letters, digits, '.', '-', '_' up to 100 chars; never '.' or '..'
 # and never ending in '.git' (the suffix is stripped from URLs).
 _REPO = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
-_RESERVED_LOGINS = frozenset({"admin-api", "api", "manage", "status", "metrics", "login", "static"})
+_RESERVED_LOGINS = frozenset({"admin-api", "api", "manage", "status", "metrics", "login", "static",
+                             # the web interface's own pages
+                             "logout", "explore", "new", "settings", "site-admin", "internal"})
 
 # Length limits, in characters (GitHub's, except where noted).
 MAX_LOGIN = 39

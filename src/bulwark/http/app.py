@@ -21,6 +21,7 @@ from bulwark.http.server import Guard, stats
 from bulwark.monitoring.gather import NodeMonitor
 from bulwark.monitoring.metrics import LimitsCollector, Metrics, NodeCollector, RefCacheCollector
 from bulwark.node import Node
+from bulwark.web import routes as web
 
 
 def create_app(node: Node, guard: Guard | None = None) -> Starlette:
@@ -46,6 +47,8 @@ def create_app(node: Node, guard: Guard | None = None) -> Starlette:
         Mount("/api/v3", routes=api.routes),
         Mount("/manage/v1", routes=[*manage.routes, *backup.routes]),
         *internal.routes,
+        # Last: the pages' /{owner} and /{owner}/{repo} would take every path above.
+        *web.routes,
     ]
     app = Starlette(
         routes=routes,

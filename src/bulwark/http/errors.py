@@ -20,6 +20,15 @@ def is_api(request: Request) -> bool:
     return request.url.path.startswith(("/api/", "/manage/"))
 
 
+_GIT_PATHS = ("/info/refs", "/git-upload-pack", "/git-receive-pack")
+
+
+def wants_page(request: Request) -> bool:
+    """A browser asking for a page (not the API, not a git client): errors are shown as pages."""
+    return (not is_api(request) and not request.url.path.startswith("/internal/")
+            and not request.url.path.endswith(_GIT_PATHS) and "text/html" in request.headers.get("accept", ""))
+
+
 def error_response(
     request: Request,
     status: int,
@@ -41,6 +50,13 @@ def error_response(
         elif field is not None:
             body["errors"] = [{"resource": "Request", "field": field, "code": "invalid", "message": message}]
         return JSONResponse(body, status_code=status, headers=headers)
+    if wants_page(request):
+        from bulwark.web.render import error_page  # the pages' templates, only for browsers
+
+        response = error_page(request, status, message)
+        # No WWW-Authenticate: a browser would answer it with a password prompt.
+        response.headers.update({k: v for k, v in headers.items() if k != "WWW-Authenticate"})
+        return response
     return PlainTextResponse(message + "\n", status_code=status, headers=headers)
 
 

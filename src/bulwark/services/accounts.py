@@ -18,7 +18,7 @@ from bulwark.security import (
     new_token,
     token_display_prefix,
 )
-from bulwark.services import sessions
+from bulwark.services import sessions, web_sessions
 from bulwark.services.passwords import PasswordChecks
 from bulwark.services.permissions import Principal
 from bulwark.services.throttle import SignInThrottle
@@ -174,6 +174,27 @@ class AccountService:
             return False
         self.store.end_token_sessions(principal.token_id, self.clock.now())
         return True
+
+    def start_web_session(self, principal: Principal) -> str:
+        """A web session cookie for a user who has just typed their password (services/web_sessions.py)."""
+        user = principal.account
+        stored = self.store.get_password_hash(user.id) if user is not None else None
+        if user is None or stored is None:
+            raise Unauthenticated("bad credentials")
+        return web_sessions.issue(user.id, stored, self.clock.now())
+
+    def authenticate_web_session(self, value: str) -> Principal:
+        """The principal of a web session cookie: its user there, not suspended, the password unchanged."""
+        ended = "your session has ended: sign in again"
+        claim = web_sessions.parse(value)
+        user = self.store.get_account_by_id(claim.user_id) if claim is not None else None
+        if claim is None or user is None or user.is_org:
+            raise Unauthenticated(ended)
+        if not web_sessions.valid(claim, self.store.get_password_hash(user.id), self.clock.now()):
+            raise Unauthenticated(ended)
+        if user.suspended:
+            raise Forbidden(f"account {user.login!r} is suspended")
+        return Principal.for_password(user)
 
     def authenticate_basic(self, username: str, secret: str, *, address: str = "") -> Principal:
         """HTTP Basic: the secret is a token (any username) or the user's password.

@@ -84,7 +84,7 @@ def _github_not_found(endpoint: Endpoint) -> Endpoint:
     return wrapped
 
 
-def _in_cluster(endpoint: Endpoint) -> Endpoint:
+def in_cluster(endpoint: Endpoint) -> Endpoint:
     """In a cluster, run a git-backed endpoint on a node holding an up-to-date replica.
 
     The target checks the caller's credentials again (same etcd), so forwarding before
@@ -116,7 +116,7 @@ def _in_cluster(endpoint: Endpoint) -> Endpoint:
 def _api_route(route: Route, *, git_backed: bool = False) -> Route:
     endpoint = _github_not_found(route.endpoint)
     if git_backed:
-        endpoint = _in_cluster(endpoint)
+        endpoint = in_cluster(endpoint)
     return Route(route.path, endpoint, methods=list(route.methods or ()))
 
 

@@ -1,0 +1,1 @@
+"""The web interface: pages rendered on the server, a thin adapter over the services."""

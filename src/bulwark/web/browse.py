@@ -1,0 +1,263 @@
+"""Pages that show a repository: its tree, files, history, commits, comparisons, branches and tags."""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import Any
+from urllib.parse import quote
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from bulwark.git import browse as gitview
+from bulwark.git.runner import TreeEntry
+from bulwark.http.api.common import base_url
+from bulwark.node import Node
+from bulwark.services.permissions import Principal
+from bulwark.services.repositories import RepoAccess
+from bulwark.web import highlight, render
+from bulwark.web.render import page
+from bulwark.web.repo import PageNotFound, Target, crumbs, default_target, find, split_target, view
+
+COMMITS_PER_PAGE = 30
+MAX_TREE_ENTRIES = 5000
+MAX_SHOWN_BYTES = 512 * 1024
+RAW_HEADERS = {
+    # A raw file is never a page of this site: no scripts, no plugins, its own origin in effect.
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache, private",
+}
+
+
+def _node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    return node
+
+
+def _base(request: Request, access: RepoAccess) -> dict[str, Any]:
+    return {"repo": view(_node(request), access, base_url(request))}
+
+
+def _sorted(entries: list[TreeEntry]) -> list[TreeEntry]:
+    return sorted(entries, key=lambda e: (e.type != "tree", e.name.lower()))
+
+
+async def repo_home(request: Request, principal: Principal) -> Response:
+    access = await find(request, principal)
+    node = _node(request)
+    target = await run_in_threadpool(default_target, node, access)
+    if target is None:
+        return await page(request, "empty.html", **_base(request, access), tab="code")
+    return await _tree_page(request, access, target)
+
+
+async def tree(request: Request, principal: Principal) -> Response:
+    access = await find(request, principal)
+    target = await run_in_threadpool(split_target, _node(request), access, request.path_params["rest"])
+    return await _tree_page(request, access, target)
+
+
+def _readme(node: Node, access: RepoAccess, entries: list[TreeEntry]) -> tuple[str, object] | None:
+    found = gitview.find_readme(entries)
+    if found is None:
+        return None
+    head = gitview.read_blob_head(node.git, access.repo.storage_id, found.sha, MAX_SHOWN_BYTES)
+    if head.binary:
+        return None
+    text = head.data.decode("utf-8", "replace")
+    if gitview.is_markdown(found.name):
+        return found.name, render.markdown(text)
+    return found.name, text
+
+
+async def _tree_page(request: Request, access: RepoAccess, target: Target) -> Response:
+    node = _node(request)
+    sid = access.repo.storage_id
+
+    def read() -> dict[str, Any]:
+        entry = node.git.tree_entry(sid, target.oid, target.path)
+        if entry is None:
+            raise PageNotFound(f"There is no {target.path!r} at {target.ref} in {access.full_name}.")
+        if entry.type != "tree":
+            raise _Redirect(f"/{access.full_name}/blob/{quote(target.ref)}/{render.path_url(target.path)}")
+        entries = _sorted(node.git.list_tree(sid, entry.sha, target.path))
+        last = node.git.log(sid, target.oid, limit=1, path=target.path or None)
+        return {
+            "entries": entries[:MAX_TREE_ENTRIES], "total": len(entries),
+            "readme": _readme(node, access, entries),
+            "last_commit": last[0] if last else None,
+            **_ref_names(node, sid),
+        }
+
+    try:
+        values = await run_in_threadpool(read)
+    except _Redirect as redirect:
+        return redirect.response()
+    return await page(request, "tree.html", **_base(request, access), tab="code", target=target,
+                      crumbs=crumbs(target.path), **values)
+
+
+def _ref_names(node: Node, sid: str) -> dict[str, list[str]]:
+    return {"branches": [r.name.removeprefix("refs/heads/") for r in node.git.refs(sid, "refs/heads/")],
+            "tags": [r.name.removeprefix("refs/tags/") for r in node.git.refs(sid, "refs/tags/")]}
+
+
+class _Redirect(Exception):
+    def __init__(self, location: str) -> None:
+        self.location = location
+
+    def response(self) -> Response:
+        return Response(status_code=302, headers={"Location": self.location, **render.HEADERS})
+
+
+async def blob(request: Request, principal: Principal) -> Response:
+    access = await find(request, principal)
+    node = _node(request)
+    target = await run_in_threadpool(split_target, node, access, request.path_params["rest"])
+    sid = access.repo.storage_id
+
+    def read() -> dict[str, Any]:
+        entry = node.git.tree_entry(sid, target.oid, target.path) if target.path else None
+        if entry is None:
+            raise PageNotFound(f"There is no file {target.path!r} at {target.ref} in {access.full_name}.")
+        if entry.type == "tree":
+            raise _Redirect(f"/{access.full_name}/tree/{quote(target.ref)}/{render.path_url(target.path)}")
+        if entry.type != "blob":
+            raise PageNotFound(f"{target.path!r} is a submodule.")
+        head = gitview.read_blob_head(node.git, sid, entry.sha, MAX_SHOWN_BYTES)
+        lines: list[Any] = []
+        cut = False
+        shown = not head.binary and not head.truncated
+        if shown:
+            lines, cut = highlight.lines(entry.name, head.data.decode("utf-8", "replace"))
+        rendered = (render.markdown(head.data.decode("utf-8", "replace"))
+                    if shown and gitview.is_markdown(entry.name) and request.query_params.get("plain") != "1"
+                    else None)
+        return {"entry": entry, "head": head, "lines": lines, "cut": cut, "shown": shown, "rendered": rendered,
+                **_ref_names(node, sid)}
+
+    try:
+        values = await run_in_threadpool(read)
+    except _Redirect as redirect:
+        return redirect.response()
+    return await page(request, "blob.html", **_base(request, access), tab="code", target=target,
+                      crumbs=crumbs(target.path), **values)
+
+
+async def raw(request: Request, principal: Principal) -> Response:
+    access = await find(request, principal)
+    node = _node(request)
+    target = await run_in_threadpool(split_target, node, access, request.path_params["rest"])
+    entry = await run_in_threadpool(node.git.tree_entry, access.repo.storage_id, target.oid, target.path)
+    if entry is None or entry.type != "blob" or not target.path:
+        raise PageNotFound(f"There is no file {target.path!r} at {target.ref} in {access.full_name}.")
+    head = await run_in_threadpool(gitview.read_blob_head, node.git, access.repo.storage_id, entry.sha, 8000)
+    if head.binary:
+        media = mimetypes.guess_type(entry.name)[0] or "application/octet-stream"
+        media = media if media.startswith(("image/png", "image/jpeg", "image/gif")) else "application/octet-stream"
+    else:
+        media = "text/plain; charset=utf-8"  # never text/html: a raw file must not run in this site's origin
+    stream = gitview.stream_blob(node.git, access.repo.storage_id, entry.sha)
+    return StreamingResponse(stream, media_type=media,
+                             headers={**RAW_HEADERS, "Content-Length": str(entry.size)})
+
+
+async def commits(request: Request, principal: Principal) -> Response:
+    access = await find(request, principal)
+    node = _node(request)
+    rest = request.path_params.get("rest")
+    if rest:
+        target = await run_in_threadpool(split_target, node, access, rest)
+    else:
+        found = await run_in_threadpool(default_target, node, access)
+        if found is None:
+            return await page(request, "empty.html", **_base(request, access), tab="commits")
+        target = found
+    number = _page_number(request)
+    found_commits = await run_in_threadpool(node.git.log, access.repo.storage_id, target.oid,
+                                            limit=COMMITS_PER_PAGE + 1, skip=(number - 1) * COMMITS_PER_PAGE,
+                                            path=target.path or None)
+    return await page(request, "commits.html", **_base(request, access), tab="commits", target=target,
+                      crumbs=crumbs(target.path), commits=found_commits[:COMMITS_PER_PAGE], page_number=number,
+                      has_next=len(found_commits) > COMMITS_PER_PAGE)
+
+
+def _page_number(request: Request) -> int:
+    text = request.query_params.get("page", "1")
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 100_000:
+        raise PageNotFound("There is no such page.")
+    return int(text)
+
+
+async def commit(request: Request, principal: Principal) -> Response:
+    access = await find(request, principal)
+    node = _node(request)
+    sha = request.path_params["sha"]
+    sid = access.repo.storage_id
+
+    def read() -> dict[str, Any]:
+        if not gitview.looks_like_sha(sha):
+            raise PageNotFound(f"There is no commit {sha!r} in {access.full_name}.")
+        found = node.git.commit(sid, sha)
+        if found is None:
+            raise PageNotFound(f"There is no commit {sha!r} in {access.full_name}.")
+        return {"commit": found, "diff": gitview.commit_diff(node.git, sid, found.sha)}
+
+    values = await run_in_threadpool(read)
+    return await page(request, "commit.html", **_base(request, access), tab="commits", **values)
+
+
+async def compare(request: Request, principal: Principal) -> Response:
+    access = await find(request, principal)
+    node = _node(request)
+    spec = request.path_params["spec"]
+    base_ref, dots, head_ref = spec.partition("...")
+    if not dots:
+        base_ref, dots, head_ref = spec.partition("..")
+    if not dots or not base_ref or not head_ref:
+        raise PageNotFound("Compare two refs as /compare/BASE...HEAD.")
+    sid = access.repo.storage_id
+
+    def read() -> dict[str, Any]:
+        base = split_target(node, access, base_ref)
+        head = split_target(node, access, head_ref)
+        listed, total = gitview.compare_commits(node.git, sid, base.oid, head.oid)
+        return {"base": base, "head": head, "commits": listed, "total": total,
+                "diff": gitview.compare_diff(node.git, sid, base.oid, head.oid)}
+
+    values = await run_in_threadpool(read)
+    return await page(request, "compare.html", **_base(request, access), tab="code", **values)
+
+
+async def branches(request: Request, principal: Principal) -> Response:
+    access = await find(request, principal)
+    node = _node(request)
+    listed = await run_in_threadpool(gitview.ref_commit_dates, node.git, access.repo.storage_id, "refs/heads/")
+    return await page(request, "refs.html", **_base(request, access), tab="branches", kind="branches", refs=listed)
+
+
+async def tags(request: Request, principal: Principal) -> Response:
+    access = await find(request, principal)
+    node = _node(request)
+    listed = await run_in_threadpool(gitview.ref_commit_dates, node.git, access.repo.storage_id, "refs/tags/")
+    return await page(request, "refs.html", **_base(request, access), tab="tags", kind="tags", refs=listed)
+
+
+async def archive(request: Request, principal: Principal) -> Response:
+    access = await find(request, principal)
+    node = _node(request)
+    rest: str = request.path_params["rest"]
+    fmt = next((f for f in ("tar.gz", "zip") if rest.endswith(f".{f}")), None)
+    if fmt is None:
+        raise PageNotFound("Archives are REF.tar.gz or REF.zip.")
+    ref = rest.removesuffix(f".{fmt}")
+    target = await run_in_threadpool(split_target, node, access, ref)
+    if target.path:
+        raise PageNotFound(f"There is no branch, tag or commit named {ref!r} in {access.full_name}.")
+    prefix = f"{access.repo.name}-{target.ref.replace('/', '-')}"
+    stream = gitview.stream_archive(node.git, access.repo.storage_id, target.oid, fmt, prefix)
+    media = "application/gzip" if fmt == "tar.gz" else "application/zip"
+    return StreamingResponse(stream, media_type=media, headers={
+        **RAW_HEADERS, "Content-Disposition": f'attachment; filename="{quote(prefix)}.{fmt}"'})
