@@ -28,7 +28,7 @@ cluster: $(VENV)/.installed
 
 ## Run the whole suite: lint, types, then every test (installs what it needs).
 test: $(VENV)/.installed
-	@scripts/system-deps.sh git haproxy etcd-server iproute2 prometheus chromium openssh-client
+	@scripts/system-deps.sh git haproxy etcd-server iproute2 prometheus chromium chromium-driver openssh-client
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -17,7 +17,7 @@ import pytest
 from bulwark.cluster.dev import DevCluster
 from cluster_helpers import FAST, Seeded, seed, storage_ids, wait_for
 
-from helpers import git
+from helpers import git, git_env
 from ssh_helpers import Client
 
 pytestmark = pytest.mark.timeout(300)
@@ -107,6 +107,35 @@ def test_sessions_on_any_node_clone_push_and_fetch_with_votes(cluster: DevCluste
     # A refusal from the voting node reaches the developer in git's words.
     out = git("push", ssh_url(cluster, outside, seeded, repo), ":main", cwd=work, env=env, check=False)
     assert "[remote rejected] main (deletion of the current branch prohibited)" in out.stderr, out.stderr
+
+
+def test_every_node_renders_the_repository_pages(cluster: DevCluster, seeded: Seeded, tmp_path: Path) -> None:
+    """A page that reads git data runs on a node with an up-to-date replica, as the API does:
+    every node, the one without a replica too, renders the tree, a file and the commit."""
+    repo = "pages"
+    r = httpx.post(f"{cluster.lb_url}/api/v3/user/repos", json={"name": repo}, timeout=30,
+                   headers={"Authorization": f"token {seeded.user_token}"})
+    assert r.status_code == 201, r.text
+    env = git_env(tmp_path / "home")
+    work = tmp_path / "w"
+    git("init", "-q", "-b", "main", str(work), env=env)
+    (work / "a.txt").write_text("a\n")
+    git("add", "a.txt", cwd=work, env=env)
+    git("commit", "-qm", "pages", cwd=work, env=env)
+    head = git("rev-parse", "HEAD", cwd=work, env=env).stdout.strip()
+    git("push", "-q", seeded.url(repo), "main", cwd=work, env=env)
+    base = f"/{seeded.owner}/{repo}"
+    page = {"Accept": "text/html"}
+    for node in cluster.nodes.values():
+        url = f"{node.url}{base}"
+        tree = httpx.get(url, headers=page, timeout=30)
+        assert tree.status_code == 200 and "a.txt" in tree.text, (node.name, tree.status_code)
+        blob = httpx.get(f"{url}/blob/main/a.txt", headers=page, timeout=30)
+        assert blob.status_code == 200 and 'id="L1"' in blob.text, node.name
+        commit = httpx.get(f"{url}/commit/{head}", headers=page, timeout=30)
+        assert commit.status_code == 200 and "a.txt" in commit.text, node.name
+        missing = httpx.get(f"{url}/blob/main/nothing", headers=page, timeout=30)
+        assert missing.status_code == 404 and 'id="error"' in missing.text, node.name
 
 
 def test_a_node_failure_changes_no_host_key_and_pushes_go_on(cluster: DevCluster, seeded: Seeded, client: Client,

@@ -59,7 +59,8 @@ async def tree(request: Request, principal: Principal) -> Response:
     return await _tree_page(request, access, target)
 
 
-def _readme(node: Node, access: RepoAccess, entries: list[TreeEntry]) -> tuple[str, object] | None:
+def _readme(node: Node, access: RepoAccess, entries: list[TreeEntry]) -> tuple[str, object, bool] | None:
+    """The README's name, its content (cleaned HTML for Markdown, else text), and whether it is HTML."""
     found = gitview.find_readme(entries)
     if found is None:
         return None
@@ -68,8 +69,8 @@ def _readme(node: Node, access: RepoAccess, entries: list[TreeEntry]) -> tuple[s
         return None
     text = head.data.decode("utf-8", "replace")
     if gitview.is_markdown(found.name):
-        return found.name, render.markdown(text)
-    return found.name, text
+        return found.name, render.markdown(text), True
+    return found.name, text, False
 
 
 async def _tree_page(request: Request, access: RepoAccess, target: Target) -> Response:
