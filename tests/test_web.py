@@ -138,7 +138,7 @@ def test_file_page_highlights_with_line_anchors(site: dict[str, object]) -> None
     r = _get(site, "/alice/hello/blob/main/src/app.py")
     assert r.status_code == 200
     assert 'id="L1"' in r.text and 'href="#L2"' in r.text
-    assert '<span class="k">def</span>' in r.text  # Pygments' class for a keyword
+    assert '<span class="k">def' in r.text  # Pygments' class for a keyword
     assert "&lt;b&gt;hi&lt;/b&gt;" in r.text
     big = _get(site, "/alice/hello/blob/main/big.txt")
     assert big.status_code == 200 and 'id="too-large"' in big.text and 'id="L1"' not in big.text

@@ -132,7 +132,7 @@ async def blob(request: Request, principal: Principal) -> Response:
         cut = False
         shown = not head.binary and not head.truncated
         if shown:
-            lines, cut = highlight.lines(entry.name, head.data.decode("utf-8", "replace"))
+            lines, cut = highlight.KEPT.lines(entry.sha, entry.name, head.data.decode("utf-8", "replace"))
         rendered = (render.markdown(head.data.decode("utf-8", "replace"))
                     if shown and gitview.is_markdown(entry.name) and request.query_params.get("plain") != "1"
                     else None)

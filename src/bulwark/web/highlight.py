@@ -8,6 +8,8 @@ Pygments' own HTML formatter cannot do that and name anchors the way GitHub's li
 from __future__ import annotations
 
 import functools
+import threading
+from collections import OrderedDict
 
 from markupsafe import Markup, escape
 from pygments import lex
@@ -41,20 +43,68 @@ def lines(filename: str, text: str) -> tuple[list[Markup], bool]:
     """The highlighted lines of ``text`` (escaped, safe to put in a page), and whether they were cut."""
     out: list[Markup] = []
     current: list[str] = []
+    last_css, run = "", ""  # adjacent tokens of one class share one span: a smaller page
+
+    def flush() -> None:
+        nonlocal run
+        if run:
+            current.append(f'<span class="{last_css}">{escape(run)}</span>' if last_css else str(escape(run)))
+        run = ""
+
     for kind, value in lex(text, _lexer(filename, text)):
-        css = _css_class(kind)
+        css = _css_class(kind) if value.strip() else last_css  # whitespace takes its neighbour's class
         pieces = value.split("\n")
         for i, piece in enumerate(pieces):
             if i > 0:
+                flush()
                 out.append(Markup("".join(current)))
                 current = []
                 if len(out) >= MAX_LINES:
                     return out, True
             if piece:
-                current.append(f'<span class="{css}">{escape(piece)}</span>' if css else str(escape(piece)))
+                if css != last_css:
+                    flush()
+                    last_css = css
+                run += piece
+    flush()
     if current:
         out.append(Markup("".join(current)))
     return out, False
+
+
+class Kept:
+    """Highlighted files kept by blob id and name, newest used last, up to a total size.
+
+    A blob's id names its content, so a kept rendering is never stale; highlighting is most of a
+    file page's time, and the same files are looked at again and again."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, str], tuple[list[Markup], bool, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def lines(self, sha: str, filename: str, text: str) -> tuple[list[Markup], bool]:
+        key = (sha, filename)
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found[0], found[1]
+        rendered, cut = lines(filename, text)
+        size = sum(len(line) for line in rendered) + 64 * len(rendered)
+        if size <= self.max_bytes // 4:
+            with self._lock:
+                if key not in self._items:
+                    self._items[key] = (rendered, cut, size)
+                    self._bytes += size
+                while self._bytes > self.max_bytes:
+                    _, (_, _, dropped) = self._items.popitem(last=False)
+                    self._bytes -= dropped
+        return rendered, cut
+
+
+KEPT = Kept()
 
 
 @functools.cache
