@@ -148,6 +148,18 @@ def test_file_page_highlights_with_line_anchors(site: dict[str, object]) -> None
     feature = _get(site, "/alice/hello/blob/feature/x/src/app.py")
     assert feature.status_code == 200 and "feature" in feature.text
     assert _get(site, "/alice/hello/blob/main/src").status_code == 302
+    # The ref switcher without JavaScript: the same file at the chosen ref.
+    switched = _get(site, "/alice/hello/blob/main/src/app.py?ref=feature/x")
+    assert switched.status_code == 302 and switched.headers["location"] == "/alice/hello/blob/feature/x/src/app.py"
+
+
+def test_blame_names_who_changed_each_line(site: dict[str, object]) -> None:
+    r = _get(site, "/alice/hello/blame/main/src/app.py")
+    assert r.status_code == 200 and 'id="L2"' in r.text
+    assert f'href="/alice/hello/commit/{site["first"]}"' in r.text and "Mallory" in r.text
+    assert 'id="too-large"' in _get(site, "/alice/hello/blame/main/data.bin").text
+    assert _get(site, "/alice/hello/blame/main/nothing").status_code == 404
+    assert _get(site, "/alice/secret/blame/main/README.md").status_code == 404
 
 
 def test_raw_files_are_never_pages_of_the_site(site: dict[str, object]) -> None:

@@ -23,6 +23,7 @@ from bulwark.web.repo import PageNotFound, Target, crumbs, default_target, find,
 COMMITS_PER_PAGE = 30
 MAX_TREE_ENTRIES = 5000
 MAX_SHOWN_BYTES = 512 * 1024
+MAX_BLAME_LINES = 5000
 RAW_HEADERS = {
     # A raw file is never a page of this site: no scripts, no plugins, its own origin in effect.
     "Content-Security-Policy": "default-src 'none'; sandbox",
@@ -56,7 +57,16 @@ async def repo_home(request: Request, principal: Principal) -> Response:
 async def tree(request: Request, principal: Principal) -> Response:
     access = await find(request, principal)
     target = await run_in_threadpool(split_target, _node(request), access, request.path_params["rest"])
-    return await _tree_page(request, access, target)
+    return _switched(request, access, "tree", target) or await _tree_page(request, access, target)
+
+
+def _switched(request: Request, access: RepoAccess, kind: str, target: Target) -> Response | None:
+    """The ref switcher's form, sent without JavaScript (``?ref=``): the same path at that ref."""
+    ref = request.query_params.get("ref")
+    if not ref or ref == target.ref:
+        return None
+    path = f"/{render.path_url(target.path)}" if target.path else ""
+    return _Redirect(f"/{access.full_name}/{kind}/{quote(ref, safe='/')}{path}").response()
 
 
 def _readme(node: Node, access: RepoAccess, entries: list[TreeEntry]) -> tuple[str, object, bool] | None:
@@ -118,6 +128,9 @@ async def blob(request: Request, principal: Principal) -> Response:
     node = _node(request)
     target = await run_in_threadpool(split_target, node, access, request.path_params["rest"])
     sid = access.repo.storage_id
+    switched = _switched(request, access, "blob", target)
+    if switched is not None:
+        return switched
 
     def read() -> dict[str, Any]:
         entry = node.git.tree_entry(sid, target.oid, target.path) if target.path else None
@@ -145,6 +158,29 @@ async def blob(request: Request, principal: Principal) -> Response:
         return redirect.response()
     return await page(request, "blob.html", **_base(request, access), tab="code", target=target,
                       crumbs=crumbs(target.path), **values)
+
+
+async def blame(request: Request, principal: Principal) -> Response:
+    access = await find(request, principal)
+    node = _node(request)
+    target = await run_in_threadpool(split_target, node, access, request.path_params["rest"])
+    sid = access.repo.storage_id
+
+    def read() -> dict[str, Any]:
+        entry = node.git.tree_entry(sid, target.oid, target.path) if target.path else None
+        if entry is None or entry.type != "blob":
+            raise PageNotFound(f"There is no file {target.path!r} at {target.ref} in {access.full_name}.")
+        if entry.size > MAX_SHOWN_BYTES:
+            return {"entry": entry, "lines": [], "too_large": True}
+        head = gitview.read_blob_head(node.git, sid, entry.sha, 8000)
+        if head.binary:
+            return {"entry": entry, "lines": [], "too_large": True}
+        return {"entry": entry, "lines": gitview.blame(node.git, sid, target.oid, target.path, MAX_BLAME_LINES),
+                "too_large": False}
+
+    values = await run_in_threadpool(read)
+    return await page(request, "blame.html", **_base(request, access), tab="code", target=target,
+                      crumbs=crumbs(target.path), max_lines=MAX_BLAME_LINES, **values)
 
 
 async def raw(request: Request, principal: Principal) -> Response:

@@ -79,6 +79,7 @@ routes: list[BaseRoute] = [
     Route(_REPO + "/tree/{rest:path}", _git(browse.tree), methods=["GET"]),
     Route(_REPO + "/blob/{rest:path}", _git(browse.blob), methods=["GET"]),
     Route(_REPO + "/raw/{rest:path}", _git(browse.raw), methods=["GET"]),
+    Route(_REPO + "/blame/{rest:path}", _git(browse.blame), methods=["GET"]),
     Route(_REPO + "/commits", _git(browse.commits), methods=["GET"]),
     Route(_REPO + "/commits/{rest:path}", _git(browse.commits), methods=["GET"]),
     Route(_REPO + "/commit/{sha}", _git(browse.commit), methods=["GET"]),
