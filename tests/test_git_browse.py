@@ -283,3 +283,15 @@ def test_refs_are_listed_newest_first_with_tags_peeled(repo: Repo) -> None:
         ("light", old, "old work"), ("v1", old, "old work")]
     with pytest.raises(InvalidInput):
         browse.ref_commit_dates(repo.runner, SID, "--contains=HEAD")
+
+
+def test_a_tree_is_counted_in_full_but_listed_only_up_to_the_limit(repo: Repo) -> None:
+    head = repo.commit({f"f{i:03}.txt": b"x\n" for i in range(40)}, "wide")
+    tree = repo.runner.tree_entry(SID, head, "")
+    assert tree is not None
+    entries, total = browse.list_tree_head(repo.runner, SID, tree.sha, "", 10)
+    assert total == 40 and len(entries) == 10
+    every, _ = browse.list_tree_head(repo.runner, SID, tree.sha, "sub", 100)
+    assert sorted(e.path for e in every) == [f"sub/f{i:03}.txt" for i in range(40)]
+    with pytest.raises(NotFound):
+        browse.list_tree_head(repo.runner, SID, "--output=x", "", 10)

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import IO
 
 from bulwark.errors import GitError, InvalidInput, NotFound
-from bulwark.git.runner import _LOG_FORMAT, Commit, GitRunner, TreeEntry, _parse_commit
+from bulwark.git.runner import _LOG_FORMAT, Commit, GitRunner, TreeEntry, _parse_commit, _parse_ls_tree
 
 # git's own test for binary content: a NUL byte among the first 8000 bytes.
 BINARY_PROBE = 8000
@@ -449,3 +449,24 @@ async def stream_blob(runner: GitRunner, storage_id: str, sha: str) -> AsyncIter
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+
+
+def list_tree_head(runner: GitRunner, storage_id: str, tree_sha: str, base: str,
+                   limit: int) -> tuple[list[TreeEntry], int]:
+    """The first ``limit`` entries of a tree in git's order, and how many it has: a tree of a
+    million entries is counted, never held."""
+    if not _OID.fullmatch(tree_sha):
+        raise NotFound(f"no tree {tree_sha}")
+    entries: list[TreeEntry] = []
+    total = 0
+    with _stream(runner, storage_id, ["ls-tree", "-l", "-z", tree_sha]) as git:
+        for record in _tokens(git.out):
+            if not record:
+                continue
+            total += 1
+            if len(entries) < limit:
+                entry = _parse_ls_tree(record.decode(errors="replace"))
+                full = f"{base}/{entry.path}" if base else entry.path
+                entries.append(TreeEntry(entry.path, full, entry.type, entry.mode, entry.sha, entry.size))
+        git.finish("ls-tree")
+    return entries, total

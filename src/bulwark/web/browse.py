@@ -93,10 +93,11 @@ async def _tree_page(request: Request, access: RepoAccess, target: Target) -> Re
             raise PageNotFound(f"There is no {target.path!r} at {target.ref} in {access.full_name}.")
         if entry.type != "tree":
             raise _Redirect(f"/{access.full_name}/blob/{quote(target.ref)}/{render.path_url(target.path)}")
-        entries = _sorted(node.git.list_tree(sid, entry.sha, target.path))
+        listed, total = gitview.list_tree_head(node.git, sid, entry.sha, target.path, MAX_TREE_ENTRIES)
+        entries = _sorted(listed)
         last = node.git.log(sid, target.oid, limit=1, path=target.path or None)
         return {
-            "entries": entries[:MAX_TREE_ENTRIES], "total": len(entries),
+            "entries": entries, "total": total,
             "readme": _readme(node, access, entries),
             "last_commit": last[0] if last else None,
             **_ref_names(node, sid),
