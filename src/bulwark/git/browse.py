@@ -180,11 +180,16 @@ class _File:
 
 
 def commit_diff(runner: GitRunner, storage_id: str, sha: str, *, max_files: int = 300, max_lines: int = 10_000,
-                max_bytes: int = 2 * 1024 * 1024) -> Diff:
-    """What commit ``sha`` changed against its first parent (a root commit: against nothing)."""
-    oid = _resolve(runner, storage_id, sha)
-    parents = runner._in(storage_id, ["rev-list", "--parents", "--max-count=1", oid]).stdout.split()[1:]
-    return _diff(runner, storage_id, parents[0].decode() if parents else None, oid, max_files, max_lines, max_bytes)
+                max_bytes: int = 2 * 1024 * 1024, parents: Sequence[str] | None = None) -> Diff:
+    """What commit ``sha`` changed against its first parent (a root commit: against nothing).
+    ``parents``: the commit's, when the caller has read them already (``sha`` is then its full id)."""
+    if parents is None or not _OID.fullmatch(sha):
+        oid = _resolve(runner, storage_id, sha)
+        parents = [p.decode() for p in
+                   runner._in(storage_id, ["rev-list", "--parents", "--max-count=1", oid]).stdout.split()[1:]]
+    else:
+        oid = sha
+    return _diff(runner, storage_id, parents[0] if parents else None, oid, max_files, max_lines, max_bytes)
 
 
 def compare_diff(runner: GitRunner, storage_id: str, base: str, head: str, *, max_files: int = 300,

@@ -11,12 +11,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from bulwark.git import browse as gitview
-from bulwark.git.runner import TreeEntry
+from bulwark.git.runner import Commit, TreeEntry
 from bulwark.http.api.common import base_url
 from bulwark.node import Node
 from bulwark.services.permissions import Principal
 from bulwark.services.repositories import RepoAccess
 from bulwark.web import highlight, render
+from bulwark.web.kept import Kept
 from bulwark.web.render import page
 from bulwark.web.repo import PageNotFound, Target, crumbs, default_target, find, split_target, view
 
@@ -24,6 +25,18 @@ COMMITS_PER_PAGE = 30
 MAX_TREE_ENTRIES = 5000
 MAX_SHOWN_BYTES = 512 * 1024
 MAX_BLAME_LINES = 5000
+DIFFS: Kept[gitview.Diff] = Kept(64 * 1024 * 1024)
+HISTORY: Kept[list[Commit]] = Kept(16 * 1024 * 1024)
+
+
+def _diff_cost(diff: gitview.Diff) -> int:
+    return sum(256 + sum(64 + len(line.text) for line in f.lines) for f in diff.files)
+
+
+def _log_cost(commits: list[Commit]) -> int:
+    return sum(512 + len(c.message) for c in commits)
+
+
 RAW_HEADERS = {
     # A raw file is never a page of this site: no scripts, no plugins, its own origin in effect.
     "Content-Security-Policy": "default-src 'none'; sandbox",
@@ -214,9 +227,14 @@ async def commits(request: Request, principal: Principal) -> Response:
             return await page(request, "empty.html", **_base(request, access), tab="commits")
         target = found
     number = _page_number(request)
-    found_commits = await run_in_threadpool(node.git.log, access.repo.storage_id, target.oid,
-                                            limit=COMMITS_PER_PAGE + 1, skip=(number - 1) * COMMITS_PER_PAGE,
-                                            path=target.path or None)
+    skip, sid = (number - 1) * COMMITS_PER_PAGE, access.repo.storage_id
+
+    def read() -> list[Commit]:
+        # A page of history from a commit never changes: kept by the commit, the page and the path.
+        return HISTORY.get((sid, target.oid, skip, target.path), lambda: node.git.log(
+            sid, target.oid, limit=COMMITS_PER_PAGE + 1, skip=skip, path=target.path or None), _log_cost)
+
+    found_commits = await run_in_threadpool(read)
     return await page(request, "commits.html", **_base(request, access), tab="commits", target=target,
                       crumbs=crumbs(target.path), commits=found_commits[:COMMITS_PER_PAGE], page_number=number,
                       has_next=len(found_commits) > COMMITS_PER_PAGE)
@@ -238,10 +256,13 @@ async def commit(request: Request, principal: Principal) -> Response:
     def read() -> dict[str, Any]:
         if not gitview.looks_like_sha(sha):
             raise PageNotFound(f"There is no commit {sha!r} in {access.full_name}.")
-        found = node.git.commit(sid, sha)
-        if found is None:
+        listed = node.git.log(sid, sha, limit=1)  # one process: a bad or unknown id lists nothing
+        if not listed:
             raise PageNotFound(f"There is no commit {sha!r} in {access.full_name}.")
-        return {"commit": found, "diff": gitview.commit_diff(node.git, sid, found.sha)}
+        found = listed[0]
+        diff = DIFFS.get((sid, found.sha), lambda: gitview.commit_diff(node.git, sid, found.sha,
+                                                                     parents=found.parents), _diff_cost)
+        return {"commit": found, "diff": diff}
 
     values = await run_in_threadpool(read)
     return await page(request, "commit.html", **_base(request, access), tab="commits", **values)

@@ -8,8 +8,6 @@ Pygments' own HTML formatter cannot do that and name anchors the way GitHub's li
 from __future__ import annotations
 
 import functools
-import threading
-from collections import OrderedDict
 
 from markupsafe import Markup, escape
 from pygments import lex
@@ -18,6 +16,8 @@ from pygments.lexer import Lexer
 from pygments.lexers import TextLexer, get_lexer_for_filename
 from pygments.token import STANDARD_TYPES, _TokenType
 from pygments.util import ClassNotFound
+
+from bulwark.web.kept import Kept
 
 # Beyond these the file is shown plain: a lexer's time grows with the text.
 MAX_HIGHLIGHT_BYTES = 512 * 1024
@@ -72,39 +72,26 @@ def lines(filename: str, text: str) -> tuple[list[Markup], bool]:
     return out, False
 
 
-class Kept:
-    """Highlighted files kept by blob id and name, newest used last, up to a total size.
+def _cost(value: tuple[list[Markup], bool]) -> int:
+    return sum(len(line) + 64 for line in value[0])
 
-    A blob's id names its content, so a kept rendering is never stale; highlighting is most of a
-    file page's time, and the same files are looked at again and again."""
+
+class Highlighted:
+    """Highlighted files kept by blob id and name: highlighting is most of a file page's time, and
+    the same files are looked at again and again."""
 
     def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, str], tuple[list[Markup], bool, int]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._kept: Kept[tuple[list[Markup], bool]] = Kept(max_bytes)
 
     def lines(self, sha: str, filename: str, text: str) -> tuple[list[Markup], bool]:
-        key = (sha, filename)
-        with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-                return found[0], found[1]
-        rendered, cut = lines(filename, text)
-        size = sum(len(line) for line in rendered) + 64 * len(rendered)
-        if size <= self.max_bytes // 4:
-            with self._lock:
-                if key not in self._items:
-                    self._items[key] = (rendered, cut, size)
-                    self._bytes += size
-                while self._bytes > self.max_bytes:
-                    _, (_, _, dropped) = self._items.popitem(last=False)
-                    self._bytes -= dropped
-        return rendered, cut
+        return self._kept.get((sha, filename), lambda: lines(filename, text), _cost)
+
+    @property
+    def bytes(self) -> int:
+        return self._kept.bytes
 
 
-KEPT = Kept()
+KEPT = Highlighted()
 
 
 @functools.cache

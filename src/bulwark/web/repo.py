@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from bulwark.errors import NotFound
-from bulwark.git.runner import Ref
+from bulwark.git.runner import Ref, read_ref_files
 from bulwark.models import Permission
 from bulwark.node import Node
 from bulwark.services.permissions import Principal
@@ -55,23 +55,35 @@ def clean_path(path: str) -> str:
     return "/".join(parts)
 
 
+def _ref_files(node: Node, access: RepoAccess) -> dict[str, str] | None:
+    """The repository's refs read from its files (no git process), or None when git must say."""
+    read = read_ref_files(node.git.path(access.repo.storage_id))
+    return read[1] if read is not None else None
+
+
 def split_target(node: Node, access: RepoAccess, rest: str) -> Target:
     """``rest`` (``ref`` or ``ref/path``) split and resolved; runs on a worker thread."""
     rest = rest.strip("/")
     if _BAD.search(rest) or not rest:
         raise PageNotFound("That branch, tag or commit does not exist.")
     segments = rest.split("/")
-    names = {r.name.removeprefix("refs/heads/").removeprefix("refs/tags/") for r in refs(node, access)}
+    files = _ref_files(node, access)
+    listed = files if files is not None else {r.name: r.oid for r in refs(node, access)}
+    names = {n.removeprefix("refs/heads/").removeprefix("refs/tags/") for n in listed
+             if n.startswith(("refs/heads/", "refs/tags/"))}
     for cut in range(len(segments), 0, -1):
         ref = "/".join(segments[:cut])
         if ref in names:
-            return _resolved(node, access, ref, "/".join(segments[cut:]))
+            return _resolved(node, access, ref, "/".join(segments[cut:]), files)
     if _SHA.match(segments[0]):
-        return _resolved(node, access, segments[0], "/".join(segments[1:]))
+        return _resolved(node, access, segments[0], "/".join(segments[1:]), None)
     raise PageNotFound(f"There is no branch, tag or commit named {segments[0]!r} in {access.full_name}.")
 
 
-def _resolved(node: Node, access: RepoAccess, ref: str, path: str) -> Target:
+def _resolved(node: Node, access: RepoAccess, ref: str, path: str, files: dict[str, str] | None) -> Target:
+    branch = files.get(f"refs/heads/{ref}") if files is not None else None
+    if branch is not None:
+        return Target(ref, branch, clean_path(path))  # a branch names a commit: no git needed
     for candidate in (f"refs/heads/{ref}", f"refs/tags/{ref}", ref):
         if ref.startswith("-"):
             break
@@ -88,7 +100,9 @@ def refs(node: Node, access: RepoAccess) -> list[Ref]:
 def default_target(node: Node, access: RepoAccess) -> Target | None:
     """The default branch's tip, or None for an empty repository."""
     branch = access.repo.default_branch
-    oid = node.git.resolve(access.repo.storage_id, f"refs/heads/{branch}")
+    files = _ref_files(node, access)
+    oid = files.get(f"refs/heads/{branch}") if files is not None else None
+    oid = oid or node.git.resolve(access.repo.storage_id, f"refs/heads/{branch}")
     if oid is None:
         heads = node.git.refs(access.repo.storage_id, "refs/heads/")
         if not heads:
