@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bulwark.web import highlight
+from bulwark.web.kept import Kept
 
 
 def test_lines_are_escaped_and_split_at_every_line_end() -> None:
@@ -13,12 +14,20 @@ def test_lines_are_escaped_and_split_at_every_line_end() -> None:
     assert out[1].count("<span") == out[1].count("</span>")  # a string spanning lines is closed on each
 
 
-def test_kept_renderings_are_reused_and_stay_within_their_budget() -> None:
-    kept = highlight.Kept(max_bytes=200_000)
-    text = "x = 1\n" * 100
-    first = kept.lines("a" * 40, "a.py", text)
-    assert kept.lines("a" * 40, "a.py", text)[0] is first[0]
+def test_kept_values_are_reused_and_stay_within_their_budget() -> None:
+    kept: Kept[str] = Kept(max_bytes=200_000)
+    made: list[int] = []
+
+    def make(i: int) -> str:
+        made.append(i)
+        return "x" * 12_000
+
+    first = kept.get("a", lambda: make(0), len)
+    assert kept.get("a", lambda: make(1), len) is first and made == [0]
     for i in range(50):
-        kept.lines(f"{i:040x}", "b.py", text)
-    assert kept._bytes <= 200_000
-    assert kept.lines("a" * 40, "a.py", text)[0] is not first[0]  # dropped long ago, rendered again
+        kept.get(i, lambda i=i: make(i), len)
+        assert kept.bytes <= 200_000
+    kept.get("a", lambda: make(99), len)
+    assert made[-1] == 99  # dropped long ago, made again
+    kept.get("huge", lambda: "y" * 60_000, len)  # a quarter of the budget or more is never kept
+    assert kept.get("huge", lambda: "z", len) == "z"

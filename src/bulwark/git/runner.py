@@ -418,11 +418,15 @@ class GitRunner:
 
     def tree_entry(self, storage_id: str, rev: str, path: str) -> TreeEntry | None:
         """The entry at ``path`` in the tree of commit ``rev``; the root tree for ``""``."""
-        oid = self.resolve(storage_id, rev)
+        # A full object id needs no resolving first (a page's commit, already resolved): one process fewer.
+        oid = rev if _OID.fullmatch(rev) else self.resolve(storage_id, rev)
         if oid is None:
             return None
         if path == "":
-            tree = self._in(storage_id, ["rev-parse", f"{oid}^{{tree}}"]).stdout.decode().strip()
+            proc = self._in(storage_id, ["rev-parse", "--verify", "--quiet", f"{oid}^{{tree}}"], check=False)
+            tree = proc.stdout.decode().strip()
+            if proc.returncode != 0 or not tree:
+                return None
             return TreeEntry(name="", path="", type="tree", mode="040000", sha=tree, size=0)
         proc = self._in(storage_id, ["ls-tree", "-l", "-z", oid, "--", path], check=False)
         for record in proc.stdout.decode(errors="replace").split("\0"):

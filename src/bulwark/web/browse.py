@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from bulwark.git import browse as gitview
-from bulwark.git.runner import Commit, TreeEntry
+from bulwark.git.runner import Commit, TreeEntry, read_ref_files
 from bulwark.http.api.common import base_url
 from bulwark.node import Node
 from bulwark.services.permissions import Principal
@@ -25,6 +25,9 @@ COMMITS_PER_PAGE = 30
 MAX_TREE_ENTRIES = 5000
 MAX_SHOWN_BYTES = 512 * 1024
 MAX_BLAME_LINES = 5000
+# Renderings of immutable objects (web/kept.py): highlighting is most of a file page's time, a diff
+# most of a commit page's.
+FILES: Kept[dict[str, Any]] = Kept(32 * 1024 * 1024)
 DIFFS: Kept[gitview.Diff] = Kept(64 * 1024 * 1024)
 HISTORY: Kept[list[Commit]] = Kept(16 * 1024 * 1024)
 
@@ -125,8 +128,11 @@ async def _tree_page(request: Request, access: RepoAccess, target: Target) -> Re
 
 
 def _ref_names(node: Node, sid: str) -> dict[str, list[str]]:
-    return {"branches": [r.name.removeprefix("refs/heads/") for r in node.git.refs(sid, "refs/heads/")],
-            "tags": [r.name.removeprefix("refs/tags/") for r in node.git.refs(sid, "refs/tags/")]}
+    """Branch and tag names for the ref switcher, from the ref files when they can be read."""
+    read = read_ref_files(node.git.path(sid))
+    names = sorted(read[1]) if read is not None else [r.name for r in node.git.refs(sid, "refs/heads/", "refs/tags/")]
+    return {"branches": [n.removeprefix("refs/heads/") for n in names if n.startswith("refs/heads/")],
+            "tags": [n.removeprefix("refs/tags/") for n in names if n.startswith("refs/tags/")]}
 
 
 class _Redirect(Exception):
@@ -154,17 +160,9 @@ async def blob(request: Request, principal: Principal) -> Response:
             raise _Redirect(f"/{access.full_name}/tree/{quote(target.ref)}/{render.path_url(target.path)}")
         if entry.type != "blob":
             raise PageNotFound(f"{target.path!r} is a submodule.")
-        head = gitview.read_blob_head(node.git, sid, entry.sha, MAX_SHOWN_BYTES)
-        lines: list[Any] = []
-        cut = False
-        shown = not head.binary and not head.truncated
-        if shown:
-            lines, cut = highlight.KEPT.lines(entry.sha, entry.name, head.data.decode("utf-8", "replace"))
-        rendered = (render.markdown(head.data.decode("utf-8", "replace"))
-                    if shown and gitview.is_markdown(entry.name) and request.query_params.get("plain") != "1"
-                    else None)
-        return {"entry": entry, "head": head, "lines": lines, "cut": cut, "shown": shown, "rendered": rendered,
-                **_ref_names(node, sid)}
+        view = FILES.get((sid, entry.sha, entry.name), lambda: _file_view(node, sid, entry), _file_cost)
+        plain = request.query_params.get("plain") == "1"
+        return {"entry": entry, **view, "rendered": None if plain else view["rendered"], **_ref_names(node, sid)}
 
     try:
         values = await run_in_threadpool(read)
@@ -172,6 +170,20 @@ async def blob(request: Request, principal: Principal) -> Response:
         return redirect.response()
     return await page(request, "blob.html", **_base(request, access), tab="code", target=target,
                       crumbs=crumbs(target.path), **values)
+
+
+def _file_view(node: Node, sid: str, entry: TreeEntry) -> dict[str, Any]:
+    """What a file page shows of a blob: named by its id, so kept as long as it is looked at."""
+    head = gitview.read_blob_head(node.git, sid, entry.sha, MAX_SHOWN_BYTES)
+    shown = not head.binary and not head.truncated
+    text = head.data.decode("utf-8", "replace") if shown else ""
+    lines, cut = highlight.lines(entry.name, text) if shown else ([], False)
+    rendered = render.markdown(text) if shown and gitview.is_markdown(entry.name) else None
+    return {"binary": head.binary, "shown": shown, "lines": lines, "cut": cut, "rendered": rendered}
+
+
+def _file_cost(view: dict[str, Any]) -> int:
+    return sum(64 + len(line) for line in view["lines"]) + len(view["rendered"] or "") + 256
 
 
 async def blame(request: Request, principal: Principal) -> Response:

@@ -17,8 +17,6 @@ from pygments.lexers import TextLexer, get_lexer_for_filename
 from pygments.token import STANDARD_TYPES, _TokenType
 from pygments.util import ClassNotFound
 
-from bulwark.web.kept import Kept
-
 # Beyond these the file is shown plain: a lexer's time grows with the text.
 MAX_HIGHLIGHT_BYTES = 512 * 1024
 MAX_LINES = 20_000
@@ -72,26 +70,6 @@ def lines(filename: str, text: str) -> tuple[list[Markup], bool]:
     return out, False
 
 
-def _cost(value: tuple[list[Markup], bool]) -> int:
-    return sum(len(line) + 64 for line in value[0])
-
-
-class Highlighted:
-    """Highlighted files kept by blob id and name: highlighting is most of a file page's time, and
-    the same files are looked at again and again."""
-
-    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
-        self._kept: Kept[tuple[list[Markup], bool]] = Kept(max_bytes)
-
-    def lines(self, sha: str, filename: str, text: str) -> tuple[list[Markup], bool]:
-        return self._kept.get((sha, filename), lambda: lines(filename, text), _cost)
-
-    @property
-    def bytes(self) -> int:
-        return self._kept.bytes
-
-
-KEPT = Highlighted()
 
 
 @functools.cache
