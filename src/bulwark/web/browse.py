@@ -179,11 +179,12 @@ def _file_view(node: Node, sid: str, entry: TreeEntry) -> dict[str, Any]:
     text = head.data.decode("utf-8", "replace") if shown else ""
     lines, cut = highlight.lines(entry.name, text) if shown else ([], False)
     rendered = render.markdown(text) if shown and gitview.is_markdown(entry.name) else None
-    return {"binary": head.binary, "shown": shown, "lines": lines, "cut": cut, "rendered": rendered}
+    return {"binary": head.binary, "shown": shown, "rows": highlight.rows(lines), "count": len(lines), "cut": cut,
+            "rendered": rendered}
 
 
 def _file_cost(view: dict[str, Any]) -> int:
-    return sum(64 + len(line) for line in view["lines"]) + len(view["rendered"] or "") + 256
+    return len(view["rows"]) + len(view["rendered"] or "") + 256
 
 
 async def blame(request: Request, principal: Principal) -> Response:

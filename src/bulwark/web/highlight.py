@@ -72,6 +72,13 @@ def lines(filename: str, text: str) -> tuple[list[Markup], bool]:
 
 
 
+def rows(lines: list[Markup]) -> Markup:
+    """The table rows of a file page, each line with its anchor: put together once per blob."""
+    return Markup("".join(
+        f'<tr id="L{n}"><td class="num"><a href="#L{n}">{n}</a></td><td class="text">{line}</td></tr>\n'
+        for n, line in enumerate(lines, 1)))
+
+
 @functools.cache
 def stylesheet() -> str:
     return str(HtmlFormatter(style="default").get_style_defs(".code"))
