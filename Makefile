@@ -40,7 +40,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 ## Benchmark against the reference Git HTTP server (nginx + fcgiwrap + git http-backend) and Bulwark's
 ## own modes; writes bench/results/. BENCH_ARGS=--small for a quick run.
 bench: $(VENV)/.bench-installed
-	@scripts/system-deps.sh git nginx fcgiwrap etcd-server haproxy rsync openssh-client openssh-server
+	@scripts/system-deps.sh git nginx fcgiwrap cgit etcd-server haproxy rsync openssh-client openssh-server
 	$(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 ## A seeded fault-injection campaign under git load, with the checker's verdict; writes chaos/results/.

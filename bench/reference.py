@@ -20,6 +20,8 @@ from pathlib import Path
 import psutil
 
 HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"
+CGIT = "/usr/lib/cgit/cgit.cgi"  # Debian's cgit
+CGIT_STATIC = "/usr/share/cgit/"  # its stylesheet and logo
 
 
 def find_program(name: str, package: str) -> str:
@@ -30,8 +32,29 @@ def find_program(name: str, package: str) -> str:
     return found
 
 
-def nginx_config(workdir: Path, port: int, project_root: Path, socket_path: Path, as_root: bool) -> str:
+def cgit_locations(cgitrc: Path, socket_path: Path) -> str:
+    """cgit's pages under ``/cgit/`` through the same fcgiwrap, its static files from nginx itself."""
+    return f"""
+        location /cgit-static/ {{
+            alias {CGIT_STATIC};
+        }}
+
+        location ~ ^/cgit(/.*)?$ {{
+            include /etc/nginx/fastcgi_params;
+            fastcgi_param SCRIPT_FILENAME {CGIT};
+            fastcgi_param CGIT_CONFIG {cgitrc};
+            fastcgi_param PATH_INFO $1;
+            fastcgi_param QUERY_STRING $args;
+            fastcgi_pass unix:{socket_path};
+        }}
+"""
+
+
+def nginx_config(workdir: Path, port: int, project_root: Path, socket_path: Path, as_root: bool,
+                 cgitrc: Path | None = None) -> str:
+    """``cgitrc``: also serve cgit with that configuration (see ``cgit_locations``)."""
     temp = workdir / "tmp"
+    cgit = cgit_locations(cgitrc, socket_path) if cgitrc is not None else ""
     return f"""# Generated for one benchmark run; removed with its directory.
 {"user root root;" if as_root else ""}
 worker_processes auto;
@@ -55,7 +78,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         client_max_body_size 0;
-
+{cgit}
         location / {{
             include /etc/nginx/fastcgi_params;
             fastcgi_param SCRIPT_FILENAME {HTTP_BACKEND};
@@ -102,12 +125,16 @@ def _accepts(path: Path) -> bool:
 
 
 class ReferenceServer:
-    """nginx + fcgiwrap + git http-backend serving every repository under ``project_root``."""
+    """nginx + fcgiwrap + git http-backend serving every repository under ``project_root``.
 
-    def __init__(self, project_root: Path, workdir: Path, children: int = 8) -> None:
+    ``cgitrc``: cgit's configuration, to serve its pages under ``/cgit/`` beside git as well.
+    """
+
+    def __init__(self, project_root: Path, workdir: Path, children: int = 8, cgitrc: Path | None = None) -> None:
         self.project_root = project_root
         self.workdir = workdir
         self.children = children
+        self.cgitrc = cgitrc
         self.port = 0
         self.nginx: subprocess.Popen[bytes] | None = None
         self.fcgiwrap: subprocess.Popen[bytes] | None = None
@@ -124,6 +151,8 @@ class ReferenceServer:
         fcgiwrap = find_program("fcgiwrap", "fcgiwrap")
         if not Path(HTTP_BACKEND).is_file():
             raise RuntimeError(f"{HTTP_BACKEND} is missing (apt-get install git)")
+        if self.cgitrc is not None and not Path(CGIT).is_file():
+            raise RuntimeError(f"{CGIT} is missing (apt-get install cgit; `make bench` does it)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "tmp").mkdir(exist_ok=True)
         sock = self.workdir / "fcgiwrap.sock"
@@ -136,7 +165,8 @@ class ReferenceServer:
                                              stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
         _wait(lambda: _accepts(sock), "fcgiwrap", self.fcgiwrap, log)
         config = self.workdir / "nginx.conf"
-        config.write_text(nginx_config(self.workdir, self.port, self.project_root, sock, os.geteuid() == 0))
+        config.write_text(nginx_config(self.workdir, self.port, self.project_root, sock, os.geteuid() == 0,
+                                       self.cgitrc))
         log = self.workdir / "nginx.log"
         with open(log, "ab") as out:
             self.nginx = subprocess.Popen([nginx, "-c", str(config), "-p", str(self.workdir), "-e",

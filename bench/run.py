@@ -4,6 +4,7 @@
     .venv/bin/python -m bench --small    # a quick run (20 MiB, 50 small repositories)
     .venv/bin/python -m bench --only abuse   # hostile clients alone: bench/results/abuse.{json,md,png}
     .venv/bin/python -m bench --only scale --scale 100000   # lists and look-ups against size: scale.*
+    .venv/bin/python -m bench --only web     # web pages against cgit: bench/results/web.{json,md}
 
 Everything listens on 127.0.0.1 and is started, and stopped, by this process.
 """
@@ -24,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ROOT, abuse, compare, modes, report, scale, ssh
+from bench import ROOT, abuse, compare, modes, report, scale, ssh, web
 from bench.common import client_env
 from bench.data import FULL, SMALL, TINY, Spec, build
 from bench.fixtures import copy_tree, seed
@@ -34,7 +35,7 @@ from bench.reference import ReferenceServer
 
 from helpers import Server, admin_token
 
-SECTIONS = ("compare", "ssh", "backup", "ha", "cluster", "failover", "abuse", "scale")
+SECTIONS = ("compare", "ssh", "web", "backup", "ha", "cluster", "failover", "abuse", "scale")
 REFERENCE_CHILDREN = 8
 
 
@@ -172,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
             clock.log("hostile clients against a standalone node")
             _section(results, "abuse", clock,
                      lambda: abuse.measure(work / "abuse", args.data_dir, args.profile_name, clock.log))
+        if "web" in args.sections:
+            clock.log("web pages against cgit")
+            _section(results, "web", clock,
+                     lambda: web.measure(spec, args.data_dir, work / "web", args.profile_name, clock.log,
+                                         children=REFERENCE_CHILDREN))
         if "scale" in args.sections:
             clock.log("scale: lists and look-ups against the number of repositories")
             _section(results, "scale", clock, lambda: scale.measure(work / "scale", args.scale, clock.log))
@@ -202,10 +208,14 @@ def main(argv: list[str] | None = None) -> int:
             for frame, share in anywhere:
                 print(f"{share * 100:5.1f}%  {frame}")
         return 0
-    for path in report.write(full_report, args.out):
+    written = web.write(full_report, args.out)
+    if args.sections != {"web"}:  # alone, it leaves the full run's latest.* as they are
+        written += report.write(full_report, args.out)
+    for path in written:
         clock.log(f"wrote {os.path.relpath(path, Path.cwd())}")
     print()
-    alone = {"abuse": report.abuse_markdown, "scale": report.scale_markdown, "ssh": report.ssh_markdown}
+    alone = {"abuse": report.abuse_markdown, "scale": report.scale_markdown, "ssh": report.ssh_markdown,
+             "web": web.markdown}
     only = next(iter(args.sections)) if len(args.sections) == 1 else ""
     print(alone[only](full_report) if only in alone else report.markdown(full_report))
     return 1 if any(isinstance(v, dict) and "error" in v for v in results.values()) else 0

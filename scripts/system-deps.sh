@@ -5,7 +5,8 @@ set -euo pipefail
 
 declare -A probe=([git]=git [etcd-server]=etcd [haproxy]=haproxy [nginx]=nginx [fcgiwrap]=fcgiwrap
                   [chromium]=chromium [prometheus]=promtool [iproute2]=ip
-                  [openssh-client]=ssh-keygen [openssh-server]=sshd)
+                  [openssh-client]=ssh-keygen [openssh-server]=sshd [chromium-driver]=chromedriver
+                  [cgit]=/usr/lib/cgit/cgit.cgi)
 missing=()
 for pkg in "$@"; do
   cmd=${probe[$pkg]:-$pkg}
