@@ -28,7 +28,7 @@ def _start_and_capture(data_dir: Path, env: dict[str, str]) -> tuple[subprocess.
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         lines.append(line)
-        if "serving" in line:
+        if "Uvicorn running on" in line:  # listening: the line before it comes before the bind
             break
     return proc, "".join(lines), port
 

@@ -67,7 +67,7 @@ def serve(
             message = f"Created the site administrator 'admin'. Its token, shown once: {secret}"
         print(message, file=sys.stderr, flush=True)
     log.info(
-        "bulwark serving %s on http://%s (data dir %s)",
+        "bulwark starting %s on http://%s (data dir %s)",
         node.role.value,
         settings.listen,
         Path(settings.data_dir).resolve(),
