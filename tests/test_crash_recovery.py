@@ -103,6 +103,35 @@ def test_leftovers_of_a_stopped_node_are_cleared_when_it_starts(
     server.stop()
 
 
+def test_leftovers_a_lingering_process_held_at_the_start_are_cleared_once_it_has_gone(
+    setup: tuple[Server, Path, str], genv: dict[str, str]
+) -> None:
+    """A git of the killed run can outlive its node for seconds (SIGKILL waits for a disk write);
+    the start-up pass leaves that repository alone, and clears it once the process has gone."""
+    server, work, url = setup
+    server.stop()
+    repo = repo_dir(server)
+    pack = repo / "objects" / "pack" / "tmp_pack_lingering"
+    pack.write_bytes(b"PACK")
+    old = time.time() - 60
+    os.utime(pack, (old, old))
+    lingering = subprocess.Popen(["sleep", "60"], cwd=repo / "objects")
+    try:
+        server.start()
+        assert pack.exists(), "a repository a live process works in must be left alone"
+    finally:
+        lingering.kill()
+        lingering.wait()
+    deadline = time.monotonic() + 30
+    while pack.exists():
+        assert time.monotonic() < deadline, "the leftover was never cleared"
+        time.sleep(0.2)
+    assert "cleared 1 stale temporary pack file in alice/site: objects/pack/tmp_pack_lingering" in server.log()
+    push_every_branch(server, work, genv, url, "after-lingering")
+    fsck_clean(server)
+    server.stop()
+
+
 def test_a_stale_lock_on_a_running_node_is_cleared_before_the_next_push(
     setup: tuple[Server, Path, str], genv: dict[str, str]
 ) -> None:

@@ -167,6 +167,34 @@ def test_nothing_is_cleared_while_a_live_process_works_inside(tmp_path: Path) ->
     assert [p for p, _ in leftovers.clear(repo, label="r", just_started=True).removed] == PLANTED
 
 
+def test_a_busy_repository_is_tried_again_until_its_process_has_gone(tmp_path: Path) -> None:
+    repo = bare(tmp_path / "r.git")
+    idle = bare(tmp_path / "idle.git")
+    plant(repo, age=60)
+    passes: list[float] = []
+    busy_for = 3
+
+    def cwds() -> list[Path]:
+        passes.append(0.0)
+        return [repo.resolve() / "objects"] if len(passes) <= busy_for else []
+
+    done = list(leftovers.clear_later({repo.resolve(): "acme/site", idle.resolve(): "acme/idle"}, cwds=cwds,
+                                      sleep=lambda _s: None))
+    assert [c.label for c in done] == ["acme/idle", "acme/site"]
+    assert done[0].removed == ()
+    assert [p for p, _ in done[1].removed] == PLANTED
+    assert len(passes) == busy_for + 1 and on_disk(repo) == []
+
+
+def test_a_repository_busy_for_longer_than_the_patience_is_left(tmp_path: Path) -> None:
+    repo = bare(tmp_path / "r.git")
+    plant(repo, age=60)
+    ticks = iter(range(100))
+    done = list(leftovers.clear_later({repo.resolve(): "r"}, cwds=lambda: [repo.resolve()], every=1.0,
+                                      patience=5.0, sleep=lambda _s: None, clock=lambda: float(next(ticks))))
+    assert done == [] and on_disk(repo) == PLANTED
+
+
 def test_a_listed_leftover_that_its_git_took_away_is_not_present(tmp_path: Path) -> None:
     repo = bare(tmp_path / "r.git")
     plant(repo, age=60)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from bulwark.backup import barrier
@@ -208,13 +210,26 @@ def open_node(
 
 
 def _clear_leftovers(git: GitRunner, labels: dict[str, str]) -> None:
-    """One log line per repository that a killed git left lock or temporary files in."""
+    """One log line per repository that a killed git left lock or temporary files in. Those a
+    process still works in (a git of the killed run that has not exited yet) are tried again in
+    the background until it has gone."""
     from bulwark.git import leftovers
 
+    busy: dict[Path, str] = {}
     for cleared in leftovers.clear_all(git, labels, just_started=True):
         sentence = cleared.sentence()
         if sentence:
             log.warning("%s", sentence)
+        if cleared.skipped == leftovers.BUSY and cleared.repo is not None:
+            busy[cleared.repo] = cleared.label
+    if busy:
+        def later() -> None:
+            for cleared in leftovers.clear_later(busy, lock=git.clearing):
+                sentence = cleared.sentence()
+                if sentence:
+                    log.warning("%s", sentence)
+
+        threading.Thread(target=later, name="leftovers", daemon=True).start()
 
 
 def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher, *, starting: bool) -> Node:

@@ -21,7 +21,8 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 
 # A file this young may belong to a git process we cannot see: left for a later pass.
 GRACE = 5.0
+# Why a pass left a repository alone while a process (maybe a git killed with its node that has
+# not exited yet, stuck in a disk write) worked in it.
+BUSY = "a live process works in it"
 
 _TOP_LOCKS = ("HEAD.lock", "packed-refs.lock", "config.lock", "shallow.lock", "index.lock")
 _TEMP_PACK = ("tmp_pack_", "tmp_idx_", "tmp_rev_", "tmp_mtimes_")
@@ -68,6 +72,7 @@ class Cleared:
     removed: tuple[tuple[str, Kind], ...] = ()
     skipped: str | None = None  # why the repository was left alone
     config_error: str | None = None
+    repo: Path | None = None  # where it is on disk
 
     def sentence(self) -> str | None:
         parts = []
@@ -214,17 +219,17 @@ def clear(
     ``git``: given, the config is checked too (a git process each time, so not before pushes).
     """
     if not (repo / "HEAD").exists():
-        return Cleared(label, skipped="not a repository")
+        return Cleared(label, skipped="not a repository", repo=repo)
     found = stale(listing(repo, locks_only=locks_only), now=time.time() if now is None else now,
                   grace=0.0 if just_started else grace)
     config_error = check_config(repo, git) if git is not None else None
     if not found:
-        return Cleared(label, config_error=config_error)
+        return Cleared(label, config_error=config_error, repo=repo)
     resolved = repo.resolve()
     if owned(resolved, live_cwds() if cwds is None else cwds):
-        return Cleared(label, skipped="a live process works in it", config_error=config_error)
+        return Cleared(label, skipped=BUSY, config_error=config_error, repo=repo)
     removed = tuple((entry.path, kind) for entry, kind in found if _remove(repo, entry))
-    return Cleared(label, removed=removed, config_error=config_error)
+    return Cleared(label, removed=removed, config_error=config_error, repo=repo)
 
 
 def _unfinished(name: str) -> bool:
@@ -253,6 +258,35 @@ def clear_all(
                     storage_id = name.removesuffix(".git")
                     yield clear(git.root / shard / name, label=labels.get(storage_id, storage_id),
                                 git=git if check else None, just_started=just_started, cwds=cwds)
+
+
+def clear_later(
+    busy: Mapping[Path, str],
+    *,
+    lock: AbstractContextManager[object] | None = None,
+    every: float = 2.0,
+    patience: float = 3600.0,
+    cwds: Callable[[], Sequence[Path]] = live_cwds,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Cleared]:
+    """Try the repositories a start-up pass left busy (path -> label) again every ``every`` seconds,
+    until none is busy or ``patience`` runs out; yields a :class:`Cleared` for each one done.
+
+    A git killed with its node can outlive the start by seconds (SIGKILL waits for a disk write to
+    end); once it has gone, its files would otherwise wait for the next start. The node serves by
+    then, so only files older than the grace go, and a repository with any process in it waits."""
+    waiting = dict(busy)
+    deadline = clock() + patience
+    while waiting and clock() < deadline:
+        sleep(every)
+        now = cwds()
+        for repo, label in list(waiting.items()):
+            with lock if lock is not None else contextlib.nullcontext():
+                cleared = clear(repo, label=label, cwds=now)
+            if cleared.skipped != BUSY:
+                del waiting[repo]
+                yield cleared
 
 
 def present(repo: Path, entry: Entry) -> bool:

@@ -145,7 +145,7 @@ class GitRunner:
             "GIT_TERMINAL_PROMPT": "0",
         }
         # One pass at a time over a repository's leftovers, so two never race on one lock file.
-        self._clearing = threading.Lock()
+        self.clearing = threading.Lock()
         self._template_lock = threading.Lock()
         self._template_files: list[tuple[str, bytes | None, int]] | None = None
 
@@ -326,7 +326,7 @@ class GitRunner:
     def clear_stale_locks(self, storage_id: str) -> None:
         """Before a push: remove ref lock files a killed git left (older than the grace, with
         no live process in the repository), so a crash never makes a branch unwritable."""
-        with self._clearing:
+        with self.clearing:
             cleared = leftovers.clear(self.path(storage_id), label=storage_id, locks_only=True)
         sentence = cleared.sentence()
         if sentence:
