@@ -19,7 +19,9 @@ import pytest
 from bulwark.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from bulwark.models import AccountType, MaintenanceState, OrgRole, Permission, Scope, SshKey, Visibility
 from bulwark.store.changes import Change, ChangeLog, ChangeOp, Snapshot
+from bulwark.store.hooks_sqlite import SQLiteHooks
 from bulwark.store.sqlite import MIGRATIONS, REPLICATED_TABLES, SQLiteStore
+from bulwark.webhooks.models import ContentType, DeliveryState
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -147,6 +149,25 @@ def populate(store: SQLiteStore) -> dict[str, int]:
     store.record_event("push", {"storage_id": "s4", "checksum": "c4"})
     store.delete_account(dave.id)
     store.remove_collaborator(tools.id, carol.id)
+    # Webhooks: a repository's hook and an organization's, deliveries with an attempt, and one
+    # hook deleted with its deliveries.
+    hooks = SQLiteHooks(store)
+    hook = hooks.create_hook(repo_id=one.id, org_id=None, url="https://ci.example.com/hook",
+                             content_type=ContentType.JSON, secret="s3cret", insecure_ssl=False, events=("push",),
+                             active=True)
+    org_hook = hooks.create_hook(repo_id=None, org_id=acme.id, url="https://chat.example.com/", insecure_ssl=True,
+                                 content_type=ContentType.FORM, secret="", events=("*",), active=True)
+    delivery = hooks.enqueue(hook.id, one.id, "push", None, '{"ref": "refs/heads/main"}')
+    assert delivery is not None
+    hooks.record_attempt(delivery, at=WHEN, status_code=500, duration_ms=12, request_headers={"X-GitHub-Event": "push"},
+                         response_headers={"Content-Type": "text/plain"}, response_body="oops", error="",
+                         state=DeliveryState.PENDING, next_at=WHEN + timedelta(seconds=10))
+    hooks.enqueue(org_hook.id, tools.id, "repository", "renamed", "{}")
+    hooks.save_hook(dataclasses.replace(hook, events=("push", "create")))
+    gone = hooks.create_hook(repo_id=tools.id, org_id=None, url="https://x.example.com/", secret="",
+                             content_type=ContentType.JSON, insecure_ssl=False, events=("push",), active=False)
+    hooks.enqueue(gone.id, tools.id, "ping", None, "{}")
+    hooks.delete_hook(gone.id)
     return {"alice": alice.id, "bob": bob.id, "carol": carol.id, "acme": acme.id, "one": one.id, "tools": tools.id}
 
 

@@ -154,7 +154,7 @@ def test_a_database_from_before_ssh_keys_gets_their_tables(db_path: pathlib.Path
                      (now, now))
     store = SQLiteStore(db_path)
     try:
-        assert store.schema_version() == len(MIGRATIONS) == 6
+        assert store.schema_version() == len(MIGRATIONS) == 7
         bob = store.get_account("bob")
         assert bob is not None
         key = store.create_ssh_key(fingerprint=fingerprint("bob"), algorithm="ssh-ed25519", key="k", title="t",

@@ -75,6 +75,12 @@ class Settings(BaseModel):
     # Memory for answers to fetches that find nothing new (ref advertisements), served
     # without starting git; 0 turns the cache off.
     ref_cache_mb: int = Field(default=64, ge=0)
+    # Webhooks: whether deliveries may go to loopback, private and link-local addresses (off, so a
+    # hook cannot reach the node's own network), seconds a receiver has to answer, and deliveries
+    # in flight at once (one per hook and repository).
+    webhook_allow_private: bool = False
+    webhook_timeout: float = Field(default=10.0, gt=0, le=60)
+    webhook_workers: int = Field(default=8, gt=0, le=64)
     log_format: str = "json"
     access_log: bool = True
     git: str = "git"

@@ -10,6 +10,7 @@ import enum
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -21,7 +22,7 @@ from bulwark.errors import ReadOnlyNode, Unavailable
 from bulwark.git.runner import ZERO_OID, GitRunner
 from bulwark.ha import state as ha_state
 from bulwark.ha.state import HAState
-from bulwark.models import Repository
+from bulwark.models import Account, Repository
 from bulwark.security import PasswordHasher
 from bulwark.services.accounts import AccountService
 from bulwark.services.repo_lists import RepoLists
@@ -29,6 +30,7 @@ from bulwark.services.repositories import RepositoryService
 from bulwark.services.ssh_keys import KeyService
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog
+from bulwark.webhooks.service import HookService
 
 log = logging.getLogger("bulwark")
 
@@ -65,10 +67,23 @@ class Node:
     access_cache: AccessCache[Any] | None = None
 
     def __post_init__(self) -> None:
+        # Webhooks live beside the SQLite metadata (standalone and HA); a cluster has none yet.
+        self.webhooks: HookService | None = None
+        from bulwark.store.sqlite import SQLiteStore
+
+        if isinstance(self.store, SQLiteStore):
+            from bulwark.store.hooks_sqlite import SQLiteHooks
+
+            self.webhooks = HookService(
+                SQLiteHooks(self.store), self.store, self.git, base_url=self.settings.base_url,
+                ssh_clone_url=self.settings.ssh_clone_url, queued=lambda: self.wake_deliverer(),
+            )
+        # Set by ``bulwark serve`` to its deliverer's wake-up, so a queued event goes out at once.
+        self.wake_deliverer: Callable[[], None] = lambda: None
         self.accounts = AccountService(
             self.store, self.hasher, self.clock, metadata_writable=lambda: self.role is not NodeRole.HA_REPLICA
         )
-        self.repos = RepositoryService(self.store, self.git, self.clock)
+        self.repos = RepositoryService(self.store, self.git, self.clock, events=self.webhooks)
         self.keys = KeyService(self.store, self.clock, metadata_writable=lambda: self.role is not NodeRole.HA_REPLICA)
         self.repo_lists = RepoLists(self.store)
         # The SQLite store keeps the change log HA replication streams from.
@@ -150,19 +165,30 @@ class Node:
             return False, f"replica of {ha.primary_url}"
         return True, "serving"
 
-    def record_push(self, repo: Repository, commands: list[tuple[str, str, str]]) -> None:
-        """After a push: note when, and put the ref updates that landed into the change stream,
-        where replicas learn which repository to fetch (in order with the metadata)."""
-        self.repos.record_push(repo)
+    def record_push(
+        self, repo: Repository, commands: list[tuple[str, str, str]], pusher: Account | None = None
+    ) -> None:
+        """After a push: note when, put the ref updates that landed into the change stream, where
+        replicas learn which repository to fetch (in order with the metadata), and queue the
+        webhook deliveries of the push, all in one transaction."""
         if self.cluster is not None:
+            self.repos.record_push(repo)
             return  # the cluster's replicas took part in the push itself
         names = [ref for _old, _new, ref in commands]
         now = {r.name: r.oid for r in self.git.refs(repo.storage_id, *names)} if names else {}
-        landed = [[old, new, ref] for old, new, ref in commands if now.get(ref, ZERO_OID) == new]
-        self.changelog.record_event(
-            "push",
-            {"storage_id": repo.storage_id, "checksum": self.git.ref_checksum(repo.storage_id), "refs": landed},
-        )
+        landed = [(old, new, ref) for old, new, ref in commands if now.get(ref, ZERO_OID) == new]
+        checksum = self.git.ref_checksum(repo.storage_id)
+        # Git is read before the transaction, which holds the database's write lock.
+        deliveries = self.webhooks.push_deliveries(repo, pusher, landed) if self.webhooks and pusher else []
+        with self.store.transaction():
+            self.repos.record_push(repo)
+            self.changelog.record_event(
+                "push", {"storage_id": repo.storage_id, "checksum": checksum, "refs": [list(u) for u in landed]}
+            )
+            if self.webhooks is not None and deliveries:
+                self.webhooks.enqueue(repo, deliveries)
+        if deliveries:
+            self.wake_deliverer()
 
     def close(self) -> None:
         if self.cluster is not None:

@@ -405,6 +405,28 @@ class GitRunner:
             return []
         return [_parse_commit(rec) for rec in proc.stdout.decode(errors="replace").split("\x1e") if rec.strip()]
 
+    def pushed_commits(self, storage_id: str, old: str, new: str, ref: str, *, limit: int) -> list[Commit]:
+        """The commits a push of ``ref`` from ``old`` to ``new`` brought, oldest first, at most
+        ``limit`` (the newest). For a new ref: those on no other branch or tag."""
+        if new == ZERO_OID:
+            return []
+        if old != ZERO_OID:
+            span = ["--end-of-options", new, f"^{old}"]
+        else:
+            # --not toggles: every other branch and tag negated, then ``new`` itself.
+            others = [f"--exclude={ref}", "--glob=refs/heads/*", f"--exclude={ref}", "--glob=refs/tags/*"]
+            span = ["--not", *others, "--not", "--end-of-options", new]
+        proc = self._in(storage_id, ["log", f"--format={_LOG_FORMAT}", f"--max-count={limit}", *span], check=False)
+        if proc.returncode != 0:
+            return []
+        commits = [_parse_commit(rec) for rec in proc.stdout.decode(errors="replace").split("\x1e") if rec.strip()]
+        return commits[::-1]
+
+    def is_ancestor(self, storage_id: str, ancestor: str, descendant: str) -> bool:
+        proc = self._in(storage_id, ["merge-base", "--is-ancestor", "--end-of-options", ancestor, descendant],
+                        check=False)
+        return proc.returncode == 0
+
     def commit(self, storage_id: str, rev: str) -> Commit | None:
         oid = self.resolve(storage_id, rev)
         if oid is None:

@@ -13,6 +13,7 @@ from bulwark.cluster.coordinator import Outcome, Push
 from bulwark.git import pktline, report
 from bulwark.git.runner import GitRunner
 from bulwark.gitservice.session import RECEIVE_PACK, GitSession
+from bulwark.models import Account
 from bulwark.monitoring.metrics import Refusal, count_refused
 from bulwark.node import Node
 from bulwark.services.repositories import RepoAccess
@@ -20,10 +21,17 @@ from bulwark.services.repositories import RepoAccess
 log = logging.getLogger("bulwark.git")
 
 
-def recorder(node: Node, access: RepoAccess, commands: Sequence[pktline.RefUpdate]) -> Callable[[], Awaitable[None]]:
+def recorder(
+    node: Node, access: RepoAccess, commands: Sequence[pktline.RefUpdate], pusher: Account | None = None
+) -> Callable[[], Awaitable[None]]:
+    """What runs when receive-pack succeeded, before its last bytes reach the client (session.py):
+    a push whose report the client saw is recorded, with its webhook deliveries. A deploy key
+    pushes for the repository's owner."""
+
     async def record() -> None:
         try:
-            await asyncio.to_thread(node.record_push, access.repo, [(c.old, c.new, c.ref) for c in commands])
+            await asyncio.to_thread(node.record_push, access.repo, [(c.old, c.new, c.ref) for c in commands],
+                                    pusher or access.owner)
         except Exception:
             # The refs are updated already; a stale pushed_at must not turn that into a failure.
             log.exception("could not record the push to %s", access.full_name)

@@ -193,6 +193,19 @@ class GitSession:
             await self.finish()
             yield await self.hold_output(bytes(held))
             return
+        if self.on_success is not None:
+            # A push: the last bytes (the end of git's report) wait until it is recorded, so a
+            # push the client saw succeed has its record and webhook deliveries, even if the
+            # node dies the next moment.
+            last = first
+            while chunk := await stdout.read(CHUNK):
+                if last:
+                    yield last
+                last = chunk
+            await self.finish()
+            if last:
+                yield last
+            return
         if first:
             yield first
         while chunk := await stdout.read(CHUNK):

@@ -237,7 +237,8 @@ async def _rpc(request: Request, service: str) -> Response:
         raise
     session = _session(proc, request, access, service, slot)
     if commands:
-        session.on_success = recorder(node, access, commands)
+        principal = getattr(request.state, "principal", None)
+        session.on_success = recorder(node, access, commands, principal.account if principal else None)
     if push is not None:
         lead_push(session, node, push, capabilities)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from bulwark.clock import Clock
 from bulwark.errors import Forbidden, GitError, InvalidInput, NotFound
@@ -32,11 +33,34 @@ class RepoAccess:
         return f"{self.owner.login}/{self.repo.name}"
 
 
+class RepoEvents(Protocol):
+    """Where repository and member events go (webhooks/service.py), inside the change's transaction."""
+
+    def repository(self, action: str, repo: Repository, sender: Account,
+                   changes: dict[str, Any] | None = None) -> int: ...
+
+    def member(self, action: str, repo: Repository, sender: Account, member: Account,
+               permission: Permission | None = None) -> int: ...
+
+
+def _repository_action(before: Repository, after: Repository) -> tuple[str, dict[str, Any] | None] | None:
+    """The webhook ``repository`` action of an update, with GitHub's ``changes``."""
+    if before.name != after.name:
+        return "renamed", {"repository": {"name": {"from": before.name}}}
+    if before.visibility is not after.visibility:
+        return ("privatized" if after.private else "publicized"), None
+    edited = {f: {"from": getattr(before, f)} for f in ("description", "default_branch")
+              if getattr(before, f) != getattr(after, f)}
+    return ("edited", edited) if edited else None
+
+
 class RepositoryService:
-    def __init__(self, store: Store, git: GitRunner, clock: Clock) -> None:
+    def __init__(self, store: Store, git: GitRunner, clock: Clock, events: RepoEvents | None = None) -> None:
         self.store = store
         self.git = git
         self.clock = clock
+        # Set where webhooks exist; a change made on behalf of a ``sender`` then queues its event.
+        self.events = events
 
     # -- access ----------------------------------------------------------------------
 
@@ -114,6 +138,7 @@ class RepositoryService:
         visibility: Visibility = Visibility.PUBLIC,
         description: str = "",
         default_branch: str = "main",
+        sender: Account | None = None,
     ) -> Repository:
         check_repo_name(name)
         _check_description(description)
@@ -121,14 +146,17 @@ class RepositoryService:
         storage_id = uuid.uuid4().hex
         # The record first: it is where uniqueness is decided. Its data follows, and a
         # failure to create the data takes the record back out.
-        repo = self.store.create_repo(
-            owner.id,
-            name,
-            storage_id=storage_id,
-            visibility=visibility,
-            description=description,
-            default_branch=default_branch,
-        )
+        with self.store.transaction():
+            repo = self.store.create_repo(
+                owner.id,
+                name,
+                storage_id=storage_id,
+                visibility=visibility,
+                description=description,
+                default_branch=default_branch,
+            )
+            if self.events is not None and sender is not None:
+                self.events.repository("created", repo, sender)
         try:
             self.git.init_bare(storage_id, default_branch)
         except Exception:
@@ -146,6 +174,7 @@ class RepositoryService:
         visibility: Visibility | None = None,
         default_branch: str | None = None,
         allow_force_push: bool | None = None,
+        sender: Account | None = None,
     ) -> Repository:
         changes: dict[str, object] = {}
         if name is not None and name != repo.name:
@@ -162,7 +191,12 @@ class RepositoryService:
             changes["default_branch"] = default_branch
         if not changes:
             return repo
-        return self.store.save_repo(dataclasses.replace(repo, **changes))  # type: ignore[arg-type]
+        with self.store.transaction():
+            saved = self.store.save_repo(dataclasses.replace(repo, **changes))  # type: ignore[arg-type]
+            action = _repository_action(repo, saved)
+            if self.events is not None and sender is not None and action is not None:
+                self.events.repository(action[0], saved, sender, action[1])
+        return saved
 
     def _set_head(self, repo: Repository, branch: str) -> None:
         has_branches = bool(self.git.refs(repo.storage_id, "refs/heads/"))
@@ -178,8 +212,12 @@ class RepositoryService:
         name = check_repo_name(new_name) if new_name is not None else repo.name
         return self.store.save_repo(dataclasses.replace(repo, owner_id=new_owner.id, name=name))
 
-    def delete(self, repo: Repository) -> None:
-        if self.store.delete_repo(repo.id):
+    def delete(self, repo: Repository, sender: Account | None = None) -> None:
+        with self.store.transaction():
+            if self.events is not None and sender is not None:
+                self.events.repository("deleted", repo, sender)
+            deleted = self.store.delete_repo(repo.id)
+        if deleted:
             self.git.remove(repo.storage_id)
 
     def delete_account(self, account: Account) -> None:
@@ -193,16 +231,25 @@ class RepositoryService:
 
     # -- collaborators -----------------------------------------------------------------
 
-    def add_collaborator(self, repo: Repository, user: Account, permission: Permission) -> Collaborator:
+    def add_collaborator(self, repo: Repository, user: Account, permission: Permission,
+                         sender: Account | None = None) -> Collaborator:
         if user.is_org:
             raise InvalidInput("an organization cannot be a collaborator")
         if permission is Permission.NONE:
             raise InvalidInput("permission must be pull, push or admin", field="permission")
-        return self.store.set_collaborator(repo.id, user.id, permission)
+        with self.store.transaction():
+            known = self.store.get_collaborator(repo.id, user.id)
+            collaborator = self.store.set_collaborator(repo.id, user.id, permission)
+            if self.events is not None and sender is not None and (known is None or known.permission != permission):
+                self.events.member("added" if known is None else "edited", repo, sender, user, permission)
+        return collaborator
 
-    def remove_collaborator(self, repo: Repository, user: Account) -> None:
-        if not self.store.remove_collaborator(repo.id, user.id):
-            raise NotFound(f"{user.login!r} is not a collaborator")
+    def remove_collaborator(self, repo: Repository, user: Account, sender: Account | None = None) -> None:
+        with self.store.transaction():
+            if not self.store.remove_collaborator(repo.id, user.id):
+                raise NotFound(f"{user.login!r} is not a collaborator")
+            if self.events is not None and sender is not None:
+                self.events.member("removed", repo, sender, user)
 
     def user_permission(
         self, repo: Repository, owner: Account, user: Account, *, via_visibility: bool = True

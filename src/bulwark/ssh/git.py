@@ -34,6 +34,7 @@ from bulwark.gitservice.session import (
     GitSession,
     closed_on_error,
 )
+from bulwark.models import Account
 from bulwark.monitoring.metrics import Metrics, Refusal, Transport, count_refused
 from bulwark.node import Node
 from bulwark.services.repositories import RepoAccess
@@ -199,6 +200,7 @@ async def serve(node: Node, holder: Holder, command: str, channel: Channel, *, m
     idle = Idle(idle_timeout)
     stream = ClientStream(channel.stdin, idle, service)
     git = _Git(node, access, service, protocol, metrics, slot, channel, idle)
+    git.pusher = holder.user
     try:
         if service == RECEIVE_PACK:
             try:
@@ -249,6 +251,7 @@ class _Git:
         self.node, self.access, self.service, self.protocol = node, access, service, protocol
         self.metrics, self.channel, self.idle = metrics, channel, idle
         del slot  # held by the caller for the whole session
+        self.pusher: Account | None = None  # the key's user; None for a deploy key
 
     async def _spawn(self, service: str, *, advertise: bool = False, stateful: bool = False) -> GitSession:
         proc = await self.node.git.spawn(self.access.repo.storage_id, service, advertise=advertise,
@@ -294,7 +297,7 @@ class _Git:
         prelude, packets = section
         request = pktline.parse_receive_request(packets)
         session = await self._spawn(RECEIVE_PACK)
-        session.on_success = recorder(self.node, self.access, request.commands)
+        session.on_success = recorder(self.node, self.access, request.commands, self.pusher)
         try:
             async with closed_on_error(session):
                 session.send_input(prelude, stream.rest(self.node.settings.max_push_bytes))

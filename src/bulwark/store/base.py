@@ -25,7 +25,8 @@ backend must pass. The contract:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
 from bulwark.models import (
@@ -53,6 +54,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections. The store may not be used afterwards."""
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Several calls of this thread as one transaction, where the backend can (SQLite);
+        elsewhere each call stays its own."""
+        yield
 
     # -- accounts ------------------------------------------------------------------
 

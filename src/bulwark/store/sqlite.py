@@ -59,6 +59,9 @@ REPLICATED_TABLES = (
     "collaborators",
     "ssh_keys",
     "ssh_host_keys",
+    "hooks",
+    "hook_deliveries",
+    "hook_attempts",
 )
 EVENT_TABLE = "event"
 
@@ -299,6 +302,76 @@ MIGRATIONS: list[str] = [
         "id fingerprint algorithm public_key title user_id repo_id read_only created_at last_used_at",
     )
     + _capture_triggers("ssh_host_keys", "algorithm", "algorithm private_key created_at"),
+    # Webhooks: the hooks, and the outbox of their deliveries with every attempt. Replicated, so
+    # a promoted replica delivers what its primary had not (webhooks/deliverer.py).
+    """
+    CREATE TABLE hooks (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        repo_id      INTEGER REFERENCES repositories (id) ON DELETE CASCADE,
+        org_id       INTEGER REFERENCES accounts (id) ON DELETE CASCADE,
+        url          TEXT    NOT NULL,
+        content_type TEXT    NOT NULL,
+        secret       TEXT    NOT NULL DEFAULT '',
+        insecure_ssl INTEGER NOT NULL DEFAULT 0,
+        events       TEXT    NOT NULL,
+        active       INTEGER NOT NULL DEFAULT 1,
+        created_at   TEXT    NOT NULL,
+        updated_at   TEXT    NOT NULL,
+        CHECK ((repo_id IS NULL) <> (org_id IS NULL))
+    );
+    CREATE INDEX hooks_repo ON hooks (repo_id);
+    CREATE INDEX hooks_org ON hooks (org_id);
+
+    CREATE TABLE hook_deliveries (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        guid         TEXT    NOT NULL,
+        hook_id      INTEGER NOT NULL REFERENCES hooks (id) ON DELETE CASCADE,
+        repo_id      INTEGER,
+        event        TEXT    NOT NULL,
+        action       TEXT,
+        payload      TEXT    NOT NULL,
+        state        TEXT    NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        created_at   TEXT    NOT NULL,
+        next_at      TEXT    NOT NULL,
+        redelivery   INTEGER NOT NULL DEFAULT 0,
+        delivered_at TEXT,
+        status_code  INTEGER,
+        duration_ms  INTEGER
+    );
+    CREATE INDEX hook_deliveries_hook ON hook_deliveries (hook_id, id);
+    CREATE INDEX hook_deliveries_pending ON hook_deliveries (state, hook_id, repo_id, id);
+    CREATE INDEX hook_deliveries_guid ON hook_deliveries (guid);
+
+    CREATE TABLE hook_attempts (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        delivery_id      INTEGER NOT NULL REFERENCES hook_deliveries (id) ON DELETE CASCADE,
+        at               TEXT    NOT NULL,
+        status_code      INTEGER,
+        duration_ms      INTEGER NOT NULL,
+        request_headers  TEXT    NOT NULL,
+        response_headers TEXT    NOT NULL,
+        response_body    TEXT    NOT NULL,
+        error            TEXT    NOT NULL
+    );
+    CREATE INDEX hook_attempts_delivery ON hook_attempts (delivery_id, id);
+    """
+    + _capture_triggers(
+        "hooks",
+        "id",
+        "id repo_id org_id url content_type secret insecure_ssl events active created_at updated_at",
+    )
+    + _capture_triggers(
+        "hook_deliveries",
+        "id",
+        "id guid hook_id repo_id event action payload state attempts created_at next_at redelivery delivered_at"
+        " status_code duration_ms",
+    )
+    + _capture_triggers(
+        "hook_attempts",
+        "id",
+        "id delivery_id at status_code duration_ms request_headers response_headers response_body error",
+    ),
 ]
 
 _ACCOUNT_COLUMNS = "id, login, type, name, email, email_public, site_admin, suspended, created_at, updated_at"
@@ -592,11 +665,35 @@ class SQLiteStore(Store, ChangeLog):
             conn.close()
 
     @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction around several store calls of this thread: a change and the
+        webhook deliveries it causes commit together or not at all."""
+        with self._write():
+            yield
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction for the store's companions on the same database (store/hooks_sqlite.py)."""
+        with self._write() as conn:
+            yield conn
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._rows(sql, params)
+
+    def now(self) -> str:
+        return self._now()
+
+    @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; rolled back if the body raises."""
+        """One write transaction; rolled back if the body raises. Inside another of this
+        thread it joins that one, which commits or rolls back the whole."""
         conn = self._connection()
+        if conn.in_transaction and getattr(self._local, "writing", False):
+            yield conn
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
+            self._local.writing = True
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -604,6 +701,8 @@ class SQLiteStore(Store, ChangeLog):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._local.writing = False
         except sqlite3.IntegrityError as exc:
             # Constraints the methods do not check themselves; a bug if it happens.
             raise StoreError(f"metadata store constraint failed: {exc}") from exc

@@ -19,3 +19,11 @@ def dump_time(value: datetime) -> str:
 
 def dump_optional_time(value: datetime | None) -> str | None:
     return None if value is None else dump_time(value)
+
+
+def load_time(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def load_optional_time(text: str | None) -> datetime | None:
+    return None if text is None else load_time(text)

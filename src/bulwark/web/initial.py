@@ -31,5 +31,5 @@ def write_readme(node: Node, repo: Repository, author: Account) -> str | None:
     commit = git.run([*where, "commit-tree", tree, "-m", "Initial commit"], extra_env=person).stdout.decode().strip()
     ref = f"refs/heads/{repo.default_branch}"
     git.update_ref(repo.storage_id, ref, commit, ZERO_OID)
-    node.record_push(repo, [(ZERO_OID, commit, ref)])
+    node.record_push(repo, [(ZERO_OID, commit, ref)], author)
     return commit

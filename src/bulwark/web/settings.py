@@ -69,11 +69,12 @@ async def new_repo(request: Request, principal: Principal) -> Response:
 
         def create() -> None:
             try:
-                repo = node.repos.create(owner, name, visibility=visibility, description=fields.get("description", ""))
+                repo = node.repos.create(owner, name, visibility=visibility, description=fields.get("description", ""),
+                                         sender=user)
             except AlreadyExists:
                 raise InvalidInput(f"{owner.login}/{name} already exists") from None
             if owner.is_org and node.accounts.role_in(owner, user) is OrgRole.MEMBER:
-                node.repos.add_collaborator(repo, user, Permission.ADMIN)  # a member administers what they bring
+                node.repos.add_collaborator(repo, user, Permission.ADMIN, user)  # a member administers what they bring
             if fields.get("readme") == "1":
                 write_readme(node, repo, user)
 
@@ -113,14 +114,15 @@ async def repo_settings_post(request: Request, principal: Principal) -> Response
             name = fields.get("name", access.repo.name).strip()
             try:
                 await run_in_threadpool(lambda: node.repos.update(
-                    access.repo, name=name, description=fields.get("description", ""), visibility=visibility))
+                    access.repo, name=name, description=fields.get("description", ""), visibility=visibility,
+                    sender=principal.account))
             except AlreadyExists:
                 raise InvalidInput(f"{access.owner.login}/{name} already exists") from None
             return _redirect(f"/{access.owner.login}/{name}/settings?done=saved")
         if action == "delete":
             if fields.get("confirm", "").strip() != access.full_name:
                 raise InvalidInput(f"type {access.full_name} to confirm")
-            await run_in_threadpool(node.repos.delete, access.repo)
+            await run_in_threadpool(node.repos.delete, access.repo, principal.account)
             return _redirect(f"/{access.owner.login}")
         if action == "add-collaborator":
             role = ROLES.get(fields.get("permission", "write"))
@@ -129,11 +131,11 @@ async def repo_settings_post(request: Request, principal: Principal) -> Response
             user = await run_in_threadpool(node.accounts.get_user, fields.get("login", "").strip())
             if user.id == access.owner.id:
                 raise InvalidInput("the owner of a repository cannot be its collaborator")
-            await run_in_threadpool(node.repos.add_collaborator, access.repo, user, role)
+            await run_in_threadpool(node.repos.add_collaborator, access.repo, user, role, principal.account)
             return _redirect(f"/{access.full_name}/settings?done=added")
         if action == "remove-collaborator":
             user = await run_in_threadpool(node.accounts.get_user, fields.get("login", ""))
-            await run_in_threadpool(node.repos.remove_collaborator, access.repo, user)
+            await run_in_threadpool(node.repos.remove_collaborator, access.repo, user, principal.account)
             return _redirect(f"/{access.full_name}/settings?done=removed")
         raise InvalidInput("unknown action")
     except (InvalidInput, NotFound) as exc:

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bulwark.cluster.router import Access
 from bulwark.errors import NotFound, Unavailable, UnsupportedMediaType
-from bulwark.http.api import admin, collaborators, git_data, keys, orgs, repos, users
+from bulwark.http.api import admin, collaborators, git_data, hooks, keys, orgs, repos, users
 from bulwark.http.api.common import body_is_not_json
 from bulwark.node import Node
 from bulwark.services.permissions import Principal
@@ -122,7 +122,7 @@ def _api_route(route: Route, *, git_backed: bool = False) -> Route:
 
 _routes: list[BaseRoute] = [
     _api_route(route, git_backed=module is git_data)
-    for module in (users, admin, keys, orgs, repos, collaborators, git_data)
+    for module in (users, admin, keys, orgs, repos, collaborators, hooks, git_data)
     for route in module.routes
 ]
 

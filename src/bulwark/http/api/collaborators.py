@@ -54,7 +54,7 @@ async def add_collaborator(request: Request) -> Response:
     if user.id == access.owner.id:
         raise InvalidInput("the repository owner cannot be a collaborator", field="username")
     existing = await call(ctx.node.store.get_collaborator, access.repo.id, user.id)
-    await call(ctx.node.repos.add_collaborator, access.repo, user, _ROLES[text])
+    await call(ctx.node.repos.add_collaborator, access.repo, user, _ROLES[text], ctx.user)
     if existing is not None:
         return no_content()  # GitHub's answer for someone already on the repository
     repo = repo_json(ctx, access.repo, access.owner, access.permission)
@@ -68,7 +68,7 @@ async def remove_collaborator(request: Request) -> Response:
     user = await call(ctx.node.accounts.get_user, request.path_params["username"])
     if user.id != ctx.user.id:  # collaborators may leave on their own
         ctx.node.repos.require(access, Permission.ADMIN)
-    await call(ctx.node.repos.remove_collaborator, access.repo, user)
+    await call(ctx.node.repos.remove_collaborator, access.repo, user, ctx.user)
     return no_content()
 
 

@@ -67,7 +67,7 @@ async def _fresh(ctx: Ctx, repo: Repository, owner: Account) -> dict[str, Any]:
 async def _keep_admin(ctx: Ctx, repo: Repository, owner: Account) -> None:
     """Members only read their organization's repositories; one they bring in, they administer."""
     if owner.is_org and await caller_role(ctx, owner) is OrgRole.MEMBER:
-        await call(ctx.node.repos.add_collaborator, repo, ctx.user, Permission.ADMIN)
+        await call(ctx.node.repos.add_collaborator, repo, ctx.user, Permission.ADMIN, ctx.user)
 
 
 async def _create(ctx: Ctx, owner: Account, data: dict[str, Any]) -> JSONResponse:
@@ -78,7 +78,8 @@ async def _create(ctx: Ctx, owner: Account, data: dict[str, Any]) -> JSONRespons
         raise InvalidInput("auto_init is not supported: push a first commit instead", field="auto_init")
     _require_repo_scope(ctx, visibility)
     try:
-        repo = await call(ctx.node.repos.create, owner, name, visibility=visibility, description=description)
+        repo = await call(ctx.node.repos.create, owner, name, visibility=visibility, description=description,
+                          sender=ctx.user)
     except AlreadyExists:
         raise InvalidInput(NAME_TAKEN, field="name") from None
     await _keep_admin(ctx, repo, owner)
@@ -248,6 +249,7 @@ async def update_repo(request: Request) -> JSONResponse:
             visibility=visibility,
             default_branch=field(data, "default_branch", str),
             allow_force_push=field(data, "allow_force_pushes", bool),
+            sender=ctx.user,
         )
     except AlreadyExists:
         raise InvalidInput(NAME_TAKEN, field="name") from None
@@ -259,7 +261,7 @@ async def delete_repo(request: Request) -> Response:
     access = await find_repo(ctx)
     ctx.node.repos.require(access, Permission.ADMIN)
     ctx.require_scope(Scope.DELETE_REPO)
-    await call(ctx.node.repos.delete, access.repo)
+    await call(ctx.node.repos.delete, access.repo, ctx.user)
     return no_content()
 
 

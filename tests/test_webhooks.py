@@ -1,0 +1,282 @@
+"""Webhooks end to end: hooks managed with a GitHub client library, deliveries to a real receiver
+process that checks signatures, an outage it recovers from, the SSRF guard, and a node killed
+with SIGKILL in the middle of a burst of pushes without losing an acknowledged one."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from github import Auth, Github, GithubException
+
+from helpers import Server, free_port, git
+from webhook_receiver import Receiver
+
+pytestmark = pytest.mark.timeout(420)
+
+SECRET = "It's a Secret to Everybody"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Any:
+    srv = Server(data_dir=tmp_path / "node", extra_env={"BULWARK_WEBHOOK_ALLOW_PRIVATE": "1"}).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Any:
+    rec = Receiver(free_port(), tmp_path / "received.jsonl", SECRET).start()
+    try:
+        yield rec
+    finally:
+        rec.stop()
+
+
+def clone_with_commit(srv: Server, genv: dict[str, str], work: Path, url: str) -> None:
+    git("clone", "-q", url, str(work), env=genv)
+    (work / "README.md").write_text("hello\n")
+    git("add", "README.md", cwd=work, env=genv)
+    git("commit", "-q", "-m", "first", cwd=work, env=genv)
+
+
+def deliveries(srv: Server, owner: str, repo: str, hook_id: int) -> list[dict[str, Any]]:
+    r = srv.api("GET", f"/repos/{owner}/{repo}/hooks/{hook_id}/deliveries?per_page=100")
+    assert r.status_code == 200, r.text
+    return list(r.json())
+
+
+def wait_until(check: Any, timeout: float = 60, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_hooks_through_a_github_client_and_pushes_reach_a_signing_receiver(
+    node: Server, receiver: Receiver, genv: dict[str, str], tmp_path: Path
+) -> None:
+    gh = Github(base_url=f"{node.url}/api/v3", auth=Auth.Token(node.token), retry=None)
+    node.create_repo(node.token, "app")
+    repo = gh.get_repo("admin/app")
+    hook = repo.create_hook("web", {"url": receiver.url, "content_type": "json", "secret": SECRET},
+                            events=["push", "create", "delete", "repository"], active=True)
+    assert hook.config["secret"] == "********" and hook.config["url"] == receiver.url
+    [ping] = receiver.wait_for(1, "ping")
+    assert ping["signed"] and ping["payload"]["hook_id"] == hook.id and ping["user_agent"].startswith(
+        "Bulwark-Hookshot/")
+
+    work = tmp_path / "work"
+    clone_with_commit(node, genv, work, node.remote("admin", "app", token=node.token))
+    git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=work, env=genv)
+    head = git("rev-parse", "HEAD", cwd=work, env=genv).stdout.strip()
+    git("tag", "v1", cwd=work, env=genv)
+    git("push", "-q", "origin", "v1", cwd=work, env=genv)
+    git("push", "-q", "origin", ":refs/tags/v1", cwd=work, env=genv)
+
+    pushes = receiver.wait_for(3, "push")
+    assert all(r["signed"] for r in receiver.records())
+    first = pushes[0]["payload"]
+    assert first["ref"] == "refs/heads/main" and first["after"] == head and first["created"]
+    assert [c["id"] for c in first["commits"]] == [head] and first["head_commit"]["message"] == "first"
+    assert first["pusher"]["name"] == "admin" and first["repository"]["full_name"] == "admin/app"
+    assert pushes[2]["payload"]["deleted"] and pushes[2]["payload"]["ref"] == "refs/tags/v1"
+    creates = receiver.wait_for(2, "create")
+    assert [(r["payload"]["ref"], r["payload"]["ref_type"]) for r in creates] == [("main", "branch"), ("v1", "tag")]
+    [deleted] = receiver.wait_for(1, "delete")
+    assert deleted["payload"]["ref"] == "v1"
+
+    # A forced push says so.
+    git("commit", "-q", "--amend", "-m", "rewritten", cwd=work, env=genv)
+    git("push", "-q", "-f", "origin", "HEAD:refs/heads/main", cwd=work, env=genv)
+    assert receiver.wait_for(4, "push")[3]["payload"]["forced"] is True
+
+    repo.edit(name="app2")
+    [renamed] = receiver.wait_for(1, "repository")
+    assert renamed["payload"]["action"] == "renamed"
+    assert renamed["payload"]["changes"] == {"repository": {"name": {"from": "app"}}}
+
+    # The deliveries API, and a redelivery that keeps the delivery id.
+    repo = gh.get_repo("admin/app2")
+    listed = list(repo.get_hook_deliveries(hook.id))
+    assert len(listed) == len(receiver.records()) and all(d.status_code == 200 for d in listed)
+    one = repo.get_hook_delivery(hook.id, listed[-1].id)
+    assert one.request.payload["zen"] and one.response.payload == "ok"
+    r = node.api("POST", f"/repos/admin/app2/hooks/{hook.id}/deliveries/{listed[-1].id}/attempts")
+    assert r.status_code == 202 and r.json()["redelivery"] is True
+    again = receiver.wait_for(2, "ping")
+    assert again[1]["guid"] == again[0]["guid"]
+    assert repo.get_hook(hook.id).last_response.status == "active"
+
+    hook = repo.get_hook(hook.id)  # its URL names the repository's new name
+    hook.edit("web", {"url": receiver.url, "content_type": "form"}, events=["push"], active=True)
+    edited = repo.get_hook(hook.id)
+    assert edited.config["content_type"] == "form" and edited.config["secret"] == "********"  # the secret stays
+    hook.ping()
+    ping3 = receiver.wait_for(3, "ping")[2]
+    assert ping3["content_type"] == "application/x-www-form-urlencoded" and ping3["signed"]
+    hook.test()
+    assert receiver.wait_for(5, "push")[4]["payload"]["ref"] == "refs/heads/main"
+    hook.delete()
+    with pytest.raises(GithubException) as gone:
+        repo.get_hook(hook.id)
+    assert gone.value.status == 404
+
+
+def test_bad_hooks_are_refused_in_github_words_and_others_see_nothing(node: Server) -> None:
+    node.create_repo(node.token, "app", private=True)
+    bad = [
+        ({"config": {}}, "url"),
+        ({"config": {"url": "ftp://example.com/"}}, "url"),
+        ({"config": {"url": "http://user:pw@example.com/"}}, "url"),
+        ({"config": {"url": "https://example.com/", "content_type": "xml"}}, "content_type"),
+        ({"config": {"url": "https://example.com/"}, "events": "push"}, "events"),
+        ({"config": {"url": "https://example.com/"}, "events": []}, "events"),
+        ({"config": {"url": "https://example.com/", "insecure_ssl": "yes"}}, "insecure_ssl"),
+        ({"name": "email", "config": {"url": "https://example.com/"}}, "name"),
+    ]
+    for body, field in bad:
+        r = node.api("POST", "/repos/admin/app/hooks", json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert r.json()["errors"][0]["field"] == field, (body, r.json())
+    r = node.api("POST", "/repos/admin/app/hooks", json={"config": {"url": "https://example.com/", "secret": "x"}})
+    assert r.status_code == 201
+    hook_id = r.json()["id"]
+    assert r.json()["events"] == ["push"]
+    # Someone else: the private repository and its hooks do not exist for them.
+    other = node.create_user("mallory")
+    for method, path in [("GET", "/repos/admin/app/hooks"), ("GET", f"/repos/admin/app/hooks/{hook_id}"),
+                         ("POST", f"/repos/admin/app/hooks/{hook_id}/pings")]:
+        assert node.api(method, path, token=other).status_code == 404
+    assert node.api("GET", "/repos/admin/app/hooks/999999").status_code == 404
+    assert node.api("GET", f"/repos/admin/app/hooks/{hook_id}/deliveries/abc").status_code == 404
+
+
+def test_a_private_address_is_refused_unless_allowed(tmp_path: Path, receiver: Receiver) -> None:
+    srv = Server(data_dir=tmp_path / "guarded").start()
+    try:
+        srv.create_repo(srv.token, "app")
+        r = srv.api("POST", "/repos/admin/app/hooks", json={"config": {"url": receiver.url}})
+        assert r.status_code == 201
+        hook_id = r.json()["id"]
+
+        def refused() -> Any:
+            found = deliveries(srv, "admin", "app", hook_id)
+            return found if found and found[0]["attempts"] >= 1 else None
+
+        [ping] = wait_until(refused, what="the ping's first attempt")
+        detail = srv.api("GET", f"/repos/admin/app/hooks/{hook_id}/deliveries/{ping['id']}").json()
+        assert "loopback" in detail["attempt_log"][0]["error"]
+        assert receiver.records() == []  # nothing reached the receiver
+        last = srv.api("GET", f"/repos/admin/app/hooks/{hook_id}").json()["last_response"]
+        assert last["status"] == "failing" and "loopback" in last["message"]
+    finally:
+        srv.stop()
+
+
+def test_a_receiver_outage_ends_with_every_event_delivered_in_order(
+    node: Server, tmp_path: Path, genv: dict[str, str]
+) -> None:
+    receiver = Receiver(free_port(), tmp_path / "outage.jsonl", SECRET)  # not started: down
+    node.create_repo(node.token, "app")
+    r = node.api("POST", "/repos/admin/app/hooks", json={"config": {"url": receiver.url, "content_type": "json",
+                                                                    "secret": SECRET}, "events": ["push"]})
+    hook_id = r.json()["id"]
+    work = tmp_path / "work"
+    clone_with_commit(node, genv, work, node.remote("admin", "app", token=node.token))
+    pushed = []
+    for i in range(5):
+        (work / f"f{i}").write_text(str(i))
+        git("add", ".", cwd=work, env=genv)
+        git("commit", "-q", "-m", f"c{i}", cwd=work, env=genv)
+        git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=work, env=genv)
+        pushed.append(git("rev-parse", "HEAD", cwd=work, env=genv).stdout.strip())
+    # The ping fails first; the pushes wait behind it, in order.
+    wait_until(lambda: any(d["attempts"] >= 1 for d in deliveries(node, "admin", "app", hook_id)),
+               what="a failed attempt")
+    failing = node.api("GET", f"/repos/admin/app/hooks/{hook_id}").json()["last_response"]
+    assert failing["status"] == "failing" and "could not connect" in failing["message"]
+    receiver.start()
+    try:
+        got = receiver.wait_for(5, "push", timeout=90)
+        assert [r["payload"]["after"] for r in got] == pushed
+        assert all(r["signed"] for r in got)
+    finally:
+        receiver.stop()
+
+
+def test_kill_9_of_the_node_in_a_burst_loses_no_acknowledged_push(tmp_path: Path, genv: dict[str, str]) -> None:
+    # A slow receiver keeps deliveries in flight and pending when the node dies.
+    receiver = Receiver(free_port(), tmp_path / "burst.jsonl", SECRET, delay=0.05).start()
+    srv = Server(data_dir=tmp_path / "node", extra_env={"BULWARK_WEBHOOK_ALLOW_PRIVATE": "1"}).start()
+    try:
+        srv.create_repo(srv.token, "app")
+        r = srv.api("POST", "/repos/admin/app/hooks",
+                    json={"config": {"url": receiver.url, "content_type": "json", "secret": SECRET},
+                          "events": ["push"]})
+        assert r.status_code == 201
+        work = tmp_path / "work"
+        clone_with_commit(srv, genv, work, srv.remote("admin", "app", token=srv.token))
+        acked: list[str] = []
+        stop = threading.Event()
+
+        def pushing() -> None:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                (work / "n").write_text(str(i))
+                git("commit", "-q", "-am" if i > 1 else "-qm", f"n{i}", cwd=work, env=genv, check=False)
+                if i == 1:
+                    git("add", "n", cwd=work, env=genv)
+                    git("commit", "-q", "-m", "n1", cwd=work, env=genv)
+                out = git("push", "-q", srv.remote("admin", "app", token=srv.token), "HEAD:refs/heads/main",
+                          cwd=work, env=genv, check=False, timeout=60)
+                if out.returncode == 0:
+                    acked.append(git("rev-parse", "HEAD", cwd=work, env=genv).stdout.strip())
+                else:
+                    # The node died under this push: the next one starts from what the server has.
+                    time.sleep(0.2)
+                    git("fetch", "-q", srv.remote("admin", "app", token=srv.token), "main", cwd=work, env=genv,
+                        check=False)
+                    git("reset", "-q", "--hard", "FETCH_HEAD", cwd=work, env=genv, check=False)
+
+        worker = threading.Thread(target=pushing)
+        worker.start()
+        try:
+            for _round in range(3):
+                before = len(acked)
+                wait_until(lambda before=before: len(acked) >= before + 4, timeout=120, what="pushes")
+                assert srv.proc is not None
+                os.killpg(srv.proc.pid, signal.SIGKILL)
+                srv.proc.wait(10)
+                time.sleep(0.5)
+                srv.start()
+            wait_until(lambda: len(acked) >= 15, timeout=120, what="the last pushes")
+        finally:
+            stop.set()
+            worker.join(120)
+        got = receiver.wait_for(1, "push")
+        wait_until(lambda: {r["payload"]["after"] for r in receiver.records("push")} >= set(acked), timeout=120,
+                   what="every acknowledged push's delivery")
+        got = receiver.records("push")
+        by_guid = collections.Counter(r["guid"] for r in got)
+        duplicates = sum(n - 1 for n in by_guid.values())
+        lost = set(acked) - {r["payload"]["after"] for r in got}
+        print(f"{len(acked)} acknowledged pushes, {len(got)} push deliveries, {len(lost)} lost, "
+              f"{duplicates} duplicates")
+        assert not lost
+        assert all(r["signed"] for r in got)
+    finally:
+        srv.stop()
+        receiver.stop()
