@@ -113,7 +113,7 @@ def test_status_command_judges_the_node(server: Server) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(r.stdout)
     assert report["level"] == "OK" and report["role"] == "standalone" and report["exit_code"] == 0
-    assert [c["check"] for c in report["checks"]] == ["server", "disk", "memory", "load", "role"]
+    assert [c["check"] for c in report["checks"]] == ["server", "disk", "memory", "load", "role", "webhooks"]
     assert report["server"]["state"] == "answering" and report["server"]["url"] == server.url
     assert report["thresholds"]["disk_warning"] == 100
 
@@ -202,7 +202,7 @@ def test_status_page_logins_and_overview(server: Server, tmp_path: Path) -> None
     assert doc["mode"] == "standalone" and len(doc["nodes"]) == 1
     node = doc["nodes"][0]
     assert node["self"] and node["up"] and node["role"] == "standalone"
-    assert {c["check"] for c in node["checks"]} == {"disk", "memory", "load", "role"}
+    assert {c["check"] for c in node["checks"]} == {"disk", "memory", "load", "role", "webhooks"}
 
     chromium = Browser(tmp_path / "chromium")
     dom = chromium.dump_dom(login_url(server.url, server.token))

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from bulwark.clock import SystemClock
 from bulwark.cluster.report import cluster_report
 from bulwark.monitoring.checks import Thresholds, evaluate
 from bulwark.monitoring.facts import ClusterFacts, ReplicationFacts
 from bulwark.monitoring.metrics import GitObservation, Metrics, node_metrics
+from bulwark.monitoring.webhooks import WebhookCollector
 from bulwark.node import NodeRole
+from bulwark.webhooks.models import HookFigures
 from monitoring_helpers import REPLICA_REPORT, ROOT, ensure_tool, facts, parse_metrics
 
 from cluster_fakes import make_snapshot
@@ -65,6 +69,10 @@ def exported_names() -> set[str]:
     ):
         for family in node_metrics(node, evaluate(node, Thresholds())):
             names |= {s.name for s in family.samples}
+    figures = HookFigures(pending=1, oldest_pending_at=datetime.now(UTC), attempts=3, failed_attempts=1, gave_up=0,
+                          failing_hooks=1)
+    for family in WebhookCollector(lambda: figures, SystemClock()).collect():
+        names |= {s.name for s in family.samples}
     return names
 
 

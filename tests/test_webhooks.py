@@ -5,6 +5,7 @@ with SIGKILL in the middle of a burst of pushes without losing an acknowledged o
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import threading
@@ -15,7 +16,9 @@ from typing import Any
 import pytest
 from github import Auth, Github, GithubException
 
-from helpers import Server, free_port, git
+from monitoring_helpers import CALM, scrape
+
+from helpers import Server, bulwark, free_port, git
 from webhook_receiver import Receiver
 
 pytestmark = pytest.mark.timeout(420)
@@ -207,6 +210,16 @@ def test_a_receiver_outage_ends_with_every_event_delivered_in_order(
                what="a failed attempt")
     failing = node.api("GET", f"/repos/admin/app/hooks/{hook_id}").json()["last_response"]
     assert failing["status"] == "failing" and "could not connect" in failing["message"]
+    # The administrator sees it in their tools: status (Nagios WARNING), metrics and the CLI.
+    status = bulwark("status", "--json", *CALM, env=node.env())
+    assert status.returncode == 1, status.stdout + status.stderr
+    [check] = [c for c in json.loads(status.stdout)["checks"] if c["check"] == "webhooks"]
+    assert check["level"] == "WARNING" and "1 hooks failing" in check["detail"]
+    metrics = scrape(node.url, node.token)
+    assert metrics.value("bulwark_webhook_failing_hooks") == 1
+    assert metrics.value("bulwark_webhook_deliveries_pending") == 6
+    listed = bulwark("hook", "list", "admin/app", env=node.env())
+    assert listed.returncode == 0 and "failing: could not connect" in listed.stdout, listed.stdout + listed.stderr
     receiver.start()
     try:
         got = receiver.wait_for(5, "push", timeout=90)

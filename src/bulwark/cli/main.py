@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from bulwark import __version__
-from bulwark.cli import backup, cluster, keys, maintenance, orgs, repl, repos, tokens, users
+from bulwark.cli import backup, cluster, hooks, keys, maintenance, orgs, repl, repos, tokens, users
 from bulwark.cli.fsck import fsck
 from bulwark.cli.serve import serve
 from bulwark.cli.status import status
@@ -22,6 +22,7 @@ app.add_typer(users.app, name="user")
 app.add_typer(orgs.app, name="org")
 app.add_typer(tokens.app, name="token")
 app.add_typer(keys.app, name="key")
+app.add_typer(hooks.app, name="hook")
 app.add_typer(repos.app, name="repo")
 app.add_typer(maintenance.app, name="maintenance")
 app.command("fsck")(fsck)

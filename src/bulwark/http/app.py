@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -20,6 +21,7 @@ from bulwark.http.ratelimit import RateLimit, RateLimiter
 from bulwark.http.server import Guard, stats
 from bulwark.monitoring.gather import NodeMonitor
 from bulwark.monitoring.metrics import LimitsCollector, Metrics, NodeCollector, RefCacheCollector
+from bulwark.monitoring.webhooks import WebhookCollector
 from bulwark.node import Node
 from bulwark.web import routes as web
 
@@ -35,7 +37,10 @@ def create_app(node: Node, guard: Guard | None = None) -> Starlette:
     limits = LimitsCollector(node.accounts.throttle.counts, (lambda: stats(guard)) if guard is not None else None,
                              limiter.counts if limiter is not None else None,
                              pacer.counts if pacer is not None else None)
-    app_metrics = Metrics([NodeCollector(monitor), RefCacheCollector(node.git.adverts), limits])
+    collectors: list[Any] = [NodeCollector(monitor), RefCacheCollector(node.git.adverts), limits]
+    if node.webhooks is not None:
+        collectors.append(WebhookCollector(node.webhooks.hooks.figures, node.clock))
+    app_metrics = Metrics(collectors)
     routes: list[BaseRoute] = [
         *status.routes,
         *metrics.routes,

@@ -14,7 +14,14 @@ from typing import Any
 from bulwark.config import Settings
 from bulwark.errors import InvalidInput
 from bulwark.ha.health import Level
-from bulwark.monitoring.facts import ClusterFacts, NodeFacts, ReplicationFacts, ServerFacts, ServerState
+from bulwark.monitoring.facts import (
+    ClusterFacts,
+    NodeFacts,
+    ReplicationFacts,
+    ServerFacts,
+    ServerState,
+    WebhookFacts,
+)
 from bulwark.monitoring.system import SystemSample
 from bulwark.node import NodeRole
 
@@ -30,6 +37,7 @@ class CheckName(enum.StrEnum):
     ROLE = "role"
     REPLICATION = "replication"
     CLUSTER = "cluster"
+    WEBHOOKS = "webhooks"
 
 
 @dataclass(frozen=True)
@@ -183,7 +191,28 @@ def evaluate(facts: NodeFacts, limits: Thresholds) -> tuple[Check, ...]:
         checks.append(check_replication(facts.replication))
     if facts.cluster is not None:
         checks.append(check_cluster(facts.cluster))
+    if facts.webhooks is not None and facts.role is not NodeRole.HA_REPLICA:
+        checks.append(check_webhooks(facts.webhooks))
     return tuple(checks)
+
+
+# A delivery pending longer than this means a receiver (or this node's deliverer) is in trouble.
+WEBHOOKS_BEHIND_SECONDS = 900
+
+
+def check_webhooks(hooks: WebhookFacts) -> Check:
+    """WARNING while a hook's latest delivery failed or a delivery has waited 15 minutes: events
+    are kept and retried for 24 h, so nothing is lost yet, but a receiver is missing them."""
+    problems = []
+    if hooks.failing_hooks:
+        problems.append(f"{hooks.failing_hooks} hooks failing")
+    if hooks.oldest_pending_seconds >= WEBHOOKS_BEHIND_SECONDS:
+        problems.append(f"oldest delivery waiting {hooks.oldest_pending_seconds / 60:.0f} min")
+    # Given up is told, not warned about: it stays so for the 30 days the delivery is kept.
+    gave_up = f"; {hooks.gave_up} given up ('bulwark hook redeliver --gave-up')" if hooks.gave_up else ""
+    if problems:
+        return Check(CheckName.WEBHOOKS, Level.WARNING, f"{hooks.pending} pending; " + "; ".join(problems) + gave_up)
+    return Check(CheckName.WEBHOOKS, Level.OK, f"{hooks.pending} pending, none failing{gave_up}")
 
 
 def nagios_line(name: str, checks: Iterable[Check], limits: Thresholds) -> str:

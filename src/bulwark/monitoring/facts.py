@@ -180,6 +180,25 @@ class ServerFacts:
 
 
 @dataclass(frozen=True)
+class WebhookFacts:
+    """The webhook outbox as the checks judge it."""
+
+    pending: int
+    oldest_pending_seconds: float
+    failing_hooks: int
+    gave_up: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pending": self.pending, "oldest_pending_seconds": self.oldest_pending_seconds,
+                "failing_hooks": self.failing_hooks, "gave_up": self.gave_up}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WebhookFacts:
+        return cls(int(data["pending"]), float(data["oldest_pending_seconds"]), int(data["failing_hooks"]),
+                   int(data["gave_up"]))
+
+
+@dataclass(frozen=True)
 class NodeFacts:
     name: str
     url: str
@@ -191,6 +210,7 @@ class NodeFacts:
     system: SystemSample
     replication: ReplicationFacts | None = None
     cluster: ClusterFacts | None = None
+    webhooks: WebhookFacts | None = None
 
 
 def facts_to_json(facts: NodeFacts) -> dict[str, Any]:
@@ -199,6 +219,7 @@ def facts_to_json(facts: NodeFacts) -> dict[str, Any]:
         "name": facts.name, "url": facts.url, "role": facts.role.value, "serving": facts.serving,
         "reason": facts.reason, "maintenance": facts.maintenance, "fenced": facts.fenced,
         "replication": facts.replication.to_json() if facts.replication is not None else None,
+        "webhooks": facts.webhooks.to_json() if facts.webhooks is not None else None,
     }
 
 
@@ -212,6 +233,7 @@ def facts_from_json(data: dict[str, Any], system: SystemSample) -> NodeFacts:
             name=str(data["name"]), url=str(data["url"]), role=NodeRole(data["role"]), serving=bool(data["serving"]),
             reason=str(data["reason"]), maintenance=data.get("maintenance"), fenced=data.get("fenced"),
             system=system, replication=ReplicationFacts.from_json(repl) if repl else None,
+            webhooks=WebhookFacts.from_json(data["webhooks"]) if data.get("webhooks") else None,
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a node's facts ({type(exc).__name__}: {exc})") from None

@@ -20,7 +20,7 @@ from bulwark.ha.health import Thresholds as LagThresholds
 from bulwark.ha.report import replication_report
 from bulwark.monitoring import running, system
 from bulwark.monitoring.checks import Thresholds
-from bulwark.monitoring.facts import ClusterFacts, NodeFacts, ReplicationFacts
+from bulwark.monitoring.facts import ClusterFacts, NodeFacts, ReplicationFacts, WebhookFacts
 from bulwark.node import Node, NodeRole
 
 if TYPE_CHECKING:
@@ -120,7 +120,16 @@ def node_facts(node: Node, cluster_view: ClusterView | None = None) -> NodeFacts
         replication = ReplicationFacts.from_report(report)
     url = running.node_url(node.settings, running.read(node.settings.data_dir))
     return NodeFacts(ha_state.node_id(node.store), url, node.role, serving, reason,
-                     _maintenance(node), ha.fenced or None, sample, replication=replication)
+                     _maintenance(node), ha.fenced or None, sample, replication=replication,
+                     webhooks=_webhooks(node))
+
+
+def _webhooks(node: Node) -> WebhookFacts | None:
+    if node.webhooks is None:
+        return None
+    f = node.webhooks.hooks.figures()
+    age = (node.clock.now() - f.oldest_pending_at).total_seconds() if f.oldest_pending_at else 0.0
+    return WebhookFacts(f.pending, max(age, 0.0), f.failing_hooks, f.gave_up)
 
 
 def _healthy(node: Node) -> tuple[bool, str]:

@@ -45,7 +45,7 @@ def status_html() -> str:
   <table id="nodes">
     <thead><tr>
       <th>node</th><th>role</th><th>state</th><th>serving</th><th>level</th><th>lag</th>
-      <th>needs repair</th><th>disk</th><th>memory</th><th>load/core</th><th>detail</th>
+      <th>needs repair</th><th>disk</th><th>memory</th><th>load/core</th><th>webhooks</th><th>detail</th>
     </tr></thead>
     <tbody></tbody>
   </table>
@@ -170,6 +170,7 @@ function renderNodes(data) {
     row.append(level, el("td", lag(node)), el("td", node.repairs == null ? "-" : node.repairs),
                el("td", percent(node, "disk")), el("td", percent(node, "memory")),
                el("td", load && load.value !== null ? load.value.toFixed(2) : "-"),
+               el("td", (check(node, "webhooks") || {}).detail || "-"),
                el("td", node.error || node.fenced || node.reason || ""));
     body.append(row);
   }
