@@ -48,7 +48,8 @@ async def _target(ctx: Ctx) -> _Target:
 
     access = await find_repo(ctx)
     ctx.node.repos.require(access, Permission.ADMIN)
-    ctx.require_scope(Scope.REPO if access.repo.private else Scope.PUBLIC_REPO)
+    if not ctx.principal.has_scope(Scope.REPO):  # public_repo suffices for a public repository
+        ctx.require_scope(Scope.REPO if access.repo.private else Scope.PUBLIC_REPO)
     return _Target(service, f"/repos/{access.full_name}", repo=access.repo)
 
 
