@@ -5,6 +5,7 @@
     .venv/bin/python -m bench --only abuse   # hostile clients alone: bench/results/abuse.{json,md,png}
     .venv/bin/python -m bench --only scale --scale 100000   # lists and look-ups against size: scale.*
     .venv/bin/python -m bench --only web     # web pages against cgit: bench/results/web.{json,md}
+    .venv/bin/python -m bench --only webhooks   # delivery latency and a drained backlog: webhooks.*
 
 Everything listens on 127.0.0.1 and is started, and stopped, by this process.
 """
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ROOT, abuse, compare, modes, report, scale, ssh, web
+from bench import ROOT, abuse, compare, modes, report, scale, ssh, web, webhooks
 from bench.common import client_env
 from bench.data import FULL, SMALL, TINY, Spec, build
 from bench.fixtures import copy_tree, seed
@@ -35,7 +36,7 @@ from bench.reference import ReferenceServer
 
 from helpers import Server, admin_token
 
-SECTIONS = ("compare", "ssh", "web", "backup", "ha", "cluster", "failover", "abuse", "scale")
+SECTIONS = ("compare", "ssh", "web", "backup", "ha", "cluster", "failover", "abuse", "scale", "webhooks")
 REFERENCE_CHILDREN = 8
 
 
@@ -178,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             _section(results, "web", clock,
                      lambda: web.measure(spec, args.data_dir, work / "web", args.profile_name, clock.log,
                                          children=REFERENCE_CHILDREN))
+        if "webhooks" in args.sections:
+            clock.log("webhooks: latency and a backlog after an outage")
+            _section(results, "webhooks", clock, lambda: webhooks.measure(work / "webhooks", args.profile_name,
+                                                                         clock.log))
         if "scale" in args.sections:
             clock.log("scale: lists and look-ups against the number of repositories")
             _section(results, "scale", clock, lambda: scale.measure(work / "scale", args.scale, clock.log))
@@ -208,14 +213,14 @@ def main(argv: list[str] | None = None) -> int:
             for frame, share in anywhere:
                 print(f"{share * 100:5.1f}%  {frame}")
         return 0
-    written = web.write(full_report, args.out)
-    if args.sections != {"web"}:  # alone, it leaves the full run's latest.* as they are
+    written = web.write(full_report, args.out) + webhooks.write(full_report, args.out)
+    if args.sections not in ({"web"}, {"webhooks"}):  # alone, it leaves the full run's latest.* as they are
         written += report.write(full_report, args.out)
     for path in written:
         clock.log(f"wrote {os.path.relpath(path, Path.cwd())}")
     print()
     alone = {"abuse": report.abuse_markdown, "scale": report.scale_markdown, "ssh": report.ssh_markdown,
-             "web": web.markdown}
+             "web": web.markdown, "webhooks": webhooks.markdown}
     only = next(iter(args.sections)) if len(args.sections) == 1 else ""
     print(alone[only](full_report) if only in alone else report.markdown(full_report))
     return 1 if any(isinstance(v, dict) and "error" in v for v in results.values()) else 0

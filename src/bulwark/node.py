@@ -126,6 +126,10 @@ class Node:
         if self.cluster is not None:
             return
         ha = self.ha()
+        if ha.fenced or ha.role == NodeRole.HA_REPLICA:
+            # A refusal is read afresh: a replica promoted a moment ago takes the write at once.
+            self.forget_cached_state()
+            ha = self.ha()
         if ha.fenced:
             raise ReadOnlyNode(
                 f"this node no longer takes writes: {ha.fenced}. Use the new primary, or make this node "

@@ -213,6 +213,13 @@ class SQLiteHooks:
                 " status_code = ?, duration_ms = ? WHERE id = ?",
                 (state.value, dump_time(next_at or at), dump_time(at), status_code, duration_ms, delivery.id),
             )
+            if state is DeliveryState.DELIVERED:
+                # The receiver answers again: what waits in back-off for it goes now, not in an hour.
+                conn.execute(
+                    "UPDATE hook_deliveries SET next_at = ? WHERE hook_id = ? AND state = 'pending'"
+                    " AND attempts > 0 AND next_at > ?",
+                    (dump_time(at), delivery.hook_id, dump_time(at)),
+                )
 
     def list_deliveries(self, hook_id: int, *, limit: int, before: int | None = None) -> list[Delivery]:
         """Newest first, as GitHub lists them; ``before`` is the cursor (a delivery id)."""
