@@ -176,7 +176,7 @@ class SQLiteHooks:
         one repository's events reach one hook in the order they happened."""
         rows = self.store.rows(
             f"SELECT {_DELIVERY_COLUMNS} FROM hook_deliveries WHERE id IN ("
-            "  SELECT min(id) FROM hook_deliveries WHERE state = 'pending' GROUP BY hook_id, coalesce(repo_id, -1)"
+            "  SELECT min(id) FROM hook_deliveries WHERE state = 'pending' GROUP BY hook_id, repo_id"
             ") AND next_at <= ? ORDER BY next_at, id LIMIT ?",
             (dump_time(now), limit),
         )
@@ -213,8 +213,9 @@ class SQLiteHooks:
                 " status_code = ?, duration_ms = ? WHERE id = ?",
                 (state.value, dump_time(next_at or at), dump_time(at), status_code, duration_ms, delivery.id),
             )
-            if state is DeliveryState.DELIVERED:
-                # The receiver answers again: what waits in back-off for it goes now, not in an hour.
+            if state is DeliveryState.DELIVERED and delivery.attempts > 0:
+                # The receiver answers again after failing: what waits in back-off for it goes now,
+                # not in an hour. (Only then: it reads every pending delivery of the hook.)
                 conn.execute(
                     "UPDATE hook_deliveries SET next_at = ? WHERE hook_id = ? AND state = 'pending'"
                     " AND attempts > 0 AND next_at > ?",
