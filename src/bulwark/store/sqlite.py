@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
 from bulwark.clock import Clock, SystemClock
@@ -44,6 +44,7 @@ from bulwark.store.base import Store
 from bulwark.store.changes import Change, ChangeLog, ChangeOp, Snapshot
 from bulwark.store.times import dump_optional_time as _dump_optional_time
 from bulwark.store.times import dump_time as _dump_time
+from bulwark.store.times import load_optional_time, load_time
 
 BUSY_TIMEOUT_SECONDS = 10.0
 
@@ -390,12 +391,8 @@ _SSH_KEY_COLUMNS = (
 # -- value conversion --------------------------------------------------------------
 
 
-def _load_time(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
-
-
-def _load_optional_time(text: str | None) -> datetime | None:
-    return None if text is None else _load_time(text)
+_load_time = load_time
+_load_optional_time = load_optional_time
 
 
 def _enum(kind: type[_E], value: object, field: str) -> _E:

@@ -86,8 +86,6 @@ class Deliverer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._trimmed_at: datetime | None = None
-        self.delivered = 0
-        self.failed = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -178,10 +176,7 @@ class Deliverer:
             request_headers=headers, response_headers=outcome.response_headers,
             response_body=outcome.response_body, error=outcome.error, state=state, next_at=retry,
         )
-        if outcome.ok:
-            self.delivered += 1
-        else:
-            self.failed += 1
+        if not outcome.ok:
             log.info("webhooks: delivery %s of %s to hook %d failed (%s)%s", delivery.guid, delivery.event, hook.id,
                      outcome.error or f"HTTP {outcome.status}",
                      "; giving up" if state is DeliveryState.GAVE_UP else f"; next try at {retry:%H:%M:%S}"

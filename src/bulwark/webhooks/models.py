@@ -18,10 +18,6 @@ class DeliveryState(enum.StrEnum):
     GAVE_UP = "gave_up"
 
 
-# The events Bulwark sends. A hook may name others (GitHub has many); they never fire here.
-EVENTS = ("push", "create", "delete", "repository", "member")
-
-
 @dataclass(frozen=True)
 class Hook:
     """A repository's hook (``repo_id`` set) or an organization's (``org_id`` set)."""

@@ -18,7 +18,7 @@ from bulwark.git.runner import ZERO_OID, GitRunner
 from bulwark.models import Account, Permission, Repository
 from bulwark.store import Store
 from bulwark.webhooks import payloads
-from bulwark.webhooks.models import EVENTS, Attempt, ContentType, Delivery, Hook
+from bulwark.webhooks.models import Attempt, ContentType, Delivery, Hook
 from bulwark.webhooks.transport import check_url
 
 if TYPE_CHECKING:
@@ -297,5 +297,3 @@ class HookService:
             self.hooks.enqueue(hook.id, repo.id, "member", action, text)
         return len(hooks)
 
-
-__all__ = ["EVENTS", "HookService", "hook_fields"]

@@ -16,6 +16,7 @@ from bulwark.http.api.common import Ctx, call, context, json_body, no_content, p
 from bulwark.http.api.orgs import require_org_role
 from bulwark.models import Account, OrgRole, Permission, Repository, Scope
 from bulwark.webhooks.models import Attempt, Delivery, DeliveryState, Hook
+from bulwark.webhooks.payloads import iso
 from bulwark.webhooks.service import HookService
 
 
@@ -87,8 +88,8 @@ def hook_json(ctx: Ctx, target: _Target, hook: Hook, last: Attempt | None) -> di
         "active": hook.active,
         "events": list(hook.events),
         "config": config,
-        "updated_at": hook.updated_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "created_at": hook.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "updated_at": iso(hook.updated_at),
+        "created_at": iso(hook.created_at),
         "url": base,
         "ping_url": f"{base}/pings",
         "deliveries_url": f"{base}/deliveries",
@@ -113,7 +114,7 @@ def delivery_json(delivery: Delivery) -> dict[str, Any]:
     return {
         "id": delivery.id,
         "guid": delivery.guid,
-        "delivered_at": (delivery.delivered_at or delivery.created_at).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "delivered_at": iso(delivery.delivered_at or delivery.created_at),
         "redelivery": delivery.redelivery,
         "duration": (delivery.duration_ms or 0) / 1000,
         "status": _status(delivery),
@@ -126,7 +127,7 @@ def delivery_json(delivery: Delivery) -> dict[str, Any]:
         # Bulwark's own: retries are attempts of one delivery, GitHub's deliveries are single tries.
         "state": delivery.state.value,
         "attempts": delivery.attempts,
-        "next_attempt_at": delivery.next_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        "next_attempt_at": iso(delivery.next_at)
         if delivery.state is DeliveryState.PENDING else None,
     }
 
@@ -139,7 +140,7 @@ def _delivery_detail(hook: Hook, delivery: Delivery, attempts: list[Attempt]) ->
     body["response"] = {"headers": last.response_headers if last else None,
                         "payload": last.response_body if last else None}
     body["attempt_log"] = [
-        {"at": a.at.strftime("%Y-%m-%dT%H:%M:%SZ"), "status_code": a.status_code, "duration": a.duration_ms / 1000,
+        {"at": iso(a.at), "status_code": a.status_code, "duration": a.duration_ms / 1000,
          "error": a.error or None}
         for a in attempts
     ]

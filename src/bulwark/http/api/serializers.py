@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 from bulwark.git.runner import Commit, Person, Ref, TreeEntry
 from bulwark.http.api.common import Ctx
 from bulwark.models import Account, OrgRole, Permission, Repository, Token
+from bulwark.webhooks import payloads
 
-
-def iso(when: datetime | None) -> str | None:
-    if when is None:
-        return None
-    if when.tzinfo is not None:
-        when = when.astimezone(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+# The REST API's timestamps are the webhook payloads' (one function for both).
+iso = payloads.iso
 
 
 def sees_private_fields(ctx: Ctx, account: Account) -> bool:
