@@ -168,6 +168,15 @@ def populate(store: SQLiteStore) -> dict[str, int]:
                              content_type=ContentType.JSON, insecure_ssl=False, events=("push",), active=False)
     hooks.enqueue(gone.id, tools.id, "ping", None, "{}")
     hooks.delete_hook(gone.id)
+    # The refs last announced: noted by pushes, and a repository marked unknown (as the migration
+    # marks those older than it) whose refs are then read.
+    hooks.note_refs(one.id, [("0" * 40, "a" * 40, "refs/heads/main"), ("0" * 40, "a" * 40, "refs/tags/v1")])
+    hooks.note_refs(one.id, [("a" * 40, "b" * 40, "refs/heads/main"), ("a" * 40, "0" * 40, "refs/tags/v1")])
+    with store.writing() as conn:
+        conn.execute("INSERT INTO hook_refs_unknown (repo_id) VALUES (?)", (tools.id,))
+    hooks.adopt_refs(tools.id, {"refs/heads/trunk": "c" * 40})
+    with store.writing() as conn:
+        conn.execute("INSERT INTO hook_refs_unknown (repo_id) VALUES (?)", (one.id,))
     return {"alice": alice.id, "bob": bob.id, "carol": carol.id, "acme": acme.id, "one": one.id, "tools": tools.id}
 
 

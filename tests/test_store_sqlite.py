@@ -15,6 +15,7 @@ import pytest
 from bulwark.errors import AlreadyExists, BulwarkError, StoreError
 from bulwark.models import Account, OrgRole, Permission, Scope, Visibility
 from bulwark.store import sqlite as sqlite_store
+from bulwark.store.hooks_sqlite import SQLiteHooks
 from bulwark.store.sqlite import MIGRATIONS, SQLiteStore
 
 from helpers import FakeClock, run_in_threads
@@ -154,13 +155,44 @@ def test_a_database_from_before_ssh_keys_gets_their_tables(db_path: pathlib.Path
                      (now, now))
     store = SQLiteStore(db_path)
     try:
-        assert store.schema_version() == len(MIGRATIONS) == 7
+        assert store.schema_version() == len(MIGRATIONS)
         bob = store.get_account("bob")
         assert bob is not None
         key = store.create_ssh_key(fingerprint=fingerprint("bob"), algorithm="ssh-ed25519", key="k", title="t",
                                    user_id=bob.id)
         assert store.list_ssh_keys(user_id=bob.id) == [key]
         assert store.add_ssh_host_key("ssh-ed25519", "pem").private_key == "pem"
+    finally:
+        store.close()
+
+
+def test_repositories_from_before_announced_refs_are_unknown_until_read(db_path: pathlib.Path) -> None:
+    # Their refs were never noted as announced, so the node reads them first and says nothing.
+    now = "2030-01-02T03:04:05.000000+00:00"
+    with raw(db_path) as conn:
+        for version, step in enumerate(MIGRATIONS[:7]):
+            conn.executescript(step)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+        conn.execute("INSERT INTO accounts (login, type, created_at, updated_at) VALUES ('ann', 'User', ?, ?)",
+                     (now, now))
+        conn.execute("INSERT INTO repositories (owner_id, name, storage_id, visibility, default_branch, created_at,"
+                     " updated_at) SELECT id, 'old', 'old1', 'public', 'main', ?, ? FROM accounts", (now, now))
+    store = SQLiteStore(db_path)
+    hooks = SQLiteHooks(store)
+    try:
+        ann = store.get_account("ann")
+        old = store.get_repo_by_storage_id("old1")
+        assert ann is not None and old is not None
+        new = store.create_repo(ann.id, "new", storage_id="new1")
+        assert hooks.announced_refs(old.id) is None
+        assert hooks.announced_refs(new.id) == {}
+        hooks.adopt_refs(old.id, {"refs/heads/main": "a" * 40})
+        hooks.note_refs(new.id, [("0" * 40, "b" * 40, "refs/heads/main")])
+        assert hooks.announced_refs(old.id) == {"refs/heads/main": "a" * 40}
+        # A move claimed against a stale reading loses to the one recorded since.
+        assert not hooks.claim_ref(new.id, "refs/heads/main", None, "c" * 40)
+        assert hooks.claim_ref(new.id, "refs/heads/main", "b" * 40, None)
+        assert hooks.announced_refs(new.id) == {}
     finally:
         store.close()
 

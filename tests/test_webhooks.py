@@ -1,6 +1,7 @@
 """Webhooks end to end: hooks managed with a GitHub client library, deliveries to a real receiver
-process that checks signatures, an outage it recovers from, the SSRF guard, and a node killed
-with SIGKILL in the middle of a burst of pushes without losing an acknowledged one."""
+process that checks signatures, an outage it recovers from, the SSRF guard, a node killed
+with SIGKILL in the middle of a burst of pushes without losing an acknowledged one, and ref
+moves git holds that no event announced, announced when the node starts."""
 
 from __future__ import annotations
 
@@ -286,7 +287,70 @@ def test_kill_9_of_the_node_in_a_burst_loses_no_acknowledged_push(tmp_path: Path
         print(f"{len(acked)} acknowledged pushes, {len(got)} push deliveries, {len(lost)} lost, "
               f"{duplicates} duplicates")
         assert not lost
+        # What the server holds was announced too, a push that landed as the node died included.
+        held = git("ls-remote", srv.remote("admin", "app", token=srv.token), "refs/heads/main",
+                   env=genv).stdout.split()[0]
+        wait_until(lambda: held in {r["payload"]["after"] for r in receiver.records("push")}, timeout=60,
+                   what="the delivery of the branch as the server holds it")
         assert all(r["signed"] for r in got)
     finally:
         srv.stop()
         receiver.stop()
+
+
+def test_ref_moves_no_event_announced_are_announced_when_the_node_starts(
+    tmp_path: Path, receiver: Receiver, genv: dict[str, str]
+) -> None:
+    # What a node killed between git moving a push's refs and recording the push leaves: the
+    # refs moved in the repository on disk, and nothing recorded. Made here by pushing to the
+    # repository's directory while the node is down.
+    srv = Server(data_dir=tmp_path / "node", extra_env={"BULWARK_WEBHOOK_ALLOW_PRIVATE": "1"}).start()
+    try:
+        srv.create_repo(srv.token, "app")
+        r = srv.api("POST", "/repos/admin/app/hooks",
+                    json={"config": {"url": receiver.url, "content_type": "json", "secret": SECRET},
+                          "events": ["push", "create", "delete"]})
+        assert r.status_code == 201, r.text
+        work = tmp_path / "work"
+        clone_with_commit(srv, genv, work, srv.remote("admin", "app", token=srv.token))
+        git("push", "-q", "origin", "HEAD:refs/heads/main", "HEAD:refs/tags/v1", cwd=work, env=genv)
+        first = git("rev-parse", "HEAD", cwd=work, env=genv).stdout.strip()
+        receiver.wait_for(2, "push")
+        assert srv.proc is not None
+        os.killpg(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait(10)
+
+        [bare] = (srv.data_dir / "repositories").glob("*/*.git")
+        (work / "n").write_text("behind the server's back\n")
+        git("add", "n", cwd=work, env=genv)
+        git("commit", "-q", "-m", "unrecorded", cwd=work, env=genv)
+        second = git("rev-parse", "HEAD", cwd=work, env=genv).stdout.strip()
+        git("push", "-q", str(bare), "HEAD:refs/heads/main", "HEAD:refs/heads/feature", ":refs/tags/v1",
+            cwd=work, env=genv)
+
+        srv.start()
+        pushes = receiver.wait_for(5, "push")[2:]
+        moves = {p["payload"]["ref"]: (p["payload"]["before"], p["payload"]["after"]) for p in pushes}
+        zero = "0" * 40
+        assert moves == {"refs/heads/main": (first, second), "refs/heads/feature": (zero, second),
+                         "refs/tags/v1": (first, zero)}
+        assert all(p["payload"]["pusher"]["name"] == "bulwark[bot]" and p["signed"] for p in pushes)
+        [main] = [p["payload"] for p in pushes if p["payload"]["ref"] == "refs/heads/main"]
+        assert [c["id"] for c in main["commits"]] == [second] and main["head_commit"]["message"] == "unrecorded"
+        created = receiver.wait_for(3, "create")
+        assert [(c["payload"]["ref"], c["payload"]["ref_type"]) for c in created][2] == ("feature", "branch")
+        assert created[2]["payload"]["sender"]["login"] == "bulwark[bot]"
+        [deleted] = receiver.wait_for(1, "delete")
+        assert deleted["payload"]["ref"] == "v1"
+
+        # Announced once: after another restart and a push, nothing was said twice.
+        srv.stop()
+        srv.start()
+        (work / "n").write_text("recorded\n")
+        git("commit", "-q", "-am", "recorded", cwd=work, env=genv)
+        git("push", "-q", srv.remote("admin", "app", token=srv.token), "HEAD:refs/heads/main", cwd=work, env=genv)
+        receiver.wait_for(6, "push")
+        pushes = receiver.records("push")
+        assert len(pushes) == 6 and pushes[-1]["payload"]["pusher"]["name"] == "admin"
+    finally:
+        srv.stop()

@@ -186,11 +186,14 @@ class Node:
         deliveries = self.webhooks.push_deliveries(repo, pusher, landed) if self.webhooks and pusher else []
         with self.store.transaction():
             self.repos.record_push(repo)
+            # The deliveries before the push event: a replica applies the rows before it fetches
+            # for the event, so a replica that holds the push holds its deliveries.
+            if self.webhooks is not None:
+                self.webhooks.enqueue(repo, deliveries)
+                self.webhooks.announced(repo, landed)
             self.changelog.record_event(
                 "push", {"storage_id": repo.storage_id, "checksum": checksum, "refs": [list(u) for u in landed]}
             )
-            if self.webhooks is not None and deliveries:
-                self.webhooks.enqueue(repo, deliveries)
         if deliveries:
             self.wake_deliverer()
 

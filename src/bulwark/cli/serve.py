@@ -22,6 +22,7 @@ from bulwark.http.server import Guard, connection_budget, guarded_protocol, rais
 from bulwark.logs import configure_logging
 from bulwark.node import Node, open_node
 from bulwark.ssh.server import Limits, SshCollector, SshListener
+from bulwark.webhooks.catchup import CatchUp
 from bulwark.webhooks.deliverer import Deliverer
 from bulwark.webhooks.transport import Sender
 
@@ -58,7 +59,7 @@ def deliverer_for(node: Node) -> Deliverer | None:
 
     sender = Sender(timeout=settings.webhook_timeout, allow_private=settings.webhook_allow_private)
     deliverer = Deliverer(node.webhooks.hooks, sender, node.clock, may_deliver=may_deliver,
-                          workers=settings.webhook_workers)
+                          catch_up=CatchUp(node.webhooks).run, workers=settings.webhook_workers)
     node.wake_deliverer = deliverer.wake
     return deliverer
 

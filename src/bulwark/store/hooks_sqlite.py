@@ -278,3 +278,46 @@ class SQLiteHooks:
                 "DELETE FROM hook_deliveries WHERE state != 'pending' AND delivered_at < ?",
                 (dump_time(finished_before),),
             ).rowcount
+
+    # -- the refs last announced -----------------------------------------------------------
+
+    def note_refs(self, repo_id: int, updates: list[tuple[str, str, str]]) -> None:
+        """Remember the ref updates (old, new, ref) just announced; a deleted ref is forgotten."""
+        with self.store.writing() as conn:
+            for _old, new, ref in updates:
+                if set(new) == {"0"}:
+                    conn.execute("DELETE FROM hook_refs WHERE repo_id = ? AND ref = ?", (repo_id, ref))
+                else:
+                    conn.execute(
+                        "INSERT INTO hook_refs (repo_id, ref, oid) VALUES (?, ?, ?)"
+                        " ON CONFLICT (repo_id, ref) DO UPDATE SET oid = excluded.oid WHERE oid != excluded.oid",
+                        (repo_id, ref, new),
+                    )
+
+    def announced_refs(self, repo_id: int) -> dict[str, str] | None:
+        """The refs last announced for a repository; None while they were never read (the
+        repository is older than this record)."""
+        if self.store.rows("SELECT 1 FROM hook_refs_unknown WHERE repo_id = ?", (repo_id,)):
+            return None
+        rows = self.store.rows("SELECT ref, oid FROM hook_refs WHERE repo_id = ?", (repo_id,))
+        return {row["ref"]: row["oid"] for row in rows}
+
+    def adopt_refs(self, repo_id: int, refs: dict[str, str]) -> None:
+        """Take ``refs`` as announced, without events: the first reading of an older repository."""
+        with self.store.writing() as conn:
+            conn.execute("DELETE FROM hook_refs WHERE repo_id = ?", (repo_id,))
+            conn.executemany(
+                "INSERT INTO hook_refs (repo_id, ref, oid) VALUES (?, ?, ?)",
+                [(repo_id, ref, oid) for ref, oid in sorted(refs.items())],
+            )
+            conn.execute("DELETE FROM hook_refs_unknown WHERE repo_id = ?", (repo_id,))
+
+    def claim_ref(self, repo_id: int, ref: str, expected: str | None, new: str | None) -> bool:
+        """Move one announced ref from ``expected`` to ``new`` (None: absent) if nobody moved it
+        since it was read; whether it moved. A push recording at the same moment wins."""
+        with self.store.writing() as conn:
+            row = conn.execute("SELECT oid FROM hook_refs WHERE repo_id = ? AND ref = ?", (repo_id, ref)).fetchone()
+            if (row["oid"] if row else None) != expected:
+                return False
+            self.note_refs(repo_id, [(expected or "", new or "0" * 40, ref)])
+            return True

@@ -63,6 +63,8 @@ REPLICATED_TABLES = (
     "hooks",
     "hook_deliveries",
     "hook_attempts",
+    "hook_refs",
+    "hook_refs_unknown",
 )
 EVENT_TABLE = "event"
 
@@ -373,6 +375,24 @@ MIGRATIONS: list[str] = [
         "id",
         "id delivery_id at status_code duration_ms request_headers response_headers response_body error",
     ),
+    # The branches and tags each repository's webhooks were last told of, so a node that takes
+    # writes can find ref moves git holds but no event announced (webhooks/catchup.py). The
+    # repositories there before this step are marked unknown until their refs are first read.
+    """
+    CREATE TABLE hook_refs (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        repo_id INTEGER NOT NULL REFERENCES repositories (id) ON DELETE CASCADE,
+        ref     TEXT    NOT NULL,
+        oid     TEXT    NOT NULL,
+        UNIQUE (repo_id, ref)
+    );
+    CREATE TABLE hook_refs_unknown (
+        repo_id INTEGER PRIMARY KEY REFERENCES repositories (id) ON DELETE CASCADE
+    );
+    INSERT INTO hook_refs_unknown (repo_id) SELECT id FROM repositories;
+    """
+    + _capture_triggers("hook_refs", "id", "id repo_id ref oid")
+    + _capture_triggers("hook_refs_unknown", "repo_id", "repo_id"),
 ]
 
 _ACCOUNT_COLUMNS = "id, login, type, name, email, email_public, site_admin, suspended, created_at, updated_at"

@@ -69,6 +69,7 @@ class Deliverer:
         clock: Clock,
         *,
         may_deliver: Callable[[], str | None],
+        catch_up: Callable[[Callable[[], bool]], str] | None = None,
         workers: int = 8,
         poll: float = 1.0,
     ) -> None:
@@ -77,6 +78,9 @@ class Deliverer:
         self.clock = clock
         # None while this node delivers; otherwise why not (a replica, a fenced primary).
         self.may_deliver = may_deliver
+        # Run each time this node starts delivering (webhooks/catchup.py), before anything is sent.
+        self.catch_up = catch_up
+        self._caught_up = False
         self.workers = workers
         self.poll = poll
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
@@ -119,7 +123,13 @@ class Deliverer:
         """Start the deliveries that are due and not held behind one in flight; say what happened."""
         why_not = self.may_deliver()
         if why_not is not None:
+            self._caught_up = False
             return f"not delivering: {why_not}"
+        if not self._caught_up and self.catch_up is not None:
+            said = self.catch_up(self._stop.is_set)
+            self._caught_up = not self._stop.is_set()
+            self._wake.set()  # deliver what it queued without waiting for the poll
+            return said
         now = self.clock.now()
         self._trim(now)
         with self._lock:

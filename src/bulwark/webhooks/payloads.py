@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from bulwark.git.runner import ZERO_OID, Commit, Person
-from bulwark.models import Account, Permission, Repository
+from bulwark.models import Account, AccountType, Permission, Repository
 
 # GitHub lists at most this many commits in a push payload.
 MAX_PUSH_COMMITS = 2048
@@ -58,6 +58,12 @@ def _api(base_url: str) -> str:
 def _node_id(kind: str, record_id: int) -> str:
     # The same ids the REST serializers give, so one record has one node id everywhere.
     return f"{kind}:{record_id}"
+
+
+# The pusher and sender of events the server announces itself, such as ref moves it found
+# unannounced after a crash or a promotion: who pushed is not known then. Not a valid login,
+# so no account can be taken for it.
+SERVER = Account(id=0, login="bulwark[bot]", type=AccountType.USER, name="Bulwark")
 
 
 def user_json(base_url: str, account: Account) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from bulwark.git.runner import ZERO_OID, GitRunner
 from bulwark.models import Account, Permission, Repository
 from bulwark.store import Store
 from bulwark.webhooks import payloads
+from bulwark.webhooks.catchup import announced_updates
 from bulwark.webhooks.models import Attempt, ContentType, Delivery, Hook
 from bulwark.webhooks.transport import check_url
 
@@ -270,6 +271,10 @@ class HookService:
     def enqueue(self, repo: Repository, deliveries: list[tuple[int, str, str]]) -> None:
         for hook_id, event, text in deliveries:
             self.hooks.enqueue(hook_id, repo.id, event, None, text)
+
+    def announced(self, repo: Repository, updates: list[tuple[str, str, str]]) -> None:
+        """Note the ref updates of a recorded push as announced (webhooks/catchup.py reads them)."""
+        self.hooks.note_refs(repo.id, announced_updates(updates))
 
     def repository(self, action: str, repo: Repository, sender: Account,
                    changes: dict[str, Any] | None = None) -> int:

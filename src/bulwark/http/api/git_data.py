@@ -199,8 +199,9 @@ async def _target(ctx: Ctx, access: RepoAccess, data: dict[str, Any], ref: str) 
     return Ref(name=ref, oid=sha, type=kind)
 
 
-async def _done(ctx: Ctx, access: RepoAccess, ref: Ref, status: int) -> JSONResponse:
-    await call(ctx.node.repos.record_push, access.repo)
+async def _done(ctx: Ctx, access: RepoAccess, ref: Ref, old: str, status: int) -> JSONResponse:
+    # As a push: replicas learn of it at once and webhooks announce it.
+    await call(ctx.node.record_push, access.repo, [(old, ref.oid, ref.name)], ctx.user)
     return JSONResponse(ref_json(ctx, access.full_name, ref), status_code=status)
 
 
@@ -218,7 +219,7 @@ async def create_ref(request: Request) -> JSONResponse:
             raise InvalidInput("Reference already exists", field="ref") from None
         # Most likely refs/heads/a blocks refs/heads/a/b, or the other way round.
         raise InvalidInput(f"cannot create {full}: it clashes with an existing ref", field="ref") from None
-    return await _done(ctx, access, target, 201)
+    return await _done(ctx, access, target, ZERO_OID, 201)
 
 
 async def _current(ctx: Ctx, access: RepoAccess, name: str) -> Ref:
@@ -251,7 +252,7 @@ async def update_ref(request: Request) -> JSONResponse:
         await call(ctx.node.git.update_ref, access.repo.storage_id, current.name, target.oid, current.oid)
     except GitError:
         raise Conflict(f"{current.name} changed while it was being updated; read it again and retry") from None
-    return await _done(ctx, access, target, 200)
+    return await _done(ctx, access, target, current.oid, 200)
 
 
 async def delete_ref(request: Request) -> Response:
@@ -263,7 +264,7 @@ async def delete_ref(request: Request) -> Response:
         await call(ctx.node.git.delete_ref, access.repo.storage_id, current.name, current.oid)
     except GitError:
         raise Conflict(f"{current.name} changed while it was being deleted; read it again and retry") from None
-    await call(ctx.node.repos.record_push, access.repo)
+    await call(ctx.node.record_push, access.repo, [(current.oid, ZERO_OID, current.name)], ctx.user)
     return no_content()
 
 
