@@ -13,16 +13,13 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from bulwark.clock import Clock
 from bulwark.webhooks.models import Delivery, DeliveryState, Hook
 from bulwark.webhooks.schedule import next_attempt
+from bulwark.webhooks.store import HookStore
 from bulwark.webhooks.transport import Outcome, Sender, signature
-
-if TYPE_CHECKING:
-    from bulwark.store.hooks_sqlite import SQLiteHooks
 
 log = logging.getLogger("bulwark.webhooks")
 
@@ -64,7 +61,7 @@ def request_for(hook: Hook, delivery: Delivery) -> tuple[bytes, dict[str, str]]:
 class Deliverer:
     def __init__(
         self,
-        hooks: SQLiteHooks,
+        hooks: HookStore,
         sender: Sender,
         clock: Clock,
         *,

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bulwark.errors import NotFound, ValidationFailed
 from bulwark.git.runner import ZERO_OID, GitRunner
@@ -20,10 +20,8 @@ from bulwark.store import Store
 from bulwark.webhooks import payloads
 from bulwark.webhooks.catchup import announced_updates
 from bulwark.webhooks.models import Attempt, ContentType, Delivery, Hook
+from bulwark.webhooks.store import HookStore
 from bulwark.webhooks.transport import check_url
-
-if TYPE_CHECKING:
-    from bulwark.store.hooks_sqlite import SQLiteHooks
 
 MAX_HOOKS = 20  # per repository or organization, as GitHub allows
 _EVENT_NAME = re.compile(r"^(\*|[a-z_]{1,64})$")
@@ -104,7 +102,7 @@ def hook_fields(data: dict[str, Any], current: Hook | None = None) -> dict[str, 
 class HookService:
     def __init__(
         self,
-        hooks: SQLiteHooks,
+        hooks: HookStore,
         store: Store,
         git: GitRunner,
         *,
