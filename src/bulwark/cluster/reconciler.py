@@ -34,7 +34,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from bulwark.cluster import keys, state
-from bulwark.cluster.etcd import Compare, Etcd, EtcdUnavailable, Op
+from bulwark.cluster.election import Election
+from bulwark.cluster.etcd import Etcd, EtcdUnavailable
 from bulwark.cluster.locks import RepoLocks
 from bulwark.cluster.placement import choose_nodes, replica_counts
 from bulwark.cluster.state import BUILDING, ClusterSnapshot, Placement
@@ -365,6 +366,7 @@ class Reconciler:
         self.locks = locks
         self.node = node
         self.lease = lease  # the node's session lease: leadership dies with it
+        self.election = Election(etcd, keys.RECONCILER, node, lease, job="the reconciler")
         self.interval = interval
         self.verify_every = verify_every
         # Seconds of checksum comparisons per cycle: a pass over every repository is spread over as
@@ -393,27 +395,10 @@ class Reconciler:
 
     def campaign(self) -> str | None:
         """Become the reconciler if nobody is; the name of whoever is (None: nobody)."""
-        try:
-            lease = self.lease()
-        except Unavailable:
-            lease = 0  # no session: a key without a lease would outlive this node
-        if lease:
-            result = self.etcd.txn(
-                [Compare.absent(keys.RECONCILER)],
-                [Op.put(keys.RECONCILER, self.node, lease)],
-                [Op.get(keys.RECONCILER)],
-            )
-            if result.succeeded:
-                log.info("reconciler: %s is now the reconciler", self.node)
-                return self.node
-            found = result.reads[0] if result.reads else []
-        else:
-            kv = self.etcd.get(keys.RECONCILER)
-            found = [kv] if kv else []
-        return found[0].text if found else None
+        return self.election.campaign()
 
     def resign(self) -> None:
-        self.etcd.txn([Compare.value_is(keys.RECONCILER, self.node)], [Op.delete(keys.RECONCILER)])
+        self.election.resign()
 
     # -- one cycle -----------------------------------------------------------------------
 
