@@ -110,6 +110,13 @@ def test_hooks_through_a_github_client_and_pushes_reach_a_signing_receiver(
     [renamed] = receiver.wait_for(1, "repository")
     assert renamed["payload"]["action"] == "renamed"
     assert renamed["payload"]["changes"] == {"repository": {"name": {"from": "app"}}}
+    # The administrator at the command line renames it back and forth: the server is the sender.
+    for old, name in (("app2", "app3"), ("app3", "app2")):
+        done = bulwark("repo", "rename", f"admin/{old}", name, env=node.env())
+        assert done.returncode == 0, done.stderr
+    by_cli = receiver.wait_for(3, "repository")[1:]
+    assert [r["payload"]["repository"]["name"] for r in by_cli] == ["app3", "app2"]
+    assert all(r["payload"]["sender"]["login"] == "bulwark[bot]" for r in by_cli)
 
     # The deliveries API, and a redelivery that keeps the delivery id.
     repo = gh.get_repo("admin/app2")

@@ -11,6 +11,11 @@ from bulwark.cli.output import confirm, iso, permission_label, print_fields, pri
 from bulwark.models import Account, Permission, Visibility
 from bulwark.node import Node
 from bulwark.services.repositories import RepoAccess
+from bulwark.webhooks.payloads import SERVER
+
+# The administrator at the command line has no account here: the webhook events of what they do
+# name the server as sender.
+ADMINISTRATOR = SERVER
 
 app = typer.Typer(
     help="Manage repositories: create, list, rename, transfer, delete, collaborators.", no_args_is_help=True
@@ -92,6 +97,7 @@ def create(
             visibility=Visibility.PRIVATE if private else Visibility.PUBLIC,
             description=description,
             default_branch=default_branch,
+            sender=ADMINISTRATOR,
         )
     say(f"Created {repo.visibility.value} repository {owner.login}/{repo.name} (storage id {repo.storage_id}).")
 
@@ -163,7 +169,7 @@ def rename(
     """Rename a repository; its data stays where it is."""
     with opened_node(data_dir, config) as node:
         found = find(node, full_name)
-        repo = node.repos.update(found.repo, name=new_name)
+        repo = node.repos.update(found.repo, name=new_name, sender=ADMINISTRATOR)
     say(f"Renamed {found.full_name} to {found.owner.login}/{repo.name}.")
 
 
@@ -193,7 +199,7 @@ def delete(
     with opened_node(data_dir, config) as node:
         found = find(node, full_name)
         confirm(f"Delete {found.full_name} and all its data?", yes=yes)
-        node.repos.delete(found.repo)
+        node.repos.delete(found.repo, sender=ADMINISTRATOR)
     say(f"Deleted {found.full_name}.")
 
 
@@ -218,7 +224,7 @@ def add_collaborator(
     with opened_node(data_dir, config) as node:
         found = find(node, full_name)
         member = node.accounts.get_user(user)
-        node.repos.add_collaborator(found.repo, member, level)
+        node.repos.add_collaborator(found.repo, member, level, sender=ADMINISTRATOR)
     say(f"{member.login} now has {permission_label(level)} access to {found.full_name}.")
 
 
@@ -230,7 +236,7 @@ def remove_collaborator(
     with opened_node(data_dir, config) as node:
         found = find(node, full_name)
         member = node.accounts.get_user(user)
-        node.repos.remove_collaborator(found.repo, member)
+        node.repos.remove_collaborator(found.repo, member, sender=ADMINISTRATOR)
     say(f"Removed {member.login} from {found.full_name}.")
 
 

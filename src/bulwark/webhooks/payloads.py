@@ -60,9 +60,9 @@ def _node_id(kind: str, record_id: int) -> str:
     return f"{kind}:{record_id}"
 
 
-# The pusher and sender of events the server announces itself, such as ref moves it found
-# unannounced after a crash or a promotion: who pushed is not known then. Not a valid login,
-# so no account can be taken for it.
+# The pusher and sender of events no account caused: ref moves the server found unannounced
+# after a crash or a promotion (who pushed is not known then), and what the administrator does at
+# the command line. Not a valid login, so no account can be taken for it.
 SERVER = Account(id=0, login="bulwark[bot]", type=AccountType.USER, name="Bulwark")
 
 
