@@ -75,7 +75,7 @@ def test_hooks_through_a_github_client_and_pushes_reach_a_signing_receiver(
     node.create_repo(node.token, "app")
     repo = gh.get_repo("admin/app")
     hook = repo.create_hook("web", {"url": receiver.url, "content_type": "json", "secret": SECRET},
-                            events=["push", "create", "delete", "repository"], active=True)
+                            events=["push", "create", "delete", "repository", "member"], active=True)
     assert hook.config["secret"] == "********" and hook.config["url"] == receiver.url
     [ping] = receiver.wait_for(1, "ping")
     assert ping["signed"] and ping["payload"]["hook_id"] == hook.id and ping["user_agent"].startswith(
@@ -117,6 +117,15 @@ def test_hooks_through_a_github_client_and_pushes_reach_a_signing_receiver(
     by_cli = receiver.wait_for(3, "repository")[1:]
     assert [r["payload"]["repository"]["name"] for r in by_cli] == ["app3", "app2"]
     assert all(r["payload"]["sender"]["login"] == "bulwark[bot]" for r in by_cli)
+
+    # A collaborator added, then given more: the edit says from what.
+    node.create_user("bob")
+    gh.get_repo("admin/app2").add_to_collaborators("bob", "push")
+    gh.get_repo("admin/app2").add_to_collaborators("bob", "admin")
+    added, edited = (r["payload"] for r in receiver.wait_for(2, "member"))
+    assert added["action"] == "added" and added["member"]["login"] == "bob"
+    assert edited["action"] == "edited"
+    assert edited["changes"]["permission"] == {"from": "write", "to": "admin"}
 
     # The deliveries API, and a redelivery that keeps the delivery id.
     repo = gh.get_repo("admin/app2")

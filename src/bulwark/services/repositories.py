@@ -40,7 +40,7 @@ class RepoEvents(Protocol):
                    changes: dict[str, Any] | None = None) -> int: ...
 
     def member(self, action: str, repo: Repository, sender: Account, member: Account,
-               permission: Permission | None = None) -> int: ...
+               permission: Permission | None = None, old_permission: Permission | None = None) -> int: ...
 
 
 def _repository_action(before: Repository, after: Repository) -> tuple[str, dict[str, Any] | None] | None:
@@ -241,7 +241,8 @@ class RepositoryService:
             known = self.store.get_collaborator(repo.id, user.id)
             collaborator = self.store.set_collaborator(repo.id, user.id, permission)
             if self.events is not None and sender is not None and (known is None or known.permission != permission):
-                self.events.member("added" if known is None else "edited", repo, sender, user, permission)
+                self.events.member("added" if known is None else "edited", repo, sender, user, permission,
+                                   known.permission if known is not None else None)
         return collaborator
 
     def remove_collaborator(self, repo: Repository, user: Account, sender: Account | None = None) -> None:

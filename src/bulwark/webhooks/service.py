@@ -289,13 +289,13 @@ class HookService:
         return len(hooks)
 
     def member(self, action: str, repo: Repository, sender: Account, member: Account,
-               permission: Permission | None = None) -> int:
+               permission: Permission | None = None, old_permission: Permission | None = None) -> int:
         hooks = self._targets(repo, "member")
         if not hooks:
             return 0
         owner = self._owner(repo)
         text = self._body(payloads.member_payload(action, self.base_url, repo, owner, sender=sender, member=member,
-                                                  permission=permission), owner)
+                                                  permission=permission, old_permission=old_permission), owner)
         for hook in hooks:
             self.hooks.enqueue(hook.id, repo.id, "member", action, text)
         return len(hooks)
