@@ -31,6 +31,7 @@ from bulwark.services.ssh_keys import KeyService
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog
 from bulwark.webhooks.service import HookService
+from bulwark.webhooks.store import HookStore
 
 log = logging.getLogger("bulwark")
 
@@ -67,15 +68,12 @@ class Node:
     access_cache: AccessCache[Any] | None = None
 
     def __post_init__(self) -> None:
-        # Webhooks live beside the SQLite metadata (standalone and HA); a cluster has none yet.
+        # Webhooks live beside the metadata: in SQLite (standalone and HA), in etcd (a cluster).
         self.webhooks: HookService | None = None
-        from bulwark.store.sqlite import SQLiteStore
-
-        if isinstance(self.store, SQLiteStore):
-            from bulwark.store.hooks_sqlite import SQLiteHooks
-
+        hooks = _hook_store(self.store)
+        if hooks is not None:
             self.webhooks = HookService(
-                SQLiteHooks(self.store), self.store, self.git, base_url=self.settings.base_url,
+                hooks, self.store, self.git, base_url=self.settings.base_url,
                 ssh_clone_url=self.settings.ssh_clone_url, queued=lambda: self.wake_deliverer(),
             )
         # Set by ``bulwark serve`` to its deliverer's wake-up, so a queued event goes out at once.
@@ -175,15 +173,23 @@ class Node:
         """After a push: note when, put the ref updates that landed into the change stream, where
         replicas learn which repository to fetch (in order with the metadata), and queue the
         webhook deliveries of the push, all in one transaction."""
-        if self.cluster is not None:
-            self.repos.record_push(repo)
-            return  # the cluster's replicas took part in the push itself
         names = [ref for _old, _new, ref in commands]
-        now = {r.name: r.oid for r in self.git.refs(repo.storage_id, *names)} if names else {}
+        # This node's own copy: the one git just updated (a cluster's push leader has one).
+        now = {r.name: r.oid for r in GitRunner.refs(self.git, repo.storage_id, *names)} if names else {}
         landed = [(old, new, ref) for old, new, ref in commands if now.get(ref, ZERO_OID) == new]
-        checksum = self.git.ref_checksum(repo.storage_id)
         # Git is read before the transaction, which holds the database's write lock.
         deliveries = self.webhooks.push_deliveries(repo, pusher, landed) if self.webhooks and pusher else []
+        if self.cluster is not None:
+            # The cluster's replicas took part in the push itself; etcd has no transaction across
+            # these writes, and needs none: the client hears of the push only after they are done.
+            if self.webhooks is not None:
+                self.webhooks.enqueue(repo, deliveries)
+                self.webhooks.announced(repo, landed)
+            self.repos.record_push(repo)
+            if deliveries:
+                self.wake_deliverer()
+            return
+        checksum = self.git.ref_checksum(repo.storage_id)
         with self.store.transaction():
             self.repos.record_push(repo)
             # The deliveries before the push event: a replica applies the rows before it fetches
@@ -201,6 +207,21 @@ class Node:
         if self.cluster is not None:
             self.cluster.stop()
         self.store.close()
+
+
+def _hook_store(store: Store) -> HookStore | None:
+    from bulwark.store.etcd import EtcdStore
+    from bulwark.store.sqlite import SQLiteStore
+
+    if isinstance(store, SQLiteStore):
+        from bulwark.store.hooks_sqlite import SQLiteHooks
+
+        return SQLiteHooks(store)
+    if isinstance(store, EtcdStore):
+        from bulwark.store.hooks_etcd import EtcdHooks
+
+        return EtcdHooks(store)
+    return None
 
 
 def open_node(

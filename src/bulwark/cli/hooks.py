@@ -18,7 +18,7 @@ app = typer.Typer(help="List webhooks and their deliveries, and send deliveries 
 
 def _service(node: Node) -> HookService:
     if node.webhooks is None:
-        raise fail("webhooks are not available on a cluster node yet")
+        raise fail("this node keeps no webhooks")
     return node.webhooks
 
 

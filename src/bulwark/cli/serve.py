@@ -22,9 +22,7 @@ from bulwark.http.server import Guard, connection_budget, guarded_protocol, rais
 from bulwark.logs import configure_logging
 from bulwark.node import Node, open_node
 from bulwark.ssh.server import Limits, SshCollector, SshListener
-from bulwark.webhooks.catchup import CatchUp
-from bulwark.webhooks.deliverer import Deliverer
-from bulwark.webhooks.transport import Sender
+from bulwark.webhooks.wiring import deliverer_for
 
 
 def ssh_for(node: Node, app: Starlette) -> list[SshListener]:
@@ -39,29 +37,6 @@ def ssh_for(node: Node, app: Starlette) -> list[SshListener]:
                            slots=app.state.git_slots)
     app.state.metrics.registry.register(SshCollector(listener))
     return [listener]
-
-
-def deliverer_for(node: Node) -> Deliverer | None:
-    """The webhook deliverer beside the HTTP server: it sends while this node takes writes."""
-    if node.webhooks is None:
-        return None
-    settings = node.settings
-
-    def may_deliver() -> str | None:
-        if node.stopping:
-            return "the node is stopping"
-        ha = node.ha()
-        if ha.fenced:
-            return f"this node is fenced: {ha.fenced}"
-        if ha.role == "ha-replica":
-            return "this node is a replica; its primary delivers"
-        return None
-
-    sender = Sender(timeout=settings.webhook_timeout, allow_private=settings.webhook_allow_private)
-    deliverer = Deliverer(node.webhooks.hooks, sender, node.clock, may_deliver=may_deliver,
-                          catch_up=CatchUp(node.webhooks).run, workers=settings.webhook_workers)
-    node.wake_deliverer = deliverer.wake
-    return deliverer
 
 
 def serve(

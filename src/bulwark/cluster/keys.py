@@ -17,6 +17,7 @@ LOCKS = ROOT + "locks/"  # locks/<storage id> -> holder, attached to the holder'
 # (its leader died or was cut off) means the replicas' refs must be compared before they are trusted.
 INTENTS = ROOT + "intents/"
 RECONCILER = ROOT + "reconciler"  # the elected reconciler's node name, attached to its lease
+WEBHOOK_DELIVERER = ROOT + "webhook-deliverer"  # the node that sends webhooks, attached to its lease
 REPORT = ROOT + "reconciler-report"  # the last reconciler cycle's sentence and counts
 # While present, no push takes a repository lock: a backup is reading every repository's refs.
 BACKUP_BARRIER = ROOT + "backup-barrier"

@@ -144,6 +144,7 @@ class _Keys:
     """Every key of the store, under one prefix."""
 
     def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
         self.accounts = prefix + "accounts/"
         self.logins = prefix + "logins/"
         self.dependents_of = prefix + "dependents/"
@@ -506,6 +507,31 @@ class EtcdStore(Store):
 
     def close(self) -> None:
         self._closed = True
+
+    # -- for the store's companions on the same etcd (store/hooks_etcd.py) ------------
+
+    @property
+    def etcd(self) -> Etcd:
+        return self._client()
+
+    @property
+    def max_txn_ops(self) -> int:
+        return self._max_txn_ops
+
+    def key(self, suffix: str) -> str:
+        """``suffix`` under the store's prefix."""
+        return self._keys.prefix + suffix
+
+    def now(self) -> str:
+        return self._now()
+
+    def commit(self, compares: list[Compare], ops: list[Op], what: str) -> None:
+        """Apply ``ops`` if every comparison holds; else the attempt run by :meth:`retry` starts over."""
+        self._commit(compares, ops, what)
+
+    def retry(self, what: str, attempt: Callable[[], _T]) -> _T:
+        """Run ``attempt`` (read, decide, :meth:`commit`) until its commit is not pre-empted."""
+        return self._retry(what, attempt)
 
     # -- etcd access -------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ class Deliverer:
         *,
         may_deliver: Callable[[], str | None],
         catch_up: Callable[[Callable[[], bool]], str] | None = None,
+        on_stop: Callable[[], None] | None = None,
         workers: int = 8,
         poll: float = 1.0,
     ) -> None:
@@ -78,6 +79,7 @@ class Deliverer:
         # Run each time this node starts delivering (webhooks/catchup.py), before anything is sent.
         self.catch_up = catch_up
         self._caught_up = False
+        self.on_stop = on_stop  # a cluster node gives up delivering, so another takes over at once
         self.workers = workers
         self.poll = poll
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
@@ -101,6 +103,11 @@ class Deliverer:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.on_stop is not None:
+            try:
+                self.on_stop()
+            except Exception as exc:  # the lease ends it all the same, a few seconds later
+                log.warning("webhooks: could not hand delivery over: %s", exc)
 
     def _run(self) -> None:
         last = ""

@@ -32,7 +32,7 @@ class _Target:
 
 def _service(ctx: Ctx) -> HookService:
     if ctx.node.webhooks is None:
-        raise Unavailable("webhooks are not available on a cluster node yet")
+        raise Unavailable("this node keeps no webhooks")
     return ctx.node.webhooks
 
 
