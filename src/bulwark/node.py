@@ -182,9 +182,9 @@ class Node:
         if self.cluster is not None:
             # The cluster's replicas took part in the push itself; etcd has no transaction across
             # these writes, and needs none: the client hears of the push only after they are done.
+            # (The refs announced are not noted: a cluster does not look for unannounced moves.)
             if self.webhooks is not None:
                 self.webhooks.enqueue(repo, deliveries)
-                self.webhooks.announced(repo, landed)
             self.repos.record_push(repo)
             if deliveries:
                 self.wake_deliverer()
