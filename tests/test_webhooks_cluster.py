@@ -14,6 +14,9 @@ import pytest
 
 from bulwark.cluster import keys
 from bulwark.cluster.dev import DevCluster
+from bulwark.cluster.etcd import Etcd
+from bulwark.store.etcd import EtcdStore
+from bulwark.store.hooks_etcd import EtcdHooks
 from cluster_helpers import FAST, Load, Seeded, seed, wait_for
 
 from helpers import free_port
@@ -36,6 +39,26 @@ def deliverer(seeded: Seeded) -> str | None:
     try:
         kv = etcd.get(keys.WEBHOOK_DELIVERER)
         return kv.text if kv else None
+    finally:
+        etcd.close()
+
+
+def test_a_deleted_repository_takes_its_hooks_along(cluster: DevCluster) -> None:
+    # etcd has no cascades: the hooks of a deleted repository are removed with it, not left behind.
+    admin = httpx.Client(base_url=f"{cluster.lb_url}/api/v3", timeout=30,
+                         headers={"Authorization": f"token {cluster.admin_token}"})
+    assert admin.post("/admin/users", json={"login": "carol", "email": "carol@example.com"}).status_code == 201
+    token = admin.post("/admin/users/carol/authorizations", json={"scopes": ["repo", "delete_repo"]}).json()["token"]
+    carol = httpx.Client(base_url=f"{cluster.lb_url}/api/v3", timeout=30, headers={"Authorization": f"token {token}"})
+    assert carol.post("/user/repos", json={"name": "brief"}).status_code == 201
+    r = carol.post("/repos/carol/brief/hooks", json={"config": {"url": "https://ci.example.com/hook"}})
+    assert r.status_code == 201, r.text
+    etcd = Etcd(cluster.etcd_endpoints, timeout=2)
+    try:
+        hooks = EtcdHooks(EtcdStore(etcd))
+        assert [h.id for h in hooks.list_hooks()] == [r.json()["id"]]
+        assert carol.delete("/repos/carol/brief").status_code == 204
+        assert hooks.list_hooks() == []
     finally:
         etcd.close()
 

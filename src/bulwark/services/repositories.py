@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bulwark.clock import Clock
-from bulwark.errors import Forbidden, GitError, InvalidInput, NotFound
+from bulwark.errors import BulwarkError, Forbidden, GitError, InvalidInput, NotFound
 from bulwark.git.runner import GitRunner
 from bulwark.models import ALL_SCOPES, Account, Collaborator, Permission, Repository, Scope, Visibility
 from bulwark.names import MAX_REPO_DESCRIPTION, check_branch_name, check_repo_name, check_text
 from bulwark.services.permissions import Principal, repo_permission
 from bulwark.store import Store
+
+log = logging.getLogger("bulwark.repos")
 
 
 def _check_description(description: str) -> str:
@@ -41,6 +44,10 @@ class RepoEvents(Protocol):
 
     def member(self, action: str, repo: Repository, sender: Account, member: Account,
                permission: Permission | None = None, old_permission: Permission | None = None) -> int: ...
+
+    def forget(self, *, repo_id: int | None = None, org_id: int | None = None) -> None:
+        """A repository or organization is gone: so are its hooks (a store without cascades)."""
+        ...
 
 
 def _repository_action(before: Repository, after: Repository) -> tuple[str, dict[str, Any] | None] | None:
@@ -218,11 +225,24 @@ class RepositoryService:
                 self.events.repository("deleted", repo, sender)
             deleted = self.store.delete_repo(repo.id)
         if deleted:
+            self._forget(repo_id=repo.id)
             self.git.remove(repo.storage_id)
 
     def delete_account(self, account: Account) -> None:
         for repo in self.store.delete_account(account.id):
+            self._forget(repo_id=repo.id)
             self.git.remove(repo.storage_id)
+        if account.is_org:
+            self._forget(org_id=account.id)
+
+    def _forget(self, *, repo_id: int | None = None, org_id: int | None = None) -> None:
+        if self.events is None:
+            return
+        try:
+            self.events.forget(repo_id=repo_id, org_id=org_id)
+        except BulwarkError as exc:  # the deletion stands; the hooks are never read again
+            log.warning("could not remove the hooks of a deleted %s: %s", "repository" if repo_id else "account",
+                        exc.message)
 
     def record_push(self, repo: Repository) -> None:
         current = self.store.get_repo_by_id(repo.id)

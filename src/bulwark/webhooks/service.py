@@ -270,6 +270,10 @@ class HookService:
         for hook_id, event, text in deliveries:
             self.hooks.enqueue(hook_id, repo.id, event, None, text)
 
+    def forget(self, *, repo_id: int | None = None, org_id: int | None = None) -> None:
+        for hook in self.hooks.list_hooks(repo_id=repo_id, org_id=org_id) if repo_id or org_id else []:
+            self.hooks.delete_hook(hook.id)
+
     def announced(self, repo: Repository, updates: list[tuple[str, str, str]]) -> None:
         """Note the ref updates of a recorded push as announced (webhooks/catchup.py reads them)."""
         self.hooks.note_refs(repo.id, announced_updates(updates))
