@@ -23,6 +23,7 @@ from bulwark.git.runner import ZERO_OID, GitRunner
 from bulwark.ha import state as ha_state
 from bulwark.ha.state import HAState
 from bulwark.models import Account, Repository
+from bulwark.roles import NodeRole
 from bulwark.security import PasswordHasher
 from bulwark.services.accounts import AccountService
 from bulwark.services.repo_lists import RepoLists
@@ -38,13 +39,6 @@ log = logging.getLogger("bulwark")
 if TYPE_CHECKING:
     from bulwark.cluster.runtime import ClusterRuntime
     from bulwark.services.access_cache import AccessCache
-
-
-class NodeRole(enum.StrEnum):
-    STANDALONE = "standalone"
-    HA_PRIMARY = "ha-primary"
-    HA_REPLICA = "ha-replica"
-    CLUSTER_MEMBER = "cluster-member"
 
 
 class Traffic(enum.Enum):

@@ -28,6 +28,7 @@ from bulwark.ha.health import Thresholds
 from bulwark.ha.report import replication_report
 from bulwark.ha.wiring import promote_node, replicator_for
 from bulwark.monitoring import running
+from bulwark.roles import NodeRole
 
 app = typer.Typer(
     help="High availability: make this node a replica of a primary, watch it, promote it.",
@@ -57,7 +58,7 @@ def setup(
     with opened_node(data_dir, config) as node:
         repos = node.store.list_repos()
         ha = ha_state.load(node.store)
-        if repos and ha.role == "standalone" and not yes:
+        if repos and ha.role == NodeRole.STANDALONE and not yes:
             raise fail(
                 f"this node holds {len(repos)} repositories of its own; setup replaces all its data with the "
                 "primary's. Run again with --yes to go ahead."
@@ -138,7 +139,7 @@ def _print_report(report: dict[str, Any], verbose: bool) -> None:
                       "the running node finishes it")
     if report.get("detail"):
         console.print(f"  {report['detail']}")
-    if role == "ha-replica":
+    if role == NodeRole.HA_REPLICA:
         table = Table("stream", "status", "detail")
         for stream in report["streams"]:
             table.add_row(stream["name"], stream["level"], stream["detail"])
@@ -149,7 +150,7 @@ def _print_report(report: dict[str, Any], verbose: bool) -> None:
                 f"of {report['primary_seq']}; last contact {report['last_contact']}; "
                 f"last error {report['last_error']}; faulty {report['repositories']['faulty_ids']}"
             )
-    elif role == "ha-primary" and report["replicas"]:
+    elif role == NodeRole.HA_PRIMARY and report["replicas"]:
         table = Table("replica", "url", "status", "reachable", "last seen (s ago)", "position", "behind (changes)")
         for r in report["replicas"]:
             table.add_row(
@@ -202,7 +203,7 @@ def teardown(
             console.print(f"Replica {node_id} removed; its credential no longer works.")
             return
         ha = ha_state.load(node.store)
-        if ha.role != "ha-replica":
+        if ha.role != NodeRole.HA_REPLICA:
             raise fail("this node is not a replica; on the primary, name the replica with --node ID")
         me = ha_state.node_id(node.store)
         told = False

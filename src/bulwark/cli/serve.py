@@ -21,6 +21,7 @@ from bulwark.http.listening import RecordingServer
 from bulwark.http.server import Guard, connection_budget, guarded_protocol, raise_file_limit
 from bulwark.logs import configure_logging
 from bulwark.node import Node, open_node
+from bulwark.roles import NodeRole
 from bulwark.ssh.server import Limits, SshCollector, SshListener
 from bulwark.webhooks.wiring import deliverer_for
 
@@ -100,7 +101,7 @@ def serve(
     else:
         # A primary that was superseded while it was down must learn it before taking a write.
         ha = node.ha()
-        if ha.role == "ha-primary" and not ha.fenced:
+        if ha.role == NodeRole.HA_PRIMARY and not ha.fenced:
             log.info("ha: %s", PrimaryDuties(node.store, node.changelog, node.clock).check_epochs(ha))
             node.forget_cached_state()
         loop = ha_loop_for(node)

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from bulwark.ha.state import PeerCheck, Progress
+from bulwark.roles import NodeRole
 
 
 class Level(enum.IntEnum):
@@ -150,7 +151,7 @@ def judge_primary(check: PeerCheck | None, now: datetime, timeout: float) -> Pri
                              f"nobody has asked the primary since {asked.isoformat(timespec='seconds')}: "
                              "is this node's server ('bulwark serve') running?", silent)
     if check.checked_at is not None and check.error is None:
-        if check.role != "ha-primary" or check.fenced:
+        if check.role != NodeRole.HA_PRIMARY or check.fenced:
             what = "fenced" if check.fenced else f"{check.role or 'unknown'}, not a primary"
             return PrimaryHealth(PrimaryState.NOT_PRIMARY, Level.WARNING,
                                  f"{check.url} answers but is {what}: set this replica up against the new "

@@ -26,6 +26,7 @@ from bulwark.ha.replicator import Replicator
 from bulwark.ha.state import HAState, PeerCheck
 from bulwark.ha.watch import Ask, PrimaryWatch
 from bulwark.monitoring.running import pid_exists
+from bulwark.roles import NodeRole
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog
 
@@ -104,7 +105,7 @@ class PrimaryDuties:
         if self._last_check is not None and now - self._last_check < self.check_every:
             return "idle"
         self._last_check = now
-        if ha.role == "standalone":
+        if ha.role == NodeRole.STANDALONE:
             return self.trim()
         return f"{self.check_epochs(ha)}; {self.trim()}"
 
@@ -130,15 +131,15 @@ class HALoop:
     def run_once(self) -> tuple[str, float]:
         """One cycle: (what happened, seconds to pause before the next)."""
         ha = ha_state.load(self.store)
-        if ha.role == "ha-replica" and ha.promoting is not None:
+        if ha.role == NodeRole.HA_REPLICA and ha.promoting is not None:
             if self.resume is None or self.alive(ha.promoting):
                 return f"a promotion is under way (process {ha.promoting})", 1.0
             log.warning("ha: the promotion begun by process %s did not finish (the process is gone); finishing it",
                         ha.promoting)
             return self.resume(), 1.0
-        if ha.role == "ha-replica" and not ha.replicating:
+        if ha.role == NodeRole.HA_REPLICA and not ha.replicating:
             return "replication is stopped", 1.0
-        if ha.role == "ha-replica" and not ha.fenced:
+        if ha.role == NodeRole.HA_REPLICA and not ha.fenced:
             with self.gate.cycle() if self.gate is not None else contextlib.nullcontext(True) as ours:
                 if not ours:
                     return "replication waits: another process (a promotion) holds this data directory's gate", 1.0

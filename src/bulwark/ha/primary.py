@@ -17,6 +17,7 @@ from bulwark.ha.client import EPOCH_HEADER, peer_status
 from bulwark.ha.setup import FENCED_PREFIX
 from bulwark.ha.state import ReplicaRecord
 from bulwark.models import MaintenanceState
+from bulwark.roles import NodeRole
 from bulwark.security import hash_token
 from bulwark.store import Store
 
@@ -58,7 +59,7 @@ def authenticated_replica(store: Store, authorization: str, *, claimed: str | No
             raise StaleEpoch(f"this node was superseded ({reason}); it no longer serves replication")
         if epoch < ha.epoch:
             raise StaleEpoch(f"wrong epoch {epoch}: this primary is at epoch {ha.epoch}; set the replica up again")
-    if ha.role != "ha-primary" or ha.fenced:
+    if ha.role != NodeRole.HA_PRIMARY or ha.fenced:
         raise Unavailable(f"this node is not a serving primary ({ha.fenced or ha.role})")
     return record
 
@@ -84,15 +85,15 @@ def register(store: Store, clock: Clock, node_id: str, url: str) -> dict[str, An
     if not url.startswith(("http://", "https://")):
         raise InvalidInput("url must be an http(s) URL", field="url")
     ha = ha_state.load(store)
-    if ha.role == "ha-replica":
+    if ha.role == NodeRole.HA_REPLICA:
         raise InvalidInput(f"this node is a replica of {ha.primary_url}; register with the primary")
     if ha.fenced:
         raise Unavailable(f"this node is fenced ({ha.fenced}); register with the current primary")
     if node_id == ha_state.node_id(store):
         raise InvalidInput("a node cannot replicate from itself")
     call_back(url, node_id)
-    if ha.role != "ha-primary":
-        ha = ha.with_(role="ha-primary", epoch=max(1, ha.epoch))
+    if ha.role != NodeRole.HA_PRIMARY:
+        ha = ha.with_(role=NodeRole.HA_PRIMARY, epoch=max(1, ha.epoch))
         ha_state.save(store, ha)
     credential = CREDENTIAL_PREFIX + secrets.token_hex(20)
     record = ReplicaRecord(

@@ -12,6 +12,7 @@ from bulwark.ha import state as ha_state
 from bulwark.ha.client import PrimaryClient
 from bulwark.ha.gate import ReplicationGate
 from bulwark.ha.replicator import Replicator
+from bulwark.roles import NodeRole
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog
 
@@ -49,7 +50,7 @@ def promote(
     end, the serving node's HA loop sees that process gone and finishes the promotion.
     """
     ha = ha_state.load(store)
-    if ha.role != "ha-replica":
+    if ha.role != NodeRole.HA_REPLICA:
         raise InvalidInput(f"this node is {ha.role}, not a replica: nothing to promote")
     # 1. Stop the running replicator from pulling while we work, and wait for a cycle under way.
     ha_state.save(store, ha.with_(replicating=False, promoting=os.getpid() if pid is None else pid))
@@ -57,12 +58,12 @@ def promote(
     try:
         with held:
             now = ha_state.load(store)
-            if now.role != "ha-replica":
+            if now.role != NodeRole.HA_REPLICA:
                 raise InvalidInput(f"this node became {now.role} meanwhile: another process finished the promotion")
             return _promote(store, changelog, replicator, ha.with_(promoting=None), client)
     except BaseException:
         now = ha_state.load(store)
-        if now.role == "ha-replica":
+        if now.role == NodeRole.HA_REPLICA:
             ha_state.save(store, now.with_(replicating=ha.replicating, promoting=None))  # as it was
         raise
 
@@ -110,7 +111,7 @@ def _promote(store: Store, changelog: ChangeLog, replicator: Replicator, ha: ha_
     # 4. Raise the epoch and take writes.
     ha_state.save(
         store,
-        ha_state.HAState(role="ha-primary", epoch=new_epoch, primary_url=None, primary_id=None),
+        ha_state.HAState(role=NodeRole.HA_PRIMARY, epoch=new_epoch, primary_url=None, primary_id=None),
     )
     steps.append(f"this node is now the primary at epoch {new_epoch}")
     return PromoteReport(new_epoch, fenced, fence_detail, caught_up, missing, pending, steps)

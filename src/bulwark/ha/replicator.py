@@ -19,6 +19,7 @@ from bulwark.git.runner import GitRunner
 from bulwark.ha import state as ha_state
 from bulwark.ha.client import PrimaryClient
 from bulwark.ha.state import HAState
+from bulwark.roles import NodeRole
 from bulwark.store import Store
 from bulwark.store.changes import Change, ChangeLog, ChangeOp
 
@@ -93,7 +94,7 @@ class Replicator:
 
     def run_once(self) -> str:
         ha = ha_state.load(self.store)
-        if ha.role != "ha-replica" or ha.fenced:
+        if ha.role != NodeRole.HA_REPLICA or ha.fenced:
             self._drop_client()
             return "not a replica: nothing to replicate"
         if not ha.replicating:

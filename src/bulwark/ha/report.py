@@ -8,6 +8,7 @@ from typing import Any
 
 from bulwark.ha import state as ha_state
 from bulwark.ha.health import Level, Thresholds, judge_primary, judge_reach, replica_health
+from bulwark.roles import NodeRole
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog
 
@@ -22,7 +23,7 @@ def replication_report(store: Store, changelog: ChangeLog, *, now: datetime, lim
         "fenced": ha.fenced,
         "promoting": ha.promoting,
     }
-    if ha.role == "ha-replica":
+    if ha.role == NodeRole.HA_REPLICA:
         progress = ha_state.load_progress(store)
         health = replica_health(progress, replicating=ha.replicating, now=now, limits=limits)
         check = ha_state.load_primary_check(store)
@@ -61,7 +62,7 @@ def replication_report(store: Store, changelog: ChangeLog, *, now: datetime, lim
             },
         )
         level = max(health.level, primary.level)
-    elif ha.role == "ha-primary":
+    elif ha.role == NodeRole.HA_PRIMARY:
         last_seq = changelog.last_seq()
         replicas = []
         level = Level.CRITICAL if ha.fenced else Level.OK

@@ -13,6 +13,7 @@ from bulwark.ha.client import PrimaryClient, register
 from bulwark.ha.replicator import Replicator
 from bulwark.ha.state import HAState, Progress
 from bulwark.models import MaintenanceState
+from bulwark.roles import NodeRole
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog
 
@@ -50,7 +51,7 @@ def setup_replica(
     removed.
     """
     current = ha_state.load(store)
-    if current.role == "ha-primary" and not current.fenced and ha_state.load_replicas(store):
+    if current.role == NodeRole.HA_PRIMARY and not current.fenced and ha_state.load_replicas(store):
         raise InvalidInput(
             "this node is a primary with replicas; tear them down first ('bulwark repl teardown --node ID')"
         )
@@ -65,7 +66,7 @@ def setup_replica(
     # Mark the role first, stopped: a crash half-way leaves a replica that is
     # obviously not in sync (never a primary holding half a copy).
     ha = HAState(
-        role="ha-replica",
+        role=NodeRole.HA_REPLICA,
         epoch=epoch,
         primary_url=primary_url.rstrip("/"),
         primary_id=primary_id,
@@ -107,7 +108,7 @@ def setup_replica(
 
 def set_replicating(store: Store, on: bool) -> HAState:
     ha = ha_state.load(store)
-    if ha.role != "ha-replica":
+    if ha.role != NodeRole.HA_REPLICA:
         raise InvalidInput("this node is not a replica; set one up with 'bulwark repl setup'")
     ha = ha.with_(replicating=on)
     ha_state.save(store, ha)
@@ -117,9 +118,9 @@ def set_replicating(store: Store, on: bool) -> HAState:
 def teardown_replica(store: Store) -> HAState:
     """Make this replica a standalone node again, keeping its data."""
     ha = ha_state.load(store)
-    if ha.role != "ha-replica":
+    if ha.role != NodeRole.HA_REPLICA:
         raise InvalidInput("this node is not a replica")
-    new = HAState(role="standalone", epoch=ha.epoch)
+    new = HAState(role=NodeRole.STANDALONE, epoch=ha.epoch)
     ha_state.save(store, new)
     return new
 

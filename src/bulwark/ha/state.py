@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from bulwark.roles import NodeRole
 from bulwark.store import Store
 
 _KEY = "ha.state"
@@ -34,7 +35,7 @@ def node_id(store: Store) -> str:
 class HAState:
     """What this node is in an HA pair. A fresh node is standalone at epoch 0."""
 
-    role: str = "standalone"  # a NodeRole value
+    role: NodeRole = NodeRole.STANDALONE
     epoch: int = 0
     primary_url: str | None = None  # on a replica: where it replicates from
     primary_id: str | None = None
@@ -42,6 +43,10 @@ class HAState:
     replicating: bool = False  # on a replica: `repl start` / `repl stop`
     fenced: str | None = None  # why this node refuses writes (a newer epoch exists), or None
     promoting: int | None = None  # on a replica: the process id of a `repl promote` under way
+
+    def __post_init__(self) -> None:
+        # Stored as its text (settings are JSON): made the enum again when loaded.
+        object.__setattr__(self, "role", NodeRole(self.role))
 
     def with_(self, **changes: Any) -> HAState:
         return replace(self, **changes)

@@ -19,6 +19,7 @@ from bulwark.ha import state as ha_state
 from bulwark.ha.client import peer_status
 from bulwark.ha.health import Level, PrimaryState, judge_primary, observe
 from bulwark.ha.state import PeerCheck
+from bulwark.roles import NodeRole
 from bulwark.store import Store
 
 log = logging.getLogger("bulwark.ha")
@@ -43,7 +44,7 @@ class PrimaryWatch:
     def run_once(self) -> str:
         """Ask the primary once, if this node is a replica; say what it learned."""
         ha = ha_state.load(self.store)
-        if ha.role != "ha-replica" or not ha.primary_url:
+        if ha.role != NodeRole.HA_REPLICA or not ha.primary_url:
             if self._check is not None or ha_state.load_primary_check(self.store) is not None:
                 ha_state.save_primary_check(self.store, None)
             self._check, self._state = None, None

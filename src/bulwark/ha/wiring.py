@@ -14,6 +14,7 @@ from bulwark.ha.replicator import Replicator
 from bulwark.ha.state import HAState
 from bulwark.ha.watch import PrimaryWatch
 from bulwark.node import Node
+from bulwark.roles import NodeRole
 
 
 def client_for(ha: HAState, node_id: str) -> PrimaryClient:
@@ -42,7 +43,7 @@ def ha_loop_for(node: Node) -> HALoop:
     def stopped() -> bool:
         """A promotion lowered the flag while a fetch ran: give the fetch up so the promotion goes on."""
         ha = ha_state.load(node.store)
-        return ha.role != "ha-replica" or not ha.replicating or bool(ha.fenced)
+        return ha.role != NodeRole.HA_REPLICA or not ha.replicating or bool(ha.fenced)
 
     def resume() -> str:
         report = promote_node(node)

@@ -30,6 +30,7 @@ from bulwark.ha.state import ReplicaRecord
 from bulwark.http.api.common import call, context, field, json_body
 from bulwark.http.auth import site_admin
 from bulwark.node import Node, Traffic
+from bulwark.roles import NodeRole
 
 MAX_WAIT = 30.0
 MAX_LIMIT = 5000
@@ -197,7 +198,7 @@ async def replica_health(request: Request) -> JSONResponse:
     """For monitors: 200 while this replica is healthy (OK or WARNING), 503 otherwise."""
     node = _node(request)
     report = await call(replication_report, node.store, node.changelog, now=node.clock.now(), limits=_limits(node))
-    healthy = report["role"] == "ha-replica" and report["exit_code"] < 2
+    healthy = report["role"] == NodeRole.HA_REPLICA and report["exit_code"] < 2
     body = {k: report.get(k) for k in ("role", "level", "lag_seconds", "lag_changes", "repositories")}
     return JSONResponse(body, status_code=200 if healthy else 503)
 

@@ -63,7 +63,7 @@ class ReplicationFacts:
     def from_report(cls, report: dict[str, Any]) -> ReplicationFacts | None:
         """From :func:`bulwark.ha.report.replication_report`; None on a node without replication."""
         level = Level[report["level"]]
-        if report["role"] == "ha-replica":
+        if report["role"] == NodeRole.HA_REPLICA:
             repos = report["repositories"]
             # On a tie the primary's stream speaks: a primary that is gone explains the rest, and says what to do.
             worst = max(report["streams"], key=lambda s: (Level[s["level"]], s["name"] == "primary"))
@@ -84,7 +84,7 @@ class ReplicationFacts:
                 faulty=int(repos["faulty"]),
                 primary=primary,
             )
-        if report["role"] == "ha-primary":
+        if report["role"] == NodeRole.HA_PRIMARY:
             replicas = tuple(
                 ReplicaLag(r["node_id"], r["url"], Level[r["level"]], r["seconds_since_seen"], int(r["lag_changes"]),
                            r.get("reachable"), str(r.get("reach") or ""))

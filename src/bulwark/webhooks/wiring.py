@@ -5,6 +5,7 @@ from __future__ import annotations
 from bulwark.cluster.election import Election
 from bulwark.cluster.keys import WEBHOOK_DELIVERER
 from bulwark.node import Node
+from bulwark.roles import NodeRole
 from bulwark.webhooks.catchup import CatchUp
 from bulwark.webhooks.deliverer import Deliverer
 from bulwark.webhooks.transport import Sender
@@ -33,7 +34,7 @@ def deliverer_for(node: Node) -> Deliverer | None:
         ha = node.ha()
         if ha.fenced:
             return f"this node is fenced: {ha.fenced}"
-        if ha.role == "ha-replica":
+        if ha.role == NodeRole.HA_REPLICA:
             return "this node is a replica; its primary delivers"
         return None
 
