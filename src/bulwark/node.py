@@ -6,7 +6,6 @@ node what it may do instead of branching on the mode themselves.
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
@@ -23,7 +22,7 @@ from bulwark.git.runner import ZERO_OID, GitRunner
 from bulwark.ha import state as ha_state
 from bulwark.ha.state import HAState
 from bulwark.models import Account, Repository
-from bulwark.roles import NodeRole
+from bulwark.roles import NodeRole, Traffic
 from bulwark.security import PasswordHasher
 from bulwark.services.accounts import AccountService
 from bulwark.services.repo_lists import RepoLists
@@ -39,14 +38,6 @@ log = logging.getLogger("bulwark")
 if TYPE_CHECKING:
     from bulwark.cluster.runtime import ClusterRuntime
     from bulwark.services.access_cache import AccessCache
-
-
-class Traffic(enum.Enum):
-    """Kinds of requests, for deciding what a node in a given state still serves."""
-
-    READ = "read"
-    WRITE = "write"
-    ADMIN = "admin"
 
 
 @dataclass

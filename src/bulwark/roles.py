@@ -1,5 +1,6 @@
-"""What a node is: standalone, one of an HA pair, or a cluster member. A leaf module, so the HA
-state (``ha/state.py``) and everything above it name roles by the same enum."""
+"""What a node is (standalone, one of an HA pair, a cluster member) and the kinds of requests it
+serves. A leaf module, so the HA state (``ha/state.py``), the cluster's router and everything
+above them name roles and traffic by the same enums."""
 
 from __future__ import annotations
 
@@ -11,3 +12,12 @@ class NodeRole(enum.StrEnum):
     HA_PRIMARY = "ha-primary"
     HA_REPLICA = "ha-replica"
     CLUSTER_MEMBER = "cluster-member"
+
+
+class Traffic(enum.Enum):
+    """Kinds of requests: what a node in a given state still serves, and where a cluster routes
+    a repository's reads (any up-to-date replica) and writes (its leader)."""
+
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"

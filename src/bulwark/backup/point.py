@@ -20,10 +20,10 @@ from bulwark.backup import barrier
 from bulwark.backup.metadata import export
 from bulwark.cluster import keys
 from bulwark.cluster.etcd import Compare, Op
-from bulwark.cluster.router import Access
 from bulwark.errors import Conflict, GitError, NotFound, Unavailable
 from bulwark.git.runner import Ref, checksum_of, read_ref_files
 from bulwark.node import Node, NodeRole
+from bulwark.roles import Traffic
 
 FORMAT = 1
 ATTEMPTS = 5
@@ -83,7 +83,7 @@ def _refs_and_head(node: Node, storage_id: str) -> tuple[list[Ref], str | None]:
     from bulwark.cluster.gitrouter import ClusterGit
 
     assert isinstance(node.git, ClusterGit)
-    route = rt.route(storage_id, Access.READ)
+    route = rt.route(storage_id, Traffic.READ)
     if route is None:
         raise Unavailable(f"no up-to-date replica of repository {storage_id} is reachable; the backup cannot "
                           "include it")

@@ -19,10 +19,10 @@ import anyio.from_thread
 
 from bulwark.cluster import keys, state
 from bulwark.cluster import placement as placing
-from bulwark.cluster.router import Access
 from bulwark.cluster.state import BUILDING, Placement
 from bulwark.errors import BulwarkError, Unavailable
 from bulwark.git.runner import GitRunner, Ref
+from bulwark.roles import Traffic
 
 if TYPE_CHECKING:
     from bulwark.cluster.runtime import ClusterRuntime
@@ -129,7 +129,7 @@ class ClusterGit(GitRunner):
         rt = self.runtime
         if rt is None:
             return super().refs(storage_id, *patterns)
-        route = rt.route(storage_id, Access.READ)
+        route = rt.route(storage_id, Traffic.READ)
         if route is None:
             raise Unavailable("no up-to-date replica of this repository is reachable")
         if route.local:

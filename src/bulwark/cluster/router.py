@@ -9,17 +9,12 @@ different nodes mostly meet on one leader.
 
 from __future__ import annotations
 
-import enum
 import random
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from bulwark.cluster.state import Placement
-
-
-class Access(enum.Enum):
-    READ = "read"
-    WRITE = "write"
+from bulwark.roles import Traffic
 
 
 @dataclass(frozen=True)
@@ -31,7 +26,7 @@ class Route:
 
 def choose(
     placement: Placement,
-    access: Access,
+    access: Traffic,
     *,
     me: str,
     alive: Collection[str],
@@ -47,5 +42,5 @@ def choose(
     if me in candidates:
         return Route(me, urls[me], True)
     preferred = [n for n in candidates if n not in draining] or candidates
-    node = preferred[0] if access is Access.WRITE else (rng or random).choice(preferred)
+    node = preferred[0] if access is Traffic.WRITE else (rng or random).choice(preferred)
     return Route(node, urls[node], False)

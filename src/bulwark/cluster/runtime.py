@@ -30,6 +30,7 @@ from bulwark.cluster.transactions import Transactions
 from bulwark.config import Settings
 from bulwark.errors import InvalidInput, Unavailable
 from bulwark.git.runner import GitRunner
+from bulwark.roles import Traffic
 
 log = logging.getLogger("bulwark.cluster")
 
@@ -163,7 +164,7 @@ class ClusterRuntime:
     def fenced_reason(self) -> str | None:
         return self.membership.fenced_reason()
 
-    def route(self, storage_id: str, access: router.Access, avoid: Collection[str] = ()) -> router.Route | None:
+    def route(self, storage_id: str, access: Traffic, avoid: Collection[str] = ()) -> router.Route | None:
         placement = self.placement(storage_id)
         if placement is None:
             return None

@@ -22,7 +22,6 @@ from starlette.types import Message, Receive, Scope, Send
 
 from bulwark.cluster.coordinator import Push
 from bulwark.cluster.proxy import SSH_KEY_HEADER
-from bulwark.cluster.router import Access
 from bulwark.errors import (
     BadRequest,
     BulwarkError,
@@ -53,6 +52,7 @@ from bulwark.models import Account, AccountType, Permission, Repository
 from bulwark.monitoring.metrics import Refusal, Transport, count_refusal
 from bulwark.names import check_login, check_repo_name
 from bulwark.node import Node
+from bulwark.roles import Traffic
 from bulwark.services.permissions import Principal
 from bulwark.services.repositories import RepoAccess
 from bulwark.services.ssh_keys import Holder
@@ -606,7 +606,7 @@ async def _route_in_cluster(request: Request, access: RepoAccess, service: str) 
         if not await run_in_threadpool(node.git.exists, storage_id):
             raise Unavailable(f"the data of {access.full_name} is not on this node")
         return None
-    want = Access.WRITE if service == RECEIVE_PACK else Access.READ
+    want = Traffic.WRITE if service == RECEIVE_PACK else Traffic.READ
     route = await run_in_threadpool(rt.route, storage_id, want)
     if route is None:
         raise Unavailable(f"no up-to-date copy of {access.full_name} is reachable right now; try again shortly")
@@ -640,7 +640,7 @@ async def _fetch_elsewhere(
             await asyncio.sleep(0.05)
             missing = await run_in_threadpool(node.git.missing_objects, storage_id, missing)
         return None
-    route = await run_in_threadpool(rt.route, storage_id, Access.READ, {rt.name})
+    route = await run_in_threadpool(rt.route, storage_id, Traffic.READ, {rt.name})
     if route is None:
         return None
     log.info("fetch of %s wants %s, which this node's copy lacks: sent to %s", access.full_name, missing[0], route.node)

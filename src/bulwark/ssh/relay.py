@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator
 import httpx
 
 from bulwark.cluster.proxy import SSH_KEY_HEADER, SSH_VIA_HEADER
-from bulwark.cluster.router import Access
 from bulwark.errors import BulwarkError, PeerUnreachable
 from bulwark.git import pktline
 from bulwark.gitservice.session import RECEIVE_PACK, UPLOAD_PACK
 from bulwark.node import Node
+from bulwark.roles import Traffic
 from bulwark.services.repositories import RepoAccess
 from bulwark.services.ssh_keys import Holder
 
@@ -113,7 +113,7 @@ def stateful_here(node: Node, access: RepoAccess) -> None:
     """A v0 fetch or an archive may run on this node only with its replica up to date."""
     rt = node.cluster
     assert rt is not None
-    route = rt.route(access.repo.storage_id, Access.READ)
+    route = rt.route(access.repo.storage_id, Traffic.READ)
     if route is None or not route.local:
         raise RelayRefused(
             f"this node's copy of {access.full_name} is not up to date, and this request keeps state that only "

@@ -13,11 +13,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bulwark.cluster.router import Access
 from bulwark.errors import NotFound, Unavailable, UnsupportedMediaType
 from bulwark.http.api import admin, collaborators, git_data, hooks, keys, orgs, repos, users
 from bulwark.http.api.common import body_is_not_json
 from bulwark.node import Node
+from bulwark.roles import Traffic
 from bulwark.services.permissions import Principal
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -102,7 +102,7 @@ def in_cluster(endpoint: Endpoint) -> Endpoint:
         repo = await run_in_threadpool(node.store.get_repo, owner.id, request.path_params["repo"]) if owner else None
         if repo is None:
             return await endpoint(request)  # its own 404
-        access = Access.READ if request.method in ("GET", "HEAD") else Access.WRITE
+        access = Traffic.READ if request.method in ("GET", "HEAD") else Traffic.WRITE
         route = await run_in_threadpool(rt.route, repo.storage_id, access)
         if route is None:
             raise Unavailable("no up-to-date copy of this repository is reachable right now; try again shortly")
