@@ -48,17 +48,13 @@ from bulwark.cluster.etcd import Compare, Etcd, Op
 from bulwark.cluster.locks import Held, RepoLocks
 from bulwark.cluster.state import Placement
 from bulwark.cluster.transactions import RefLine, vote_of
+from bulwark.cluster.voting import has_quorum
 from bulwark.errors import BulwarkError, NotFound, PeerUnreachable, Unavailable
 from bulwark.git.runner import ZERO_OID
 
 log = logging.getLogger("bulwark.cluster")
 
 T = TypeVar("T")
-
-
-def has_quorum(votes: int, replicas: int) -> bool:
-    """A strict majority of all replicas, counted whether they answered or not."""
-    return votes * 2 > replicas
 
 
 @dataclass

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from bulwark.cluster import keys, state
 from bulwark.cluster.etcd import Compare, Etcd, Op
 from bulwark.cluster.locks import RepoLocks
-from bulwark.cluster.reconciler import disagreeing
 from bulwark.cluster.state import BUILDING, Placement
+from bulwark.cluster.voting import disagreeing, has_quorum
 from bulwark.errors import BulwarkError, Unavailable
 
 log = logging.getLogger("bulwark.cluster")
@@ -50,7 +50,7 @@ def judge(placement: Placement, checksums: Mapping[str, str | None]) -> Verdict:
     """Settle only when a majority of all the replicas answered: fewer cannot outvote the
     ones that did not, and the repository waits (pushes to it are refused) until they do."""
     answered = {n: c for n, c in checksums.items() if n in placement.up_to_date()}
-    if len(answered) * 2 <= len(placement.replicas):
+    if not has_quorum(len(answered), len(placement.replicas)):
         return Verdict(False, ())
     return Verdict(True, tuple(disagreeing(placement, answered)))
 

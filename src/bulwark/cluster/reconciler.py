@@ -39,6 +39,7 @@ from bulwark.cluster.etcd import Etcd, EtcdUnavailable
 from bulwark.cluster.locks import RepoLocks
 from bulwark.cluster.placement import choose_nodes, replica_counts
 from bulwark.cluster.state import BUILDING, ClusterSnapshot, Placement
+from bulwark.cluster.voting import disagreeing
 from bulwark.errors import BulwarkError, Unavailable
 
 log = logging.getLogger("bulwark.cluster.reconciler")
@@ -232,26 +233,6 @@ def _decide_one(
         targets = choose_nodes(snapshot, rf - len(kept), exclude=placement.replicas, extra=promised)
         actions += [AddReplica(storage_id, node, source) for node in targets]
     return actions
-
-
-def disagreeing(placement: Placement, votes: Mapping[str, str | None]) -> list[str]:
-    """Up-to-date replicas whose checksum is not the majority's, or that have no copy at all.
-
-    On a tie the checksum of the first node by name wins: there is no way to tell which
-    copy is right, and a fixed rule keeps successive cycles from flipping between them.
-    When no replica has a copy, all of them are marked (and the repository shows as lost).
-    """
-    current = set(placement.up_to_date())
-    answers = {n: c for n, c in votes.items() if n in current}
-    missing = [n for n, c in answers.items() if c is None]
-    present = {n: c for n, c in answers.items() if c is not None}
-    if not present:
-        return sorted(missing)
-    tally = Counter(present.values())
-    best = max(tally.values())
-    winners = {c for c, k in tally.items() if k == best}
-    winner = present[min(n for n, c in present.items() if c in winners)]
-    return sorted(missing + [n for n, c in present.items() if c != winner])
 
 
 def pick_source(snapshot: ClusterSnapshot, storage_id: str) -> str:

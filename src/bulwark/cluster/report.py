@@ -28,6 +28,7 @@ from rich.text import Text
 from bulwark.cluster import reconciler, state
 from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.state import BUILDING, ClusterSnapshot
+from bulwark.cluster.voting import majority
 from bulwark.ha.health import Level
 
 
@@ -245,13 +246,13 @@ def _judge(
     if etcd:
         healthy = sum(etcd.values())
         down = [e for e, ok in etcd.items() if not ok]
-        if healthy < len(etcd) // 2 + 1:
+        if healthy < majority(len(etcd)):
             critical.append(f"etcd has no quorum: {healthy} of {len(etcd)} members answer")
         elif down:
             warning.append(f"etcd members not answering: {', '.join(sorted(down))}")
     alive = [n for n in nodes if n.alive]
     dead = [n.name for n in nodes if not n.alive]
-    if len(alive) < len(nodes) // 2 + 1:
+    if len(alive) < majority(len(nodes)):
         critical.append(f"only {len(alive)} of {len(nodes)} nodes are alive (down: {state.names(dead)})")
     elif dead:
         warning.append(f"nodes down: {state.names(dead)}")

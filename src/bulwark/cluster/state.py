@@ -22,6 +22,7 @@ from typing import Any
 from bulwark.cluster import keys
 from bulwark.cluster.config import ClusterConfig
 from bulwark.cluster.etcd import KV, Compare, Etcd, Op
+from bulwark.cluster.voting import majority
 from bulwark.errors import Conflict, Unavailable
 
 BUILDING = -1
@@ -52,7 +53,7 @@ class Placement:
 
     def quorum(self) -> int:
         """How many replicas must commit a write: a strict majority of all of them."""
-        return len(self.replicas) // 2 + 1
+        return majority(len(self.replicas))
 
     def to_json(self) -> str:
         return json.dumps({"replicas": self.replicas, "rf": self.wanted_rf}, sort_keys=True)
