@@ -38,7 +38,7 @@ from bulwark.cluster.placement import Move, eligible_nodes, plan_rebalance, repl
 from bulwark.cluster.report import ClusterReport, gather, render
 from bulwark.cluster.state import BUILDING, ClusterSnapshot, Placement
 from bulwark.errors import Unavailable
-from bulwark.ha.health import Level
+from bulwark.monitoring.levels import Level
 
 app = typer.Typer(
     help="Cluster mode: store the cluster file in etcd, watch health, drain, evacuate and remove nodes, "

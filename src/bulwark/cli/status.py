@@ -31,7 +31,6 @@ from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.report import gather
 from bulwark.config import Settings
 from bulwark.errors import BulwarkError
-from bulwark.ha.health import Level
 from bulwark.monitoring import system
 from bulwark.monitoring.checks import Check, Thresholds, check_server, evaluate, nagios_line, worst
 from bulwark.monitoring.facts import (
@@ -43,6 +42,7 @@ from bulwark.monitoring.facts import (
     not_serving,
 )
 from bulwark.monitoring.gather import node_facts
+from bulwark.monitoring.levels import Level
 from bulwark.monitoring.probe import ask_server
 from bulwark.node import NodeRole
 

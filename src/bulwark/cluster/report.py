@@ -29,7 +29,7 @@ from bulwark.cluster import reconciler, state
 from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.state import BUILDING, ClusterSnapshot
 from bulwark.cluster.voting import majority
-from bulwark.ha.health import Level
+from bulwark.monitoring.levels import Level
 
 
 class RepoState(enum.Enum):

@@ -8,16 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from bulwark.ha.state import PeerCheck, Progress
+from bulwark.monitoring.levels import Level
 from bulwark.roles import NodeRole
-
-
-class Level(enum.IntEnum):
-    """Nagios levels; the value is the exit code."""
-
-    OK = 0
-    WARNING = 1
-    CRITICAL = 2
-    UNKNOWN = 3
 
 
 @dataclass(frozen=True)

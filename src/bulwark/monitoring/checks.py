@@ -13,7 +13,6 @@ from typing import Any
 
 from bulwark.config import Settings
 from bulwark.errors import InvalidInput
-from bulwark.ha.health import Level
 from bulwark.monitoring.facts import (
     ClusterFacts,
     NodeFacts,
@@ -22,6 +21,7 @@ from bulwark.monitoring.facts import (
     ServerState,
     WebhookFacts,
 )
+from bulwark.monitoring.levels import Level
 from bulwark.monitoring.system import SystemSample
 from bulwark.node import NodeRole
 

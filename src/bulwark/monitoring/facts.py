@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bulwark.cluster.report import ClusterReport
-from bulwark.ha.health import Level, PrimaryState
+from bulwark.ha.health import PrimaryState
+from bulwark.monitoring.levels import Level
 from bulwark.monitoring.system import SystemSample
 from bulwark.node import NodeRole
 

@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 from starlette.concurrency import run_in_threadpool
 
-from bulwark.ha.health import Level
 from bulwark.monitoring.checks import Check, CheckName, evaluate, worst
 from bulwark.monitoring.facts import ClusterFacts, NodeFacts, ReplicationFacts
 from bulwark.monitoring.gather import NodeMonitor
+from bulwark.monitoring.levels import Level
 from bulwark.node import NodeRole
 
 OVERVIEW_PATH = "/manage/v1/monitoring/overview"
