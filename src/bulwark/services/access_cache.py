@@ -15,16 +15,26 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from bulwark.clock import Clock
 
 if TYPE_CHECKING:
-    from bulwark.store.etcd import EtcdStore, ReadLog
+    from bulwark.store.etcd import ReadLog
 
 T = TypeVar("T")
+
+
+class ReadLogging(Protocol):
+    """A store that notes which keys a computation read, and tells later whether any changed
+    (``EtcdStore``; a test's fake)."""
+
+    def logging_reads(self) -> AbstractContextManager[ReadLog]: ...
+
+    def unchanged(self, log: ReadLog) -> bool: ...
 
 
 def cache_key(parts: Sequence[str | None]) -> bytes:
@@ -40,7 +50,7 @@ class _Kept(Generic[T]):
 
 
 class AccessCache(Generic[T]):
-    def __init__(self, store: EtcdStore, clock: Clock, *, size: int = 4096) -> None:
+    def __init__(self, store: ReadLogging, clock: Clock, *, size: int = 4096) -> None:
         self.store = store
         self.clock = clock
         self.size = size
