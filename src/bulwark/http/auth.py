@@ -10,12 +10,12 @@ from datetime import datetime
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from bulwark.errors import Forbidden, Unauthenticated
+from bulwark.errors import Unauthenticated
 from bulwark.http import clients
 from bulwark.node import Node, Traffic
 from bulwark.security import looks_like_token
 from bulwark.services.access_cache import cache_key
-from bulwark.services.permissions import ANONYMOUS, Principal
+from bulwark.services.permissions import ANONYMOUS, Principal, require_site_admin
 
 
 async def authenticate(request: Request) -> Principal:
@@ -145,8 +145,5 @@ async def site_admin(request: Request, what: str) -> Principal:
     For endpoints that read whatever the node's state (maintenance, replica): no serving check.
     """
     principal = await authenticate(request)
-    if principal.anonymous:
-        raise Unauthenticated(f"{what} need a site administrator's token")
-    if not principal.site_admin:
-        raise Forbidden(f"{what} are for site administrators only")
+    require_site_admin(principal, what)
     return principal

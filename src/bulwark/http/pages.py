@@ -25,6 +25,7 @@ from bulwark.monitoring import overview as ov
 from bulwark.monitoring import page
 from bulwark.monitoring.gather import NodeMonitor
 from bulwark.node import Node
+from bulwark.services.permissions import require_site_admin
 
 COOKIE = "bulwark_admin"
 COOKIE_MAX_AGE = 12 * 3600
@@ -55,8 +56,7 @@ async def site_admin_credential(request: Request) -> dict[str, str]:
         principal = await run_in_threadpool(node.accounts.authenticate_session, session)
         request.state.principal = principal  # for the access log, as authenticate() does
         credential = {"Cookie": f"{COOKIE}={session}"}
-    if not principal.site_admin:
-        raise Forbidden("the status page is for site administrators (a token with the site_admin scope)")
+    require_site_admin(principal, "status pages")
     return credential
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from bulwark.errors import Forbidden, Unauthenticated
 from bulwark.models import (
     ALL_SCOPES,
     Account,
@@ -115,3 +116,14 @@ def sees_every_repo(principal: Principal, owner: Account, membership: Membership
     if principal.site_admin or (not owner.is_org and owner.id == user.id):
         return True
     return owner.is_org and membership is not None and membership.user_id == user.id
+
+
+def require_site_admin(principal: Principal, what: str) -> None:
+    """The one check for site administration: 401 without credentials, 403 for anyone but a site
+    administrator's account, or for such an account's token without the site_admin scope."""
+    if principal.anonymous:
+        raise Unauthenticated(f"{what} need a site administrator's token")
+    if principal.account is None or not principal.account.site_admin:
+        raise Forbidden(f"{what} are for site administrators only")
+    if not principal.site_admin:
+        raise Forbidden(f"{what} need a token with the site_admin scope")

@@ -8,10 +8,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from bulwark.errors import AlreadyExists, Forbidden, InvalidInput, NotFound
+from bulwark.errors import AlreadyExists, InvalidInput, NotFound
 from bulwark.models import AccountType, MaintenanceState
 from bulwark.node import Node, Traffic
-from bulwark.services.permissions import Principal
+from bulwark.services.permissions import Principal, require_site_admin
 from bulwark.web import session
 from bulwark.web.render import page
 
@@ -24,9 +24,8 @@ def _node(request: Request) -> Node:
 
 
 def _require_admin(principal: Principal, request: Request) -> None:
-    user = session.require_user(principal, request)
-    if not user.site_admin:
-        raise Forbidden("site administration is for site administrators")
+    session.require_user(principal, request)  # to the login page first
+    require_site_admin(principal, "site administration pages")
 
 
 async def overview(request: Request, principal: Principal, *, error: str | None = None,

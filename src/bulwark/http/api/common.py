@@ -22,7 +22,7 @@ from bulwark.http.auth import serving_principal
 from bulwark.models import Account, Scope
 from bulwark.node import Node, Traffic
 from bulwark.services.access_cache import cache_key
-from bulwark.services.permissions import Principal
+from bulwark.services.permissions import Principal, require_site_admin
 from bulwark.services.repositories import RepoAccess
 
 P = ParamSpec("P")
@@ -64,11 +64,7 @@ class Ctx:
             raise Forbidden(f"this token lacks the {scope.value!r} scope")
 
     def require_site_admin(self) -> None:
-        from bulwark.errors import Forbidden
-
-        if not self.user.site_admin:
-            raise Forbidden("must be a site administrator")
-        self.require_scope(Scope.SITE_ADMIN)
+        require_site_admin(self.principal, "site administration endpoints")
 
     def url(self, path: str) -> str:
         return f"{base_url(self.request)}{path}"
