@@ -33,6 +33,12 @@ test: $(VENV)/.installed
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+## Run the fast tier: every test not marked `system` (no etcd, HAProxy, browser, promtool, `bulwark serve`,
+## cluster, HA pair or network namespace; of outside programs it needs only git and ssh-keygen).
+unit: $(VENV)/.installed
+	@scripts/system-deps.sh git openssh-client
+	$(VENV)/bin/pytest -m "not system" -q $(PYTEST_ARGS)
+
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
 	@touch $@

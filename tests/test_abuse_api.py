@@ -18,7 +18,7 @@ import pytest
 
 from helpers import Server, bulwark
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 
 _ids = itertools.count()
 

@@ -25,7 +25,7 @@ from bulwark.store.etcd import EtcdStore
 from etcd_helpers import etcd_client, serve_etcd
 from helpers import FakeClock
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 
 etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")
 etcd = pytest.fixture(etcd_client, scope="module", name="etcd")

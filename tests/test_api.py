@@ -15,7 +15,7 @@ import pytest
 
 from helpers import Server, bulwark, git, git_env
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 
 _ids = itertools.count()
 

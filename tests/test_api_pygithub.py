@@ -12,7 +12,7 @@ from github import Auth, Github
 
 from helpers import Server, git, git_env
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 
 
 @pytest.fixture(scope="module")

@@ -280,6 +280,7 @@ def until_refused(server: Server, login: str, *, limit: int = 15) -> tuple[int, 
     raise AssertionError(f"{limit} wrong passwords for {login!r} were never refused")
 
 
+@pytest.mark.system
 def test_wrong_passwords_are_throttled_with_githubs_answer(node: Server) -> None:
     """1,000 wrong passwords for one login got 1,000 x 401."""
     answered, refused = until_refused(node, "alice")
@@ -296,11 +297,13 @@ def test_wrong_passwords_are_throttled_with_githubs_answer(node: Server) -> None
     assert "failed password sign-in for login 'alice'" in node.log()
 
 
+@pytest.mark.system
 def test_a_login_that_does_not_exist_is_throttled_like_one_that_does(node: Server) -> None:
     answered, refused = until_refused(node, "nobody-at-all")
     assert answered == BY_LOGIN.free and refused.status_code == 403
 
 
+@pytest.mark.system
 def test_a_thousand_wrong_passwords_at_once(node: Server) -> None:
     """They shared the request threads with everything else: /status took 18 s."""
 

@@ -46,6 +46,7 @@ def _branch_numbers(refs: dict[str, str]) -> list[int]:
     return sorted(int(name.removeprefix("refs/heads/b")) for name in refs if name.startswith("refs/heads/b"))
 
 
+@pytest.mark.system
 def test_backup_under_pushes_restores_to_a_new_node(source: Server, genv: dict[str, str], tmp_path: Path) -> None:
     seeded = seed(source, genv, tmp_path, repos=6)
     alice = seeded.tokens["alice"]
@@ -116,6 +117,7 @@ def test_backup_under_pushes_restores_to_a_new_node(source: Server, genv: dict[s
         restored.stop()
 
 
+@pytest.mark.system
 def test_restore_into_a_running_instance(source: Server, genv: dict[str, str], tmp_path: Path) -> None:
     seeded = seed(source, genv, tmp_path, repos=2)
     create(source, tmp_path / "backups")
@@ -154,6 +156,7 @@ def test_restore_into_a_running_instance(source: Server, genv: dict[str, str], t
         waiting.stop()
 
 
+@pytest.mark.system
 def test_second_backup_costs_only_the_change(source: Server, genv: dict[str, str], tmp_path: Path) -> None:
     seeded = seed(source, genv, tmp_path, repos=5, blob_kib=1024)
     backups = tmp_path / "backups"
@@ -181,6 +184,7 @@ def test_second_backup_costs_only_the_change(source: Server, genv: dict[str, str
     assert backup("verify", str(backups), "current").returncode == 0
 
 
+@pytest.mark.system
 def test_unchanged_copies_are_checked_without_git_and_mended(
     source: Server, genv: dict[str, str], tmp_path: Path
 ) -> None:
@@ -205,6 +209,7 @@ def test_unchanged_copies_are_checked_without_git_and_mended(
     assert refs_of(url, genv) == second_entries["r1"]["refs"]
 
 
+@pytest.mark.system
 def test_verify_names_every_problem(source: Server, genv: dict[str, str], tmp_path: Path) -> None:
     seed(source, genv, tmp_path, repos=3)
     backups = tmp_path / "backups"
@@ -245,6 +250,7 @@ def test_verify_names_every_problem(source: Server, genv: dict[str, str], tmp_pa
     assert fresh["fetched"] == 4 and verify(BackupDir.open(backups).resolve("current")).ok
 
 
+@pytest.mark.system
 def test_prune_keeps_the_newest_complete_snapshots(source: Server, genv: dict[str, str], tmp_path: Path) -> None:
     seed(source, genv, tmp_path, repos=2)
     backups = tmp_path / "backups"
@@ -266,6 +272,7 @@ def test_prune_keeps_the_newest_complete_snapshots(source: Server, genv: dict[st
     assert backup("verify", str(backups), made[1]).returncode == 0  # its shared objects survived
 
 
+@pytest.mark.system
 def test_bad_input_is_refused_and_changes_nothing(source: Server, genv: dict[str, str], tmp_path: Path) -> None:
     seed(source, genv, tmp_path, repos=1, password=False)
     backups = tmp_path / "backups"
@@ -325,6 +332,7 @@ def test_bad_input_is_refused_and_changes_nothing(source: Server, genv: dict[str
     )
 
 
+@pytest.mark.system
 def test_an_ha_replica_needs_allow_replica(tmp_path: Path, genv: dict[str, str]) -> None:
     primary = Server(data_dir=tmp_path / "primary").start()
     replica = Server(data_dir=tmp_path / "replica").start()
@@ -341,6 +349,7 @@ def test_an_ha_replica_needs_allow_replica(tmp_path: Path, genv: dict[str, str])
         primary.stop()
 
 
+@pytest.mark.system
 def test_standalone_to_cluster_and_back(source: Server, genv: dict[str, str], tmp_path: Path) -> None:
     seeded = seed(source, genv, tmp_path, repos=2, password=False)
     backups = tmp_path / "backups"

@@ -109,6 +109,7 @@ def restore_and_compare(backups: Path, source: Server, tmp_path: Path, token: st
 # -- the command line against a running instance -------------------------------------------
 
 
+@pytest.mark.system
 def test_damaged_copies_are_fetched_afresh_and_the_damage_stays_put(
     source: Server, genv: dict[str, str], tmp_path: Path
 ) -> None:
@@ -190,6 +191,7 @@ def test_damaged_copies_are_fetched_afresh_and_the_damage_stays_put(
     assert third["repaired"] == [] and third["fetched"] == 0
 
 
+@pytest.mark.system
 def test_damage_that_verify_found_is_not_linked_from_a_snapshot_sharing_it(
     source: Server, genv: dict[str, str], tmp_path: Path
 ) -> None:
@@ -228,6 +230,7 @@ def test_damage_that_verify_found_is_not_linked_from_a_snapshot_sharing_it(
     assert fourth["repaired"] == [] and fourth["fetched"] == 0
 
 
+@pytest.mark.system
 def test_a_manifest_without_object_records_is_checked_with_git(
     source: Server, genv: dict[str, str], tmp_path: Path
 ) -> None:
@@ -265,6 +268,7 @@ def test_a_manifest_without_object_records_is_checked_with_git(
     assert backup("verify", str(backups), "current").returncode == 0
 
 
+@pytest.mark.system
 def test_a_create_interrupted_while_repairing_leaves_the_damage_and_the_next_one_repairs(
     source: Server, genv: dict[str, str], tmp_path: Path
 ) -> None:
@@ -295,6 +299,7 @@ def test_a_create_interrupted_while_repairing_leaves_the_damage_and_the_next_one
     assert backup("verify", str(backups), "current").returncode == 0
 
 
+@pytest.mark.system
 def test_a_damaged_previous_manifest_means_copying_everything_afresh(
     source: Server, genv: dict[str, str], tmp_path: Path
 ) -> None:
@@ -317,6 +322,7 @@ def test_a_damaged_previous_manifest_means_copying_everything_afresh(
     assert f"{first}: the manifest of snapshot {first} cannot be read" in listed.stdout, listed.stdout
 
 
+@pytest.mark.system
 def test_prune_keeps_the_newest_verified_snapshot(source: Server, genv: dict[str, str], tmp_path: Path) -> None:
     seed(source, genv, tmp_path, repos=1, password=False)
     backups = tmp_path / "backups"
@@ -352,6 +358,7 @@ def test_prune_keeps_the_newest_verified_snapshot(source: Server, genv: dict[str
     assert json.loads(backup("list", str(backups), "--json").stdout)[0]["verified_ok"] is None
 
 
+@pytest.mark.system
 def test_commands_wait_for_the_lock_or_name_its_holder(source: Server, genv: dict[str, str], tmp_path: Path) -> None:
     seed(source, genv, tmp_path, repos=1, password=False)
     backups = tmp_path / "backups"

@@ -91,6 +91,7 @@ def comparable(document: dict[str, Any]) -> Any:
     }
 
 
+@pytest.mark.system
 def test_sqlite_to_etcd_to_sqlite_keeps_everything(sqlite: SQLiteStore, etcd: Etcd, tmp_path: Path) -> None:
     populate(sqlite)
     original = export(sqlite)

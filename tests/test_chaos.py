@@ -24,6 +24,7 @@ pytestmark = [
     pytest.mark.timeout(420),
     pytest.mark.skipif(any(shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()
                            for t in ("git", "etcd", "haproxy")), reason="needs git, etcd and haproxy"),
+    pytest.mark.system,
 ]
 
 

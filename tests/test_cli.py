@@ -20,7 +20,7 @@ from bulwark.node import open_node
 
 from helpers import Server, bulwark, git
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 
 
 def run(

@@ -33,7 +33,7 @@ from cluster_helpers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.system]
 
 TIMINGS: dict[str, float] = {}
 

@@ -22,7 +22,7 @@ from cluster_fakes import make_snapshot, seed, url_of
 from etcd_helpers import clean_etcd, serve_etcd
 from helpers import bulwark, free_port
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 
 runner = CliRunner()
 

@@ -34,7 +34,7 @@ from bulwark.cluster.etcd import Etcd, EtcdUnavailable
 from ha_helpers import wait_for
 from helpers import bulwark
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 
 ROOT = Path(__file__).resolve().parent.parent
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"

@@ -23,7 +23,7 @@ from bulwark.errors import Unavailable
 
 from etcd_helpers import clean_etcd, serve_etcd
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 
 LINE = [("1" * 40, "2" * 40, "refs/heads/main")]
 URLS = {n: f"http://{n}" for n in ("n1", "n2", "n3")}

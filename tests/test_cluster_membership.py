@@ -16,6 +16,8 @@ from bulwark.cluster.state import NodeBeat
 from etcd_helpers import clean_etcd, serve_etcd
 from helpers import free_port
 
+pytestmark = pytest.mark.system
+
 etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")
 etcd = pytest.fixture(clean_etcd, name="etcd")
 

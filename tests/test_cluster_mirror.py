@@ -14,6 +14,8 @@ from bulwark.cluster.mirror import Compacted, Mirror
 from etcd_helpers import clean_etcd, serve_etcd
 from helpers import free_port
 
+pytestmark = pytest.mark.system
+
 etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")
 etcd = pytest.fixture(clean_etcd, name="etcd")
 

@@ -19,6 +19,7 @@ from cluster_helpers import FAST, Seeded, git, replica_checksums, seed, storage_
 pytestmark = [
     pytest.mark.timeout(240),
     pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"),
+    pytest.mark.system,
 ]
 
 

@@ -212,6 +212,7 @@ def reconciler(etcd: Etcd, peers: FakePeers, node: str = "n1", *, lease: int | N
     return Reconciler(etcd, peers, locks, node=node, lease=lambda: lease_id, **settings)  # type: ignore[arg-type]
 
 
+@pytest.mark.system
 def test_one_reconciler_is_elected_and_leadership_dies_with_its_lease(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"])
     peers = FakePeers(etcd)
@@ -228,12 +229,14 @@ def test_one_reconciler_is_elected_and_leadership_dies_with_its_lease(etcd: Etcd
     assert state.snapshot(etcd).reconciler is None
 
 
+@pytest.mark.system
 def test_no_session_means_no_campaign(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"])
     assert reconciler(etcd, FakePeers(etcd), lease=0).run_once() == "not the reconciler (no etcd session)"
     assert etcd.get(keys.RECONCILER) is None
 
 
+@pytest.mark.system
 def test_repair_sets_the_generation_and_publishes_a_report(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 4, "n2": 4, "n3": 2}})
     peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x", ("n3", "a"): "old"})
@@ -250,6 +253,7 @@ def test_repair_sets_the_generation_and_publishes_a_report(etcd: Etcd) -> None:
     assert report["leader"] == "n1" and report["sentence"] == sentence and report["counts"]["repaired"] == 1
 
 
+@pytest.mark.system
 def test_evacuation_adds_then_drops(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3", "n4"], placements={"a": {"n1": 1, "n2": 1, "n3": 1}})
     etcd.put(keys.evacuating("n1"), "1")
@@ -263,6 +267,7 @@ def test_evacuation_adds_then_drops(etcd: Etcd) -> None:
     assert rec.run_once().startswith("repaired 0 replicas, added 0, dropped 0")
 
 
+@pytest.mark.system
 def test_dead_node_replaced_after_grace(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3", "n4"], alive=["n1", "n2", "n4"], placements={"a": {"n1": 1, "n2": 1, "n3": 1}})
     peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x"})
@@ -278,6 +283,7 @@ def test_dead_node_replaced_after_grace(etcd: Etcd) -> None:
     assert ("remove", "n3", "a") not in peers.calls  # a dead node's copy is left alone
 
 
+@pytest.mark.system
 def test_checksum_verification_marks_and_repairs(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 3, "n2": 3, "n3": 3}, "b": {"n1": 1, "n2": 1, "n3": 1}})
     copies = {(n, s): "good" for n in ("n1", "n2", "n3") for s in ("a", "b")}
@@ -297,6 +303,7 @@ def test_checksum_verification_marks_and_repairs(etcd: Etcd) -> None:
     assert etcd.get(keys.lock("a")) is None  # the verification released its locks
 
 
+@pytest.mark.system
 def test_verification_skips_a_locked_repository(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 3, "n2": 3, "n3": 3}})
     peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x", ("n3", "a"): "y"})
@@ -306,6 +313,7 @@ def test_verification_skips_a_locked_repository(etcd: Etcd) -> None:
     assert not [c for c in peers.calls if c[0] == "checksum"]
 
 
+@pytest.mark.system
 def test_failures_are_counted_and_retried_later(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 2, "n2": 2, "n3": 1}, "b": {"n1": 2, "n2": 2, "n3": 2}})
     peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x"})
@@ -320,6 +328,7 @@ def test_failures_are_counted_and_retried_later(etcd: Etcd) -> None:
     assert rec.run_once().startswith("repaired 1 replicas")
 
 
+@pytest.mark.system
 def test_data_loss_is_counted_in_the_sentence(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], alive=["n1", "n2"], placements={"a": {"n3": 1}})
     assert reconciler(etcd, FakePeers(etcd)).run_once().endswith("1 repositories without an up-to-date replica")
@@ -331,6 +340,7 @@ def test_etcd_outage_is_a_sentence() -> None:
     assert rec.run_once().startswith("etcd is unreachable, nothing done")
 
 
+@pytest.mark.system
 def test_loop_runs_in_a_thread_and_resigns(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 2, "n2": 2, "n3": 1}})
     peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x"})
@@ -349,6 +359,7 @@ def test_loop_runs_in_a_thread_and_resigns(etcd: Etcd) -> None:
     assert placement is not None and placement.replicas["n3"] == 2
 
 
+@pytest.mark.system
 def test_repeated_failures_lead_to_a_rebuild_and_are_published_for_any_node(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 2, "n2": 2, "n3": 1}})
     peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x", ("n3", "a"): "corrupt"})
@@ -375,6 +386,7 @@ def test_repeated_failures_lead_to_a_rebuild_and_are_published_for_any_node(etcd
     assert json.loads(etcd.get(keys.REPORT).value)["repair_failures"] == []  # type: ignore[union-attr]
 
 
+@pytest.mark.system
 def test_a_failure_of_a_replica_no_longer_outdated_is_forgotten(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 2, "n2": 2, "n3": 2}})
     rec = reconciler(etcd, FakePeers(etcd, {(n, "a"): "x" for n in ("n1", "n2", "n3")}))
@@ -405,6 +417,7 @@ def test_status_shows_each_replica_s_last_repair_error() -> None:
     assert "n3 (attempt 2): repair from n1 failed: cannot lock ref" in out.getvalue()
 
 
+@pytest.mark.system
 def test_a_node_back_with_a_new_session_has_its_repositories_verified_at_once(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3", "n4"],
          placements={"a": {"n1": 2, "n2": 2, "n3": 2}, "b": {"n1": 1, "n2": 1, "n4": 1}})
@@ -428,6 +441,7 @@ def test_a_node_back_with_a_new_session_has_its_repositories_verified_at_once(et
     assert "verified" not in rec.run_once()  # the same session next time: nothing more to verify
 
 
+@pytest.mark.system
 def test_a_verification_pass_is_spread_over_cycles_within_its_budget(etcd: Etcd) -> None:
     """With no time to spare a cycle compares one repository; the pass goes on where it stopped,
     and a returned node's repositories go first."""

@@ -20,7 +20,7 @@ from cluster_helpers import FAST, Seeded, seed, storage_ids, wait_for
 from helpers import git, git_env
 from ssh_helpers import Client
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.system]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from bulwark.cluster.dev import DevCluster
 from cluster_helpers import FAST, Seeded, fully_replicated, git, seed, storage_ids, wait_for
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.system]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from bulwark.backup import barrier
 
 from helpers import Server, bulwark, git
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.system]
 
 BRANCHES = ("b1", "b2", "b3")
 

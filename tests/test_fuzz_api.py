@@ -30,7 +30,7 @@ from bulwark.http import api, backup, manage, pages, status
 from helpers import Server, git, git_env
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.system]
 
 # The private repository whose name must never show to the fuzzer's principals.
 KEEPER, SECRET = "keeper", "vault-7f3q"

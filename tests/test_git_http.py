@@ -25,7 +25,7 @@ from bulwark.http.gitbody import CHUNK, INFLATE_FREE, FetchFraming, Gunzip, firs
 
 from helpers import BULWARK, Server, git
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 
 ZERO = "0" * 40
 

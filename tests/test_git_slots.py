@@ -30,6 +30,7 @@ def test_admission_counts_the_node_and_the_client() -> None:
     assert not admits(1, 2, limits)  # this client has its share
 
 
+@pytest.mark.system
 def test_a_waiting_request_gets_the_slot_released_and_a_late_one_is_refused() -> None:
     async def scenario() -> list[str]:
         slots = GitSlots(Limits(total=1, per_client=1, wait=0.5))
@@ -107,6 +108,7 @@ def refused(server: Server, reason: str) -> float:
                if line.startswith("bulwark_git_refused_total{") and f'reason="{reason}"' in line)
 
 
+@pytest.mark.system
 def test_a_full_node_refuses_fetches_and_pushes_in_git_s_words(
     busy_server: Server, genv: dict[str, str], tmp_path: Path
 ) -> None:
@@ -161,6 +163,7 @@ def test_the_rate_floor_counts_the_last_window_not_the_average() -> None:
     assert tiny.too_slow(1_000_000, 100.0)  # then next to nothing for 90 s
 
 
+@pytest.mark.system
 def test_a_fetch_that_stops_sending_is_given_up_long_before_the_idle_timeout(
     busy_server: Server, genv: dict[str, str], tmp_path: Path
 ) -> None:
@@ -183,6 +186,7 @@ def test_a_fetch_that_stops_sending_is_given_up_long_before_the_idle_timeout(
         sock.close()
 
 
+@pytest.mark.system
 def test_a_fetch_that_trickles_its_haves_holds_no_git_process(
     busy_server: Server, genv: dict[str, str], tmp_path: Path
 ) -> None:

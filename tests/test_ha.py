@@ -20,7 +20,7 @@ from bulwark.store.sqlite import SQLiteStore
 from ha_helpers import HAProxy, Pusher, ha_pair, refs_of, repl, repl_status, setup_replica, wait_for
 from helpers import BULWARK, Server, bulwark, git
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.system]
 
 
 @pytest.fixture

@@ -56,6 +56,7 @@ class CycleUnderWay:
         return "fetched 1 repositories"
 
 
+@pytest.mark.system
 def test_a_promotion_waits_for_the_replication_cycle_under_way(store: SQLiteStore, tmp_path: Path) -> None:
     cycle = CycleUnderWay(store)
     loop = HALoop(store, cast(Replicator, cycle), PrimaryDuties(store, cast(ChangeLog, store), SystemClock()),

@@ -17,7 +17,7 @@ from monitoring_helpers import CALM, overview, scrape
 from ha_helpers import ha_pair, repl, repl_status, wait_for
 from helpers import Server, bulwark, free_port
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.system]
 
 # The site administrators' GETs under /manage/v1 (what each answers on a replica that is no cluster member),
 # and the replication stream's, which serve replicas from a primary only.

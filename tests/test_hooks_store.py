@@ -23,7 +23,7 @@ from etcd_helpers import etcd_client, serve_etcd
 from helpers import FakeClock
 from hooks_contract import SECOND, T0, HookStoreContract, deliver, fail, make_world, new_hook, queue
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 
 # One etcd server for the module; every test uses its own key prefix, removed after it.
 etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")

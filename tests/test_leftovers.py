@@ -269,6 +269,7 @@ _LINE = st.one_of(
 )
 
 
+@pytest.mark.system
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.booleans(), st.lists(_LINE, max_size=6))
 def test_any_config_called_plainly_fine_parses_in_git(tmp_path: Path, headed: bool, lines: list[str]) -> None:
@@ -342,6 +343,7 @@ def test_a_new_repository_is_what_git_init_and_the_settings_make(tmp_path: Path)
     assert [p.name for p in made.parent.iterdir()] == ["ab1.git"]
 
 
+@pytest.mark.system
 def test_a_create_killed_at_any_moment_leaves_a_whole_repository_or_nothing(tmp_path: Path) -> None:
     """A process making repositories is killed with SIGKILL at random moments; after the start-up
     sweep every repository there is whole, and nothing half-made is left."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from helpers import Server
+
+pytestmark = pytest.mark.system
 
 
 def test_an_anonymous_fence_is_refused_before_its_body_is_parsed(server: Server) -> None:

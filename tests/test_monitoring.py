@@ -13,7 +13,7 @@ from monitoring_helpers import CALM, Browser, access_lines, login_url, overview,
 from ha_helpers import wait_for
 from helpers import Server, bulwark, git
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 
 
 def test_metrics_count_git_and_http_without_naming_repositories(server: Server, genv: dict[str, str],

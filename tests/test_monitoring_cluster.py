@@ -21,7 +21,7 @@ from monitoring_helpers import CALM, CALM_ENV, Browser, access_lines, login_url,
 
 from helpers import bulwark
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.system]
 
 
 @pytest.fixture(scope="module")

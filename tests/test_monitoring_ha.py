@@ -14,7 +14,7 @@ from monitoring_helpers import CALM, Browser, login_url, node_in, overview, scra
 from ha_helpers import ha_pair, repl, wait_for
 from helpers import Server, bulwark
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 
 
 @pytest.fixture

@@ -35,12 +35,14 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([binary, *args], cwd=RULES.parent, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.system
 def test_rules_are_valid() -> None:
     result = promtool("check", "rules", RULES.name)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
+@pytest.mark.system
 def test_rules_fire_as_their_unit_tests_expect() -> None:
     # Disk warning and critical, replication lag, node down, cluster node down, etcd session lost,
     # outdated and under-replicated repositories, git error rate.

@@ -81,6 +81,7 @@ def paced_total(server: Server) -> float:
                if line.startswith("bulwark_requests_paced_total "))
 
 
+@pytest.mark.system
 def test_a_client_sending_gzip_bombs_is_paced_and_others_are_not(server: Server) -> None:
     token = server.create_user("alice")
     server.create_repo(token, "open")
@@ -104,6 +105,7 @@ def test_a_client_sending_gzip_bombs_is_paced_and_others_are_not(server: Server)
     assert paced_total(server) == 5
 
 
+@pytest.mark.system
 def test_a_client_past_its_sign_in_lockout_gets_its_refusals_slowly(server: Server) -> None:
     server.create_user("victim")
     wrong = base64.b64encode(b"victim:not-the-password").decode()

@@ -55,6 +55,7 @@ def from_address(address: str) -> httpx.Client:
     return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=10)
 
 
+@pytest.mark.system
 def test_a_flood_from_one_address_is_refused_and_nobody_else_is(server: Server, tmp_path: Path) -> None:
     token = server.create_user("flood")  # before the flood: these calls count too
     server.create_repo(token, "site")
@@ -82,6 +83,7 @@ def test_a_flood_from_one_address_is_refused_and_nobody_else_is(server: Server, 
     assert float(line.split()[1]) >= 2
 
 
+@pytest.mark.system
 def test_a_github_client_paces_itself_by_retry_after(server: Server) -> None:
     token = server.create_user("paced")
     client = Github(base_url=f"{server.url}/api/v3", auth=Auth.Token(token))  # its default retries

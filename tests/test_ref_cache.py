@@ -200,6 +200,7 @@ def pushed(server: Server, genv: dict[str, str], tmp_path: Path) -> tuple[str, P
     return url, work, token
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("protocol", ["2", "0"])
 def test_noop_fetches_start_no_git(server: Server, pushed: tuple[str, Path, str], genv: dict[str, str],
                                    tmp_path: Path, protocol: str) -> None:
@@ -215,6 +216,7 @@ def test_noop_fetches_start_no_git(server: Server, pushed: tuple[str, Path, str]
     assert cache_counts(server)[0] >= hits + 5
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("protocol", ["2", "0"])
 def test_every_push_is_seen_by_the_next_fetch(server: Server, pushed: tuple[str, Path, str], genv: dict[str, str],
                                               tmp_path: Path, protocol: str) -> None:
@@ -232,6 +234,7 @@ def test_every_push_is_seen_by_the_next_fetch(server: Server, pushed: tuple[str,
         assert git("rev-parse", "origin/main", cwd=clone, env=genv).stdout.strip() == pushed_oid
 
 
+@pytest.mark.system
 def test_changes_made_outside_pushes_are_seen(server: Server, pushed: tuple[str, Path, str],
                                               genv: dict[str, str]) -> None:
     url, work, token = pushed
@@ -249,6 +252,7 @@ def test_changes_made_outside_pushes_are_seen(server: Server, pushed: tuple[str,
     assert "refs/heads/by-hand" not in git("ls-remote", url, env=genv).stdout
 
 
+@pytest.mark.system
 def test_kept_answers_do_not_skip_permissions(server: Server, genv: dict[str, str], tmp_path: Path) -> None:
     token = server.create_user("carol")
     server.create_repo(token, "secret", private=True)
@@ -265,6 +269,7 @@ def test_kept_answers_do_not_skip_permissions(server: Server, genv: dict[str, st
     assert r.status_code == 404
 
 
+@pytest.mark.system
 def test_cache_can_be_turned_off(tmp_path: Path, genv: dict[str, str]) -> None:
     server = Server(data_dir=tmp_path / "node", extra_env={"BULWARK_REF_CACHE_MB": "0"}).start()
     try:

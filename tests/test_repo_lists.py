@@ -14,7 +14,7 @@ import pytest
 
 from helpers import Server
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.system]
 
 _ids = itertools.count()
 

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import BULWARK, Server, bulwark, free_port
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 
 
 def _start_and_capture(data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str, int]:

@@ -75,6 +75,7 @@ def read_all(sock: socket.socket) -> bytes:
     return data
 
 
+@pytest.mark.system
 def test_headers_sent_a_byte_at_a_time_are_timed_out(guarded: Server) -> None:
     with socket.create_connection((guarded.host, guarded.port), timeout=30) as sock:
         sock.sendall(b"GET /status HTTP/1.1\r\nHo")  # and then nothing
@@ -95,6 +96,7 @@ def answers(server: Server) -> bool:
         return False  # the server may not have seen the idle connections close yet
 
 
+@pytest.mark.system
 def test_one_address_cannot_take_every_connection(guarded: Server) -> None:
     idle = [socket.create_connection((guarded.host, guarded.port), timeout=30) for _ in range(5)]
     try:
@@ -112,6 +114,7 @@ def test_one_address_cannot_take_every_connection(guarded: Server) -> None:
     assert "connections open already" in guarded.log()
 
 
+@pytest.mark.system
 def test_slow_connections_from_many_addresses_cannot_keep_a_health_check_out(tmp_path: Path) -> None:
     srv = Server(data_dir=tmp_path / "node", extra_env={
         "BULWARK_HEADER_TIMEOUT": "60", "BULWARK_MAX_CONNECTIONS": "64", "BULWARK_MAX_CONNECTIONS_PER_ADDRESS": "16",

@@ -23,7 +23,7 @@ from ha_helpers import HAProxy, repl, setup_replica, wait_for
 from helpers import Server, bulwark, free_port, git
 from ssh_helpers import Client, add_key, url
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.system]
 
 
 def commit(work: Path, env: dict[str, str], name: str) -> str:

@@ -16,7 +16,7 @@ from monitoring_helpers import CALM
 
 from helpers import Server, bulwark, server_record, start_on_any_port
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 
 
 def status(server: Server) -> tuple[int, dict[str, Any]]:

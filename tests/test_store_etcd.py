@@ -20,7 +20,7 @@ import helpers
 from etcd_helpers import etcd_client, serve_etcd
 from store_contract import StoreContract, fingerprint
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 
 # One etcd server for the whole module; every test uses its own key prefix.
 etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")

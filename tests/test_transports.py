@@ -15,7 +15,7 @@ import pytest
 from helpers import Server, bulwark, git
 from ssh_helpers import Client, add_key
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.system]
 
 TRANSPORTS = ["http", "ssh"]
 

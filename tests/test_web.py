@@ -19,7 +19,7 @@ import pytest
 from helpers import Server, git, git_env
 from web_helpers import PAGE, post, set_password, signed_in, visitor
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.system]
 
 PASSWORD = "correct horse battery"
 EVIL = '<img src=x onerror="window.pwned=1">'

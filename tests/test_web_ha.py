@@ -11,7 +11,7 @@ from ha_helpers import setup_replica, wait_for
 from helpers import Server, git, git_env
 from web_helpers import PAGE, post, set_password, signed_in
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.system]
 PASSWORD = "correct horse battery"
 
 

@@ -22,7 +22,7 @@ from monitoring_helpers import CALM, scrape
 from helpers import Server, bulwark, free_port, git
 from webhook_receiver import Receiver
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.timeout(420), pytest.mark.system]
 
 SECRET = "It's a Secret to Everybody"
 

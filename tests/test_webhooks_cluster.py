@@ -22,7 +22,7 @@ from cluster_helpers import FAST, Load, Seeded, seed, wait_for
 from helpers import free_port
 from webhook_receiver import Receiver
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.timeout(420), pytest.mark.system]
 
 SECRET = "shared with the receiver"
 

@@ -17,7 +17,7 @@ from ha_helpers import Pusher, ha_pair, refs_of, repl, wait_for
 from helpers import free_port
 from webhook_receiver import Receiver
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.timeout(420), pytest.mark.system]
 
 SECRET = "shared between the node and the receiver"
 
