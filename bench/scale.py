@@ -32,8 +32,8 @@ import psutil
 
 from bulwark.cluster import reconciler, state
 from bulwark.cluster.dev import DevCluster
-from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.state import Placement
+from bulwark.etcd import Etcd
 from bulwark.git.runner import GitRunner
 from bulwark.models import OrgRole, Visibility
 from bulwark.store import Store

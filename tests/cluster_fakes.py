@@ -6,8 +6,8 @@ from collections.abc import Iterable, Mapping
 
 from bulwark.cluster import keys, state
 from bulwark.cluster.config import ClusterConfig, NodeRoleInCluster, NodeSpec
-from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.state import ClusterSnapshot, NodeBeat, Placement
+from bulwark.etcd import Etcd
 
 STORAGE = (NodeRoleInCluster.FRONTEND, NodeRoleInCluster.STORAGE)
 

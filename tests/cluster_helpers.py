@@ -13,8 +13,8 @@ import httpx
 
 from bulwark.cluster import state
 from bulwark.cluster.dev import DevCluster
-from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.state import ClusterSnapshot
+from bulwark.etcd import Etcd
 from bulwark.git.runner import GitRunner
 
 import ha_helpers

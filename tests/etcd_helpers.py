@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bulwark.cluster.etcd import Etcd
+from bulwark.etcd import Etcd
 
 from helpers import free_port
 

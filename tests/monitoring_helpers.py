@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bulwark.monitoring.facts import NodeFacts
 from bulwark.monitoring.system import SystemSample
-from bulwark.node import NodeRole
+from bulwark.roles import NodeRole
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bulwark.cluster.etcd import Etcd
 from bulwark.errors import BulwarkError, NotFound, Unauthenticated
+from bulwark.etcd import Etcd
 from bulwark.git.runner import GitRunner
 from bulwark.models import MaintenanceState, Permission, Scope, Visibility
 from bulwark.security import PasswordHasher

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from bulwark.backup.metadata import FORMAT, check, export, import_into
-from bulwark.cluster.etcd import Etcd
 from bulwark.errors import InvalidInput
+from bulwark.etcd import Etcd
 from bulwark.models import OrgRole, Permission, Scope, Visibility
 from bulwark.store import Store
 from bulwark.store.etcd import EtcdStore

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from bulwark.cli.cluster import app
 from bulwark.cluster import keys, state
 from bulwark.cluster.config import ClusterConfig, NodeSpec, render_cluster_file
-from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.report import Probe, RepoState, cluster_report
 from bulwark.cluster.state import BUILDING, NodeBeat
+from bulwark.etcd import Etcd
 from bulwark.ha.health import Level
 
 from cluster_fakes import make_snapshot, seed, url_of

@@ -29,7 +29,7 @@ from bulwark.cluster.dev import (
     haproxy_example_config,
     render_haproxy_config,
 )
-from bulwark.cluster.etcd import Etcd, EtcdUnavailable
+from bulwark.etcd import Etcd, EtcdUnavailable
 
 from ha_helpers import wait_for
 from helpers import bulwark
@@ -157,7 +157,7 @@ def test_a_cut_member_refuses_writes_while_the_majority_takes_them_and_rejoins_a
             isolated.put("/t/cut", "x")
         # ... and, asked from inside its namespace, it has no quorum to write with.
         script = (
-            "from bulwark.cluster.etcd import Etcd, EtcdUnavailable\n"
+            "from bulwark.etcd import Etcd, EtcdUnavailable\n"
             "try:\n"
             f"    Etcd([{isolated_url!r}], timeout=3).put('/t/cut', 'x')\n"
             "    print('written')\n"

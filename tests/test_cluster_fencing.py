@@ -15,11 +15,11 @@ import pytest
 from bulwark.cluster import intents, keys, state
 from bulwark.cluster.client import refuses_connections
 from bulwark.cluster.coordinator import Coordinator, Push
-from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.locks import RepoLocks, RepositoryBusy
 from bulwark.cluster.state import BUILDING, Placement
 from bulwark.cluster.transactions import vote_of
 from bulwark.errors import Unavailable
+from bulwark.etcd import Etcd
 
 from etcd_helpers import clean_etcd, serve_etcd
 

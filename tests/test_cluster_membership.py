@@ -8,10 +8,10 @@ import time
 import pytest
 
 from bulwark.cluster import keys
-from bulwark.cluster.etcd import Compare, Etcd, Op
 from bulwark.cluster.membership import Membership
 from bulwark.cluster.runtime import port_is_free
 from bulwark.cluster.state import NodeBeat
+from bulwark.etcd import Compare, Etcd, Op
 
 from etcd_helpers import clean_etcd, serve_etcd
 from helpers import free_port

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from bulwark.cluster.etcd import KV, Etcd
 from bulwark.cluster.mirror import Compacted, Mirror
+from bulwark.etcd import KV, Etcd
 
 from etcd_helpers import clean_etcd, serve_etcd
 from helpers import free_port

@@ -8,7 +8,6 @@ import time
 import pytest
 
 from bulwark.cluster import keys, state
-from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.locks import RepoLocks
 from bulwark.cluster.reconciler import (
     AddReplica,
@@ -23,6 +22,7 @@ from bulwark.cluster.reconciler import (
 )
 from bulwark.cluster.state import BUILDING, NodeBeat, Placement
 from bulwark.errors import GitError, PeerUnreachable
+from bulwark.etcd import Etcd
 
 from cluster_fakes import make_snapshot, seed, url_of
 from etcd_helpers import clean_etcd, serve_etcd

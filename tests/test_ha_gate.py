@@ -22,7 +22,7 @@ from bulwark.ha.gate import ReplicationGate
 from bulwark.ha.loop import HALoop, PrimaryDuties
 from bulwark.ha.promote import promote
 from bulwark.ha.replicator import Replicator
-from bulwark.monitoring.running import pid_exists
+from bulwark.processes import pid_exists
 from bulwark.store.changes import ChangeLog
 from bulwark.store.sqlite import SQLiteStore
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bulwark.cluster.etcd import Etcd
 from bulwark.errors import StoreError
+from bulwark.etcd import Etcd
 from bulwark.store.etcd import EtcdStore
 from bulwark.store.hooks_etcd import EtcdHooks
 from bulwark.store.hooks_sqlite import SQLiteHooks

@@ -30,7 +30,7 @@ from bulwark.monitoring.checks import (
 from bulwark.monitoring.facts import ClusterFacts, NodeFacts, ReplicationFacts
 from bulwark.monitoring.metrics import GitObservation, Metrics, NodeCollector, RouteClass, node_metrics, route_class
 from bulwark.monitoring.system import SystemSample, sample
-from bulwark.node import NodeRole
+from bulwark.roles import NodeRole
 from monitoring_helpers import REPLICA_REPORT, facts, machine, parse_metrics
 
 from cluster_fakes import make_snapshot

@@ -31,7 +31,7 @@ from bulwark.monitoring.facts import ReplicationFacts, ServerFacts, ServerState,
 from bulwark.monitoring.metrics import node_metrics
 from bulwark.monitoring.probe import Answer, server_state
 from bulwark.monitoring.running import Liveness
-from bulwark.node import NodeRole
+from bulwark.roles import NodeRole
 from bulwark.store.sqlite import SQLiteStore
 from monitoring_helpers import REPLICA_REPORT, facts, machine
 

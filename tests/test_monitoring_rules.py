@@ -16,7 +16,7 @@ from bulwark.monitoring.checks import Thresholds, evaluate
 from bulwark.monitoring.facts import ClusterFacts, ReplicationFacts
 from bulwark.monitoring.metrics import GitObservation, Metrics, node_metrics
 from bulwark.monitoring.webhooks import WebhookCollector
-from bulwark.node import NodeRole
+from bulwark.roles import NodeRole
 from bulwark.webhooks.models import HookFigures
 from monitoring_helpers import REPLICA_REPORT, ROOT, ensure_tool, facts, parse_metrics
 

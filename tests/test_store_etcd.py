@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from bulwark.cluster.etcd import Etcd
 from bulwark.errors import AlreadyExists, InvalidInput, NotFound, StoreError
+from bulwark.etcd import Etcd
 from bulwark.models import Account, AccountType, OrgRole, Permission, Scope
 from bulwark.store.etcd import EtcdStore
 

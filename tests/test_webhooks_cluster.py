@@ -14,7 +14,7 @@ import pytest
 
 from bulwark.cluster import keys
 from bulwark.cluster.dev import DevCluster
-from bulwark.cluster.etcd import Etcd
+from bulwark.etcd import Etcd
 from bulwark.store.etcd import EtcdStore
 from bulwark.store.hooks_etcd import EtcdHooks
 from cluster_helpers import FAST, Load, Seeded, seed, wait_for

@@ -272,10 +272,10 @@ def _clear_leftovers(git: GitRunner, labels: dict[str, str]) -> None:
 
 
 def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher, *, starting: bool) -> Node:
-    from bulwark.cluster.etcd import Etcd
     from bulwark.cluster.gitrouter import ClusterGit
     from bulwark.cluster.runtime import ClusterRuntime
     from bulwark.errors import InvalidInput
+    from bulwark.etcd import Etcd
     from bulwark.services.access_cache import AccessCache
     from bulwark.store.etcd import EtcdStore
 

@@ -19,11 +19,11 @@ from typing import Any
 from bulwark.backup import barrier
 from bulwark.backup.metadata import export
 from bulwark.cluster import keys
-from bulwark.cluster.etcd import Compare, Op
 from bulwark.errors import Conflict, GitError, NotFound, Unavailable
+from bulwark.etcd import Compare, Op
 from bulwark.git.runner import Ref, checksum_of, read_ref_files
-from bulwark.node import Node, NodeRole
-from bulwark.roles import Traffic
+from bulwark.node import Node
+from bulwark.roles import NodeRole, Traffic
 
 FORMAT = 1
 ATTEMPTS = 5

@@ -33,12 +33,12 @@ from bulwark.cli.common import (
 from bulwark.cli.output import print_json, print_table, say
 from bulwark.cluster import keys, state
 from bulwark.cluster.config import ClusterConfig, NodeSpec, parse_cluster_file
-from bulwark.cluster.etcd import Compare, Etcd, EtcdUnavailable, Op
 from bulwark.cluster.placement import Move, eligible_nodes, plan_rebalance, replica_counts
 from bulwark.cluster.report import ClusterReport, gather, render
 from bulwark.cluster.state import BUILDING, ClusterSnapshot, Placement
 from bulwark.errors import Unavailable
-from bulwark.monitoring.levels import Level
+from bulwark.etcd import Compare, Etcd, EtcdUnavailable, Op
+from bulwark.levels import Level
 
 app = typer.Typer(
     help="Cluster mode: store the cluster file in etcd, watch health, drain, evacuate and remove nodes, "

@@ -9,7 +9,8 @@ import typer
 from bulwark.cli.common import ConfigOption, DataDirOption, JsonOption, fail, opened_node
 from bulwark.cli.output import iso, print_json, print_table, say, when
 from bulwark.errors import NotFound
-from bulwark.node import Node, NodeRole
+from bulwark.node import Node
+from bulwark.roles import NodeRole
 from bulwark.webhooks.models import Delivery, DeliveryState, Hook
 from bulwark.webhooks.service import HookService
 

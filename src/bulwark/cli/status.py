@@ -27,10 +27,11 @@ from bulwark.cli.common import (
     opened_node,
     settings_for,
 )
-from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.report import gather
 from bulwark.config import Settings
 from bulwark.errors import BulwarkError
+from bulwark.etcd import Etcd
+from bulwark.levels import Level
 from bulwark.monitoring import system
 from bulwark.monitoring.checks import Check, Thresholds, check_server, evaluate, nagios_line, worst
 from bulwark.monitoring.facts import (
@@ -42,9 +43,8 @@ from bulwark.monitoring.facts import (
     not_serving,
 )
 from bulwark.monitoring.gather import node_facts
-from bulwark.monitoring.levels import Level
 from bulwark.monitoring.probe import ask_server
-from bulwark.node import NodeRole
+from bulwark.roles import NodeRole
 
 _STYLE = {Level.OK: "green", Level.WARNING: "yellow", Level.CRITICAL: "red", Level.UNKNOWN: "magenta"}
 

@@ -44,12 +44,12 @@ import anyio.to_thread
 
 from bulwark.cluster import intents, keys
 from bulwark.cluster.client import AsyncPeers
-from bulwark.cluster.etcd import Compare, Etcd, Op
 from bulwark.cluster.locks import Held, RepoLocks
 from bulwark.cluster.state import Placement
 from bulwark.cluster.transactions import RefLine, vote_of
 from bulwark.cluster.voting import has_quorum
 from bulwark.errors import BulwarkError, NotFound, PeerUnreachable, Unavailable
+from bulwark.etcd import Compare, Etcd, Op
 from bulwark.git.runner import ZERO_OID
 
 log = logging.getLogger("bulwark.cluster")

@@ -33,7 +33,7 @@ from typing import IO
 import httpx
 
 from bulwark.cluster.config import ClusterConfig, NodeSpec, render_cluster_file
-from bulwark.cluster.etcd import Etcd
+from bulwark.etcd import Etcd
 
 START_TIMEOUT = 30.0  # seconds one component may take to come up
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL

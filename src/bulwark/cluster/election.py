@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from bulwark.cluster.etcd import Compare, Etcd, Op
 from bulwark.errors import Unavailable
+from bulwark.etcd import Compare, Etcd, Op
 
 log = logging.getLogger("bulwark.cluster")
 

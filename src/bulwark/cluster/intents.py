@@ -21,11 +21,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bulwark.cluster import keys, state
-from bulwark.cluster.etcd import Compare, Etcd, Op
 from bulwark.cluster.locks import RepoLocks
 from bulwark.cluster.state import BUILDING, Placement
 from bulwark.cluster.voting import disagreeing, has_quorum
 from bulwark.errors import BulwarkError, Unavailable
+from bulwark.etcd import Compare, Etcd, Op
 
 log = logging.getLogger("bulwark.cluster")
 

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from bulwark.cluster import keys
-from bulwark.cluster.etcd import KV, Compare, Etcd, Op
 from bulwark.errors import Unavailable
+from bulwark.etcd import KV, Compare, Etcd, Op
 
 log = logging.getLogger("bulwark.cluster")
 

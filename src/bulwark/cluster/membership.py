@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 
 from bulwark.cluster import keys
-from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.state import NodeBeat
 from bulwark.errors import Unavailable
+from bulwark.etcd import Etcd
 
 log = logging.getLogger("bulwark.cluster")
 

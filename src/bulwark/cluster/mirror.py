@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from bulwark.cluster.etcd import KV, Etcd, EtcdUnavailable, b64, prefix_end
+from bulwark.etcd import KV, Etcd, EtcdUnavailable, b64, prefix_end
 
 log = logging.getLogger(__name__)
 

@@ -35,12 +35,12 @@ from typing import Any, Protocol
 
 from bulwark.cluster import keys, state
 from bulwark.cluster.election import Election
-from bulwark.cluster.etcd import Etcd, EtcdUnavailable
 from bulwark.cluster.locks import RepoLocks
 from bulwark.cluster.placement import choose_nodes, replica_counts
 from bulwark.cluster.state import BUILDING, ClusterSnapshot, Placement
 from bulwark.cluster.voting import disagreeing
 from bulwark.errors import BulwarkError, Unavailable
+from bulwark.etcd import Etcd, EtcdUnavailable
 
 log = logging.getLogger("bulwark.cluster.reconciler")
 

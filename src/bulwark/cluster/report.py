@@ -26,10 +26,10 @@ from rich.table import Table
 from rich.text import Text
 
 from bulwark.cluster import reconciler, state
-from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.state import BUILDING, ClusterSnapshot
 from bulwark.cluster.voting import majority
-from bulwark.monitoring.levels import Level
+from bulwark.etcd import Etcd
+from bulwark.levels import Level
 
 
 class RepoState(enum.Enum):

@@ -20,7 +20,6 @@ from bulwark.cluster import placement as placing
 from bulwark.cluster.client import AsyncPeers, PeerClient, git_auth_config, refuses_connections
 from bulwark.cluster.config import ClusterConfig
 from bulwark.cluster.coordinator import Coordinator
-from bulwark.cluster.etcd import Etcd
 from bulwark.cluster.locks import RepoLocks
 from bulwark.cluster.membership import Membership
 from bulwark.cluster.mirror import Mirror
@@ -29,6 +28,7 @@ from bulwark.cluster.state import ClusterSnapshot, NodeBeat, Placement
 from bulwark.cluster.transactions import Transactions
 from bulwark.config import Settings
 from bulwark.errors import InvalidInput, Unavailable
+from bulwark.etcd import Etcd
 from bulwark.git.runner import GitRunner
 from bulwark.roles import Traffic
 

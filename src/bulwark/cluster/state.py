@@ -1,7 +1,7 @@
 """Cluster state as values: what etcd says about nodes and repository replicas.
 
 Everything here is a frozen value or a function that reads or writes one through
-:class:`~bulwark.cluster.etcd.Etcd`. Decisions (routing, placement, repair) take a
+:class:`~bulwark.etcd.Etcd`. Decisions (routing, placement, repair) take a
 :class:`ClusterSnapshot` and return a plan; they never talk to etcd themselves.
 
 Generations: every replica of a repository carries a generation. A push that a majority
@@ -21,9 +21,9 @@ from typing import Any
 
 from bulwark.cluster import keys
 from bulwark.cluster.config import ClusterConfig
-from bulwark.cluster.etcd import KV, Compare, Etcd, Op
 from bulwark.cluster.voting import majority
 from bulwark.errors import Conflict, Unavailable
+from bulwark.etcd import KV, Compare, Etcd, Op
 
 BUILDING = -1
 

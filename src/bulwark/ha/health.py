@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from bulwark.ha.state import PeerCheck, Progress
-from bulwark.monitoring.levels import Level
+from bulwark.levels import Level
 from bulwark.roles import NodeRole
 
 

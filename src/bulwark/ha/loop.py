@@ -25,7 +25,7 @@ from bulwark.ha.health import FenceDecision, decide_fencing, observe
 from bulwark.ha.replicator import Replicator
 from bulwark.ha.state import HAState, PeerCheck
 from bulwark.ha.watch import Ask, PrimaryWatch
-from bulwark.monitoring.running import pid_exists
+from bulwark.processes import pid_exists
 from bulwark.roles import NodeRole
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog

@@ -8,7 +8,7 @@ from typing import Any
 
 from bulwark.ha import state as ha_state
 from bulwark.ha.health import Thresholds, judge_primary, judge_reach, replica_health
-from bulwark.monitoring.levels import Level
+from bulwark.levels import Level
 from bulwark.roles import NodeRole
 from bulwark.store import Store
 from bulwark.store.changes import ChangeLog

@@ -19,7 +19,7 @@ from bulwark.ha import state as ha_state
 from bulwark.ha.client import peer_status
 from bulwark.ha.health import PrimaryState, judge_primary, observe
 from bulwark.ha.state import PeerCheck
-from bulwark.monitoring.levels import Level
+from bulwark.levels import Level
 from bulwark.roles import NodeRole
 from bulwark.store import Store
 

@@ -23,7 +23,8 @@ from bulwark.ha import state as ha_state
 from bulwark.http.api.common import call, context, json_body
 from bulwark.http.auth import site_admin
 from bulwark.models import MaintenanceState
-from bulwark.node import Node, NodeRole, Traffic
+from bulwark.node import Node
+from bulwark.roles import NodeRole, Traffic
 
 RESTORE_HEADER = "x-bulwark-restore"
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from bulwark.config import Settings
 from bulwark.errors import InvalidInput
+from bulwark.levels import Level
 from bulwark.monitoring.facts import (
     ClusterFacts,
     NodeFacts,
@@ -21,9 +22,8 @@ from bulwark.monitoring.facts import (
     ServerState,
     WebhookFacts,
 )
-from bulwark.monitoring.levels import Level
 from bulwark.monitoring.system import SystemSample
-from bulwark.node import NodeRole
+from bulwark.roles import NodeRole
 
 # Worst first when several checks disagree; UNKNOWN (no data) hides no real problem.
 _SEVERITY = {Level.OK: 0, Level.UNKNOWN: 1, Level.WARNING: 2, Level.CRITICAL: 3}

@@ -13,9 +13,9 @@ from typing import Any
 
 from bulwark.cluster.report import ClusterReport
 from bulwark.ha.health import PrimaryState
-from bulwark.monitoring.levels import Level
+from bulwark.levels import Level
 from bulwark.monitoring.system import SystemSample
-from bulwark.node import NodeRole
+from bulwark.roles import NodeRole
 
 
 @dataclass(frozen=True)

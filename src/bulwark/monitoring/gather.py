@@ -21,7 +21,8 @@ from bulwark.ha.report import replication_report
 from bulwark.monitoring import running, system
 from bulwark.monitoring.checks import Thresholds
 from bulwark.monitoring.facts import ClusterFacts, NodeFacts, ReplicationFacts, WebhookFacts
-from bulwark.node import Node, NodeRole
+from bulwark.node import Node
+from bulwark.roles import NodeRole
 
 if TYPE_CHECKING:
     from bulwark.cluster.runtime import ClusterRuntime

@@ -30,7 +30,7 @@ from bulwark.cluster.report import RepoState
 from bulwark.git.adverts import AdvertisementCache
 from bulwark.monitoring.checks import Check, evaluate
 from bulwark.monitoring.facts import NodeFacts
-from bulwark.node import NodeRole
+from bulwark.roles import NodeRole
 
 if TYPE_CHECKING:
     from bulwark.monitoring.gather import NodeMonitor

@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 from starlette.concurrency import run_in_threadpool
 
+from bulwark.levels import Level
 from bulwark.monitoring.checks import Check, CheckName, evaluate, worst
 from bulwark.monitoring.facts import ClusterFacts, NodeFacts, ReplicationFacts
 from bulwark.monitoring.gather import NodeMonitor
-from bulwark.monitoring.levels import Level
-from bulwark.node import NodeRole
+from bulwark.roles import NodeRole
 
 OVERVIEW_PATH = "/manage/v1/monitoring/overview"
 PEER_TIMEOUT = 2.0

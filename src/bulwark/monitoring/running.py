@@ -24,13 +24,11 @@ from typing import Any
 
 from bulwark import __version__
 from bulwark.config import Settings
+from bulwark.processes import pid_exists, process_start
 
 RECORD = "server.json"
 STOPPED = "server-stopped.json"
 MONITOR_HEADER = "X-Bulwark-Monitor"
-
-_PROC = Path("/proc")
-
 
 @dataclass(frozen=True)
 class ServerRecord:
@@ -91,18 +89,6 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def process_start(pid: int) -> str | None:
-    """The boot and the moment process ``pid`` started (Linux); None where the system does not say."""
-    try:
-        stat = (_PROC / str(pid) / "stat").read_text()
-        boot = (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
-    except OSError:
-        return None
-    # Field 22, counted after the command name, which is in parentheses and may hold spaces.
-    fields = stat.rpartition(")")[2].split()
-    return f"{boot}:{fields[19]}" if len(fields) > 19 else None
-
-
 # -- the files -------------------------------------------------------------------------------------
 
 
@@ -160,20 +146,6 @@ class Liveness(enum.StrEnum):
     RUNNING = "running"  # the recorded process exists and is the one that wrote the record
     GONE = "gone"  # it does not exist any more (or its pid now belongs to another process)
     ELSEWHERE = "elsewhere"  # recorded on another machine (a shared data dir): only asking it can tell
-
-
-def pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, as another user's
-    try:
-        state = (_PROC / str(pid) / "stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")  # a zombie has died; only its exit status waits to be collected
 
 
 def node_url(settings: Settings, record: ServerRecord | None) -> str:

@@ -26,7 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from bulwark.errors import BulwarkError
 from bulwark.gitservice import slots as gitslots
 from bulwark.monitoring.metrics import Metrics
-from bulwark.node import Node, NodeRole
+from bulwark.node import Node
+from bulwark.roles import NodeRole
 from bulwark.services.ssh_keys import Holder
 from bulwark.ssh import hostkeys
 from bulwark.ssh.git import Channel, serve

@@ -78,8 +78,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from bulwark.clock import Clock, SystemClock
-from bulwark.cluster.etcd import KV, Compare, Etcd, Op, prefix_end
 from bulwark.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreError
+from bulwark.etcd import KV, Compare, Etcd, Op, prefix_end
 from bulwark.models import (
     Account,
     AccountType,

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bulwark.cluster.etcd import KV, Compare, Op, b64, prefix_end
 from bulwark.errors import NotFound
+from bulwark.etcd import KV, Compare, Op, b64, prefix_end
 from bulwark.store.etcd import (
     EtcdStore,
     _corrupt,
