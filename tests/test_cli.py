@@ -14,9 +14,9 @@ import pytest
 import typer
 from typer.core import TyperGroup, TyperOption
 
+from bulwark.assembly import open_node
 from bulwark.cli.main import app
 from bulwark.config import load_settings
-from bulwark.node import open_node
 
 from helpers import Server, bulwark, git
 

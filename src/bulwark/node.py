@@ -1,23 +1,20 @@
-"""A node: its settings, store, git runner and services, wired once at start-up.
+"""A node: its settings, store, git runner and services; built for its mode by bulwark.assembly.
 
-The node's role is chosen here and only here; the HTTP and git layers ask the
+The node's role is read here and only here; the HTTP and git layers ask the
 node what it may do instead of branching on the mode themselves.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from bulwark.backup import barrier
 from bulwark.clock import Clock, SystemClock
 from bulwark.config import Settings
-from bulwark.errors import ReadOnlyNode, Unavailable
+from bulwark.errors import InvalidInput, ReadOnlyNode, Unavailable
 from bulwark.git.runner import ZERO_OID, GitRunner
 from bulwark.ha import state as ha_state
 from bulwark.ha.state import HAState
@@ -51,14 +48,16 @@ class Node:
     cluster: ClusterRuntime | None = None
     # On a cluster member: git requests' authorization decisions, kept while their etcd keys are unchanged.
     access_cache: AccessCache[Any] | None = None
+    # Where webhooks and their outbox live: beside the metadata, in SQLite or in etcd.
+    hooks: HookStore | None = None
+    # The SQLite store's change log, which HA replication streams from (None on a cluster member).
+    changelog: ChangeLog | None = None
 
     def __post_init__(self) -> None:
-        # Webhooks live beside the metadata: in SQLite (standalone and HA), in etcd (a cluster).
         self.webhooks: HookService | None = None
-        hooks = _hook_store(self.store)
-        if hooks is not None:
+        if self.hooks is not None:
             self.webhooks = HookService(
-                hooks, self.store, self.git, base_url=self.settings.base_url,
+                self.hooks, self.store, self.git, base_url=self.settings.base_url,
                 ssh_clone_url=self.settings.ssh_clone_url, queued=lambda: self.wake_deliverer(),
             )
         # Set by ``bulwark serve`` to its deliverer's wake-up, so a queued event goes out at once.
@@ -69,8 +68,6 @@ class Node:
         self.repos = RepositoryService(self.store, self.git, self.clock, events=self.webhooks)
         self.keys = KeyService(self.store, self.clock, metadata_writable=lambda: self.role is not NodeRole.HA_REPLICA)
         self.repo_lists = RepoLists(self.store)
-        # The SQLite store keeps the change log HA replication streams from.
-        self.changelog = cast(ChangeLog, self.store)
         self._ha: tuple[float, HAState] | None = None
         # Set when the server was asked to stop: /status answers 503 while it drains (http/listening.py).
         self.stopping = False
@@ -81,6 +78,13 @@ class Node:
         if self._ha is None or now - self._ha[0] > 0.5:
             self._ha = (now, ha_state.load(self.store))
         return self._ha[1]
+
+    def replication_log(self) -> ChangeLog:
+        """The change log HA replication streams from; a cluster member has none."""
+        if self.changelog is None:
+            raise InvalidInput("HA replication runs on the embedded store; this node is a cluster member, "
+                               "whose copies are kept by the cluster")
+        return self.changelog
 
     def forget_cached_state(self) -> None:
         self._ha = None
@@ -182,7 +186,7 @@ class Node:
             if self.webhooks is not None:
                 self.webhooks.enqueue(repo, deliveries)
                 self.webhooks.announced(repo, landed)
-            self.changelog.record_event(
+            self.replication_log().record_event(
                 "push", {"storage_id": repo.storage_id, "checksum": checksum, "refs": [list(u) for u in landed]}
             )
         if deliveries:
@@ -192,104 +196,3 @@ class Node:
         if self.cluster is not None:
             self.cluster.stop()
         self.store.close()
-
-
-def _hook_store(store: Store) -> HookStore | None:
-    from bulwark.store.etcd import EtcdStore
-    from bulwark.store.sqlite import SQLiteStore
-
-    if isinstance(store, SQLiteStore):
-        from bulwark.store.hooks_sqlite import SQLiteHooks
-
-        return SQLiteHooks(store)
-    if isinstance(store, EtcdStore):
-        from bulwark.store.hooks_etcd import EtcdHooks
-
-        return EtcdHooks(store)
-    return None
-
-
-def open_node(
-    settings: Settings, *, clock: Clock | None = None, hasher: PasswordHasher | None = None, starting: bool = False
-) -> Node:
-    """Open (and on first use create) the data dir of a node: standalone or HA on SQLite, or a
-    cluster member on etcd when the settings name one.
-
-    ``starting``: the node is about to serve (not a command run beside it), so nothing of its
-    own runs git yet and what killed git processes left in its repositories is cleared first.
-    """
-    from bulwark.store.sqlite import SQLiteStore
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings.repositories_dir.mkdir(exist_ok=True)
-    clock = clock or SystemClock()
-    if settings.cluster_node:
-        return _open_cluster_node(settings, clock, hasher or PasswordHasher(), starting=starting)
-    store = SQLiteStore(settings.metadata_path, clock=clock)
-    # Every git process of the node passes the ref barrier a backup raises (backup/barrier.py).
-    git = GitRunner(settings.repositories_dir, git=settings.git,
-                    config={"core.hooksPath": str(barrier.install(settings.data_dir))},
-                    advert_cache_bytes=settings.ref_cache_mb * 1024**2)
-    if starting:
-        accounts: dict[int, str] = {}
-        labels: dict[str, str] = {}
-        for repo in store.list_repos():
-            if repo.owner_id not in accounts:
-                owner = store.get_account_by_id(repo.owner_id)
-                accounts[repo.owner_id] = owner.login if owner else str(repo.owner_id)
-            labels[repo.storage_id] = f"{accounts[repo.owner_id]}/{repo.name}"
-        _clear_leftovers(git, labels)
-    return Node(
-        settings=settings,
-        store=store,
-        git=git,
-        clock=clock,
-        hasher=hasher or PasswordHasher(),
-    )
-
-
-def _clear_leftovers(git: GitRunner, labels: dict[str, str]) -> None:
-    """One log line per repository that a killed git left lock or temporary files in. Those a
-    process still works in (a git of the killed run that has not exited yet) are tried again in
-    the background until it has gone."""
-    from bulwark.git import leftovers
-
-    busy: dict[Path, str] = {}
-    for cleared in leftovers.clear_all(git, labels, just_started=True):
-        sentence = cleared.sentence()
-        if sentence:
-            log.warning("%s", sentence)
-        if cleared.skipped == leftovers.BUSY and cleared.repo is not None:
-            busy[cleared.repo] = cleared.label
-    if busy:
-        def later() -> None:
-            for cleared in leftovers.clear_later(busy, lock=git.clearing):
-                sentence = cleared.sentence()
-                if sentence:
-                    log.warning("%s", sentence)
-
-        threading.Thread(target=later, name="leftovers", daemon=True).start()
-
-
-def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher, *, starting: bool) -> Node:
-    from bulwark.cluster.gitrouter import ClusterGit
-    from bulwark.cluster.runtime import ClusterRuntime
-    from bulwark.errors import InvalidInput
-    from bulwark.etcd import Etcd
-    from bulwark.services.access_cache import AccessCache
-    from bulwark.store.etcd import EtcdStore
-
-    if not settings.etcd:
-        raise InvalidInput("a cluster node needs the etcd endpoints (etcd = [...] or BULWARK_ETCD)")
-    assert settings.cluster_node is not None
-    etcd = Etcd(settings.etcd, timeout=1.5)
-    git = ClusterGit(settings.repositories_dir, git=settings.git, advert_cache_bytes=settings.ref_cache_mb * 1024**2)
-    runtime = ClusterRuntime(etcd, settings, git)
-    git.runtime = runtime
-    if starting:
-        # No etcd session yet, so no repository lock: safe because this node runs no push
-        # before it serves, and a repository a live (orphaned) git works in is skipped.
-        _clear_leftovers(git, {})
-    store = EtcdStore(etcd, clock=clock)
-    return Node(settings=settings, store=store, git=git, clock=clock, hasher=hasher, cluster=runtime,
-                access_cache=AccessCache(store, clock))

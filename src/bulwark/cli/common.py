@@ -11,9 +11,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from bulwark.assembly import open_node
 from bulwark.config import Settings, load_settings
 from bulwark.errors import BulwarkError
-from bulwark.node import Node, open_node
+from bulwark.node import Node
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)

@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bulwark.assembly.ha import promote_node, replicator_for
 from bulwark.cli.common import (
     ConfigOption,
     DataDirOption,
@@ -26,7 +27,6 @@ from bulwark.ha import state as ha_state
 from bulwark.ha.client import BASE
 from bulwark.ha.health import Thresholds
 from bulwark.ha.report import replication_report
-from bulwark.ha.wiring import promote_node, replicator_for
 from bulwark.monitoring import running
 from bulwark.roles import NodeRole
 
@@ -76,7 +76,7 @@ def setup(
                 bar.update(task, completed=done, total=total)
 
             report = ha_setup.setup_replica(
-                node.store, node.changelog, node.git, replicator,
+                node.store, node.replication_log(), node.git, replicator,
                 primary_url=primary, token=token, advertise_url=url, on_progress=on_progress,
             )
         took = time.monotonic() - started
@@ -121,7 +121,7 @@ def status(
     with opened_node(data_dir, config) as node:
         limits = Thresholds(warning_lag, critical_lag, warning_pending, critical_pending,
                             primary_timeout=node.settings.ha_primary_timeout)
-        report = replication_report(node.store, node.changelog, now=node.clock.now(), limits=limits)
+        report = replication_report(node.store, node.replication_log(), now=node.clock.now(), limits=limits)
     if as_json:
         print(json.dumps(report, indent=2))
     else:

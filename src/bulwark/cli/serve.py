@@ -12,18 +12,19 @@ import typer
 import uvicorn
 from starlette.applications import Starlette
 
+from bulwark.assembly import open_node
+from bulwark.assembly.cluster import Loop, cluster_loops_for
+from bulwark.assembly.ha import ha_loop_for
+from bulwark.assembly.webhooks import deliverer_for
 from bulwark.cli.common import ConfigOption, DataDirOption, errors_as_messages, settings_for
-from bulwark.cluster.wiring import Loop, cluster_loops_for
 from bulwark.ha.loop import PrimaryDuties
-from bulwark.ha.wiring import ha_loop_for
 from bulwark.http.app import create_app
 from bulwark.http.listening import RecordingServer
 from bulwark.http.server import Guard, connection_budget, guarded_protocol, raise_file_limit
 from bulwark.logs import configure_logging
-from bulwark.node import Node, open_node
+from bulwark.node import Node
 from bulwark.roles import NodeRole
 from bulwark.ssh.server import Limits, SshCollector, SshListener
-from bulwark.webhooks.wiring import deliverer_for
 
 
 def ssh_for(node: Node, app: Starlette) -> list[SshListener]:
@@ -102,7 +103,7 @@ def serve(
         # A primary that was superseded while it was down must learn it before taking a write.
         ha = node.ha()
         if ha.role == NodeRole.HA_PRIMARY and not ha.fenced:
-            log.info("ha: %s", PrimaryDuties(node.store, node.changelog, node.clock).check_epochs(ha))
+            log.info("ha: %s", PrimaryDuties(node.store, node.replication_log(), node.clock).check_epochs(ha))
             node.forget_cached_state()
         loop = ha_loop_for(node)
     deliverer = deliverer_for(node)

@@ -1,6 +1,6 @@
 """A cluster node's moving parts, wired once: etcd, session, locks, peers, push path, repair.
 
-Built by :func:`bulwark.node.open_node` when the settings name a cluster node. The HTTP
+Built by :func:`bulwark.assembly.open_node` when the settings name a cluster node. The HTTP
 layer asks it where a repository's request goes; the services ask it (through
 :class:`~bulwark.cluster.gitrouter.ClusterGit`) to create and remove replicas.
 """

@@ -104,7 +104,7 @@ async def remove_replica(request: Request) -> Response:
 async def snapshot(request: Request) -> JSONResponse:
     node = _node(request)
     record = await call(authenticated_replica, request)
-    snap = await call(node.changelog.snapshot)
+    snap = await call(node.replication_log().snapshot)
     await call(_touch, node, record, snap.seq)
     epoch = ha_state.load(node.store).epoch
     return JSONResponse({"seq": snap.seq, "epoch": epoch, "tables": snap.tables, "sequences": snap.sequences})
@@ -133,7 +133,7 @@ async def changes(request: Request) -> JSONResponse:
         wait = min(MAX_WAIT, max(0.0, float(request.query_params.get("wait", "0"))))
     except ValueError:
         raise InvalidInput("wait must be a number of seconds") from None
-    log = node.changelog
+    log = node.replication_log()
     last = await call(log.last_seq)
     if after > last:
         raise InvalidInput(f"position {after} is ahead of this primary ({last}); set the replica up again")
@@ -190,14 +190,16 @@ def _limits(node: Node) -> Thresholds:
 
 async def status(request: Request) -> JSONResponse:
     node = await site_admin_reading(request, "replication reports")
-    report = await call(replication_report, node.store, node.changelog, now=node.clock.now(), limits=_limits(node))
+    report = await call(replication_report, node.store, node.replication_log(), now=node.clock.now(),
+                        limits=_limits(node))
     return JSONResponse(report)
 
 
 async def replica_health(request: Request) -> JSONResponse:
     """For monitors: 200 while this replica is healthy (OK or WARNING), 503 otherwise."""
     node = _node(request)
-    report = await call(replication_report, node.store, node.changelog, now=node.clock.now(), limits=_limits(node))
+    report = await call(replication_report, node.store, node.replication_log(), now=node.clock.now(),
+                        limits=_limits(node))
     healthy = report["role"] == NodeRole.HA_REPLICA and report["exit_code"] < 2
     body = {k: report.get(k) for k in ("role", "level", "lag_seconds", "lag_changes", "repositories")}
     return JSONResponse(body, status_code=200 if healthy else 503)

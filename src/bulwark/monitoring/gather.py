@@ -117,7 +117,7 @@ def node_facts(node: Node, cluster_view: ClusterView | None = None) -> NodeFacts
     replication = None
     if node.role in (NodeRole.HA_PRIMARY, NodeRole.HA_REPLICA):
         limits = LagThresholds(primary_timeout=node.settings.ha_primary_timeout)
-        report = replication_report(node.store, node.changelog, now=node.clock.now(), limits=limits)
+        report = replication_report(node.store, node.replication_log(), now=node.clock.now(), limits=limits)
         replication = ReplicationFacts.from_report(report)
     url = running.node_url(node.settings, running.read(node.settings.data_dir))
     return NodeFacts(ha_state.node_id(node.store), url, node.role, serving, reason,

@@ -27,7 +27,7 @@ def replicator_for(node: Node, *, verify_objects: bool = True, stop: Callable[[]
     s = node.settings
     return Replicator(
         node.store,
-        node.changelog,
+        node.replication_log(),
         node.git,
         node.clock,
         client_for=client_for,
@@ -50,7 +50,7 @@ def ha_loop_for(node: Node) -> HALoop:
         return f"finished an interrupted promotion: {'; '.join(report.steps)}"
 
     return HALoop(node.store, replicator_for(node, stop=stopped),
-                  PrimaryDuties(node.store, node.changelog, node.clock), watch,
+                  PrimaryDuties(node.store, node.replication_log(), node.clock), watch,
                   gate=ReplicationGate(node.settings.data_dir), resume=resume)
 
 
@@ -60,7 +60,7 @@ def promote_node(node: Node, waiting: Callable[[], None] | None = None) -> Promo
     if client is not None:
         client.timeout = 5.0  # a dead primary must not hold up the promotion
     try:
-        return promote(node.store, node.changelog, replicator_for(node, verify_objects=False), client=client,
+        return promote(node.store, node.replication_log(), replicator_for(node, verify_objects=False), client=client,
                        gate=ReplicationGate(node.settings.data_dir), waiting=waiting)
     finally:
         if client is not None:
