@@ -378,7 +378,7 @@ class HookStoreContract:
         assert hooks.last_attempt(dead.id) is None  # its only attempts were forgotten
         assert hooks.trim(T0 + 3 * HOUR) == 0
         # (Not compared from here: which attempt is the hook's latest once trim forgot it; see
-        # store/hooks_etcd.py.)
+        # webhooks/store_etcd.py.)
         assert hooks.trim(T0 + 5 * HOUR) == 1
         assert hooks.list_deliveries(hook.id, limit=10) == [waiting]
 

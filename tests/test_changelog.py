@@ -19,9 +19,9 @@ import pytest
 from bulwark.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from bulwark.models import AccountType, MaintenanceState, OrgRole, Permission, Scope, SshKey, Visibility
 from bulwark.store.changes import Change, ChangeLog, ChangeOp, Snapshot
-from bulwark.store.hooks_sqlite import SQLiteHooks
 from bulwark.store.sqlite import MIGRATIONS, REPLICATED_TABLES, SQLiteStore
 from bulwark.webhooks.models import ContentType, DeliveryState
+from bulwark.webhooks.store_sqlite import SQLiteHooks
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,10 +13,10 @@ import pytest
 from bulwark.errors import StoreError
 from bulwark.etcd import Etcd
 from bulwark.store.etcd import EtcdStore
-from bulwark.store.hooks_etcd import EtcdHooks
-from bulwark.store.hooks_sqlite import SQLiteHooks
 from bulwark.store.sqlite import SQLiteStore
 from bulwark.webhooks.models import DeliveryState
+from bulwark.webhooks.store_etcd import EtcdHooks
+from bulwark.webhooks.store_sqlite import SQLiteHooks
 
 import helpers
 from etcd_helpers import etcd_client, serve_etcd

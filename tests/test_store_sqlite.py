@@ -15,8 +15,8 @@ import pytest
 from bulwark.errors import AlreadyExists, BulwarkError, StoreError
 from bulwark.models import Account, OrgRole, Permission, Scope, Visibility
 from bulwark.store import sqlite as sqlite_store
-from bulwark.store.hooks_sqlite import SQLiteHooks
 from bulwark.store.sqlite import MIGRATIONS, SQLiteStore
+from bulwark.webhooks.store_sqlite import SQLiteHooks
 
 from helpers import FakeClock, run_in_threads
 from store_contract import StoreContract, fingerprint

@@ -16,7 +16,7 @@ from bulwark.cluster import keys
 from bulwark.cluster.dev import DevCluster
 from bulwark.etcd import Etcd
 from bulwark.store.etcd import EtcdStore
-from bulwark.store.hooks_etcd import EtcdHooks
+from bulwark.webhooks.store_etcd import EtcdHooks
 from cluster_helpers import FAST, Load, Seeded, seed, wait_for
 
 from helpers import free_port

@@ -17,8 +17,8 @@ from bulwark.config import Settings
 from bulwark.git.runner import GitRunner
 from bulwark.node import Node
 from bulwark.security import PasswordHasher
-from bulwark.store.hooks_sqlite import SQLiteHooks
 from bulwark.store.sqlite import SQLiteStore
+from bulwark.webhooks.store_sqlite import SQLiteHooks
 
 log = logging.getLogger("bulwark")
 
@@ -86,7 +86,7 @@ def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher,
     from bulwark.etcd import Etcd
     from bulwark.services.access_cache import AccessCache
     from bulwark.store.etcd import EtcdStore
-    from bulwark.store.hooks_etcd import EtcdHooks
+    from bulwark.webhooks.store_etcd import EtcdHooks
 
     if not settings.etcd:
         raise InvalidInput("a cluster node needs the etcd endpoints (etcd = [...] or BULWARK_ETCD)")

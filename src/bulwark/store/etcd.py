@@ -508,7 +508,7 @@ class EtcdStore(Store):
     def close(self) -> None:
         self._closed = True
 
-    # -- for the store's companions on the same etcd (store/hooks_etcd.py) ------------
+    # -- for the store's companions on the same etcd (webhooks/store_etcd.py) ------------
 
     @property
     def etcd(self) -> Etcd:

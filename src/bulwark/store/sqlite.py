@@ -690,7 +690,7 @@ class SQLiteStore(Store, ChangeLog):
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction for the store's companions on the same database (store/hooks_sqlite.py)."""
+        """A write transaction for the store's companions on the same database (webhooks/store_sqlite.py)."""
         with self._write() as conn:
             yield conn
 
