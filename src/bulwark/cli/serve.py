@@ -13,12 +13,12 @@ import uvicorn
 from starlette.applications import Starlette
 
 from bulwark.assembly import open_node
+from bulwark.assembly.app import create_app
 from bulwark.assembly.cluster import Loop, cluster_loops_for
 from bulwark.assembly.ha import ha_loop_for
 from bulwark.assembly.webhooks import deliverer_for
 from bulwark.cli.common import ConfigOption, DataDirOption, errors_as_messages, settings_for
 from bulwark.ha.loop import PrimaryDuties
-from bulwark.http.app import create_app
 from bulwark.http.listening import RecordingServer
 from bulwark.http.server import Guard, connection_budget, guarded_protocol, raise_file_limit
 from bulwark.logs import configure_logging

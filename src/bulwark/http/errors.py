@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -14,6 +15,9 @@ log = logging.getLogger("bulwark.http")
 
 DOCS_URL = "https://bulwark.invalid/docs/rest"
 REALM = 'Basic realm="Bulwark"'
+
+# Renders an error as a page for a browser: (request, status, message) -> response.
+ErrorPage = Callable[[Request, int, str], Response]
 
 
 def is_api(request: Request) -> bool:
@@ -50,14 +54,19 @@ def error_response(
         elif field is not None:
             body["errors"] = [{"resource": "Request", "field": field, "code": "invalid", "message": message}]
         return JSONResponse(body, status_code=status, headers=headers)
-    if wants_page(request):
-        from bulwark.web.render import error_page  # the pages' templates, only for browsers
-
+    error_page = _error_page(request) if wants_page(request) else None
+    if error_page is not None:
         response = error_page(request, status, message)
         # No WWW-Authenticate: a browser would answer it with a password prompt.
         response.headers.update({k: v for k, v in headers.items() if k != "WWW-Authenticate"})
         return response
     return PlainTextResponse(message + "\n", status_code=status, headers=headers)
+
+
+def _error_page(request: Request) -> ErrorPage | None:
+    """The pages' renderer of errors, which the app that mounts the pages sets (assembly/app.py)."""
+    state = getattr(request.scope.get("app"), "state", None)
+    return getattr(state, "error_page", None)
 
 
 async def on_bulwark_error(request: Request, exc: Exception) -> Response:

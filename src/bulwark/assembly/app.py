@@ -1,4 +1,4 @@
-"""The ASGI application of a node."""
+"""The ASGI application of a node: the HTTP transport's routes, the pages, their middleware and metrics."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from bulwark.monitoring.metrics import LimitsCollector, Metrics, NodeCollector, 
 from bulwark.monitoring.webhooks import WebhookCollector
 from bulwark.node import Node
 from bulwark.web import routes as web
+from bulwark.web.render import error_page
 
 
 def create_app(node: Node, guard: Guard | None = None) -> Starlette:
@@ -67,6 +68,8 @@ def create_app(node: Node, guard: Guard | None = None) -> Starlette:
     )
     app.state.node = node
     app.state.monitor = monitor
+    # Errors a browser meets are shown as pages (http/errors.py asks for this).
+    app.state.error_page = error_page
     app.state.metrics = app_metrics
     app.state.git_slots = GitSlots(Limits(
         total=settings.max_git_processes, per_client=settings.max_git_per_client, wait=settings.git_slot_wait,
