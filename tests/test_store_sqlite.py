@@ -14,8 +14,7 @@ import pytest
 
 from bulwark.errors import AlreadyExists, BulwarkError, StoreError
 from bulwark.models import Account, OrgRole, Permission, Scope, Visibility
-from bulwark.store import sqlite as sqlite_store
-from bulwark.store.sqlite import MIGRATIONS, SQLiteStore
+from bulwark.store.sqlite import MIGRATIONS, SQLiteStore, schema
 from bulwark.webhooks.store_sqlite import SQLiteHooks
 
 from helpers import FakeClock, run_in_threads
@@ -114,7 +113,7 @@ def test_only_new_migrations_run_on_an_existing_database(
 ) -> None:
     SQLiteStore(db_path).close()
     extra = "CREATE TABLE extra (x INTEGER);\nINSERT INTO extra (x) VALUES (1);"
-    monkeypatch.setattr(sqlite_store, "MIGRATIONS", [*MIGRATIONS, extra])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*MIGRATIONS, extra])
     for _ in range(2):
         s = SQLiteStore(db_path)
         assert s.schema_version() == len(MIGRATIONS) + 1
@@ -200,7 +199,7 @@ def test_repositories_from_before_announced_refs_are_unknown_until_read(db_path:
 def test_a_failing_migration_changes_nothing(db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     SQLiteStore(db_path).close()
     steps = [*MIGRATIONS, "CREATE TABLE extra (x INTEGER);", "CREATE TABLE broken (x INTEGER REFERENCES;"]
-    monkeypatch.setattr(sqlite_store, "MIGRATIONS", steps)
+    monkeypatch.setattr(schema, "MIGRATIONS", steps)
     with pytest.raises(StoreError, match="migrate"):
         SQLiteStore(db_path)
     with raw(db_path) as conn:
@@ -211,7 +210,7 @@ def test_a_failing_migration_changes_nothing(db_path: pathlib.Path, monkeypatch:
 def test_a_fresh_database_is_migrated_in_one_transaction(
     db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_store, "MIGRATIONS", [*MIGRATIONS, "SELECT * FROM no_such_table;"])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*MIGRATIONS, "SELECT * FROM no_such_table;"])
     with pytest.raises(StoreError):
         SQLiteStore(db_path)
     with raw(db_path) as conn:
