@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +114,10 @@ def clean_etcd(etcd_url: str) -> Iterator[Etcd]:
             yield client
         finally:
             client.delete("/bulwark/", prefix=True)
+
+
+def fresh_prefix(etcd: Etcd) -> Iterator[str]:
+    """For a ``prefix`` fixture: a key prefix no other test uses, removed again after the test."""
+    value = f"/test/{uuid.uuid4().hex}/"
+    yield value
+    etcd.delete(value, prefix=True)

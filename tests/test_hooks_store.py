@@ -4,9 +4,9 @@ etcd one has (refs unknown until adopted, etcd's transaction limit, several node
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -19,9 +19,9 @@ from bulwark.webhooks.store_etcd import EtcdHooks
 from bulwark.webhooks.store_sqlite import SQLiteHooks
 
 import helpers
-from etcd_helpers import etcd_client, serve_etcd
+from etcd_helpers import etcd_client, fresh_prefix, serve_etcd
 from helpers import FakeClock
-from hooks_contract import SECOND, T0, HookStoreContract, deliver, fail, make_world, new_hook, queue
+from hooks_contract import SECOND, T0, HookStoreContract, World, deliver, fail, make_world, new_hook, queue
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 
@@ -48,11 +48,7 @@ class TestSQLiteHooks(HookStoreContract):
         return SQLiteHooks(store)
 
 
-@pytest.fixture
-def prefix(etcd: Etcd) -> Iterator[str]:
-    value = f"/test/{uuid.uuid4().hex}/"
-    yield value
-    etcd.delete(value, prefix=True)
+prefix = pytest.fixture(fresh_prefix, name="prefix")
 
 
 @pytest.fixture
@@ -119,12 +115,24 @@ def test_a_hook_and_its_deliveries_are_kept_under_keys_naming_it(
     assert set(_keys(etcd, prefix)) == {f"webhooks/refs/{r}/refs/heads/main", f"webhooks/refs-known/{r}"}
 
 
+class Small(NamedTuple):
+    store: EtcdStore
+    hooks: EtcdHooks
+    world: World
+
+
+@pytest.fixture
+def small(etcd: Etcd, prefix: str, clock: FakeClock) -> Iterator[Small]:
+    """A store whose transactions hold 16 operations: what does not fit must be split."""
+    store = EtcdStore(etcd, prefix=prefix, clock=clock, max_txn_ops=16)
+    yield Small(store, EtcdHooks(store), make_world(store))
+    store.close()
+
+
 def test_deleting_a_hook_takes_more_deliveries_than_one_transaction_holds(
-    etcd: Etcd, prefix: str, clock: FakeClock
+    etcd: Etcd, prefix: str, small: Small
 ) -> None:
-    small = EtcdStore(etcd, prefix=prefix, clock=clock, max_txn_ops=16)
-    hooks = EtcdHooks(small)
-    world = make_world(small)
+    hooks, world = small.hooks, small.world
     hook, kept = new_hook(hooks, repo=world.repo), new_hook(hooks, repo=world.repo)
     deliveries = [queue(hooks, hook, world.repo) for _ in range(40)]
     for delivery in deliveries[:20]:
@@ -146,14 +154,10 @@ def test_deleting_a_hook_takes_more_deliveries_than_one_transaction_holds(
     assert hooks.announced_refs(world.repo.id) == {}
 
 
-def test_a_success_releases_no_more_back_off_than_one_transaction_holds(
-    etcd: Etcd, prefix: str, clock: FakeClock
-) -> None:
-    small = EtcdStore(etcd, prefix=prefix, clock=clock, max_txn_ops=16)
-    hooks = EtcdHooks(small)
-    world = make_world(small)
+def test_a_success_releases_no_more_back_off_than_one_transaction_holds(small: Small) -> None:
+    hooks, world = small.hooks, small.world
     hook = new_hook(hooks, org=world.org)
-    repos = [small.create_repo(world.org.id, f"r{i}", storage_id=f"sr-{i}") for i in range(10)]
+    repos = [small.store.create_repo(world.org.id, f"r{i}", storage_id=f"sr-{i}") for i in range(10)]
     waiting = [fail(hooks, queue(hooks, hook, repo), T0) for repo in repos]
     deliver(hooks, waiting[0], T0 + SECOND)  # the attempt itself succeeds, whatever fits is released
     released = [hooks.get_delivery(w.id) for w in waiting[1:]]

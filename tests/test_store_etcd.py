@@ -17,7 +17,7 @@ from bulwark.models import Account, AccountType, OrgRole, Permission, Scope
 from bulwark.store.etcd import EtcdStore
 
 import helpers
-from etcd_helpers import etcd_client, serve_etcd
+from etcd_helpers import etcd_client, fresh_prefix, serve_etcd
 from store_contract import StoreContract, fingerprint
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
@@ -29,12 +29,7 @@ etcd = pytest.fixture(etcd_client, scope="module", name="etcd")
 run_in_threads = functools.partial(helpers.run_in_threads, timeout=50)
 
 
-@pytest.fixture
-def prefix(etcd: Etcd) -> Iterator[str]:
-    """A fresh key prefix, removed again after the test."""
-    value = f"/test/{uuid.uuid4().hex}/"
-    yield value
-    etcd.delete(value, prefix=True)
+prefix = pytest.fixture(fresh_prefix, name="prefix")
 
 
 @pytest.fixture

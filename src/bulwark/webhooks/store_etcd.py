@@ -1,5 +1,5 @@
 """Webhooks on etcd: the hooks, the outbox of their deliveries with every attempt, and the refs
-last announced, in the cluster's metadata store (``store/etcd.py``), which this follows: JSON
+last announced, in the cluster's metadata store (``store/etcd/``), which this follows: JSON
 values, zero-padded ids, writes as one transaction whose compares say "nothing I relied on has
 changed", started over on collision.
 
