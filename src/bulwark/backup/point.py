@@ -11,19 +11,16 @@ is what it was during the whole reading.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from bulwark.backup import barrier
 from bulwark.backup.metadata import export
-from bulwark.cluster import keys
 from bulwark.errors import Conflict, GitError, NotFound, Unavailable
-from bulwark.etcd import Compare, Op
 from bulwark.git.runner import Ref, checksum_of, read_ref_files
 from bulwark.node import Node
-from bulwark.roles import NodeRole, Traffic
+from bulwark.roles import NodeRole
 
 FORMAT = 1
 ATTEMPTS = 5
@@ -77,21 +74,8 @@ def _repository(node: Node, record: dict[str, Any], document: dict[str, Any]) ->
 
 
 def _refs_and_head(node: Node, storage_id: str) -> tuple[list[Ref], str | None]:
-    rt = node.cluster
-    if rt is None:
-        return _local_refs_and_head(node, storage_id)
-    from bulwark.cluster.gitrouter import ClusterGit
-
-    assert isinstance(node.git, ClusterGit)
-    route = rt.route(storage_id, Traffic.READ)
-    if route is None:
-        raise Unavailable(f"no up-to-date replica of repository {storage_id} is reachable; the backup cannot "
-                          "include it")
-    if route.local:
-        return _local_refs_and_head(node, storage_id)
-    raw = rt.peers.refs(route.url, storage_id, [])
-    refs = [Ref(name=r["name"], oid=r["oid"], type=r["type"]) for r in raw]
-    return refs, rt.peers.head(route.url, storage_id)
+    remote = node.cluster.remote_refs_and_head(storage_id) if node.cluster is not None else None
+    return remote if remote is not None else _local_refs_and_head(node, storage_id)
 
 
 def _local_refs_and_head(node: Node, storage_id: str) -> tuple[list[Ref], str | None]:
@@ -102,32 +86,14 @@ def _local_refs_and_head(node: Node, storage_id: str) -> tuple[list[Ref], str | 
         head, refs = files
         branch = head.removeprefix("refs/heads/") if head.startswith("refs/heads/") else None
         return [Ref(name=name, oid=oid, type="") for name, oid in sorted(refs.items())], branch
-    from bulwark.cluster.gitrouter import ClusterGit
-
-    if isinstance(node.git, ClusterGit):
-        return node.git.local_refs(storage_id), node.git.local_head(storage_id)
-    return node.git.refs(storage_id), node.git.head_branch(storage_id)
+    return node.git.local_refs(storage_id), node.git.local_head(storage_id)
 
 
 @contextlib.contextmanager
 def _no_ref_updates(node: Node, timeout: float = 60.0) -> Iterator[None]:
-    rt = node.cluster
-    if rt is None:
-        with barrier.held(node.settings.data_dir, timeout):
+    if node.cluster is not None:
+        with node.cluster.backup_barrier(timeout):
             yield
         return
-    # Cluster: raise the barrier (on this node's lease, so a crashed backup cannot leave it up),
-    # then wait for the pushes already holding a repository lock to finish.
-    key = keys.BACKUP_BARRIER
-    result = rt.etcd.txn([Compare.absent(key)], [Op.put(key, rt.name, rt.membership.lease())])
-    if not result.succeeded:
-        raise Unavailable("another backup of this cluster is reading its refs; try again")
-    try:
-        deadline = time.monotonic() + timeout
-        while rt.etcd.get_prefix(keys.LOCKS, keys_only=True):
-            if time.monotonic() > deadline:
-                raise Unavailable("pushes in progress did not finish in time for the backup; try again")
-            time.sleep(0.05)
+    with barrier.held(node.settings.data_dir, timeout):
         yield
-    finally:
-        rt.etcd.delete(key)

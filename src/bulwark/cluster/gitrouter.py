@@ -164,9 +164,6 @@ class ClusterGit(GitRunner):
 
     # -- this node's own copies (for the internal endpoints) ------------------------------------
 
-    def local_refs(self, storage_id: str, *patterns: str) -> list[Ref]:
-        return super().refs(storage_id, *patterns)
-
     def local_checksum(self, storage_id: str) -> str | None:
         return GitRunner.ref_checksum(self, storage_id) if super().exists(storage_id) else None
 
@@ -176,9 +173,6 @@ class ClusterGit(GitRunner):
 
     def local_remove(self, storage_id: str) -> None:
         super().remove(storage_id)
-
-    def local_head(self, storage_id: str) -> str | None:
-        return super().head_branch(storage_id) if super().exists(storage_id) else None
 
     def local_set_head(self, storage_id: str, branch: str) -> None:
         super().set_head(storage_id, branch)

@@ -7,13 +7,14 @@ layer asks it where a repository's request goes; the services ask it (through
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
 import socket
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 
 from bulwark.cluster import hooks, keys, router, state
 from bulwark.cluster import placement as placing
@@ -28,8 +29,8 @@ from bulwark.cluster.state import ClusterSnapshot, NodeBeat, Placement
 from bulwark.cluster.transactions import Transactions
 from bulwark.config import Settings
 from bulwark.errors import InvalidInput, Unavailable
-from bulwark.etcd import Etcd
-from bulwark.git.runner import GitRunner
+from bulwark.etcd import Compare, Etcd, Op
+from bulwark.git.runner import GitRunner, Ref
 from bulwark.roles import Traffic
 
 log = logging.getLogger("bulwark.cluster")
@@ -157,6 +158,40 @@ class ClusterRuntime:
         if url is None:
             raise Unavailable(f"node {node} is not in the cluster configuration")
         return self.peers.checksum(url, storage_id)
+
+    def remote_refs_and_head(self, storage_id: str) -> tuple[list[Ref], str | None] | None:
+        """A repository's refs and HEAD branch from another node's up-to-date replica; None when
+        this node's own copy is the one to read."""
+        route = self.route(storage_id, Traffic.READ)
+        if route is None:
+            raise Unavailable(f"no up-to-date replica of repository {storage_id} is reachable; the backup cannot "
+                              "include it")
+        if route.local:
+            return None
+        raw = self.peers.refs(route.url, storage_id, [])
+        refs = [Ref(name=r["name"], oid=r["oid"], type=r["type"]) for r in raw]
+        return refs, self.peers.head(route.url, storage_id)
+
+    @contextlib.contextmanager
+    def backup_barrier(self, timeout: float) -> Iterator[None]:
+        """No ref moves on any node while a backup reads the refs.
+
+        The barrier key stops leaders taking a repository's lock (cluster/coordinator.py); it is
+        put on this node's lease, so a crashed backup cannot leave it up. Then the pushes already
+        holding a lock are waited for."""
+        key = keys.BACKUP_BARRIER
+        result = self.etcd.txn([Compare.absent(key)], [Op.put(key, self.name, self.membership.lease())])
+        if not result.succeeded:
+            raise Unavailable("another backup of this cluster is reading its refs; try again")
+        try:
+            deadline = time.monotonic() + timeout
+            while self.etcd.get_prefix(keys.LOCKS, keys_only=True):
+                if time.monotonic() > deadline:
+                    raise Unavailable("pushes in progress did not finish in time for the backup; try again")
+                time.sleep(0.05)
+            yield
+        finally:
+            self.etcd.delete(key)
 
     def in_maintenance(self) -> str | None:
         return self.snapshot().maintenance.get(self.name)

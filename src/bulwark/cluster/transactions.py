@@ -24,7 +24,6 @@ import hashlib
 import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -112,14 +111,7 @@ class Transactions:
             missing = await self._missing(storage_id, missing)
         if missing:
             await self._fetch(storage_id, missing, source_url, source_config)
-        proc = await asyncio.create_subprocess_exec(
-            *self.git.command(["update-ref", "--stdin"]),
-            cwd=self.git.path(storage_id),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.git.env,
-        )
+        proc = await self.git.start(storage_id, ["update-ref", "--stdin"])
         assert proc.stdin is not None and proc.stdout is not None
         script = ["start"]
         for old, new, ref in lines:
@@ -228,16 +220,12 @@ class Transactions:
     async def thin_pack(self, storage_id: str, wanted: Sequence[str]) -> bytes | None:
         """The objects a replica with this node's current refs lacks for ``wanted``, as a thin pack;
         ``None`` if it exceeds ``pack_limit`` or git could not make it (followers then fetch)."""
-        path = self.git.path(storage_id)
-        tips = await self._git(path, ["for-each-ref", "--format=%(objectname)"])
+        tips = await self._git(storage_id, ["for-each-ref", "--format=%(objectname)"])
         if tips is None:
             return None
         revs = "".join(f"{oid}\n" for oid in wanted) + "--not\n" + tips.decode()
-        proc = await asyncio.create_subprocess_exec(
-            *self.git.command(["pack-objects", "--stdout", "--thin", "--revs", "--delta-base-offset", "-q"]),
-            cwd=path, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL, env=self.git.env,
-        )
+        proc = await self.git.start(storage_id, ["pack-objects", "--stdout", "--thin", "--revs",
+                                                 "--delta-base-offset", "-q"], stderr=asyncio.subprocess.DEVNULL)
         assert proc.stdin is not None and proc.stdout is not None
         feeding = asyncio.ensure_future(_feed(proc.stdin, revs.encode()))
         pack = bytearray()
@@ -262,25 +250,16 @@ class Transactions:
         objects = int.from_bytes(pack[8:12], "big")
         args = (["unpack-objects", "-q", "--strict"] if objects < UNPACK_LIMIT
                 else ["index-pack", "--stdin", "--fix-thin", "--strict"])
-        proc = await asyncio.create_subprocess_exec(
-            *self.git.command(args), cwd=self.git.path(storage_id), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=self.git.env,
-        )
+        proc = await self.git.start(storage_id, args, stdout=asyncio.subprocess.DEVNULL)
         _, stderr = await asyncio.wait_for(proc.communicate(pack), 300)
         if proc.returncode != 0:
             raise GitError(f"git {args[0]}: {stderr.decode(errors='replace').strip()[-300:]}")
 
     async def _fetch(self, storage_id: str, oids: list[str], source_url: str, source_config: Mapping[str, str]) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            *self.git.command(
-                ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", source_url, *oids],
-                extra_config={"fetch.fsckObjects": "true"},
-            ),
-            cwd=self.git.path(storage_id),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env={**self.git.env, **config_env(source_config)},
+        proc = await self.git.start(
+            storage_id, ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", source_url, *oids],
+            extra_config={"fetch.fsckObjects": "true"}, extra_env=config_env(source_config),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         )
         _, stderr = await asyncio.wait_for(proc.communicate(), 300)
         if proc.returncode != 0:
@@ -291,18 +270,17 @@ class Transactions:
         wanted = list(dict.fromkeys(oids))
         if not wanted:
             return []
-        out = await self._git(self.git.path(storage_id), ["cat-file", "--batch-check=%(objectname)"],
+        out = await self._git(storage_id, ["cat-file", "--batch-check=%(objectname)"],
                               "".join(f"{oid}\n" for oid in wanted).encode())
         if out is None:
             return wanted
         return [line.split()[0] for line in out.decode().splitlines() if line.endswith(" missing")]
 
-    async def _git(self, path: Path, args: list[str], input: bytes | None = None) -> bytes | None:
+    async def _git(self, storage_id: str, args: list[str], input: bytes | None = None) -> bytes | None:
         """Git's output, or ``None`` if it failed."""
-        proc = await asyncio.create_subprocess_exec(
-            *self.git.command(args), cwd=path, stdin=asyncio.subprocess.PIPE if input is not None else
-            asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            env=self.git.env,
+        proc = await self.git.start(
+            storage_id, args, stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(input), 60)

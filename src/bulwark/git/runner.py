@@ -323,6 +323,24 @@ class GitRunner:
             env=env,
         )
 
+    async def start(
+        self,
+        storage_id: str,
+        args: Sequence[str],
+        *,
+        extra_config: Mapping[str, str] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        stdin: int = asyncio.subprocess.PIPE,
+        stdout: int = asyncio.subprocess.PIPE,
+        stderr: int = asyncio.subprocess.PIPE,
+    ) -> asyncio.subprocess.Process:
+        """Start ``git args`` in a repository, its pipes as asked: for the cluster's push path,
+        whose processes are fed and read as they run (cluster/transactions.py)."""
+        return await asyncio.create_subprocess_exec(
+            *self.command(args, extra_config), cwd=self.path(storage_id), stdin=stdin, stdout=stdout,
+            stderr=stderr, env={**self.env, **(extra_env or {})},
+        )
+
     def clear_stale_locks(self, storage_id: str) -> None:
         """Before a push: remove ref lock files a killed git left (older than the grace, with
         no live process in the repository), so a crash never makes a branch unwritable."""
@@ -385,6 +403,15 @@ class GitRunner:
     def head_branch(self, storage_id: str) -> str | None:
         proc = self._in(storage_id, ["symbolic-ref", "--quiet", "--short", "HEAD"], check=False)
         return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
+
+    # This node's own copy, also where ``refs`` and ``head_branch`` are routed elsewhere (a
+    # cluster's ClusterGit answers them from an up-to-date replica, which may be another node's).
+
+    def local_refs(self, storage_id: str, *patterns: str) -> list[Ref]:
+        return GitRunner.refs(self, storage_id, *patterns)
+
+    def local_head(self, storage_id: str) -> str | None:
+        return GitRunner.head_branch(self, storage_id) if GitRunner.exists(self, storage_id) else None
 
     def set_head(self, storage_id: str, branch: str) -> None:
         self._in(storage_id, ["symbolic-ref", "HEAD", f"refs/heads/{branch}"])
