@@ -22,6 +22,7 @@ from bulwark.models import Account, Repository
 from bulwark.roles import NodeRole, Traffic
 from bulwark.security import PasswordHasher
 from bulwark.services.accounts import AccountService
+from bulwark.services.maintenance import MaintenanceService
 from bulwark.services.repo_lists import RepoLists
 from bulwark.services.repositories import RepositoryService
 from bulwark.services.ssh_keys import KeyService
@@ -68,6 +69,7 @@ class Node:
         self.repos = RepositoryService(self.store, self.git, self.clock, events=self.webhooks)
         self.keys = KeyService(self.store, self.clock, metadata_writable=lambda: self.role is not NodeRole.HA_REPLICA)
         self.repo_lists = RepoLists(self.store)
+        self.maintenance = MaintenanceService(self.store, self.clock)
         self._ha: tuple[float, HAState] | None = None
         # Set when the server was asked to stop: /status answers 503 while it drains (http/listening.py).
         self.stopping = False

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import secrets
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bulwark.cli import cluster_dev
@@ -31,13 +29,13 @@ from bulwark.cli.common import (
     settings_for,
 )
 from bulwark.cli.output import print_json, print_table, say
-from bulwark.cluster import keys, state
-from bulwark.cluster.config import ClusterConfig, NodeSpec, parse_cluster_file
-from bulwark.cluster.placement import Move, eligible_nodes, plan_rebalance, replica_counts
+from bulwark.cluster import operations, state
+from bulwark.cluster.config import parse_cluster_file
+from bulwark.cluster.placement import eligible_nodes, plan_rebalance, replica_counts
 from bulwark.cluster.report import ClusterReport, gather, render
 from bulwark.cluster.state import BUILDING, ClusterSnapshot, Placement
 from bulwark.errors import Unavailable
-from bulwark.etcd import Compare, Etcd, EtcdUnavailable, Op
+from bulwark.etcd import Etcd, EtcdUnavailable
 from bulwark.levels import Level
 
 app = typer.Typer(
@@ -94,30 +92,6 @@ def _etcd(endpoints: Sequence[str]) -> Iterator[Etcd]:
             etcd.close()
 
 
-def _stored_config(etcd: Etcd) -> tuple[ClusterConfig, int]:
-    kv = etcd.get(keys.CONFIG)
-    if kv is None:
-        raise fail("etcd holds no cluster configuration; run 'bulwark cluster init --config FILE' first")
-    return ClusterConfig.from_json(kv.text), kv.mod_revision
-
-
-def _store_config(etcd: Etcd, config: ClusterConfig, revision: int) -> None:
-    """Compare-and-set on the config key: a concurrent change makes this fail, not vanish."""
-    result = etcd.txn([Compare.unchanged(keys.CONFIG, revision)], [Op.put(keys.CONFIG, config.to_json())])
-    if not result.succeeded:
-        raise fail("the stored configuration changed meanwhile; run the command again")
-
-
-def _replicas_on(snapshot: ClusterSnapshot, node: str) -> int:
-    return sum(1 for p in snapshot.placements.values() if node in p.replicas)
-
-
-def _known_node(snapshot: ClusterSnapshot, node: str) -> None:
-    if snapshot.config.node(node) is None:
-        names = ", ".join(n.name for n in snapshot.config.nodes)
-        raise fail(f"node {node!r} is not in the cluster configuration (nodes: {names})")
-
-
 # -- setting up ----------------------------------------------------------------------------
 
 
@@ -134,48 +108,16 @@ def init(
     """
     with errors_as_messages():
         cluster = parse_cluster_file(config)
-    with _etcd(_split(etcd_urls) if etcd_urls else list(cluster.etcd)) as etcd:
-        existing = state.read_config(etcd)
-        if existing is not None and not force:
-            raise fail(
-                f"etcd already holds the configuration of cluster {existing.name!r}; change it with "
-                "'bulwark cluster config-apply', or pass --force to replace it"
-            )
-        guard = [] if force else [Compare.absent(keys.CONFIG)]
-        if not etcd.txn(guard, [Op.put(keys.CONFIG, cluster.to_json())]).succeeded:
-            raise fail("another 'cluster init' stored a configuration meanwhile")
-        fresh_secret = etcd.txn([Compare.absent(keys.SECRET)], [Op.put(keys.SECRET, secrets.token_hex(32))])
+    with _etcd(_split(etcd_urls) if etcd_urls else list(cluster.etcd)) as etcd, errors_as_messages():
+        fresh_secret = operations.init(etcd, cluster, force=force)
     storage = len(cluster.storage_nodes)
     say(
         f"Cluster {cluster.name!r} stored in etcd: {len(cluster.nodes)} nodes ({storage} storing repositories), "
         f"replication factor {cluster.effective_rf()}."
     )
-    say("Generated a new shared secret for node-to-node calls." if fresh_secret.succeeded
+    say("Generated a new shared secret for node-to-node calls." if fresh_secret
         else "Kept the shared secret already in etcd.")
     say(f"Start each node with cluster_node = \"NAME\" and etcd = [{', '.join(repr(e) for e in cluster.etcd)}].")
-
-
-def _describe(spec: NodeSpec) -> str:
-    return f"{spec.name} ({spec.url}, {','.join(r.value for r in spec.roles)})"
-
-
-def config_changes(old: ClusterConfig, new: ClusterConfig) -> list[str]:
-    """Human lines for what applying ``new`` over ``old`` changes (empty: nothing)."""
-    lines: list[str] = []
-    if old.name != new.name:
-        lines.append(f"~ cluster name: {old.name} -> {new.name}")
-    if old.replication_factor != new.replication_factor:
-        lines.append(f"~ replication factor: {old.replication_factor} -> {new.replication_factor}")
-    if old.etcd != new.etcd:
-        lines.append(f"~ etcd: {', '.join(old.etcd)} -> {', '.join(new.etcd)}")
-    before = {n.name: n for n in old.nodes}
-    after = {n.name: n for n in new.nodes}
-    lines += [f"+ node {_describe(after[n])}" for n in sorted(set(after) - set(before))]
-    lines += [f"- node {_describe(before[n])}" for n in sorted(set(before) - set(after))]
-    for name in sorted(set(before) & set(after)):
-        if before[name] != after[name]:
-            lines.append(f"~ node {_describe(before[name])} -> {_describe(after[name])}")
-    return lines
 
 
 @app.command("config-apply")
@@ -193,30 +135,19 @@ def config_apply(
     """
     with errors_as_messages():
         new = parse_cluster_file(config)
-    with _etcd(_endpoints(etcd_urls, data_dir, None, new.etcd)) as etcd:
-        old, revision = _stored_config(etcd)
-        changes = config_changes(old, new)
+    with _etcd(_endpoints(etcd_urls, data_dir, None, new.etcd)) as etcd, errors_as_messages():
+        old, revision = operations.stored_config(etcd)
+        changes = operations.config_changes(old, new)
         if not changes:
             say(f"The stored configuration already matches {config}; nothing to do.")
             return
         for line in changes:
             say(line)
-        counts = replica_counts(state.snapshot(etcd))
-        still_storing = {n.name for n in new.storage_nodes}
-        leaving = [n.name for n in old.storage_nodes if n.name not in still_storing and counts.get(n.name, 0) > 0]
-        if leaving:
-            held = ", ".join(f"{n} holds {counts[n]}" for n in leaving)
-            raise fail(
-                f"nodes leaving storage still hold replicas ({held}): run 'bulwark cluster evacuate NODE' first, "
-                "or 'bulwark cluster remove-node NODE --no-evacuate' for a node that is gone for good"
-            )
+        operations.check_leaving(old, new, replica_counts(state.snapshot(etcd)))
         if dry_run:
             say("Dry run: nothing stored.")
             return
-        _store_config(etcd, new, revision)
-        for gone in {n.name for n in old.nodes} - {n.name for n in new.nodes}:
-            state.set_flag(etcd, keys.evacuating(gone), None)
-            state.set_flag(etcd, keys.maintenance(gone), None)
+        operations.apply_config(etcd, old, new, revision)
     say("Stored. Nodes pick the new configuration up within seconds; the reconciler re-replicates as needed.")
     if set(n.name for n in new.storage_nodes) - set(n.name for n in old.storage_nodes):
         say("New storage nodes get replicas of new repositories; run 'bulwark cluster rebalance' to move some now.")
@@ -321,10 +252,9 @@ def _lost_json(snap: ClusterSnapshot, placement: Placement) -> dict[str, Any]:
 
 def _evacuate(etcd: Etcd, node: str, *, wait: bool, timeout: float, poll: float) -> int:
     """Flag ``node`` as evacuating; with ``wait``, watch its replicas go. The number left."""
-    snap = state.snapshot(etcd)
-    _known_node(snap, node)
-    state.set_flag(etcd, keys.evacuating(node), "1")
-    total = _replicas_on(snap, node)
+    with errors_as_messages():
+        snap = operations.start_evacuation(etcd, node)
+    total = operations.replicas_on(snap, node)
     say(f"Node {node} is evacuating: {total} replicas to move.")
     if total and snap.reconciler is None:
         say("warning: no reconciler is elected; replicas move only while a node runs one.", err=True)
@@ -345,7 +275,7 @@ def _evacuate(etcd: Etcd, node: str, *, wait: bool, timeout: float, poll: float)
         task = bar.add_task("evacuate", total=total)
         while left and time.monotonic() < deadline:
             time.sleep(poll)
-            now_left = _replicas_on(state.snapshot(etcd), node)
+            now_left = operations.replicas_on(state.snapshot(etcd), node)
             if now_left != left and not err_console.is_terminal:
                 say(f"{now_left} replicas left on {node}")
             left = now_left
@@ -400,21 +330,10 @@ def remove_node(
             left = _evacuate(etcd, node, wait=True, timeout=timeout, poll=poll)
             if left:
                 raise fail(f"timed out: {left} replicas still on {node}; it stays in the cluster until it is empty")
-        current, revision = _stored_config(etcd)
-        if current.node(node) is None:
-            raise fail(f"node {node!r} is not in the cluster configuration")
-        raw = current.model_dump(mode="json")
-        raw["nodes"] = [n for n in raw["nodes"] if n["name"] != node]
-        try:
-            smaller = ClusterConfig.model_validate(raw)
-        except ValidationError as exc:
-            raise fail(f"cannot remove {node}: {exc.errors()[0]['msg']}") from None
-        _store_config(etcd, smaller, revision)
-        state.set_flag(etcd, keys.evacuating(node), None)
-        state.set_flag(etcd, keys.maintenance(node), None)
-        snap = state.snapshot(etcd)
+        with errors_as_messages():
+            snap = operations.remove_node(etcd, node)
     say(f"Node {node} is no longer part of the cluster.")
-    held = _replicas_on(snap, node)
+    held = operations.replicas_on(snap, node)
     if held:
         say(f"{held} replicas were on {node}; the reconciler re-creates them on other nodes.")
     if snap.is_alive(node):
@@ -446,16 +365,7 @@ def rebalance(
         if dry_run:
             say(f"Dry run: {len(moves)} moves planned, nothing changed.")
             return
-        queued = 0
-        for move in moves:
-
-            def add(p: Placement, move: Move = move) -> Placement:
-                if move.to_node in p.replicas or move.from_node not in p.replicas:
-                    return p  # changed since the plan
-                return p.with_replicas({**p.replicas, move.to_node: BUILDING})
-
-            after = state.update_placement(etcd, move.storage_id, add)
-            queued += bool(after and after.replicas.get(move.to_node) == BUILDING)
+        queued = operations.queue_moves(etcd, moves)
     say(f"Queued {queued} moves: the reconciler copies each repository to its new node, then drops the extra "
         "replica.")
 
@@ -475,9 +385,8 @@ def maintenance(
     requests already under way finish. It keeps its replicas and still takes part in writes;
     new replicas go elsewhere when they can. Turn it off when the work is done.
     """
-    with _etcd(_endpoints(etcd_urls, data_dir, config)) as etcd:
-        _known_node(state.snapshot(etcd), node)
-        state.set_flag(etcd, keys.maintenance(node), message if switch is Switch.ON else None)
+    with _etcd(_endpoints(etcd_urls, data_dir, config)) as etcd, errors_as_messages():
+        operations.set_maintenance(etcd, node, message if switch is Switch.ON else None)
     if switch is Switch.ON:
         say(f"Node {node} is in maintenance: {message}. The load balancer drains it within a health check.")
     else:

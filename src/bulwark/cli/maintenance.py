@@ -12,7 +12,6 @@ import typer
 
 from bulwark.cli.common import ConfigOption, DataDirOption, JsonOption, opened_node
 from bulwark.cli.output import iso, print_json, say, when
-from bulwark.models import MaintenanceState
 
 app = typer.Typer(
     help="Maintenance mode: answer 503 to Git and API requests while you work on the node.",
@@ -34,7 +33,7 @@ def on(
     admin API), and /status answers 503 so load balancers drain the node.
     """
     with opened_node(data_dir, config) as node:
-        node.store.set_maintenance(MaintenanceState(enabled=True, message=message, since=node.clock.now()))
+        node.maintenance.turn_on(message)
     say("Maintenance mode is on" + (f": {message}" if message else "."))
 
 
@@ -42,7 +41,7 @@ def on(
 def off(data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
     """Turn maintenance mode off: the node serves traffic again."""
     with opened_node(data_dir, config) as node:
-        node.store.set_maintenance(MaintenanceState(enabled=False))
+        node.maintenance.turn_off()
     say("Maintenance mode is off.")
 
 
@@ -50,7 +49,7 @@ def off(data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
 def status(json: JsonOption = False, data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
     """Say whether maintenance mode is on (exit code 0 either way)."""
     with opened_node(data_dir, config) as node:
-        state = node.store.get_maintenance()
+        state = node.maintenance.state()
     if json:
         print_json({"enabled": state.enabled, "message": state.message, "since": iso(state.since)})
     elif state.enabled:

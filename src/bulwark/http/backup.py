@@ -22,7 +22,6 @@ from bulwark.errors import Conflict
 from bulwark.ha import state as ha_state
 from bulwark.http.api.common import call, context, json_body
 from bulwark.http.auth import site_admin
-from bulwark.models import MaintenanceState
 from bulwark.node import Node
 from bulwark.roles import NodeRole, Traffic
 
@@ -47,14 +46,13 @@ async def maintenance_on(request: Request) -> Response:
     node = await _site_admin(request)
     body = await json_body(request) if await request.body() else {}
     message = str(body.get("message", "")) if isinstance(body, dict) else ""
-    state = MaintenanceState(enabled=True, message=message, since=node.clock.now())
-    await call(node.store.set_maintenance, state)
+    await call(node.maintenance.turn_on, message)
     return JSONResponse({"enabled": True, "message": message})
 
 
 async def maintenance_off(request: Request) -> Response:
     node = await _site_admin(request)
-    await call(node.store.set_maintenance, MaintenanceState(enabled=False))
+    await call(node.maintenance.turn_off)
     return JSONResponse({"enabled": False})
 
 

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from bulwark.errors import AlreadyExists, InvalidInput, NotFound
-from bulwark.models import AccountType, MaintenanceState
+from bulwark.models import AccountType
 from bulwark.node import Node, Traffic
 from bulwark.services.permissions import Principal, require_site_admin
 from bulwark.web import session
@@ -90,8 +90,10 @@ def _act(node: Node, principal: Principal, action: str, fields: dict[str, str]) 
         accounts.set_site_admin(user, action == "promote")
     elif action == "maintenance":
         on = fields.get("enabled") == "1"
-        node.store.set_maintenance(MaintenanceState(enabled=True, message=fields.get("message", "").strip(),
-                                                    since=node.clock.now()) if on else MaintenanceState(False))
+        if on:
+            node.maintenance.turn_on(fields.get("message", "").strip())
+        else:
+            node.maintenance.turn_off()
     else:
         raise InvalidInput("unknown action")
 
