@@ -24,7 +24,7 @@ FORBIDDEN = {
     "web": {"assembly", "cli"},
     "ssh": {"assembly", "cli"},
 }
-LEAVES = ("errors", "roles", "levels", "processes", "etcd", "clock", "names")
+LEAVES = ("errors", "roles", "levels", "processes", "etcd", "clock", "names", "models", "config", "security")
 
 
 def _package(parts: tuple[str, ...]) -> str:
