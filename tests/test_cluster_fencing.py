@@ -14,10 +14,10 @@ import pytest
 
 from bulwark.cluster import intents, keys, state
 from bulwark.cluster.client import refuses_connections
-from bulwark.cluster.coordinator import Coordinator, Push
 from bulwark.cluster.locks import RepoLocks, RepositoryBusy
+from bulwark.cluster.push_follower import vote_of
+from bulwark.cluster.push_leader import Coordinator, Push
 from bulwark.cluster.state import BUILDING, Placement
-from bulwark.cluster.transactions import vote_of
 from bulwark.errors import Unavailable
 from bulwark.etcd import Etcd
 

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.routing import BaseRoute, Mount, Route
 
-from bulwark.http import api, backup, manage, pages, status
+from bulwark.http import api, backup, pages, replication, status
 
 from helpers import Server, git, git_env
 
@@ -62,7 +62,7 @@ def _walk(routes: list[BaseRoute], prefix: str) -> Iterator[Endpoint]:
 
 
 ENDPOINTS = sorted(
-    {*_walk(list(api.routes), "/api/v3"), *_walk([*manage.routes, *backup.routes], "/manage/v1"),
+    {*_walk(list(api.routes), "/api/v3"), *_walk([*replication.routes, *backup.routes], "/manage/v1"),
      *_walk(list(pages.routes), ""), *_walk(list(status.routes), "")},
     key=lambda e: (e.path, e.method),
 )

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bulwark.http import manage
+from bulwark.http import replication
 from monitoring_helpers import CALM, overview, scrape
 
 from ha_helpers import ha_pair, repl, repl_status, wait_for
@@ -47,7 +47,7 @@ def test_setup_calls_the_replica_back_and_a_replica_answers_admin_gets(tmp_path:
         on_primary = repl_status(primary)
         assert [x["url"] for x in on_primary["replicas"]] == [replica.url]
 
-        assert {p for r_ in manage.routes if "GET" in (getattr(r_, "methods", None) or ())
+        assert {p for r_ in replication.routes if "GET" in (getattr(r_, "methods", None) or ())
                 for p in [getattr(r_, "path", "")]} == set(ADMIN_GETS) | STREAM_GETS
         headers = {"Authorization": f"token {replica.token}"}
         for path, expected in ADMIN_GETS.items():

@@ -140,7 +140,7 @@ class Node:
             fenced = self.cluster.fenced_reason()
             if fenced:
                 return False, f"fenced: this node {fenced}"
-            if strict and self.cluster.membership.in_doubt():
+            if strict and self.cluster.session.in_doubt():
                 # A renewal is overdue: answer now rather than wait on an etcd that may be cut off.
                 return False, "session in doubt: this node has not renewed its etcd lease on time"
         maintenance = self.store.get_maintenance()

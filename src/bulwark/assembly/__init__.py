@@ -80,7 +80,7 @@ def _clear_leftovers(git: GitRunner, labels: dict[str, str]) -> None:
 
 
 def _open_cluster_node(settings: Settings, clock: Clock, hasher: PasswordHasher, *, starting: bool) -> Node:
-    from bulwark.cluster.gitrouter import ClusterGit
+    from bulwark.cluster.replicated_git import ClusterGit
     from bulwark.cluster.runtime import ClusterRuntime
     from bulwark.errors import InvalidInput
     from bulwark.etcd import Etcd

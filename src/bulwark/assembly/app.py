@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount
 
 from bulwark.gitservice.slots import GitSlots, Limits
-from bulwark.http import api, backup, internal, manage, metrics, pages, smart, status
+from bulwark.http import api, backup, internal, metrics, pages, replication, smart, status
 from bulwark.http.accesslog import AccessLog
 from bulwark.http.api import keys as api_keys
 from bulwark.http.errors import HANDLERS
@@ -51,7 +51,7 @@ def create_app(node: Node, guard: Guard | None = None) -> Starlette:
         # Git routes first: the replication fetch routes live under /manage/v1 too.
         *smart.routes,
         Mount("/api/v3", routes=api.routes),
-        Mount("/manage/v1", routes=[*manage.routes, *backup.routes]),
+        Mount("/manage/v1", routes=[*replication.routes, *backup.routes]),
         *internal.routes,
         # Last: the pages' /{owner} and /{owner}/{repo} would take every path above.
         *web.routes,

@@ -79,7 +79,7 @@ class ClusterLoops:
             rt.peers,
             rt.locks,
             node=rt.name,
-            lease=rt.membership.lease,
+            lease=rt.session.lease,
             interval=s.cluster_reconcile_interval,
             verify_every=s.cluster_verify_interval,
             verify_budget=s.cluster_verify_budget,

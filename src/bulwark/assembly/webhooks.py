@@ -20,7 +20,7 @@ def deliverer_for(node: Node) -> Deliverer | None:
     # On a cluster, one node at a time delivers: the one holding the key, which goes with its
     # session, so another node takes over within the lease's TTL when it dies or is cut off.
     election = None if cluster is None else Election(
-        cluster.etcd, WEBHOOK_DELIVERER, cluster.name, cluster.membership.lease, job="the webhook deliverer")
+        cluster.etcd, WEBHOOK_DELIVERER, cluster.name, cluster.session.lease, job="the webhook deliverer")
 
     def may_deliver() -> str | None:
         if node.stopping:

@@ -24,7 +24,7 @@ from bulwark.errors import Conflict, NotFound
 from bulwark.git import leftovers
 
 if TYPE_CHECKING:
-    from bulwark.cluster.gitrouter import ClusterGit
+    from bulwark.cluster.replicated_git import ClusterGit
     from bulwark.cluster.runtime import ClusterRuntime
 
 log = logging.getLogger("bulwark.cluster")

@@ -2,7 +2,7 @@
 
 Built by :func:`bulwark.assembly.open_node` when the settings name a cluster node. The HTTP
 layer asks it where a repository's request goes; the services ask it (through
-:class:`~bulwark.cluster.gitrouter.ClusterGit`) to create and remove replicas.
+:class:`~bulwark.cluster.replicated_git.ClusterGit`) to create and remove replicas.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from bulwark.cluster import hooks, keys, router, state
 from bulwark.cluster import placement as placing
 from bulwark.cluster.client import AsyncPeers, PeerClient, git_auth_config, refuses_connections
 from bulwark.cluster.config import ClusterConfig
-from bulwark.cluster.coordinator import Coordinator
 from bulwark.cluster.locks import RepoLocks
-from bulwark.cluster.membership import Membership
 from bulwark.cluster.mirror import Mirror
 from bulwark.cluster.proxy import Forwarder
+from bulwark.cluster.push_follower import Transactions
+from bulwark.cluster.push_leader import Coordinator
+from bulwark.cluster.session import LeaseSession
 from bulwark.cluster.state import ClusterSnapshot, NodeBeat, Placement
-from bulwark.cluster.transactions import Transactions
 from bulwark.config import Settings
 from bulwark.errors import InvalidInput, Unavailable
 from bulwark.etcd import Compare, Etcd, Op
@@ -63,8 +63,8 @@ class ClusterRuntime:
         self.data_dir = settings.data_dir
         self.git = git
         self.started_at = time.time()
-        self.membership = Membership(etcd, name, self._beat, ttl=settings.lease_ttl, take_over=self._was_mine)
-        self.locks = RepoLocks(etcd, self.membership.lease, holder=name, gone=self._process_gone)
+        self.session = LeaseSession(etcd, name, self._beat, ttl=settings.lease_ttl, take_over=self._was_mine)
+        self.locks = RepoLocks(etcd, self.session.lease, holder=name, gone=self._process_gone)
         self.peers = PeerClient(secret, name)
         self.transactions = Transactions(git, leader_alive=self.node_alive_at, lock_holds=self.locks.holds)
         # Every placement, kept by a watch: for views that may be a moment old, never for routing.
@@ -144,7 +144,7 @@ class ClusterRuntime:
         return url is not None and refuses_connections(url)
 
     def holds_lease(self, lease: int, margin: float) -> bool:
-        return self.membership.holds(lease, margin=margin)
+        return self.session.holds(lease, margin=margin)
 
     def _local_refs(self, storage_id: str) -> dict[str, str]:
         return {r.name: r.oid for r in GitRunner.refs(self.git, storage_id)}
@@ -176,11 +176,11 @@ class ClusterRuntime:
     def backup_barrier(self, timeout: float) -> Iterator[None]:
         """No ref moves on any node while a backup reads the refs.
 
-        The barrier key stops leaders taking a repository's lock (cluster/coordinator.py); it is
+        The barrier key stops leaders taking a repository's lock (cluster/push_leader.py); it is
         put on this node's lease, so a crashed backup cannot leave it up. Then the pushes already
         holding a lock are waited for."""
         key = keys.BACKUP_BARRIER
-        result = self.etcd.txn([Compare.absent(key)], [Op.put(key, self.name, self.membership.lease())])
+        result = self.etcd.txn([Compare.absent(key)], [Op.put(key, self.name, self.session.lease())])
         if not result.succeeded:
             raise Unavailable("another backup of this cluster is reading its refs; try again")
         try:
@@ -197,7 +197,7 @@ class ClusterRuntime:
         return self.snapshot().maintenance.get(self.name)
 
     def fenced_reason(self) -> str | None:
-        return self.membership.fenced_reason()
+        return self.session.fenced_reason()
 
     def route(self, storage_id: str, access: Traffic, avoid: Collection[str] = ()) -> router.Route | None:
         placement = self.placement(storage_id)
@@ -265,15 +265,15 @@ class ClusterRuntime:
 
     def start(self) -> None:
         try:
-            self.membership.join()
+            self.session.join()
         except Unavailable as exc:
             log.warning("cluster: could not register with etcd yet (%s); retrying in the background", exc)
-        self.membership.start()
+        self.session.start()
         self.placements.start()
 
     def stop(self) -> None:
         self.placements.stop()
-        self.membership.stop()
+        self.session.stop()
         self.peers.close()
 
     def check_own_replicas(self) -> str:

@@ -335,7 +335,7 @@ class GitRunner:
         stderr: int = asyncio.subprocess.PIPE,
     ) -> asyncio.subprocess.Process:
         """Start ``git args`` in a repository, its pipes as asked: for the cluster's push path,
-        whose processes are fed and read as they run (cluster/transactions.py)."""
+        whose processes are fed and read as they run (cluster/push_follower.py)."""
         return await asyncio.create_subprocess_exec(
             *self.command(args, extra_config), cwd=self.path(storage_id), stdin=stdin, stdout=stdout,
             stderr=stderr, env={**self.env, **(extra_env or {})},

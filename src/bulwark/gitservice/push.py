@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
-from bulwark.cluster.coordinator import Outcome, Push
+from bulwark.cluster.push_leader import Outcome, Push
 from bulwark.git import pktline, report
 from bulwark.git.runner import GitRunner
 from bulwark.gitservice.session import RECEIVE_PACK, GitSession

@@ -1,6 +1,6 @@
 """What an HA primary does for its replicas: registers them (issuing each a credential),
 authenticates and epoch-checks their calls, records how far each has read, and is fenced by a
-promoted one. ``http/manage.py`` carries these over HTTP; nothing here knows of requests.
+promoted one. ``http/replication.py`` carries these over HTTP; nothing here knows of requests.
 """
 
 from __future__ import annotations

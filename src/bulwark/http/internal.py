@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from bulwark.cluster import repair
 from bulwark.cluster.client import git_url
-from bulwark.cluster.gitrouter import ClusterGit
+from bulwark.cluster.replicated_git import ClusterGit
 from bulwark.cluster.runtime import ClusterRuntime
 from bulwark.errors import BadRequest, InvalidInput, NotFound, Unauthenticated
 from bulwark.node import Node

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bulwark.ha import state as ha_state
-from bulwark.http import manage
+from bulwark.http import replication
 from bulwark.http.auth import site_admin
 from bulwark.monitoring import overview as ov
 from bulwark.monitoring import running
@@ -74,5 +74,5 @@ routes = [
     Route("/status", status, methods=["GET", "HEAD"]),
     Route("/status/fallback", status, methods=["GET", "HEAD"]),
     Route("/status/node", own_node, methods=["GET"]),
-    Route("/status/replication", manage.replica_health, methods=["GET", "HEAD"]),
+    Route("/status/replication", replication.replica_health, methods=["GET", "HEAD"]),
 ]

@@ -55,7 +55,7 @@ class ClusterView:
 
     def _read(self) -> ClusterFacts:
         rt = self.runtime
-        session = rt.membership.connected()
+        session = rt.session.connected()
         try:
             snapshot = rt.full_snapshot()  # this view is the cache
         except BulwarkError as exc:

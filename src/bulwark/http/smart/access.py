@@ -9,7 +9,7 @@ from bulwark.cluster.proxy import SSH_KEY_HEADER
 from bulwark.errors import BadRequest, Forbidden, InvalidInput, NotFound, Unauthenticated
 from bulwark.gitservice.access import authorize
 from bulwark.gitservice.session import UPLOAD_PACK
-from bulwark.http import internal, manage
+from bulwark.http import internal, replication
 from bulwark.http.auth import principal_of
 from bulwark.http.backup import RESTORE_HEADER
 from bulwark.models import Account, AccountType, Permission, Repository
@@ -93,7 +93,7 @@ def _ssh_holder(node: Node, request: Request) -> Holder | None:
 def _authorize_replica(request: Request, service: str) -> RepoAccess:
     """A replica fetching a repository by storage id with its replication credential."""
     node = _node(request)
-    manage.authenticated_replica(request)
+    replication.authenticated_replica(request)
     if service != UPLOAD_PACK:
         raise NotFound("replicas only fetch")
     storage_id = request.path_params["storage_id"].removesuffix(".git")

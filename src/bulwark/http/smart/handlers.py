@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from bulwark.cluster.coordinator import Push
+from bulwark.cluster.push_leader import Push
 from bulwark.errors import BadRequest, GitError, NotFound, PayloadTooLarge, Unavailable
 from bulwark.git import pktline, report
 from bulwark.gitservice import slots as gitslots

@@ -22,7 +22,7 @@ from bulwark.etcd import Etcd
 log = logging.getLogger("bulwark.cluster")
 
 
-class Membership:
+class LeaseSession:
     def __init__(self, etcd: Etcd, name: str, beat: Callable[[], NodeBeat], *, ttl: int = 3,
                  take_over: Callable[[NodeBeat], bool] | None = None) -> None:
         self.etcd = etcd

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from bulwark.cluster import keys
-from bulwark.cluster.membership import Membership
 from bulwark.cluster.runtime import port_is_free
+from bulwark.cluster.session import LeaseSession
 from bulwark.cluster.state import NodeBeat
 from bulwark.etcd import Compare, Etcd, Op
 
@@ -28,7 +28,7 @@ def beat(started_at: float) -> NodeBeat:
 
 def killed_with_a_lock(etcd: Etcd) -> int:
     """node1 registers, takes a repository lock under its lease, and dies without leaving."""
-    first = Membership(etcd, "node1", lambda: beat(time.time() - 60), ttl=30)
+    first = LeaseSession(etcd, "node1", lambda: beat(time.time() - 60), ttl=30)
     first.join()
     lease = first.lease()
     assert etcd.txn([Compare.absent(keys.lock("r1"))], [Op.put(keys.lock("r1"), "node1/t", lease)]).succeeded
@@ -38,7 +38,7 @@ def killed_with_a_lock(etcd: Etcd) -> int:
 def test_a_restarted_node_ends_the_session_its_killed_process_left(etcd: Etcd) -> None:
     old = killed_with_a_lock(etcd)
     seen: list[NodeBeat] = []
-    second = Membership(etcd, "node1", lambda: beat(time.time()), ttl=30,
+    second = LeaseSession(etcd, "node1", lambda: beat(time.time()), ttl=30,
                         take_over=lambda previous: seen.append(previous) or True)
     second.join()
     assert [b.name for b in seen] == ["node1"]
@@ -49,7 +49,7 @@ def test_a_restarted_node_ends_the_session_its_killed_process_left(etcd: Etcd) -
 
 def test_a_session_that_may_still_be_running_is_left_alone(etcd: Etcd) -> None:
     old = killed_with_a_lock(etcd)
-    second = Membership(etcd, "node1", lambda: beat(time.time()), ttl=30, take_over=lambda previous: False)
+    second = LeaseSession(etcd, "node1", lambda: beat(time.time()), ttl=30, take_over=lambda previous: False)
     second.join()
     assert etcd.keepalive(old) > 0
     assert etcd.get(keys.lock("r1")) is not None

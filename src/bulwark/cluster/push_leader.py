@@ -45,8 +45,8 @@ import anyio.to_thread
 from bulwark.cluster import intents, keys
 from bulwark.cluster.client import AsyncPeers
 from bulwark.cluster.locks import Held, RepoLocks
+from bulwark.cluster.push_follower import RefLine, vote_of
 from bulwark.cluster.state import Placement
-from bulwark.cluster.transactions import RefLine, vote_of
 from bulwark.cluster.voting import has_quorum
 from bulwark.errors import BulwarkError, NotFound, PeerUnreachable, Unavailable
 from bulwark.etcd import Compare, Etcd, Op
@@ -129,7 +129,7 @@ class Coordinator:
         self.pack_for = pack_for
         # How often a wait on followers checks that they still hold their etcd session.
         self.liveness_every = liveness_every
-        # Whether a lease is still this node's and alive some seconds ahead (Membership.holds).
+        # Whether a lease is still this node's and alive some seconds ahead (LeaseSession.holds).
         self.holds = holds
         # A replica's ref checksum, by node and storage id (for settling an unfinished push).
         self.checksum_of = checksum_of

@@ -11,10 +11,10 @@ from typing import Any, cast
 
 import pytest
 
-from bulwark.cluster.coordinator import Coordinator, Push
 from bulwark.cluster.locks import RepoLocks
+from bulwark.cluster.push_follower import vote_of
+from bulwark.cluster.push_leader import Coordinator, Push
 from bulwark.cluster.state import Placement
-from bulwark.cluster.transactions import vote_of
 
 pytestmark = pytest.mark.timeout(30)
 

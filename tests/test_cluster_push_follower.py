@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bulwark.cluster.transactions import StaleLeader, Transactions
+from bulwark.cluster.push_follower import StaleLeader, Transactions
 from bulwark.errors import Conflict, GitError
 from bulwark.git.runner import ZERO_OID, GitRunner
 
