@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from bulwark.cluster import state
 from bulwark.cluster.client import git_url
 from bulwark.cluster.state import Placement
-from bulwark.errors import Conflict, NotFound
+from bulwark.errors import Conflict, InvalidInput, NotFound
 from bulwark.git import leftovers
 
 if TYPE_CHECKING:
@@ -42,6 +42,8 @@ def mode_for(rebuild_asked: bool, config_error: str | None) -> RepairMode:
 
 def repair(rt: ClusterRuntime, git: ClusterGit, storage_id: str, source: str, *, rebuild: bool = False) -> str:
     """Make this node's copy identical to ``source``'s and record it as up to date; its checksum."""
+    if source not in rt.urls().values() or source == rt.url:
+        raise InvalidInput("the source must be another node of this cluster")
     with rt.locks.held(storage_id):
         placement = state.get_placement(rt.etcd, storage_id)
         if placement is None or rt.name not in placement.replicas:

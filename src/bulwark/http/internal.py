@@ -192,8 +192,6 @@ async def sync(request: Request) -> Response:
     storage_id = _storage_id(request)
     body = await _json(request)
     source = str(body.get("source", ""))
-    if source not in rt.urls().values() or source == rt.url:
-        raise InvalidInput("the source must be another node of this cluster")
     rebuild = body.get("rebuild", False)
     if not isinstance(rebuild, bool):
         raise InvalidInput("rebuild must be true or false")
