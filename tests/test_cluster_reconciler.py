@@ -9,18 +9,10 @@ import pytest
 
 from bulwark.cluster import keys, state
 from bulwark.cluster.locks import RepoLocks
-from bulwark.cluster.reconciler import (
-    AddReplica,
-    DataLoss,
-    DropReplica,
-    MarkOutdated,
-    Reconciler,
-    Repair,
-    RepairFailure,
-    decide,
-    disagreeing,
-)
+from bulwark.cluster.reconciler import Reconciler
+from bulwark.cluster.replica_plan import AddReplica, DataLoss, DropReplica, MarkOutdated, Repair, RepairFailure, decide
 from bulwark.cluster.state import BUILDING, NodeBeat, Placement
+from bulwark.cluster.voting import disagreeing
 from bulwark.errors import GitError, PeerUnreachable
 from bulwark.etcd import Etcd
 

@@ -16,7 +16,8 @@ import pytest
 
 from bulwark.errors import InvalidInput, NotFound
 from bulwark.git import browse
-from bulwark.git.runner import GitRunner, TreeEntry
+from bulwark.git.model import TreeEntry
+from bulwark.git.runner import GitRunner
 
 SID = "ab12"
 

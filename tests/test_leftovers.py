@@ -396,7 +396,7 @@ def test_the_runner_stops_an_overrunning_git_with_sigterm_first(tmp_path: Path) 
 
 
 def test_a_failing_fsck_is_checked_again_from_the_new_tips_only_when_the_refs_moved() -> None:
-    from bulwark.git.runner import FsckResult, steady_fsck
+    from bulwark.git.model import FsckResult, steady_fsck
 
     raced = FsckResult("r", False, "missing commit 7240933")
     tips = iter([("a1",), ("a1", "b2")])  # a push landed during the check

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from bulwark.git.adverts import AdvertisementCache, fingerprint
-from bulwark.git.runner import GitRunner, checksum_of
+from bulwark.git.model import checksum_of
+from bulwark.git.runner import GitRunner
 
 from helpers import Server, git
 

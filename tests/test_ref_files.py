@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bulwark.git.runner import read_ref_files
+from bulwark.git.model import read_ref_files
 
 from helpers import git
 

@@ -30,7 +30,8 @@ from githubkit_schemas.latest.models import (
 )
 from pydantic import BaseModel
 
-from bulwark.git.runner import ZERO_OID, Commit, Person
+from bulwark.git.model import Commit, Person
+from bulwark.git.runner import ZERO_OID
 from bulwark.http.api import serializers
 from bulwark.models import Account, AccountType, Permission, Repository, Visibility
 from bulwark.webhooks.payloads import (

@@ -35,7 +35,7 @@ from bulwark.backup.repos import SnapshotGit, disk_use, head_ref, link_copy
 from bulwark.backup.snapshots import REPOSITORIES, BackupDir, LockWaiting, Snapshot, write_file
 from bulwark.clock import Clock, SystemClock
 from bulwark.errors import BulwarkError, GitError, InvalidInput
-from bulwark.git.runner import Ref, checksum_of, read_ref_files
+from bulwark.git.model import Ref, checksum_of, read_ref_files
 
 POINT_FORMAT = 1
 

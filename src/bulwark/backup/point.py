@@ -18,7 +18,7 @@ from typing import Any
 from bulwark.backup import barrier
 from bulwark.backup.metadata import export
 from bulwark.errors import Conflict, GitError, NotFound, Unavailable
-from bulwark.git.runner import Ref, checksum_of, read_ref_files
+from bulwark.git.model import Ref, checksum_of, read_ref_files
 from bulwark.node import Node
 from bulwark.roles import NodeRole
 

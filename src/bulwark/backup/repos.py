@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bulwark.errors import GitError, NotFound
-from bulwark.git.runner import GitRunner, read_ref_files
+from bulwark.git.model import read_ref_files
+from bulwark.git.runner import GitRunner
 
 # Every incremental fetch adds a pack; past this many, one repack keeps reads and restores fast.
 MAX_PACKS = 50

@@ -21,7 +21,8 @@ from bulwark.backup.manifest import Manifest, RepoEntry
 from bulwark.backup.repos import SnapshotGit
 from bulwark.backup.snapshots import REPOSITORIES, Snapshot
 from bulwark.errors import BulwarkError, InvalidInput
-from bulwark.git.runner import GitRunner, Ref, checksum_of
+from bulwark.git.model import Ref, checksum_of
+from bulwark.git.runner import GitRunner
 from bulwark.store.sqlite import SQLiteStore
 
 METADATA_DB = "metadata.db"

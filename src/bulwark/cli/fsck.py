@@ -14,7 +14,7 @@ from bulwark.cli.common import ConfigOption, DataDirOption, JsonOption, console,
 from bulwark.cli.output import print_json
 from bulwark.cli.repos import all_repos, find
 from bulwark.git import leftovers
-from bulwark.git.runner import FsckResult
+from bulwark.git.model import FsckResult
 from bulwark.node import Node
 from bulwark.services.repositories import RepoAccess
 

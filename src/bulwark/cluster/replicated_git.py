@@ -21,7 +21,8 @@ from bulwark.cluster import keys, state
 from bulwark.cluster import placement as placing
 from bulwark.cluster.state import BUILDING, Placement
 from bulwark.errors import BulwarkError, Unavailable
-from bulwark.git.runner import GitRunner, Ref
+from bulwark.git.model import Ref
+from bulwark.git.runner import GitRunner
 from bulwark.roles import Traffic
 
 if TYPE_CHECKING:

@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bulwark.cluster import reconciler, state
+from bulwark.cluster.replica_plan import RepairFailure
 from bulwark.cluster.state import BUILDING, ClusterSnapshot
 from bulwark.cluster.voting import majority
 from bulwark.etcd import Etcd
@@ -84,7 +85,7 @@ class RepoReport:
     replicas: dict[str, int]
     serving: tuple[str, ...]
     # The replicas whose last repair failed, as the reconciler published them.
-    failures: tuple[reconciler.RepairFailure, ...] = ()
+    failures: tuple[RepairFailure, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -161,7 +162,7 @@ def cluster_report(
     etcd = dict(etcd_health or {})
     probes = probes or {}
 
-    failures: dict[str, list[reconciler.RepairFailure]] = {}
+    failures: dict[str, list[RepairFailure]] = {}
     for failure in reconciler.published_failures(reconciler_report):
         failures.setdefault(failure.storage_id, []).append(failure)
     # One pass, and a report only for a repository with a problem: a healthy one adds to counts.

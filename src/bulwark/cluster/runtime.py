@@ -30,7 +30,8 @@ from bulwark.cluster.state import ClusterSnapshot, NodeBeat, Placement
 from bulwark.config import Settings
 from bulwark.errors import InvalidInput, Unavailable
 from bulwark.etcd import Compare, Etcd, Op
-from bulwark.git.runner import GitRunner, Ref
+from bulwark.git.model import Ref
+from bulwark.git.runner import GitRunner
 from bulwark.roles import Traffic
 
 log = logging.getLogger("bulwark.cluster")

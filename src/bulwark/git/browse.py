@@ -19,7 +19,8 @@ from datetime import datetime, timedelta, timezone
 from typing import IO
 
 from bulwark.errors import GitError, InvalidInput, NotFound
-from bulwark.git.runner import _LOG_FORMAT, Commit, GitRunner, TreeEntry, _parse_commit, _parse_ls_tree
+from bulwark.git.model import _LOG_FORMAT, Commit, TreeEntry, _parse_commit, _parse_ls_tree
+from bulwark.git.runner import GitRunner
 
 # git's own test for binary content: a NUL byte among the first 8000 bytes.
 BINARY_PROBE = 8000

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from bulwark.git import browse as gitview
-from bulwark.git.runner import Commit, TreeEntry, read_ref_files
+from bulwark.git.model import Commit, TreeEntry, read_ref_files
 from bulwark.http.api.common import base_url
 from bulwark.node import Node
 from bulwark.services.permissions import Principal

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from bulwark.errors import NotFound
-from bulwark.git.runner import Ref, read_ref_files
+from bulwark.git.model import Ref, read_ref_files
 from bulwark.models import Permission
 from bulwark.node import Node
 from bulwark.services.permissions import Principal

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from bulwark.git.runner import ZERO_OID, Commit, Person
+from bulwark.git.model import Commit, Person
+from bulwark.git.runner import ZERO_OID
 from bulwark.models import Account, AccountType, Permission, Repository
 
 # GitHub lists at most this many commits in a push payload.

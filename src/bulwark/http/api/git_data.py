@@ -15,7 +15,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bulwark.errors import Conflict, GitError, InvalidInput, NotFound, ValidationFailed
-from bulwark.git.runner import ZERO_OID, Ref
+from bulwark.git.model import Ref
+from bulwark.git.runner import ZERO_OID
 from bulwark.http.api.common import (
     Ctx,
     call,

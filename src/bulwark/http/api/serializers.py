@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from bulwark.git.runner import Commit, Person, Ref, TreeEntry
+from bulwark.git.model import Commit, Person, Ref, TreeEntry
 from bulwark.http.api.common import Ctx
 from bulwark.models import Account, OrgRole, Permission, Repository, Token
 from bulwark.webhooks import payloads
