@@ -144,3 +144,10 @@ def test_only_the_command_line_and_the_assembly_build_a_node() -> None:
     graph = package_graph()
     users = sorted(package for package, targets in graph.items() if "assembly" in targets)
     assert set(users) <= {"cli"}, users
+
+
+def test_every_module_fits_in_a_head() -> None:
+    """About 600 lines at most: past that, a module holds more than one thing (split it at its seam)."""
+    long = {str(p.relative_to(SRC.parent)): n for p in SRC.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, long
