@@ -29,7 +29,7 @@ cluster: $(VENV)/.installed
 ## Run the whole suite: lint, types, then every test (installs what it needs).
 test: $(VENV)/.installed
 	@scripts/system-deps.sh git haproxy etcd-server iproute2 prometheus chromium chromium-driver openssh-client
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench chaos
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
@@ -62,7 +62,7 @@ fuzz: $(VENV)/.installed
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_fuzz_git.py tests/test_fuzz_api.py
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench chaos
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
