@@ -1,13 +1,15 @@
 """A real cluster on loopback: 3 etcd members, 4 nodes, HAProxy, the real git client.
 
-The tests run in order on one cluster, each leaving it as the next expects:
-load through the load balancer, concurrent pushes, a node killed under load,
-the replication factor restored without it, the node back with a wiped disk,
-maintenance under load, evacuation.
+The tests share one cluster, and each leaves it as it found it: load through the load
+balancer, concurrent pushes, a fetch of a tip one copy lacks, permission changes. One
+scenario then runs its named steps in order, each starting from what the last one left:
+a node killed under load, the replication factor restored without it, the node back with
+a wiped disk, maintenance under load, evacuation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -36,6 +38,17 @@ from cluster_helpers import (
 pytestmark = [pytest.mark.timeout(300), pytest.mark.system]
 
 TIMINGS: dict[str, float] = {}
+
+
+@contextlib.contextmanager
+def step(name: str) -> Iterator[None]:
+    """One named step of a scenario: a failure says which step it was in."""
+    print(f"\nstep: {name}")
+    try:
+        yield
+    except BaseException as exc:
+        exc.add_note(f"in the scenario's step: {name}")
+        raise
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +200,8 @@ def test_permission_changes_reach_the_very_next_request_on_every_node(seeded: Se
         assert [api(url, carol) for url in nodes] == [401] * 4
 
 
-def test_node_killed_under_load_keeps_every_repository_writable(seeded: Seeded, tmp_path: Path) -> None:
+def _kill_a_node_under_load(seeded: Seeded, tmp_path: Path) -> None:
+    """Every repository stays writable, and no acknowledged push is lost."""
     cluster = seeded.cluster
     load = Load(seeded, tmp_path, clients=3).start()
     time.sleep(3)
@@ -223,7 +237,7 @@ def test_node_killed_under_load_keeps_every_repository_writable(seeded: Seeded, 
     assert node2["alive"] is False
 
 
-def test_replication_factor_is_restored_without_the_dead_node(seeded: Seeded) -> None:
+def _replication_factor_restored_without_it(seeded: Seeded) -> None:
     wait_for(lambda: fully_replicated(seeded), timeout=90, what="every repository back to 3 up-to-date replicas")
     TIMINGS["rf_restored"] = time.monotonic() - TIMINGS["killed_at"]
     print(f"\nreplication factor restored {TIMINGS['rf_restored']:.1f}s after the kill "
@@ -232,7 +246,7 @@ def test_replication_factor_is_restored_without_the_dead_node(seeded: Seeded) ->
     assert all("node2" not in p.replicas for p in snap.placements.values())
 
 
-def test_wiped_node_rejoins_and_rebalance_moves_replicas_onto_it(seeded: Seeded) -> None:
+def _wiped_node_rejoins_and_rebalance_moves_replicas_onto_it(seeded: Seeded) -> None:
     seeded.cluster.start_node("node2", wipe=True)
     wait_for(lambda: "node2" in seeded.snapshot().alive, timeout=30, what="node2 alive again")
     result = cli(seeded.cluster, "rebalance")
@@ -242,7 +256,7 @@ def test_wiped_node_rejoins_and_rebalance_moves_replicas_onto_it(seeded: Seeded)
     wait_for(lambda: fully_replicated(seeded), timeout=90, what="every repository fully replicated after rebalance")
 
 
-def test_maintenance_under_load_fails_no_request(seeded: Seeded, tmp_path: Path) -> None:
+def _maintenance_under_load_fails_no_request(seeded: Seeded, tmp_path: Path) -> None:
     cluster = seeded.cluster
     load = Load(seeded, tmp_path, clients=3).start()
     time.sleep(2)
@@ -261,10 +275,26 @@ def test_maintenance_under_load_fails_no_request(seeded: Seeded, tmp_path: Path)
     assert sum(len(c) for c in load.acked.values()) > 0
 
 
-def test_evacuate_leaves_no_replica_on_the_node(seeded: Seeded) -> None:
+def _evacuate_leaves_no_replica_on_the_node(seeded: Seeded) -> None:
     result = cli(seeded.cluster, "evacuate", "node4", "--timeout", "120", timeout=150)
     assert result.returncode == 0, result.stdout + result.stderr
     snap = seeded.snapshot()
     assert all("node4" not in p.replicas for p in snap.placements.values())
     wait_for(lambda: fully_replicated(seeded), timeout=60, what="full replication after the evacuation")
     print(f"\ntimings: {json.dumps({k: round(v, 2) for k, v in TIMINGS.items() if k != 'killed_at'})}")
+
+
+@pytest.mark.timeout(900)
+def test_a_node_killed_under_load_and_what_follows(seeded: Seeded, tmp_path: Path) -> None:
+    (tmp_path / "kill").mkdir()
+    (tmp_path / "maintenance").mkdir()
+    with step("a node killed under load"):
+        _kill_a_node_under_load(seeded, tmp_path / "kill")
+    with step("the replication factor restored without it"):
+        _replication_factor_restored_without_it(seeded)
+    with step("the node back with a wiped disk, replicas rebalanced onto it"):
+        _wiped_node_rejoins_and_rebalance_moves_replicas_onto_it(seeded)
+    with step("maintenance under load"):
+        _maintenance_under_load_fails_no_request(seeded, tmp_path / "maintenance")
+    with step("evacuation"):
+        _evacuate_leaves_no_replica_on_the_node(seeded)
