@@ -71,7 +71,7 @@ def measure(rounds: int, root: Path) -> dict[str, list[float]]:
         work, url = works[CLUSTER_NODE]
         git("pull", "-q", "--rebase", url, "main", cwd=work)
         process = cluster.node("node3").process
-        assert process is not None
+        assert process is not None and process.pid is not None
         os.kill(process.pid, signal.SIGSTOP)
         try:
             times[CLUSTER_HUNG] = [timed_push(work, url) for _ in range(rounds)]

@@ -124,8 +124,8 @@ def backlog(srv: Server, receiver: Receiver, work: Path, env: dict[str, str], ev
     assert r.status_code == 201, r.text
     receiver.stop()
     started = time.monotonic()
-    for r in range(repos):
-        name = f"backlog-{r}"
+    for n in range(repos):
+        name = f"backlog-{n}"
         srv.create_repo(srv.token, name, org="ci")
         clone = work / name
         run_git(["init", "-q", "-b", "main", str(clone)], env)

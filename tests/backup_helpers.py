@@ -42,8 +42,8 @@ def seed(
     r = server.api("PUT", "/repos/alice/r0/collaborators/bob", token=tokens["alice"], json={"permission": "push"})
     assert r.status_code in (201, 204), r.text
     if password:
-        r = bulwark("user", "passwd", "bob", env=server.env(), input="bob-password-1\n")
-        assert r.returncode == 0, r.stderr
+        out = bulwark("user", "passwd", "bob", env=server.env(), input="bob-password-1\n")
+        assert out.returncode == 0, out.stderr
     filled = [*names, ("acme", "site")]
     for owner, name in filled:
         work = workdir / f"seed-{owner}-{name}"

@@ -8,10 +8,10 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -22,7 +22,13 @@ from helpers import Server, bulwark, free_port, git
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1, what: str = "condition") -> Any:
+class Predicate(Protocol):
+    """What :func:`wait_for` polls: called with no arguments (a lambda's defaults bind its loop variables)."""
+
+    def __call__(self) -> Any: ...
+
+
+def wait_for(predicate: Predicate, timeout: float = 30, interval: float = 0.1, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:

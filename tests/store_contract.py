@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import itertools
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 
@@ -58,6 +58,14 @@ def _repo(store: Store, owner: Account, name: str) -> Repository:
 
 def _token(store: Store, user: Account, token_hash: str) -> Token:
     return store.create_token(user.id, token_hash=token_hash, token_prefix=token_hash[:8], scopes={Scope.REPO})
+
+
+class KeyOwner(TypedDict, total=False):
+    """Who holds an SSH key, as ``Store.create_ssh_key``'s keyword arguments."""
+
+    user_id: int
+    repo_id: int
+    read_only: bool
 
 
 def fingerprint(seed: str) -> str:

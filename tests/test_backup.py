@@ -144,9 +144,9 @@ def test_restore_into_a_running_instance(source: Server, genv: dict[str, str], t
     # A target already in maintenance mode stays in it, and the restore says so.
     waiting = Server(data_dir=tmp_path / "waiting").start()
     try:
-        r = httpx.post(f"{waiting.url}/manage/v1/maintenance", json={"message": "moving"},
-                       headers={"Authorization": f"token {waiting.token}"})
-        assert r.status_code == 200, r.text
+        answer = httpx.post(f"{waiting.url}/manage/v1/maintenance", json={"message": "moving"},
+                            headers={"Authorization": f"token {waiting.token}"})
+        assert answer.status_code == 200, answer.text
         r = backup("restore", str(tmp_path / "backups"), "current", "--to", waiting.url, "--token", waiting.token,
                    "--yes")
         assert r.returncode == 0, r.stdout + r.stderr

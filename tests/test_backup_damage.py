@@ -500,6 +500,7 @@ def test_object_records_that_are_not_ones_are_refused() -> None:
     good = {"packs": {"pack-" + "a" * 40 + ".pack": {"size": 3, "trailer": "b" * 40}}, "loose_count": 0,
             "loose_bytes": 0}
     assert objects.ObjectFiles.from_json(good, "x").to_json() == good
+    bad: object
     for bad in ({"packs": {"../escape": {"size": 1, "trailer": "b" * 40}}, "loose_count": 0, "loose_bytes": 0},
                 {"packs": {}, "loose_count": "many", "loose_bytes": 0}, {"packs": []}, None):
         with pytest.raises(InvalidInput):

@@ -21,7 +21,7 @@ from bulwark.store.etcd import EtcdStore
 from bulwark.store.sqlite import SQLiteStore
 
 from etcd_helpers import etcd_client, serve_etcd
-from store_contract import fingerprint
+from store_contract import KeyOwner, fingerprint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,9 +51,10 @@ def populate(store: Store) -> None:
     store.save_repo(type(repo)(**{**repo.__dict__, "allow_force_push": False}))
     notes = store.create_repo(alice.id, "notes", storage_id="4567ef01")
     store.set_collaborator(repo.id, bob.id, Permission.PUSH)
-    for seed, owner in (("alice-1", {"user_id": alice.id}), ("bob-1", {"user_id": bob.id}),
-                        ("alice-2", {"user_id": alice.id}), ("tools-ci", {"repo_id": repo.id, "read_only": True}),
-                        ("notes-w", {"repo_id": notes.id})):
+    keys: tuple[tuple[str, KeyOwner], ...] = (
+        ("alice-1", {"user_id": alice.id}), ("bob-1", {"user_id": bob.id}), ("alice-2", {"user_id": alice.id}),
+        ("tools-ci", {"repo_id": repo.id, "read_only": True}), ("notes-w", {"repo_id": notes.id}))
+    for seed, owner in keys:
         store.create_ssh_key(fingerprint=fingerprint(seed), algorithm="ssh-ed25519", key=f"ssh-ed25519 {seed}",
                              title=seed, **owner)
     leaving = store.create_user("leaving")

@@ -286,8 +286,8 @@ def test_maintenance_mode_takes_effect_on_a_running_server(server: Server, genv:
     assert httpx.get(f"{server.url}/status").status_code == 503
     r = server.api("GET", "/user")
     assert r.status_code == 503 and "upgrading" in r.text
-    r = git("ls-remote", server.remote("admin", "site", token=server.token), env=genv, check=False)
-    assert r.returncode != 0 and "503" in r.stderr + r.stdout
+    out = git("ls-remote", server.remote("admin", "site", token=server.token), env=genv, check=False)
+    assert out.returncode != 0 and "503" in out.stderr + out.stdout
 
     run("maintenance", "off", env=env)
     assert httpx.get(f"{server.url}/status").status_code == 200

@@ -38,8 +38,12 @@ def killed_with_a_lock(etcd: Etcd) -> int:
 def test_a_restarted_node_ends_the_session_its_killed_process_left(etcd: Etcd) -> None:
     old = killed_with_a_lock(etcd)
     seen: list[NodeBeat] = []
-    second = LeaseSession(etcd, "node1", lambda: beat(time.time()), ttl=30,
-                        take_over=lambda previous: seen.append(previous) or True)
+
+    def take_over(previous: NodeBeat) -> bool:
+        seen.append(previous)
+        return True
+
+    second = LeaseSession(etcd, "node1", lambda: beat(time.time()), ttl=30, take_over=take_over)
     second.join()
     assert [b.name for b in seen] == ["node1"]
     assert etcd.keepalive(old) == 0  # revoked, not left to run out its 30 s

@@ -224,7 +224,7 @@ def test_fsck_while_pushes_land_does_not_report_them_as_damage(
         commit(clone, genv, f"bulk-{n}", size=4_000_000)
     git("push", "-q", "origin", "HEAD:refs/heads/b2", cwd=clone, env=genv)
     stop = threading.Event()
-    pushed = []
+    pushed: list[int] = []
 
     def writer() -> None:
         while not stop.is_set():

@@ -8,9 +8,10 @@ import os
 import subprocess
 import tarfile
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -257,7 +258,8 @@ def test_an_archive_read_only_in_part_leaves_no_git_behind(repo: Repo) -> None:
     repo.commit({"noise.bin": os.urandom(4 * 1024 * 1024)}, "incompressible")
 
     async def first_chunk() -> tuple[int, list[int]]:
-        stream = browse.stream_archive(repo.runner, SID, "main", "zip", "p")
+        # An async generator, though annotated as the AsyncIterator it is to its callers.
+        stream = cast(AsyncGenerator[bytes, None], browse.stream_archive(repo.runner, SID, "main", "zip", "p"))
         chunk = await stream.__anext__()
         running = children()
         await stream.aclose()

@@ -23,6 +23,7 @@ from bulwark.ha.loop import HALoop, PrimaryDuties
 from bulwark.ha.promote import promote
 from bulwark.ha.replicator import Replicator
 from bulwark.processes import pid_exists
+from bulwark.roles import NodeRole
 from bulwark.store.changes import ChangeLog
 from bulwark.store.sqlite import SQLiteStore
 
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(tmp_path / "metadata.db")
-    ha_state.save(s, ha_state.HAState(role="ha-replica", epoch=3, primary_url="http://10.0.0.1:8080",
+    ha_state.save(s, ha_state.HAState(role=NodeRole.HA_REPLICA, epoch=3, primary_url="http://10.0.0.1:8080",
                                       primary_id="p", credential="c", replicating=True))
     yield s
     s.close()
@@ -159,7 +160,7 @@ def test_a_promotion_records_its_process_until_it_ends(store: SQLiteStore, tmp_p
     report = promote(store, cast(ChangeLog, store), cast(Replicator, None), client=None,
                      gate=ReplicationGate(tmp_path), pid=77, waiting=None)
     assert report.epoch == 4 and ha_state.load(store).promoting is None
-    ha_state.save(store, ha_state.HAState(role="ha-replica", epoch=3, replicating=True))
+    ha_state.save(store, ha_state.HAState(role=NodeRole.HA_REPLICA, epoch=3, replicating=True))
     with ReplicationGate(tmp_path).cycle() as ours:
         assert ours
         with pytest.raises(Unavailable):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -71,7 +72,7 @@ def test_metrics_count_what_the_limits_turned_away(server: Server) -> None:
     with socket.create_connection((server.host, server.port)) as idle:
         idle.sendall(b"GET /status HTTP/1.1\r\n")  # headers never finished
         m = scrape(server.url)
-        assert m.value("bulwark_connections_open") is not None and m.value("bulwark_connections_open") >= 2
+        assert m.value("bulwark_connections_open") is not None and cast(float, m.value("bulwark_connections_open")) >= 2
     m = scrape(server.url)
     assert m.value("bulwark_sign_in_failures_total") >= 5  # type: ignore[operator]
     assert m.value("bulwark_sign_in_throttled_total") >= 1  # type: ignore[operator]
@@ -88,8 +89,8 @@ def test_metrics_need_a_site_admin_token_unless_local(server: Server) -> None:
     assert r.status_code == 403
     assert scrape(server.url, server.token, **proxied).value("bulwark_node_serving") == 1
     # A site admin token needs the site_admin scope, like the admin API.
-    r = bulwark("user", "promote", "alice", env=server.env())
-    assert r.returncode == 0, r.stderr
+    out = bulwark("user", "promote", "alice", env=server.env())
+    assert out.returncode == 0, out.stderr
     r = httpx.get(f"{server.url}/metrics", headers={**proxied, "Authorization": f"token {alice}"})
     assert r.status_code == 403
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 from starlette.requests import Request
@@ -28,6 +29,7 @@ from bulwark.monitoring.checks import (
     worst,
 )
 from bulwark.monitoring.facts import ClusterFacts, NodeFacts, ReplicationFacts
+from bulwark.monitoring.gather import NodeMonitor
 from bulwark.monitoring.metrics import GitObservation, Metrics, NodeCollector, RouteClass, node_metrics, route_class
 from bulwark.monitoring.system import SystemSample, sample
 from bulwark.roles import NodeRole
@@ -319,6 +321,6 @@ def test_a_node_state_that_cannot_be_read_still_leaves_metrics() -> None:
         def facts(self) -> NodeFacts:
             raise RuntimeError("database is locked")
 
-    m = parse_metrics(Metrics([NodeCollector(Broken())]).render().decode())
+    m = parse_metrics(Metrics([NodeCollector(cast(NodeMonitor, Broken()))]).render().decode())
     assert m.value("bulwark_node_state_readable") == 0
     assert m.value("bulwark_git_processes", service="upload-pack", transport="http") == 0

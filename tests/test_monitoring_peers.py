@@ -201,7 +201,7 @@ def test_the_watch_asks_the_primary_and_the_report_judges_it(store: SQLiteStore,
     primary = FakePeer({"role": "ha-primary", "epoch": 1})
     watch = PrimaryWatch(store, clock, timeout=10, ask=primary)
     assert watch.run_once() == "not a replica" and primary.asked == []
-    ha_state.save(store, HAState(role="ha-replica", epoch=1, primary_url="http://p:8080", replicating=True))
+    ha_state.save(store, HAState(role=NodeRole.HA_REPLICA, epoch=1, primary_url="http://p:8080", replicating=True))
     watch.run_once()
     report = replication_report(store, store, now=at(1), limits=Thresholds(primary_timeout=10))
     assert report["primary"]["state"] == "up"
@@ -222,7 +222,7 @@ def test_the_watch_asks_the_primary_and_the_report_judges_it(store: SQLiteStore,
     assert facts.summary.startswith("primary: http://p:8080 has not answered")
 
     # Promoted: nothing left to watch.
-    ha_state.save(store, HAState(role="ha-primary", epoch=2))
+    ha_state.save(store, HAState(role=NodeRole.HA_PRIMARY, epoch=2))
     watch.run_once()
     assert ha_state.load_primary_check(store) is None
 
@@ -230,7 +230,7 @@ def test_the_watch_asks_the_primary_and_the_report_judges_it(store: SQLiteStore,
 def test_the_epoch_check_notes_and_warns_once_about_an_unreachable_replica(
         store: SQLiteStore, caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock(at(0))
-    ha_state.save(store, HAState(role="ha-primary", epoch=1))
+    ha_state.save(store, HAState(role=NodeRole.HA_PRIMARY, epoch=1))
     ha_state.save_replicas(store, [ReplicaRecord("r1", "http://r1:8080", "hash", at(0).isoformat(),
                                                  last_seen=at(0).isoformat())])
     replica = FakePeer(None)

@@ -187,8 +187,8 @@ def test_unknown_keys_and_other_users_are_refused(server: Server, alice: tuple[s
     stranger.trust(server)
     r = stranger.ssh(server, f"git-upload-pack '{login}/app.git'")
     assert r.returncode == 255 and b"Permission denied (publickey)" in r.stderr
-    r = git("clone", url(server, f"{login}/app"), str(tmp_path / "x"), env=stranger.env(), check=False)
-    assert r.returncode != 0 and "Permission denied (publickey)" in r.stderr
+    out = git("clone", url(server, f"{login}/app"), str(tmp_path / "x"), env=stranger.env(), check=False)
+    assert out.returncode != 0 and "Permission denied (publickey)" in out.stderr
 
     r = client.ssh(server, f"git-upload-pack '{login}/app.git'", user=login)
     assert r.returncode == 1
@@ -211,8 +211,8 @@ def test_a_private_repository_is_not_found_for_those_who_may_not_see_it(
     assert hidden.stderr.replace("secret", "X") == missing.stderr.replace("no-such", "X")
 
     # A reader may fetch but not push, and is told why.
-    r = server.api("PUT", f"/repos/{login}/secret/collaborators/{bob}", token=token, json={"permission": "pull"})
-    assert r.status_code in (201, 204), r.text
+    answer = server.api("PUT", f"/repos/{login}/secret/collaborators/{bob}", token=token, json={"permission": "pull"})
+    assert answer.status_code in (201, 204), answer.text
     work = tmp_path / "bob-work"
     git("clone", "-q", url(server, f"{login}/secret"), str(work), env=bob_client.env())
     git("checkout", "-qb", "main", cwd=work, env=bob_client.env())
@@ -234,8 +234,8 @@ def test_deleted_keys_and_suspended_users_are_refused_at_once(server: Server, al
 
     r = bulwark("user", "suspend", login, env=server.env())
     assert r.returncode == 0, r.stderr
-    r = client.ssh(server, f"git-upload-pack '{login}/app.git'")
-    assert r.returncode == 1 and f"ERROR: the account '{login}' is suspended".encode() in r.stderr
+    greeting = client.ssh(server, f"git-upload-pack '{login}/app.git'")
+    assert greeting.returncode == 1 and f"ERROR: the account '{login}' is suspended".encode() in greeting.stderr
     assert bulwark("user", "unsuspend", login, env=server.env()).returncode == 0
     assert git("ls-remote", url(server, f"{login}/app"), env=client.env()).returncode == 0
 
@@ -271,17 +271,17 @@ def test_deploy_keys_reach_their_repository_only_and_push_only_with_write_access
     clone = tmp_path / "ci-clone"
     git("clone", "-q", url(server, f"{login}/site"), str(clone), env=ci.env())
     commit(clone, ci.env(), "ci.txt")
-    r = git("push", "origin", "main", cwd=clone, env=ci.env(), check=False)
-    assert r.returncode != 0 and "ERROR: you need write access to" in r.stderr, r.stderr
-    r = git("ls-remote", url(server, f"{login}/other"), env=ci.env(), check=False)
-    assert "Repository not found" in r.stderr
+    out = git("push", "origin", "main", cwd=clone, env=ci.env(), check=False)
+    assert out.returncode != 0 and "ERROR: you need write access to" in out.stderr, out.stderr
+    out = git("ls-remote", url(server, f"{login}/other"), env=ci.env(), check=False)
+    assert "Repository not found" in out.stderr
 
     git("pull", "-q", cwd=clone, env=ci.env())
     git("push", "-q", url(server, f"{login}/site"), "main", cwd=clone, env=deployer.env())
-    r = client.ssh(server)
+    own = client.ssh(server)
     deploy = deployer.ssh(server)
     assert b"Hi deploy key 'deploy'!" in deploy.stderr, deploy.stderr
-    assert r.returncode == deploy.returncode == 1
+    assert own.returncode == deploy.returncode == 1
 
 
 def test_metrics_tell_ssh_from_http(server: Server, alice: tuple[str, str, Client], tmp_path: Path) -> None:
@@ -473,11 +473,11 @@ def test_login_limits_keep_a_flood_from_locking_others_out(tmp_path: Path) -> No
         # Too many keys offered on one connection: the server hangs up before the right one.
         many = Client.make(tmp_path, "many", count=7)
         many.trust(srv)
-        r = srv.api("POST", "/user/keys", token=token, json={
+        answer = srv.api("POST", "/user/keys", token=token, json={
             "key": many.identities[-1].with_suffix(".pub").read_text()})
-        assert r.status_code == 201, r.text
-        r = subprocess.run([*many.ssh_command(srv.ssh_port), f"git@{srv.host}"], capture_output=True, timeout=30)
-        assert r.returncode == 255, r
+        assert answer.status_code == 201, answer.text
+        proc = subprocess.run([*many.ssh_command(srv.ssh_port), f"git@{srv.host}"], capture_output=True, timeout=30)
+        assert proc.returncode == 255, proc
         good = Client(many.home, many.identities[-1:])
         assert good.ssh(srv).returncode == 1  # the greeting: logged in with the registered key
     finally:

@@ -18,7 +18,7 @@ from bulwark.store.etcd import EtcdStore
 
 import helpers
 from etcd_helpers import etcd_client, fresh_prefix, serve_etcd
-from store_contract import StoreContract, fingerprint
+from store_contract import KeyOwner, StoreContract, fingerprint
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 
@@ -216,7 +216,8 @@ def test_concurrent_creation_of_one_ssh_key_on_two_nodes_has_exactly_one_winner(
 
         def create(i: int, fp: str = fp) -> int:
             # Users' keys and deploy keys race for one fingerprint.
-            owner = [{"user_id": ann.id}, {"user_id": ben.id}, {"repo_id": repo.id}][i % 3]
+            owners: list[KeyOwner] = [{"user_id": ann.id}, {"user_id": ben.id}, {"repo_id": repo.id}]
+            owner = owners[i % 3]
             key = nodes[i % 2].create_ssh_key(fingerprint=fp, algorithm="ssh-ed25519", key="k", title=str(i), **owner)
             return key.id
 

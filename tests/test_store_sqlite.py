@@ -18,7 +18,7 @@ from bulwark.store.sqlite import MIGRATIONS, SQLiteStore, schema
 from bulwark.webhooks.store_sqlite import SQLiteHooks
 
 from helpers import FakeClock, run_in_threads
-from store_contract import StoreContract, fingerprint
+from store_contract import KeyOwner, StoreContract, fingerprint
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -371,7 +371,8 @@ def test_concurrent_creation_of_one_ssh_key_has_exactly_one_winner(store: SQLite
 
         def create(i: int, fp: str = fp) -> int:
             # Users' keys and deploy keys race for one fingerprint.
-            owner = [{"user_id": ann.id}, {"user_id": ben.id}, {"repo_id": repo.id}][i % 3]
+            owners: list[KeyOwner] = [{"user_id": ann.id}, {"user_id": ben.id}, {"repo_id": repo.id}]
+            owner = owners[i % 3]
             return store.create_ssh_key(fingerprint=fp, algorithm="ssh-ed25519", key="k", title=str(i), **owner).id
 
         results, errors = run_in_threads(6, create)

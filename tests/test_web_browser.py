@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -23,6 +24,9 @@ webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.system]
 
@@ -68,7 +72,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     binary, driver_path = _chromium()
     options = webdriver.ChromeOptions()
     options.binary_location = binary
@@ -84,23 +88,23 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         driver.quit()
 
 
-def _shot(driver: object, name: str) -> None:
+def _shot(driver: WebDriver, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))  # type: ignore[attr-defined]
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
-def _at(driver: object, suffix: str) -> None:
+def _at(driver: WebDriver, suffix: str) -> None:
     WebDriverWait(driver, 10).until(lambda d: d.current_url.endswith(suffix))
 
 
-def _not_pwned(driver: object) -> None:
-    assert driver.execute_script("return window.pwned === undefined")  # type: ignore[attr-defined]
+def _not_pwned(driver: WebDriver) -> None:
+    assert driver.execute_script("return window.pwned === undefined")
 
 
-def test_a_user_signs_in_browses_and_manages(server: Server, browser: object) -> None:
+def test_a_user_signs_in_browses_and_manages(server: Server, browser: WebDriver) -> None:
     d = browser
-    find = d.find_element  # type: ignore[attr-defined]
-    d.get(f"{server.url}/alice/hello")  # type: ignore[attr-defined]
+    find = d.find_element
+    d.get(f"{server.url}/alice/hello")
     _not_pwned(d)
     assert "greetings <img" in find(By.ID, "repo-description").text  # shown as text
     assert "Hello" in find(By.ID, "readme").text
@@ -126,9 +130,9 @@ def test_a_user_signs_in_browses_and_manages(server: Server, browser: object) ->
     assert find(By.ID, "commit-subject").text == "answer changes"
     assert "return 43" in find(By.CSS_SELECTOR, "tr.add").text
     _shot(d, "commit")
-    d.get(f"{server.url}/alice/hello/commits/main")  # type: ignore[attr-defined]
+    d.get(f"{server.url}/alice/hello/commits/main")
     find(By.ID, "commits")
-    d.find_elements(By.CSS_SELECTOR, "#commits a.sha")[1].click()  # type: ignore[attr-defined]
+    d.find_elements(By.CSS_SELECTOR, "#commits a.sha")[1].click()
     _not_pwned(d)
     assert find(By.ID, "commit-subject").text == f"first {EVIL}"
 
@@ -155,7 +159,7 @@ def test_a_user_signs_in_browses_and_manages(server: Server, browser: object) ->
     find(By.ID, "token-note").send_keys("from the browser")
     find(By.ID, "token-submit").click()
     token = find(By.ID, "new-token").get_attribute("value")
-    assert token.startswith("bwk_")
+    assert token is not None and token.startswith("bwk_")
     assert server.api("GET", "/user", token=token).json()["login"] == "alice"
     _shot(d, "token")
 

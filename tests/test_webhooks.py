@@ -131,7 +131,9 @@ def test_hooks_through_a_github_client_and_pushes_reach_a_signing_receiver(
     repo = gh.get_repo("admin/app2")
     listed = list(repo.get_hook_deliveries(hook.id))
     assert len(listed) == len(receiver.records()) and all(d.status_code == 200 for d in listed)
+    assert listed[-1].id is not None
     one = repo.get_hook_delivery(hook.id, listed[-1].id)
+    assert one.request is not None and one.request.payload is not None and one.response is not None
     assert one.request.payload["zen"] and one.response.payload == "ok"
     r = node.api("POST", f"/repos/admin/app2/hooks/{hook.id}/deliveries/{listed[-1].id}/attempts")
     assert r.status_code == 202 and r.json()["redelivery"] is True

@@ -68,8 +68,8 @@ def test_a_promoted_replica_delivers_what_the_killed_primary_had_not(genv: dict[
             primary.proc.wait(10)
             arrived_before = len(receiver.records("push"))
 
-            r = repl(replica, "promote")
-            assert r.returncode == 0, r.stdout + r.stderr
+            out = repl(replica, "promote")
+            assert out.returncode == 0, out.stdout + out.stderr
             assert pusher.push_new_branch(replica.remote("alice", "app", token=token))
 
             # Every push the new primary holds reaches the receiver, the ones the old primary had
