@@ -38,8 +38,7 @@ import psutil
 from bench.common import GitFailed, client_env, percentile, run_git, timed
 from bench.data import Spec, build
 from bench.memory import RssSampler
-
-from helpers import Server, admin_token, bulwark
+from tests.support.helpers import Server, admin_token, bulwark
 
 REPO_SPEC = Spec(large_bytes=8 * 2**20, commits=40, small_repos=1)
 OWNER, REPO, VICTIM = "bench", "abuse", "victim"

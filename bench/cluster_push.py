@@ -23,12 +23,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import bench  # noqa: F401  (puts the test helpers on the import path)
 from bench.common import Summary
 from bulwark.cluster.dev import DevCluster
-from cluster_helpers import git, seed
-
-from helpers import Server
+from tests.support.cluster_helpers import git, seed
+from tests.support.helpers import Server
 
 STANDALONE = "standalone"
 CLUSTER_NODE = "cluster node"

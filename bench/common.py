@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import git_env
+from tests.support.helpers import git_env
 
 
 def client_env(home: Path) -> dict[str, str]:

@@ -27,8 +27,7 @@ from bench.fixtures import LARGE, LARGE_REFSPECS, OWNER
 from bench.load import Throughput, command_throughput, http_throughput
 from bench.memory import RssSampler
 from bench.reference import ReferenceServer
-
-from helpers import Server
+from tests.support.helpers import Server
 
 BULWARK = "bulwark"
 REFERENCE = "reference"

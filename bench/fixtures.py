@@ -23,8 +23,7 @@ from pathlib import Path
 import bulwark
 from bench.common import client_env, run_git
 from bench.data import Sources
-
-from helpers import Server, admin_token
+from tests.support.helpers import Server, admin_token
 
 OWNER = "bench"
 LARGE = "large"

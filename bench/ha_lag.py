@@ -14,11 +14,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import bench  # noqa: F401  (puts the test helpers on the import path)
 from bench.common import percentile
-
-from ha_helpers import Pusher, refs_of, setup_replica, wait_for
-from helpers import Server, git_env
+from tests.support.ha_helpers import Pusher, refs_of, setup_replica, wait_for
+from tests.support.helpers import Server, git_env
 
 
 def measure(pushes: int, root: Path) -> list[float]:

@@ -16,9 +16,8 @@ from bench.common import Summary, client_env, percentile, run_git, timed
 from bench.data import Sources
 from bench.fixtures import LARGE, OWNER
 from bulwark.cluster.dev import DevCluster
-from cluster_helpers import Seeded, fully_replicated, git, seed
-
-from helpers import Server
+from tests.support.cluster_helpers import Seeded, fully_replicated, git, seed
+from tests.support.helpers import Server
 
 FAILOVER_ENV = {"BULWARK_CLUSTER_REPLACE_AFTER": "5", "BULWARK_CLUSTER_RECONCILE_INTERVAL": "1"}
 

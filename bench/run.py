@@ -33,8 +33,7 @@ from bench.fixtures import copy_tree, seed
 from bench.machine import describe
 from bench.profiling import RATE, py_spy, top_frames
 from bench.reference import ReferenceServer
-
-from helpers import Server, admin_token
+from tests.support.helpers import Server, admin_token
 
 SECTIONS = ("compare", "ssh", "web", "backup", "ha", "cluster", "failover", "abuse", "scale", "webhooks")
 REFERENCE_CHILDREN = 8

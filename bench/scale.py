@@ -39,8 +39,7 @@ from bulwark.models import OrgRole, Visibility
 from bulwark.store import Store
 from bulwark.store.etcd import EtcdStore
 from bulwark.store.sqlite import SQLiteStore
-
-from helpers import Server
+from tests.support.helpers import Server
 
 SIZES = (1_000, 10_000, 100_000)
 SAMPLES = 10

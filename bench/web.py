@@ -37,8 +37,7 @@ from bench.fixtures import LARGE, OWNER, copy_tree, seed
 from bench.memory import RssSampler
 from bench.reference import ReferenceServer
 from bench.report import MEMORY_FLAT_MIB, machine_line
-
-from helpers import Server, admin_token
+from tests.support.helpers import Server, admin_token
 
 BULWARK = "bulwark"
 CGIT = "cgit"

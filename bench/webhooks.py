@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import client_env, percentile, run_git
-
-from helpers import Server, admin_token, free_port
+from tests.support.helpers import Server, admin_token, free_port
 
 
 class Receiver:

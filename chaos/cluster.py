@@ -20,7 +20,7 @@ from chaos.disk import LoopDisk
 from chaos.faults import FaultKind, Mode, Planned
 from chaos.history import Clock
 from chaos.system import Injected, System, attempt, signal_group, wait_until
-from cluster_helpers import FAST, Seeded, fully_replicated, seed, storage_ids
+from tests.support.cluster_helpers import FAST, Seeded, fully_replicated, seed, storage_ids
 
 ISOLATED = "node3"  # the node partitions cut off
 DISK_NODE = "node2"  # the node whose disk fills up

@@ -29,9 +29,8 @@ from chaos.faults import FaultKind, Mode, Planned
 from chaos.history import Clock, Kind
 from chaos.load import Git, parse_refs
 from chaos.system import Injected, System, fsck_report, run, signal_group, wait_until
-
-from ha_helpers import HAProxy, repl, setup_replica
-from helpers import BULWARK, Server
+from tests.support.ha_helpers import HAProxy, repl, setup_replica
+from tests.support.helpers import BULWARK, Server
 
 FAST_REPAIR = {"BULWARK_HA_RECONCILE_INTERVAL": "1"}
 

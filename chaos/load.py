@@ -26,8 +26,7 @@ from pathlib import Path
 
 from chaos.graph import Graph
 from chaos.history import History, Kind, Result, Role
-
-from helpers import git_env
+from tests.support.helpers import git_env
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 RACE_BRANCH = "race"

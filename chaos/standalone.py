@@ -16,8 +16,7 @@ from chaos.checker import FinalState, RepoFinal
 from chaos.faults import FaultKind, Mode, Planned
 from chaos.history import Clock
 from chaos.system import Injected, System, fsck_report, run, signal_group
-
-from helpers import BULWARK, Server
+from tests.support.helpers import BULWARK, Server
 
 NODE = "node"
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Server, git_env
+from tests.support.helpers import Server, git_env
 
 
 @pytest.fixture

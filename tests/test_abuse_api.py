@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import Server, bulwark
+from tests.support.helpers import Server, bulwark
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 

@@ -21,9 +21,8 @@ from bulwark.services.accounts import AccountService
 from bulwark.services.permissions import Principal
 from bulwark.services.repositories import RepoAccess, RepositoryService
 from bulwark.store.etcd import EtcdStore
-
-from etcd_helpers import etcd_client, serve_etcd
-from helpers import FakeClock
+from tests.support.etcd_helpers import etcd_client, serve_etcd
+from tests.support.helpers import FakeClock
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 

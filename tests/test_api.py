@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import Server, bulwark, git, git_env
+from tests.support.helpers import Server, bulwark, git, git_env
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 

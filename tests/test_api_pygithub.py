@@ -10,7 +10,7 @@ import github
 import pytest
 from github import Auth, Github
 
-from helpers import Server, git, git_env
+from tests.support.helpers import Server, git, git_env
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 

@@ -20,8 +20,7 @@ from bulwark.services.accounts import AccountService
 from bulwark.services.passwords import PasswordChecks
 from bulwark.services.throttle import BY_ADDRESS, BY_LOGIN, Policy, Record, SignInThrottle, after_failure, wait_for
 from bulwark.store.sqlite import SQLiteStore
-
-from helpers import Server, bulwark
+from tests.support.helpers import Server, bulwark
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,15 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backup_helpers import Alternator, backup, create, disk_bytes, listing, manifest, refs_of, seed, take
 from bulwark.backup.retention import Retention, decide_retention
 from bulwark.backup.snapshots import BackupDir
 from bulwark.backup.verify import verify
 from bulwark.cluster.dev import DevCluster
 from bulwark.errors import InvalidInput
-
-from ha_helpers import setup_replica, wait_for
-from helpers import Server, bulwark, free_port, git
+from tests.support.backup_helpers import Alternator, backup, create, disk_bytes, listing, manifest, refs_of, seed, take
+from tests.support.ha_helpers import setup_replica, wait_for
+from tests.support.helpers import Server, bulwark, free_port, git
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -16,15 +16,14 @@ from typing import Any
 
 import pytest
 
-from backup_helpers import backup, create, listing, manifest, refs_of, seed, take
 from bulwark.backup import objects
 from bulwark.backup.client import InstanceClient
 from bulwark.backup.create import InstanceSource, Step, create_backup
 from bulwark.backup.snapshots import BackupDir
 from bulwark.backup.verify import verify
 from bulwark.errors import InvalidInput
-
-from helpers import BULWARK, Server, bulwark, git
+from tests.support.backup_helpers import backup, create, listing, manifest, refs_of, seed, take
+from tests.support.helpers import BULWARK, Server, bulwark, git
 
 pytestmark = pytest.mark.timeout(240)
 

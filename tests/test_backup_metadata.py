@@ -19,9 +19,8 @@ from bulwark.models import OrgRole, Permission, Scope, Visibility
 from bulwark.store import Store
 from bulwark.store.etcd import EtcdStore
 from bulwark.store.sqlite import SQLiteStore
-
-from etcd_helpers import etcd_client, serve_etcd
-from store_contract import KeyOwner, fingerprint
+from tests.support.etcd_helpers import etcd_client, serve_etcd
+from tests.support.store_contract import KeyOwner, fingerprint
 
 pytestmark = pytest.mark.timeout(60)
 

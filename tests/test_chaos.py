@@ -9,12 +9,9 @@ the test's temporary directory, and ``python -m chaos --mode MODE --each N`` rep
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chaos import report
 from chaos.campaign import CampaignResult, CampaignSpec, run

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chaos import checker, metrics
 from chaos.checker import RULES, FinalState, Problem, RepoFinal

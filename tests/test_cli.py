@@ -17,8 +17,7 @@ from typer.core import TyperGroup, TyperOption
 from bulwark.assembly import open_node
 from bulwark.cli.main import app
 from bulwark.config import load_settings
-
-from helpers import Server, bulwark, git
+from tests.support.helpers import Server, bulwark, git
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 

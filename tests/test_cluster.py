@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from bulwark.cluster.dev import DevCluster
-from cluster_helpers import (
+from tests.support.cluster_helpers import (
     FAST,
     Load,
     Seeded,

@@ -17,10 +17,9 @@ from bulwark.cluster.report import Probe, RepoState, cluster_report
 from bulwark.cluster.state import BUILDING, NodeBeat
 from bulwark.etcd import Etcd
 from bulwark.ha.health import Level
-
-from cluster_fakes import make_snapshot, seed, url_of
-from etcd_helpers import clean_etcd, serve_etcd
-from helpers import bulwark, free_port
+from tests.support.cluster_fakes import make_snapshot, seed, url_of
+from tests.support.etcd_helpers import clean_etcd, serve_etcd
+from tests.support.helpers import bulwark, free_port
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 

@@ -30,9 +30,8 @@ from bulwark.cluster.dev import (
     render_haproxy_config,
 )
 from bulwark.etcd import Etcd, EtcdUnavailable
-
-from ha_helpers import wait_for
-from helpers import bulwark
+from tests.support.ha_helpers import wait_for
+from tests.support.helpers import bulwark
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 

@@ -20,8 +20,7 @@ from bulwark.cluster.push_leader import Coordinator, Push
 from bulwark.cluster.state import BUILDING, Placement
 from bulwark.errors import Unavailable
 from bulwark.etcd import Etcd
-
-from etcd_helpers import clean_etcd, serve_etcd
+from tests.support.etcd_helpers import clean_etcd, serve_etcd
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 

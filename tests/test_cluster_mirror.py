@@ -10,9 +10,8 @@ import pytest
 
 from bulwark.cluster.mirror import Compacted, Mirror
 from bulwark.etcd import KV, Etcd
-
-from etcd_helpers import clean_etcd, serve_etcd
-from helpers import free_port
+from tests.support.etcd_helpers import clean_etcd, serve_etcd
+from tests.support.helpers import free_port
 
 pytestmark = pytest.mark.system
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bulwark.cluster.dev import DevCluster
-from cluster_helpers import FAST, Seeded, git, replica_checksums, seed, storage_ids, wait_for
+from tests.support.cluster_helpers import FAST, Seeded, git, replica_checksums, seed, storage_ids, wait_for
 
 pytestmark = [
     pytest.mark.timeout(240),

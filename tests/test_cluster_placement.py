@@ -9,8 +9,7 @@ import pytest
 
 from bulwark.cluster.placement import Move, choose_nodes, plan_rebalance, replica_counts
 from bulwark.cluster.state import BUILDING, ClusterSnapshot
-
-from cluster_fakes import make_snapshot
+from tests.support.cluster_fakes import make_snapshot
 
 pytestmark = pytest.mark.timeout(30)
 

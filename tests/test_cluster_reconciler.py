@@ -15,10 +15,9 @@ from bulwark.cluster.state import BUILDING, NodeBeat, Placement
 from bulwark.cluster.voting import disagreeing
 from bulwark.errors import GitError, PeerUnreachable
 from bulwark.etcd import Etcd
-
-from cluster_fakes import make_snapshot, seed, url_of
-from etcd_helpers import clean_etcd, serve_etcd
-from helpers import free_port
+from tests.support.cluster_fakes import make_snapshot, seed, url_of
+from tests.support.etcd_helpers import clean_etcd, serve_etcd
+from tests.support.helpers import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,9 +12,8 @@ from bulwark.cluster.runtime import port_is_free
 from bulwark.cluster.session import LeaseSession
 from bulwark.cluster.state import NodeBeat
 from bulwark.etcd import Compare, Etcd, Op
-
-from etcd_helpers import clean_etcd, serve_etcd
-from helpers import free_port
+from tests.support.etcd_helpers import clean_etcd, serve_etcd
+from tests.support.helpers import free_port
 
 pytestmark = pytest.mark.system
 

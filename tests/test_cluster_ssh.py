@@ -15,10 +15,9 @@ import httpx
 import pytest
 
 from bulwark.cluster.dev import DevCluster
-from cluster_helpers import FAST, Seeded, seed, storage_ids, wait_for
-
-from helpers import git, git_env
-from ssh_helpers import Client
+from tests.support.cluster_helpers import FAST, Seeded, seed, storage_ids, wait_for
+from tests.support.helpers import git, git_env
+from tests.support.ssh_helpers import Client
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.system]
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from bulwark.cluster.dev import DevCluster
-from cluster_helpers import FAST, Seeded, fully_replicated, git, seed, storage_ids, wait_for
+from tests.support.cluster_helpers import FAST, Seeded, fully_replicated, git, seed, storage_ids, wait_for
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.system]
 

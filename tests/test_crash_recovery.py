@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from bulwark.backup import barrier
-
-from helpers import Server, bulwark, git
+from tests.support.helpers import Server, bulwark, git
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.system]
 

@@ -26,8 +26,7 @@ from hypothesis import strategies as st
 from starlette.routing import BaseRoute, Mount, Route
 
 from bulwark.http import api, backup, pages, replication, status
-
-from helpers import Server, git, git_env
+from tests.support.helpers import Server, git, git_env
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 pytestmark = [pytest.mark.timeout(900), pytest.mark.system]

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 
 from bulwark.git import pktline
 from bulwark.git.pktline import PktLineError, PktLineReader
-
-from helpers import Server
+from tests.support.helpers import Server
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 pytestmark = pytest.mark.timeout(600)

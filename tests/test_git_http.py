@@ -22,8 +22,7 @@ from bulwark.errors import BadRequest
 from bulwark.git import pktline
 from bulwark.git.pktline import PktLineError
 from bulwark.http.gitbody import CHUNK, INFLATE_FREE, FetchFraming, Gunzip, first_section
-
-from helpers import BULWARK, Server, git
+from tests.support.helpers import BULWARK, Server, git
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 

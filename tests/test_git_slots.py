@@ -16,9 +16,8 @@ from bulwark.gitservice.slots import Busy, GitSlots, Limits, admits
 from bulwark.http.clients import real_address
 from bulwark.http.gitbody import RateFloor
 from bulwark.http.smart import FETCH_READ_WHOLE
-from cluster_helpers import wait_for
-
-from helpers import Server, git
+from tests.support.cluster_helpers import wait_for
+from tests.support.helpers import Server, git
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -16,9 +16,8 @@ import httpx
 import pytest
 
 from bulwark.store.sqlite import SQLiteStore
-
-from ha_helpers import HAProxy, Pusher, ha_pair, refs_of, repl, repl_status, setup_replica, wait_for
-from helpers import BULWARK, Server, bulwark, git
+from tests.support.ha_helpers import HAProxy, Pusher, ha_pair, refs_of, repl, repl_status, setup_replica, wait_for
+from tests.support.helpers import BULWARK, Server, bulwark, git
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.system]
 

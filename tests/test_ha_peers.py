@@ -12,10 +12,9 @@ import httpx
 import pytest
 
 from bulwark.http import replication
-from monitoring_helpers import CALM, overview, scrape
-
-from ha_helpers import ha_pair, repl, repl_status, wait_for
-from helpers import Server, bulwark, free_port
+from tests.support.ha_helpers import ha_pair, repl, repl_status, wait_for
+from tests.support.helpers import Server, bulwark, free_port
+from tests.support.monitoring_helpers import CALM, overview, scrape
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.system]
 

@@ -17,11 +17,20 @@ from bulwark.store.sqlite import SQLiteStore
 from bulwark.webhooks.models import DeliveryState
 from bulwark.webhooks.store_etcd import EtcdHooks
 from bulwark.webhooks.store_sqlite import SQLiteHooks
-
-import helpers
-from etcd_helpers import etcd_client, fresh_prefix, serve_etcd
-from helpers import FakeClock
-from hooks_contract import SECOND, T0, HookStoreContract, World, deliver, fail, make_world, new_hook, queue
+from tests.support import helpers
+from tests.support.etcd_helpers import etcd_client, fresh_prefix, serve_etcd
+from tests.support.helpers import FakeClock
+from tests.support.hooks_contract import (
+    SECOND,
+    T0,
+    HookStoreContract,
+    World,
+    deliver,
+    fail,
+    make_world,
+    new_hook,
+    queue,
+)
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 

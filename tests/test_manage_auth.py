@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from helpers import Server
+from tests.support.helpers import Server
 
 pytestmark = pytest.mark.system
 

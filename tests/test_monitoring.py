@@ -9,10 +9,9 @@ from typing import cast
 import httpx
 import pytest
 
-from monitoring_helpers import CALM, Browser, access_lines, login_url, overview, scrape
-
-from ha_helpers import wait_for
-from helpers import Server, bulwark, git
+from tests.support.ha_helpers import wait_for
+from tests.support.helpers import Server, bulwark, git
+from tests.support.monitoring_helpers import CALM, Browser, access_lines, login_url, overview, scrape
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 

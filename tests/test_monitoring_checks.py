@@ -33,9 +33,8 @@ from bulwark.monitoring.gather import NodeMonitor
 from bulwark.monitoring.metrics import GitObservation, Metrics, NodeCollector, RouteClass, node_metrics, route_class
 from bulwark.monitoring.system import SystemSample, sample
 from bulwark.roles import NodeRole
-from monitoring_helpers import REPLICA_REPORT, facts, machine, parse_metrics
-
-from cluster_fakes import make_snapshot
+from tests.support.cluster_fakes import make_snapshot
+from tests.support.monitoring_helpers import REPLICA_REPORT, facts, machine, parse_metrics
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -16,10 +16,9 @@ import httpx
 import pytest
 
 from bulwark.cluster.dev import DevCluster
-from cluster_helpers import Seeded, git, seed, storage_ids, wait_for
-from monitoring_helpers import CALM, CALM_ENV, Browser, access_lines, login_url, node_in, overview, scrape
-
-from helpers import bulwark
+from tests.support.cluster_helpers import Seeded, git, seed, storage_ids, wait_for
+from tests.support.helpers import bulwark
+from tests.support.monitoring_helpers import CALM, CALM_ENV, Browser, access_lines, login_url, node_in, overview, scrape
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.system]
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from monitoring_helpers import CALM, Browser, login_url, node_in, overview, scrape
-
-from ha_helpers import ha_pair, repl, wait_for
-from helpers import Server, bulwark
+from tests.support.ha_helpers import ha_pair, repl, wait_for
+from tests.support.helpers import Server, bulwark
+from tests.support.monitoring_helpers import CALM, Browser, login_url, node_in, overview, scrape
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 

@@ -33,9 +33,8 @@ from bulwark.monitoring.probe import Answer, server_state
 from bulwark.monitoring.running import Liveness
 from bulwark.roles import NodeRole
 from bulwark.store.sqlite import SQLiteStore
-from monitoring_helpers import REPLICA_REPORT, facts, machine
-
-from helpers import FakeClock
+from tests.support.helpers import FakeClock
+from tests.support.monitoring_helpers import REPLICA_REPORT, facts, machine
 
 pytestmark = pytest.mark.timeout(60)
 

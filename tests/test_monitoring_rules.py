@@ -18,9 +18,8 @@ from bulwark.monitoring.metrics import GitObservation, Metrics, node_metrics
 from bulwark.monitoring.webhooks import WebhookCollector
 from bulwark.roles import NodeRole
 from bulwark.webhooks.models import HookFigures
-from monitoring_helpers import REPLICA_REPORT, ROOT, ensure_tool, facts, parse_metrics
-
-from cluster_fakes import make_snapshot
+from tests.support.cluster_fakes import make_snapshot
+from tests.support.monitoring_helpers import REPLICA_REPORT, ROOT, ensure_tool, facts, parse_metrics
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from bulwark.http.pacing import MAX_WAIT, Limits, Pacer, is_strike
-
-from helpers import Server
+from tests.support.helpers import Server
 
 pytestmark = pytest.mark.timeout(120)
 

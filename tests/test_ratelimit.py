@@ -12,8 +12,7 @@ import pytest
 from github import Auth, Github
 
 from bulwark.http.ratelimit import Bucket, RateLimiter, take
-
-from helpers import Server, git, git_env
+from tests.support.helpers import Server, git, git_env
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,8 +14,7 @@ import pytest
 from bulwark.git.adverts import AdvertisementCache, fingerprint
 from bulwark.git.model import checksum_of
 from bulwark.git.runner import GitRunner
-
-from helpers import Server, git
+from tests.support.helpers import Server, git
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from bulwark.git.model import read_ref_files
-
-from helpers import git
+from tests.support.helpers import git
 
 pytestmark = pytest.mark.timeout(60)
 

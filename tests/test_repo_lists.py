@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from helpers import Server
+from tests.support.helpers import Server
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.system]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import BULWARK, Server, bulwark, free_port
+from tests.support.helpers import BULWARK, Server, bulwark, free_port
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 

@@ -10,9 +10,8 @@ import httpx
 import pytest
 
 from bulwark.http.server import WAITING_OF_ITS_OWN, Guard, connection_budget
-
-from ha_helpers import wait_for
-from helpers import Server
+from tests.support.ha_helpers import wait_for
+from tests.support.helpers import Server
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,11 +17,10 @@ import httpx
 import pytest
 
 from bulwark.ssh import commands
-from monitoring_helpers import scrape
-
-from ha_helpers import HAProxy, repl, setup_replica, wait_for
-from helpers import Server, bulwark, free_port, git
-from ssh_helpers import Client, add_key, url
+from tests.support.ha_helpers import HAProxy, repl, setup_replica, wait_for
+from tests.support.helpers import Server, bulwark, free_port, git
+from tests.support.monitoring_helpers import scrape
+from tests.support.ssh_helpers import Client, add_key, url
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.system]
 

@@ -12,9 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from monitoring_helpers import CALM
-
-from helpers import Server, bulwark, server_record, start_on_any_port
+from tests.support.helpers import Server, bulwark, server_record, start_on_any_port
+from tests.support.monitoring_helpers import CALM
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.system]
 

@@ -15,10 +15,9 @@ from bulwark.errors import AlreadyExists, InvalidInput, NotFound, StoreError
 from bulwark.etcd import Etcd
 from bulwark.models import Account, AccountType, OrgRole, Permission, Scope
 from bulwark.store.etcd import EtcdStore
-
-import helpers
-from etcd_helpers import etcd_client, fresh_prefix, serve_etcd
-from store_contract import KeyOwner, StoreContract, fingerprint
+from tests.support import helpers
+from tests.support.etcd_helpers import etcd_client, fresh_prefix, serve_etcd
+from tests.support.store_contract import KeyOwner, StoreContract, fingerprint
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
 

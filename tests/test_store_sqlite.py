@@ -16,9 +16,8 @@ from bulwark.errors import AlreadyExists, BulwarkError, StoreError
 from bulwark.models import Account, OrgRole, Permission, Scope, Visibility
 from bulwark.store.sqlite import MIGRATIONS, SQLiteStore, schema
 from bulwark.webhooks.store_sqlite import SQLiteHooks
-
-from helpers import FakeClock, run_in_threads
-from store_contract import KeyOwner, StoreContract, fingerprint
+from tests.support.helpers import FakeClock, run_in_threads
+from tests.support.store_contract import KeyOwner, StoreContract, fingerprint
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Server, bulwark, git
-from ssh_helpers import Client, add_key
+from tests.support.helpers import Server, bulwark, git
+from tests.support.ssh_helpers import Client, add_key
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.system]
 

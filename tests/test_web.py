@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import Server, git, git_env
-from web_helpers import PAGE, post, set_password, signed_in, visitor
+from tests.support.helpers import Server, git, git_env
+from tests.support.web_helpers import PAGE, post, set_password, signed_in, visitor
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.system]
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from helpers import Server, git, git_env
-from web_helpers import set_password
+from tests.support.helpers import Server, git, git_env
+from tests.support.web_helpers import set_password
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402

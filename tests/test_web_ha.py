@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from ha_helpers import setup_replica, wait_for
-from helpers import Server, git, git_env
-from web_helpers import PAGE, post, set_password, signed_in
+from tests.support.ha_helpers import setup_replica, wait_for
+from tests.support.helpers import Server, git, git_env
+from tests.support.web_helpers import PAGE, post, set_password, signed_in
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.system]
 PASSWORD = "correct horse battery"

@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 from github import Auth, Github, GithubException
 
-from monitoring_helpers import CALM, scrape
-
-from helpers import Server, bulwark, free_port, git
-from webhook_receiver import Receiver
+from tests.support.helpers import Server, bulwark, free_port, git
+from tests.support.monitoring_helpers import CALM, scrape
+from tests.support.webhook_receiver import Receiver
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.system]
 

@@ -17,10 +17,9 @@ from bulwark.cluster.dev import DevCluster
 from bulwark.etcd import Etcd
 from bulwark.store.etcd import EtcdStore
 from bulwark.webhooks.store_etcd import EtcdHooks
-from cluster_helpers import FAST, Load, Seeded, seed, wait_for
-
-from helpers import free_port
-from webhook_receiver import Receiver
+from tests.support.cluster_helpers import FAST, Load, Seeded, seed, wait_for
+from tests.support.helpers import free_port
+from tests.support.webhook_receiver import Receiver
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.system]
 

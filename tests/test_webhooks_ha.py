@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ha_helpers import Pusher, ha_pair, refs_of, repl, wait_for
-from helpers import free_port
-from webhook_receiver import Receiver
+from tests.support.ha_helpers import Pusher, ha_pair, refs_of, repl, wait_for
+from tests.support.helpers import free_port
+from tests.support.webhook_receiver import Receiver
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.system]
 

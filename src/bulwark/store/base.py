@@ -1,7 +1,7 @@
 """The metadata store interface.
 
 Every backend (SQLite for standalone and HA, etcd for clustering) implements
-:class:`Store`, and ``tests/store_contract.py`` is the one test suite that every
+:class:`Store`, and ``tests/support/store_contract.py`` is the one test suite that every
 backend must pass. The contract:
 
 * Every method is one atomic operation: it either happens entirely or not at all.

@@ -1,6 +1,6 @@
 """What webhooks keep: the hooks, the outbox of deliveries with their attempts, and the refs
 last announced. In the metadata database on SQLite (``webhooks/store_sqlite.py``), in etcd on a
-cluster (``webhooks/store_etcd.py``); ``tests/hooks_contract.py`` holds both to this."""
+cluster (``webhooks/store_etcd.py``); ``tests/support/hooks_contract.py`` holds both to this."""
 
 from __future__ import annotations
 

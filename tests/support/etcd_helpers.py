@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from bulwark.etcd import Etcd
-
-from helpers import free_port
+from tests.support.helpers import free_port
 
 ETCD = "/usr/bin/etcd"  # etcd 3.4
 START_TIMEOUT = 30.0

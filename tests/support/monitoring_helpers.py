@@ -21,7 +21,7 @@ from bulwark.monitoring.facts import NodeFacts
 from bulwark.monitoring.system import SystemSample
 from bulwark.roles import NodeRole
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 
 # Thresholds no machine reaches, so a check's level depends only on what a test sets up.

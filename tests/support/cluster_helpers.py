@@ -16,8 +16,7 @@ from bulwark.cluster.dev import DevCluster
 from bulwark.cluster.state import ClusterSnapshot
 from bulwark.etcd import Etcd
 from bulwark.git.runner import GitRunner
-
-import ha_helpers
+from tests.support import ha_helpers
 
 # Fast cycles so that tests see repair within seconds.
 FAST = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from helpers import Server, git_env
+from tests.support.helpers import Server, git_env
 
 
 @dataclass

@@ -16,10 +16,9 @@ from typing import Any, Protocol
 import httpx
 
 from bulwark.errors import Unavailable
+from tests.support.helpers import Server, bulwark, free_port, git
 
-from helpers import Server, bulwark, free_port, git
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Predicate(Protocol):

@@ -20,8 +20,7 @@ from bulwark.models import Account, Repository
 from bulwark.store import Store
 from bulwark.webhooks.models import ContentType, Delivery, DeliveryState, Hook
 from bulwark.webhooks.store import HookStore
-
-from helpers import FakeClock
+from tests.support.helpers import FakeClock
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 SECOND, HOUR = timedelta(seconds=1), timedelta(hours=1)

@@ -6,7 +6,7 @@ import re
 
 import httpx
 
-from helpers import Server, bulwark
+from tests.support.helpers import Server, bulwark
 
 PAGE = {"Accept": "text/html,application/xhtml+xml"}
 

@@ -14,8 +14,7 @@ from typing import Any
 
 from bulwark.backup.client import InstanceClient
 from bulwark.backup.create import InstanceSource, create_backup
-
-from helpers import Server, bulwark, git
+from tests.support.helpers import Server, bulwark, git
 
 
 @dataclass

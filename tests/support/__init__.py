@@ -1,0 +1,1 @@
+"""What the tests share: real servers and clusters to start, fakes, and the contract suites."""
