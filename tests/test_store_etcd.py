@@ -1,5 +1,6 @@
-"""The etcd store: the store contract against a real etcd, plus what only a shared
-store has (several nodes on one etcd, races between them decided by etcd)."""
+"""The etcd store: the store contract, plus what only a shared store has (several nodes on one etcd,
+races between them decided by etcd). Each test runs on the in-memory fake etcd (the fast tier) and on
+a real etcd (the system tier)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,13 @@ from bulwark.etcd import Etcd
 from bulwark.models import Account, AccountType, OrgRole, Permission, Scope
 from bulwark.store.etcd import EtcdStore
 from tests.support import helpers
-from tests.support.etcd_helpers import etcd_client, fresh_prefix, serve_etcd
+from tests.support.etcd_helpers import BACKENDS, any_etcd, fresh_prefix
 from tests.support.store_contract import KeyOwner, StoreContract, fingerprint
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
+pytestmark = pytest.mark.timeout(60)
 
-# One etcd server for the whole module; every test uses its own key prefix.
-etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")
-etcd = pytest.fixture(etcd_client, scope="module", name="etcd")
+# One etcd for the whole module, fake or real; every test uses its own key prefix.
+etcd = pytest.fixture(any_etcd, scope="module", params=BACKENDS, name="etcd")
 # A hung thread fails its test before the module's 60 s timeout does.
 run_in_threads = functools.partial(helpers.run_in_threads, timeout=50)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bulwark.etcd import Etcd
+from tests.support.fake_etcd import FakeEtcd
 from tests.support.helpers import free_port
 
 ETCD = "/usr/bin/etcd"  # etcd 3.4
@@ -120,3 +121,17 @@ def fresh_prefix(etcd: Etcd) -> Iterator[str]:
     value = f"/test/{uuid.uuid4().hex}/"
     yield value
     etcd.delete(value, prefix=True)
+
+
+# The two etcds a test written against :class:`Etcd` runs on: the in-memory fake in the fast tier,
+# a real server in the system tier.
+BACKENDS = [pytest.param("fake", id="fake-etcd"), pytest.param("real", id="etcd", marks=pytest.mark.system)]
+
+
+def any_etcd(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
+    """For a module-scoped ``etcd`` fixture with ``params=BACKENDS``: a client of the fake or of a real server."""
+    if request.param == "fake":
+        yield FakeEtcd()
+        return
+    with etcd_server(tmp_path_factory.mktemp("etcd")) as server, contextlib.closing(Etcd([server.url])) as client:
+        yield client
