@@ -21,13 +21,13 @@ from bulwark.services.accounts import AccountService
 from bulwark.services.permissions import Principal
 from bulwark.services.repositories import RepoAccess, RepositoryService
 from bulwark.store.etcd import EtcdStore
-from tests.support.etcd_helpers import etcd_client, serve_etcd
+from tests.support.etcd_helpers import BACKENDS, any_etcd
 from tests.support.helpers import FakeClock
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
+pytestmark = pytest.mark.timeout(60)
 
-etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")
-etcd = pytest.fixture(etcd_client, scope="module", name="etcd")
+# The fake etcd in the fast tier, a real one in the system tier.
+etcd = pytest.fixture(any_etcd, scope="module", params=BACKENDS, name="etcd")
 
 
 @dataclasses.dataclass

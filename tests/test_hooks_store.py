@@ -1,5 +1,5 @@
-"""The webhook stores: the contract against SQLite and against a real etcd, plus what only the
-etcd one has (refs unknown until adopted, etcd's transaction limit, several nodes at once)."""
+"""The webhook stores: the contract against SQLite and against etcd (the fake and a real one), plus what
+only the etcd one has (refs unknown until adopted, etcd's transaction limit, several nodes at once)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from bulwark.webhooks.models import DeliveryState
 from bulwark.webhooks.store_etcd import EtcdHooks
 from bulwark.webhooks.store_sqlite import SQLiteHooks
 from tests.support import helpers
-from tests.support.etcd_helpers import etcd_client, fresh_prefix, serve_etcd
+from tests.support.etcd_helpers import BACKENDS, any_etcd, fresh_prefix
 from tests.support.helpers import FakeClock
 from tests.support.hooks_contract import (
     SECOND,
@@ -32,11 +32,11 @@ from tests.support.hooks_contract import (
     queue,
 )
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
+pytestmark = pytest.mark.timeout(60)
 
-# One etcd server for the module; every test uses its own key prefix, removed after it.
-etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")
-etcd = pytest.fixture(etcd_client, scope="module", name="etcd")
+# One etcd for the module, the fake (fast tier) or a real one (system tier); every test uses its own
+# key prefix, removed after it.
+etcd = pytest.fixture(any_etcd, scope="module", params=BACKENDS, name="etcd")
 run_in_threads = functools.partial(helpers.run_in_threads, timeout=50)
 
 
