@@ -16,7 +16,7 @@ from bulwark.cluster.voting import disagreeing
 from bulwark.errors import GitError, PeerUnreachable
 from bulwark.etcd import Etcd
 from tests.support.cluster_fakes import make_snapshot, seed, url_of
-from tests.support.etcd_helpers import clean_etcd, serve_etcd
+from tests.support.etcd_helpers import BACKENDS, any_etcd, clean_backend
 from tests.support.helpers import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -148,8 +148,9 @@ def test_additions_in_one_cycle_spread_over_nodes() -> None:
 # -- run_once against etcd ------------------------------------------------------------------------
 
 
-etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")
-etcd = pytest.fixture(clean_etcd, name="etcd")
+# The fake etcd in the fast tier, a real one in the system tier; emptied around each test.
+etcd_backend = pytest.fixture(any_etcd, scope="module", params=BACKENDS, name="etcd_backend")
+etcd = pytest.fixture(clean_backend, name="etcd")
 
 
 class FakePeers:
@@ -203,7 +204,6 @@ def reconciler(etcd: Etcd, peers: FakePeers, node: str = "n1", *, lease: int | N
     return Reconciler(etcd, peers, locks, node=node, lease=lambda: lease_id, **settings)  # type: ignore[arg-type]
 
 
-@pytest.mark.system
 def test_one_reconciler_is_elected_and_leadership_dies_with_its_lease(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"])
     peers = FakePeers(etcd)
@@ -220,14 +220,12 @@ def test_one_reconciler_is_elected_and_leadership_dies_with_its_lease(etcd: Etcd
     assert state.snapshot(etcd).reconciler is None
 
 
-@pytest.mark.system
 def test_no_session_means_no_campaign(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"])
     assert reconciler(etcd, FakePeers(etcd), lease=0).run_once() == "not the reconciler (no etcd session)"
     assert etcd.get(keys.RECONCILER) is None
 
 
-@pytest.mark.system
 def test_repair_sets_the_generation_and_publishes_a_report(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 4, "n2": 4, "n3": 2}})
     peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x", ("n3", "a"): "old"})
@@ -244,7 +242,6 @@ def test_repair_sets_the_generation_and_publishes_a_report(etcd: Etcd) -> None:
     assert report["leader"] == "n1" and report["sentence"] == sentence and report["counts"]["repaired"] == 1
 
 
-@pytest.mark.system
 def test_evacuation_adds_then_drops(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3", "n4"], placements={"a": {"n1": 1, "n2": 1, "n3": 1}})
     etcd.put(keys.evacuating("n1"), "1")
@@ -258,7 +255,6 @@ def test_evacuation_adds_then_drops(etcd: Etcd) -> None:
     assert rec.run_once().startswith("repaired 0 replicas, added 0, dropped 0")
 
 
-@pytest.mark.system
 def test_dead_node_replaced_after_grace(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3", "n4"], alive=["n1", "n2", "n4"], placements={"a": {"n1": 1, "n2": 1, "n3": 1}})
     peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x"})
@@ -274,7 +270,6 @@ def test_dead_node_replaced_after_grace(etcd: Etcd) -> None:
     assert ("remove", "n3", "a") not in peers.calls  # a dead node's copy is left alone
 
 
-@pytest.mark.system
 def test_checksum_verification_marks_and_repairs(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 3, "n2": 3, "n3": 3}, "b": {"n1": 1, "n2": 1, "n3": 1}})
     copies = {(n, s): "good" for n in ("n1", "n2", "n3") for s in ("a", "b")}
@@ -294,7 +289,6 @@ def test_checksum_verification_marks_and_repairs(etcd: Etcd) -> None:
     assert etcd.get(keys.lock("a")) is None  # the verification released its locks
 
 
-@pytest.mark.system
 def test_verification_skips_a_locked_repository(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 3, "n2": 3, "n3": 3}})
     peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x", ("n3", "a"): "y"})
@@ -304,7 +298,6 @@ def test_verification_skips_a_locked_repository(etcd: Etcd) -> None:
     assert not [c for c in peers.calls if c[0] == "checksum"]
 
 
-@pytest.mark.system
 def test_failures_are_counted_and_retried_later(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 2, "n2": 2, "n3": 1}, "b": {"n1": 2, "n2": 2, "n3": 2}})
     peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x"})
@@ -319,7 +312,6 @@ def test_failures_are_counted_and_retried_later(etcd: Etcd) -> None:
     assert rec.run_once().startswith("repaired 1 replicas")
 
 
-@pytest.mark.system
 def test_data_loss_is_counted_in_the_sentence(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], alive=["n1", "n2"], placements={"a": {"n3": 1}})
     assert reconciler(etcd, FakePeers(etcd)).run_once().endswith("1 repositories without an up-to-date replica")
@@ -331,7 +323,6 @@ def test_etcd_outage_is_a_sentence() -> None:
     assert rec.run_once().startswith("etcd is unreachable, nothing done")
 
 
-@pytest.mark.system
 def test_loop_runs_in_a_thread_and_resigns(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 2, "n2": 2, "n3": 1}})
     peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x"})
@@ -350,7 +341,6 @@ def test_loop_runs_in_a_thread_and_resigns(etcd: Etcd) -> None:
     assert placement is not None and placement.replicas["n3"] == 2
 
 
-@pytest.mark.system
 def test_repeated_failures_lead_to_a_rebuild_and_are_published_for_any_node(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 2, "n2": 2, "n3": 1}})
     peers = FakePeers(etcd, {("n1", "a"): "x", ("n2", "a"): "x", ("n3", "a"): "corrupt"})
@@ -377,7 +367,6 @@ def test_repeated_failures_lead_to_a_rebuild_and_are_published_for_any_node(etcd
     assert json.loads(etcd.get(keys.REPORT).value)["repair_failures"] == []  # type: ignore[union-attr]
 
 
-@pytest.mark.system
 def test_a_failure_of_a_replica_no_longer_outdated_is_forgotten(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3"], placements={"a": {"n1": 2, "n2": 2, "n3": 2}})
     rec = reconciler(etcd, FakePeers(etcd, {(n, "a"): "x" for n in ("n1", "n2", "n3")}))
@@ -408,7 +397,6 @@ def test_status_shows_each_replica_s_last_repair_error() -> None:
     assert "n3 (attempt 2): repair from n1 failed: cannot lock ref" in out.getvalue()
 
 
-@pytest.mark.system
 def test_a_node_back_with_a_new_session_has_its_repositories_verified_at_once(etcd: Etcd) -> None:
     seed(etcd, ["n1", "n2", "n3", "n4"],
          placements={"a": {"n1": 2, "n2": 2, "n3": 2}, "b": {"n1": 1, "n2": 1, "n4": 1}})
@@ -432,7 +420,6 @@ def test_a_node_back_with_a_new_session_has_its_repositories_verified_at_once(et
     assert "verified" not in rec.run_once()  # the same session next time: nothing more to verify
 
 
-@pytest.mark.system
 def test_a_verification_pass_is_spread_over_cycles_within_its_budget(etcd: Etcd) -> None:
     """With no time to spare a cycle compares one repository; the pass goes on where it stopped,
     and a returned node's repositories go first."""

@@ -1,4 +1,4 @@
-"""A node's etcd session, against a real etcd: a process that starts again under the same name
+"""A node's etcd session (on the fake etcd and a real one): a process that starts again under the same name
 ends the session its killed predecessor left, so the locks that session held go at once."""
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from bulwark.cluster.runtime import port_is_free
 from bulwark.cluster.session import LeaseSession
 from bulwark.cluster.state import NodeBeat
 from bulwark.etcd import Compare, Etcd, Op
-from tests.support.etcd_helpers import clean_etcd, serve_etcd
+from tests.support.etcd_helpers import BACKENDS, any_etcd, clean_backend
 from tests.support.helpers import free_port
 
-pytestmark = pytest.mark.system
-
-etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")
-etcd = pytest.fixture(clean_etcd, name="etcd")
+# The fake etcd in the fast tier, a real one in the system tier; emptied around each test.
+etcd_backend = pytest.fixture(any_etcd, scope="module", params=BACKENDS, name="etcd_backend")
+etcd = pytest.fixture(clean_backend, name="etcd")
 
 
 def beat(started_at: float) -> NodeBeat:

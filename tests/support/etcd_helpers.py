@@ -135,3 +135,13 @@ def any_etcd(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         return
     with etcd_server(tmp_path_factory.mktemp("etcd")) as server, contextlib.closing(Etcd([server.url])) as client:
         yield client
+
+
+def clean_backend(etcd_backend: Etcd) -> Iterator[Etcd]:
+    """For an ``etcd`` fixture over a module-scoped ``etcd_backend`` (``any_etcd``): ``/bulwark/`` emptied
+    before and after the test."""
+    etcd_backend.delete("/bulwark/", prefix=True)
+    try:
+        yield etcd_backend
+    finally:
+        etcd_backend.delete("/bulwark/", prefix=True)
