@@ -1,6 +1,6 @@
 """A push leader cannot outlive its lease, and a follower that does not answer cannot stall a push.
 
-The coordinator runs against a real etcd (locks, intents, generations, compare-and-set); the
+The coordinator runs against etcd, the fake and a real one (locks, intents, generations, compare-and-set); the
 followers are in-process fakes that answer, hang, or count what they were told.
 """
 
@@ -20,16 +20,17 @@ from bulwark.cluster.push_leader import Coordinator, Push
 from bulwark.cluster.state import BUILDING, Placement
 from bulwark.errors import Unavailable
 from bulwark.etcd import Etcd
-from tests.support.etcd_helpers import clean_etcd, serve_etcd
+from tests.support.etcd_helpers import BACKENDS, any_etcd, clean_backend
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.system]
+pytestmark = pytest.mark.timeout(60)
 
 LINE = [("1" * 40, "2" * 40, "refs/heads/main")]
 URLS = {n: f"http://{n}" for n in ("n1", "n2", "n3")}
 SID = "ab12cd34"
 
-etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")
-etcd = pytest.fixture(clean_etcd, name="etcd")
+# The fake etcd in the fast tier, a real one in the system tier; emptied around each test.
+etcd_backend = pytest.fixture(any_etcd, scope="module", params=BACKENDS, name="etcd_backend")
+etcd = pytest.fixture(clean_backend, name="etcd")
 
 
 class Followers:
@@ -251,8 +252,12 @@ class CutMidCall(Etcd):
 
     def __init__(self, real: Etcd, *, applied: bool) -> None:
         super().__init__(real.endpoints)
+        self.real = real
         self.applied = applied
         self.armed = False
+
+    def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.real.call(path, body)  # the real client's, or the fake's
 
     def txn(self, *args: Any, **kwargs: Any) -> Any:
         if not self.armed:
