@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from bulwark.errors import AlreadyExists, BulwarkError, StoreError
-from bulwark.models import Account, OrgRole, Permission, Scope, Visibility
+from bulwark.models import Permission, Scope, Visibility
 from bulwark.store.sqlite import MIGRATIONS, SQLiteStore, schema
 from bulwark.webhooks.store_sqlite import SQLiteHooks
 from tests.support.helpers import FakeClock, run_in_threads
-from tests.support.store_contract import KeyOwner, StoreContract, fingerprint
+from tests.support.store_contract import StoreContract, fingerprint
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -315,76 +315,6 @@ def test_a_failed_write_leaves_the_connection_usable(store: SQLiteStore) -> None
         store.create_user("DUP")
     assert not store._connection().in_transaction
     assert store.create_user("next").login == "next"
-
-
-def test_concurrent_writers_lose_no_updates(store: SQLiteStore) -> None:
-    owner = store.create_user("owner")
-    org = store.create_org("acme", owner_id=owner.id)
-    per_thread = 15
-
-    def work(i: int) -> None:
-        user = store.create_user(f"user-{i}")
-        store.set_membership(org.id, user.id, OrgRole.MEMBER)
-        for n in range(per_thread):
-            repo = store.create_repo(org.id, f"repo-{i}-{n}", storage_id=f"s-{i}-{n}")
-            store.set_collaborator(repo.id, user.id, Permission.PUSH)
-
-    _, errors = run_in_threads(8, work)
-    assert errors == []
-    repos = store.list_repos(org.id)
-    assert len(repos) == 8 * per_thread
-    assert len({r.id for r in repos}) == len(repos)
-    assert len(store.list_members(org.id)) == 9
-    assert all(len(store.list_collaborators(r.id)) == 1 for r in repos)
-
-
-def test_concurrent_creation_of_one_login_has_exactly_one_winner(store: SQLiteStore) -> None:
-    for round_ in range(10):
-        login = f"contested{round_}"
-
-        def create(i: int, login: str = login) -> Account:
-            # Half the contenders spell the login in upper case.
-            return store.create_user(login.upper() if i % 2 else login)
-
-        results, errors = run_in_threads(4, create)
-        assert len(results) == 1, errors
-        assert len(errors) == 3
-        assert all(isinstance(e, AlreadyExists) for e in errors), errors
-        assert store.get_account(login) == results[0]
-
-
-def test_concurrent_creation_of_one_repo_name_has_exactly_one_winner(store: SQLiteStore) -> None:
-    owner = store.create_user("owner")
-    results, errors = run_in_threads(4, lambda i: store.create_repo(owner.id, "same", storage_id=f"s{i}"))
-    assert len(results) == 1
-    assert len(errors) == 3 and all(isinstance(e, AlreadyExists) for e in errors), errors
-    assert store.list_repos(owner.id) == results
-
-
-def test_concurrent_creation_of_one_ssh_key_has_exactly_one_winner(store: SQLiteStore) -> None:
-    ann = store.create_user("ann")
-    ben = store.create_user("ben")
-    repo = store.create_repo(ann.id, "r", storage_id="s")
-    for round_ in range(5):
-        fp = fingerprint(f"contested{round_}")
-
-        def create(i: int, fp: str = fp) -> int:
-            # Users' keys and deploy keys race for one fingerprint.
-            owners: list[KeyOwner] = [{"user_id": ann.id}, {"user_id": ben.id}, {"repo_id": repo.id}]
-            owner = owners[i % 3]
-            return store.create_ssh_key(fingerprint=fp, algorithm="ssh-ed25519", key="k", title=str(i), **owner).id
-
-        results, errors = run_in_threads(6, create)
-        assert len(results) == 1, errors
-        assert len(errors) == 5 and all(isinstance(e, AlreadyExists) for e in errors), errors
-        found = store.get_ssh_key_by_fingerprint(fp)
-        assert found is not None and found.id == results[0]
-
-
-def test_host_keys_added_at_once_end_as_one(store: SQLiteStore) -> None:
-    results, errors = run_in_threads(4, lambda i: store.add_ssh_host_key("ssh-ed25519", f"key of node {i}"))
-    assert errors == []
-    assert len(set(results)) == 1 and store.get_ssh_host_keys() == results[:1]
 
 
 def test_the_fingerprint_lookup_uses_its_unique_index(store: SQLiteStore, db_path: pathlib.Path) -> None:

@@ -41,6 +41,7 @@ from bulwark.models import (
     Visibility,
 )
 from bulwark.store import Store
+from tests.support.helpers import run_in_threads
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -1198,3 +1199,83 @@ class StoreContract:
         store.set_setting("key", "lower")
         assert store.get_setting("Key") == "upper"
         assert store.get_setting("key") == "lower"
+
+    # -- races: "a clash raises AlreadyExists, whichever writer loses a race" -----------
+    # Writers on threads of one store, started together; each backend's own module races two stores too.
+
+    def test_racing_creators_of_one_login_have_exactly_one_winner(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        for round_ in range(3):
+            login = f"contested{round_}"
+
+            def create(i: int, login: str = login) -> Account:
+                # Users and organizations, in either case, race for one login.
+                spelled = login.upper() if i % 2 else login
+                return store.create_org(spelled, owner_id=owner.id) if i % 3 == 0 else store.create_user(spelled)
+
+            results, errors = run_in_threads(6, create)
+            assert len(results) == 1, errors
+            assert len(errors) == 5 and all(isinstance(e, AlreadyExists) for e in errors), errors
+            assert store.get_account(login) == results[0]
+
+    def test_racing_creators_of_one_repository_name_have_exactly_one_winner(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        results, errors = run_in_threads(6, lambda i: store.create_repo(owner.id, "Same" if i % 2 else "same",
+                                                                          storage_id=f"race-{i}"))
+        assert len(results) == 1, errors
+        assert len(errors) == 5 and all(isinstance(e, AlreadyExists) for e in errors), errors
+        assert store.list_repos(owner.id) == results
+
+    def test_racing_creators_of_one_fingerprint_have_exactly_one_winner(self, store: Store) -> None:
+        ann, ben = _user(store, "ann"), _user(store, "ben")
+        repo = _repo(store, ann, "r")
+        owners: list[KeyOwner] = [{"user_id": ann.id}, {"user_id": ben.id}, {"repo_id": repo.id}]
+        fp = fingerprint("contested")
+        results, errors = run_in_threads(6, lambda i: store.create_ssh_key(
+            fingerprint=fp, algorithm="ssh-ed25519", key="k", title=str(i), **owners[i % 3]))
+        assert len(results) == 1, errors
+        assert len(errors) == 5 and all(isinstance(e, AlreadyExists) for e in errors), errors
+        assert store.get_ssh_key_by_fingerprint(fp) == results[0]
+
+    def test_a_rename_racing_a_create_onto_one_login_has_one_winner(self, store: Store) -> None:
+        for round_ in range(3):
+            user = _user(store, f"old{round_}")
+            wanted = f"new{round_}"
+
+            def work(i: int, user: Account = user, wanted: str = wanted) -> Account:
+                if i == 0:
+                    return store.save_account(dataclasses.replace(user, login=wanted))
+                return store.create_user(wanted.upper())
+
+            results, errors = run_in_threads(2, work)
+            assert len(results) == 1 and len(errors) == 1 and isinstance(errors[0], AlreadyExists), errors
+            assert store.get_account(wanted) == results[0]
+
+    def test_racing_writers_lose_no_updates_and_get_distinct_ids(self, store: Store) -> None:
+        owner = _user(store, "owner")
+        org = store.create_org("acme", owner_id=owner.id)
+
+        def work(i: int) -> list[int]:
+            user = _user(store, f"user-{i}")
+            store.set_membership(org.id, user.id, OrgRole.MEMBER)
+            ids = []
+            for n in range(5):
+                repo = store.create_repo(org.id, f"repo-{i}-{n}", storage_id=f"race-{i}-{n}")
+                store.set_collaborator(repo.id, user.id, Permission.PUSH)
+                ids.append(repo.id)
+            return ids
+
+        results, errors = run_in_threads(6, work)
+        assert errors == []
+        ids = [repo_id for per_thread in results for repo_id in per_thread]
+        assert len(set(ids)) == 30
+        assert all(per_thread == sorted(per_thread) for per_thread in results)  # each writer's increase
+        assert [r.id for r in store.list_repos(org.id)] == sorted(ids)
+        assert len(store.list_members(org.id)) == 7
+        assert all(len(store.list_collaborators(repo_id)) == 1 for repo_id in ids)
+
+    def test_host_keys_added_at_once_end_as_one(self, store: Store) -> None:
+        results, errors = run_in_threads(6, lambda i: store.add_ssh_host_key("ssh-ed25519", f"key of writer {i}"))
+        assert errors == []
+        assert len(set(results)) == 1
+        assert store.get_ssh_host_keys() == [results[0]]
