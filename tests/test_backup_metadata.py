@@ -19,13 +19,13 @@ from bulwark.models import OrgRole, Permission, Scope, Visibility
 from bulwark.store import Store
 from bulwark.store.etcd import EtcdStore
 from bulwark.store.sqlite import SQLiteStore
-from tests.support.etcd_helpers import etcd_client, serve_etcd
+from tests.support.etcd_helpers import BACKENDS, any_etcd
 from tests.support.store_contract import KeyOwner, fingerprint
 
 pytestmark = pytest.mark.timeout(60)
 
-etcd_url = pytest.fixture(serve_etcd, scope="module", name="etcd_url")
-etcd = pytest.fixture(etcd_client, scope="module", name="etcd")
+# The fake etcd in the fast tier, a real one in the system tier.
+etcd = pytest.fixture(any_etcd, scope="module", params=BACKENDS, name="etcd")
 
 
 @pytest.fixture
@@ -91,7 +91,6 @@ def comparable(document: dict[str, Any]) -> Any:
     }
 
 
-@pytest.mark.system
 def test_sqlite_to_etcd_to_sqlite_keeps_everything(sqlite: SQLiteStore, etcd: Etcd, tmp_path: Path) -> None:
     populate(sqlite)
     original = export(sqlite)
