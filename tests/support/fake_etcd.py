@@ -301,13 +301,11 @@ class FakeEtcd(Etcd):
         self._current = 0
         self._lock = threading.Lock()
         self.unavailable = False
-        self.calls = 0
 
     def close(self) -> None:
         pass
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls += 1
         if self.unavailable:
             raise EtcdUnavailable(f"etcd is unreachable at {', '.join(self.endpoints)}: the fake is down")
         return self.server.handle(path, body)
