@@ -56,6 +56,18 @@ class CycleUnderWay:
         self.role_at_end = ha_state.load(self.store).role
         return "fetched 1 repositories"
 
+    def tidy(self) -> str | None:
+        return None
+
+
+class NothingToTidy:
+    """A replicator that is never asked to replicate; the loop still asks it to tidy."""
+
+    failing = False
+
+    def tidy(self) -> str | None:
+        return None
+
 
 @pytest.mark.system
 def test_a_promotion_waits_for_the_replication_cycle_under_way(store: SQLiteStore, tmp_path: Path) -> None:
@@ -148,7 +160,8 @@ class Resumer:
 def test_a_promotion_whose_process_died_is_finished_by_the_loop(store: SQLiteStore, tmp_path: Path) -> None:
     ha_state.save(store, ha_state.load(store).with_(replicating=False, promoting=4242))
     resume, alive = Resumer(), {4242: True}
-    loop = HALoop(store, cast(Replicator, None), PrimaryDuties(store, cast(ChangeLog, store), SystemClock()),
+    loop = HALoop(store, cast(Replicator, NothingToTidy()),
+                  PrimaryDuties(store, cast(ChangeLog, store), SystemClock()),
                   gate=ReplicationGate(tmp_path), resume=resume, alive=lambda pid: alive.get(pid, False))
     assert loop.run_once()[0] == "a promotion is under way (process 4242)" and resume.calls == 0
     alive[4242] = False

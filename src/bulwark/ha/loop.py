@@ -130,6 +130,7 @@ class HALoop:
 
     def run_once(self) -> tuple[str, float]:
         """One cycle: (what happened, seconds to pause before the next)."""
+        self.replicator.tidy()  # also once promoted: a fetch cut off just before must not stay
         ha = ha_state.load(self.store)
         if ha.role == NodeRole.HA_REPLICA and ha.promoting is not None:
             if self.resume is None or self.alive(ha.promoting):

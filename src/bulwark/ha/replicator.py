@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from bulwark.clock import Clock
 from bulwark.errors import BulwarkError, GitError, StaleEpoch
+from bulwark.git import leftovers
 from bulwark.git.runner import GitRunner
 from bulwark.ha import state as ha_state
 from bulwark.ha.client import PrimaryClient
@@ -84,6 +85,9 @@ class Replicator:
         self.verify_objects = verify_objects
         self.stop = stop
         self.sync = RepoSync()
+        # Repositories where a fetch failed part-way and what it left could not be cleared yet
+        # (a live process worked in them); tried again each cycle, whatever this node's role.
+        self.untidy: set[str] = set()
         self._client: PrimaryClient | None = None
         self._client_key: tuple[str | None, str | None, int] | None = None
         self._last_reconcile: datetime | None = None
@@ -244,16 +248,42 @@ class Replicator:
         repo = self.store.get_repo_by_storage_id(storage_id)
         if not self.git.exists(storage_id):
             self.git.init_bare(storage_id, repo.default_branch if repo else "main")
-        self.git.run(
-            [
-                "--git-dir", str(self.git.path(storage_id)),
-                "fetch", "--quiet", "--prune", "--force", "--no-write-fetch-head",
-                client.git_url(storage_id), "+refs/*:refs/*",
-            ],
-            timeout=3600,
-            secret_config=client.git_config(),
-            stop=self.stop,
-        )
+        try:
+            self.git.run(
+                [
+                    "--git-dir", str(self.git.path(storage_id)),
+                    "fetch", "--quiet", "--prune", "--force", "--no-write-fetch-head",
+                    client.git_url(storage_id), "+refs/*:refs/*",
+                ],
+                timeout=3600,
+                secret_config=client.git_config(),
+                stop=self.stop,
+            )
+        except GitError:
+            # A pack cut off (the primary died mid-fetch) stays as objects/pack/tmp_pack_*: git
+            # does not remove it, and nothing else would on a replica that is then promoted.
+            self.untidy.add(storage_id)
+            self.tidy()
+            raise
+
+    def tidy(self) -> str | None:
+        """Clear what failed fetches left in their repositories; what was cleared, if anything.
+
+        This loop is a replica's only writer, so a file there that no live process owns is a
+        dead git's, however young (the check for a live process is :func:`leftovers.clear`'s)."""
+        said = []
+        for storage_id in sorted(self.untidy):
+            path = self.git.path(storage_id)
+            with self.git.clearing:
+                cleared = leftovers.clear(path, label=storage_id, grace=0.0)
+            if cleared.skipped == leftovers.BUSY:
+                continue
+            self.untidy.discard(storage_id)
+            sentence = cleared.sentence()
+            if sentence:
+                log.warning("ha: %s", sentence)
+                said.append(sentence)
+        return "; ".join(said) or None
 
     def _maybe_reconcile(self, client: PrimaryClient) -> str | None:
         now = self.clock.now()
