@@ -1,5 +1,8 @@
 """A git smart-HTTP server (git's own ``http-backend``) that cuts each fetch's pack off after
-``cut`` bytes and closes the connection: what a client sees when the server dies mid-fetch."""
+``cut`` bytes and closes the connection: what a client sees when the server dies mid-fetch.
+
+It serves one bare repository under any URL path (``<url>/<anything>/info/refs`` and so on), so
+it stands in for a Bulwark node's replication URL, whatever its shape."""
 
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 
+SERVICES = ("/info/refs", "/git-upload-pack")
+
 
 class CutPackServer:
-    def __init__(self, root: Path, *, cut: int) -> None:
-        self.root = root
+    def __init__(self, repo: Path, *, cut: int) -> None:
+        self.repo = repo
         self.cut = cut
         self.cuts = 0  # how many responses were cut off
         server = self
@@ -42,9 +47,10 @@ class CutPackServer:
 
     def answer(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
         path, _, query = handler.path.partition("?")
+        service = next((s for s in SERVICES if path.endswith(s)), "/unknown")
         env = {
-            **os.environ, "GIT_PROJECT_ROOT": str(self.root), "GIT_HTTP_EXPORT_ALL": "1",
-            "PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": handler.command,
+            **os.environ, "GIT_PROJECT_ROOT": str(self.repo.parent), "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": f"/{self.repo.name}{service}", "QUERY_STRING": query, "REQUEST_METHOD": handler.command,
             "CONTENT_TYPE": handler.headers.get("Content-Type", ""), "CONTENT_LENGTH": str(len(body)),
             "GIT_PROTOCOL": handler.headers.get("Git-Protocol", ""),
             "HTTP_CONTENT_ENCODING": handler.headers.get("Content-Encoding", ""),
@@ -60,7 +66,19 @@ class CutPackServer:
                 handler.send_header(key.decode(), value.strip().decode())
         handler.send_header("Connection", "close")
         handler.end_headers()
-        if path.endswith("/git-upload-pack") and len(payload) > self.cut:
+        if service == "/git-upload-pack" and len(payload) > self.cut:
             payload = payload[: self.cut]
             self.cuts += 1
         handler.wfile.write(payload)
+
+
+def big_repository(path: Path) -> Path:
+    """A bare repository at ``path`` with one commit of a 3 MB blob that does not compress."""
+    work = path.with_name(path.name + ".work")
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    (work / "blob").write_bytes(os.urandom(3_000_000))
+    git = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "add", "blob"], check=True)
+    subprocess.run([*git, "commit", "-qm", "blob"], check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(path)], check=True)
+    return path

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from bulwark.cluster import state
 from bulwark.cluster.client import git_url
 from bulwark.cluster.state import Placement
-from bulwark.errors import Conflict, InvalidInput, NotFound
+from bulwark.errors import Conflict, GitError, InvalidInput, NotFound
 from bulwark.git import leftovers
 
 if TYPE_CHECKING:
@@ -62,9 +62,18 @@ def repair(rt: ClusterRuntime, git: ClusterGit, storage_id: str, source: str, *,
             log.warning("cluster: rebuilding the replica of %s from %s from scratch", storage_id, source)
             git.local_remove(storage_id)
         git.local_init(storage_id, branch or "main")
-        git.run(["--git-dir", str(path), "fetch", "--quiet", "--prune", "--no-tags", "--no-write-fetch-head",
-                 git_url(source, storage_id), "+refs/*:refs/*"],
-                secret_config=rt.git_source_config(), timeout=3600)
+        try:
+            git.run(["--git-dir", str(path), "fetch", "--quiet", "--prune", "--no-tags", "--no-write-fetch-head",
+                     git_url(source, storage_id), "+refs/*:refs/*"],
+                    secret_config=rt.git_source_config(), timeout=3600)
+        except GitError:
+            # A source that died mid-fetch leaves the part of a pack received as tmp_pack_*. Under
+            # the lock nothing else writes here, so it goes now, however young: a repair that
+            # works soon after (from another source) would leave a file that young in place.
+            sentence = leftovers.clear(path, label=storage_id, grace=0.0).sentence()
+            if sentence:
+                log.warning("cluster: %s", sentence)
+            raise
         if branch:
             git.local_set_head(storage_id, branch)
         mine = git.local_checksum(storage_id)
