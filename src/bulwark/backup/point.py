@@ -74,7 +74,10 @@ def _repository(node: Node, record: dict[str, Any], document: dict[str, Any]) ->
 
 
 def _refs_and_head(node: Node, storage_id: str) -> tuple[list[Ref], str | None]:
-    remote = node.cluster.remote_refs_and_head(storage_id) if node.cluster is not None else None
+    try:
+        remote = node.cluster.remote_refs_and_head(storage_id) if node.cluster is not None else None
+    except Unavailable as exc:
+        raise Unavailable(f"{exc.message}; the backup cannot include it") from exc
     return remote if remote is not None else _local_refs_and_head(node, storage_id)
 
 

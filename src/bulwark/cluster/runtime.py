@@ -165,8 +165,7 @@ class ClusterRuntime:
         this node's own copy is the one to read."""
         route = self.route(storage_id, Traffic.READ)
         if route is None:
-            raise Unavailable(f"no up-to-date replica of repository {storage_id} is reachable; the backup cannot "
-                              "include it")
+            raise Unavailable(f"no up-to-date replica of repository {storage_id} is reachable")
         if route.local:
             return None
         raw = self.peers.refs(route.url, storage_id, [])

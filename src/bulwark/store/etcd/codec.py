@@ -6,21 +6,23 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from bulwark.errors import InvalidInput, StoreError
 from bulwark.etcd import KV, Compare
 from bulwark.models import Account, AccountType, HostKey, Repository, Scope, SshKey, Token, Visibility
+from bulwark.store.times import load_time
 
 _E = TypeVar("_E", bound=enum.Enum)
 _T = TypeVar("_T")
 
 
 def _load_time(text: object) -> datetime:
+    """A document's time; anything but text is a damaged document (``load_time`` takes only text)."""
     if not isinstance(text, str):
         raise ValueError(f"a time must be text, not {text!r}")
-    return datetime.fromisoformat(text).astimezone(UTC)
+    return load_time(text)
 
 
 def _load_optional_time(text: object) -> datetime | None:
